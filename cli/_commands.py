@@ -1,0 +1,12 @@
+"""The registry of subcommands: each module adds its parsers with `register(sub)`, which
+sets `func` on each parser to a callable taking the parsed args and returning an exit
+code."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+REGISTRY: list[Register] = []
