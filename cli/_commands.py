@@ -9,4 +9,6 @@ from collections.abc import Callable
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-REGISTRY: list[Register] = []
+from cli import service_cmd, user_cmd  # noqa: E402
+
+REGISTRY: list[Register] = [user_cmd.register, service_cmd.register]

@@ -8,8 +8,14 @@ Exit codes: 0 ok, 1 the operation failed (a job failed, a check did not pass),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+# The agent forks job processes from a process that uses gRPC; the jobs never use the
+# parent's gRPC state, so gRPC's fork handlers (and their warnings) are not wanted.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from cli import _commands
 
@@ -27,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the job's command, taken verbatim.
+    tail: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if tail is not None and not getattr(args, "takes_command", False):
+        parser.error(f"{args.command} takes no command after --")
+    args.cmd = tail or []
     code: int = args.func(args)
     return code
 

@@ -115,9 +115,7 @@ def _check_site(where: str, pue_milli: int, grid_g_co2_per_kwh: int) -> None:
     if not 1000 <= pue_milli <= 3000:
         raise InvalidOffer(f"{where}: pue_milli must be 1000..3000, got {pue_milli}")
     if not 0 <= grid_g_co2_per_kwh <= 2000:
-        raise InvalidOffer(
-            f"{where}: grid_g_co2_per_kwh must be 0..2000, got {grid_g_co2_per_kwh}"
-        )
+        raise InvalidOffer(f"{where}: grid_g_co2_per_kwh must be 0..2000, got {grid_g_co2_per_kwh}")
 
 
 def _check_pools(where: str, pools: tuple[Pool, ...]) -> None:

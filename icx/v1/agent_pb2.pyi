@@ -46,14 +46,16 @@ class Hello(_message.Message):
     def __init__(self, center: _Optional[_Union[_types_pb2.CenterDescriptor, _Mapping]] = ..., agent_version: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldClaim, _Mapping]]] = ...) -> None: ...
 
 class HeldClaim(_message.Message):
-    __slots__ = ("claim_id", "job_id", "running")
+    __slots__ = ("claim_id", "job_id", "state", "exit_code")
     CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     claim_id: str
     job_id: str
-    running: bool
-    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., running: bool = ...) -> None: ...
+    state: _types_pb2.JobState
+    exit_code: int
+    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("heartbeat_interval_ms", "center_expiry_ms", "stale_claim_ids")

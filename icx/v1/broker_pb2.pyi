@@ -60,12 +60,14 @@ class CancelJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "include_logs")
+    __slots__ = ("job_id", "include_logs", "snapshot")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_LOGS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     include_logs: bool
-    def __init__(self, job_id: _Optional[str] = ..., include_logs: bool = ...) -> None: ...
+    snapshot: bool
+    def __init__(self, job_id: _Optional[str] = ..., include_logs: bool = ..., snapshot: bool = ...) -> None: ...
 
 class WatchJobResponse(_message.Message):
     __slots__ = ("event", "log")

@@ -1,0 +1,108 @@
+"""Run a broker: the gRPC server (BrokerService, AgentService, health, reflection), the
+matching and expiry loops, and the metrics endpoint, under one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker.core import Broker, BrokerConfig
+from broker.service import AgentServicer, BrokerServicer
+from broker.store import Store
+from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc
+
+log = logging.getLogger("icx.broker")
+
+SERVICES = (
+    broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+
+# The agent stream is long-lived: keep it alive through idle periods and notice a dead
+# peer within seconds.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_concurrent_streams", 10_000),
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    listen: str
+    db: Path
+    metrics_port: int | None = None
+    config: BrokerConfig = field(default_factory=BrokerConfig)
+
+
+class BrokerServer:
+    """A started broker; `port` and `metrics_port` are the bound ones."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.store = Store(options.db)
+        self.broker = Broker(self.store, config=options.config)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        self.broker.load()
+        broker_pb2_grpc.add_BrokerServiceServicer_to_server(
+            BrokerServicer(self.broker), self.server
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.broker), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(self.options.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.options.listen}")
+        await self.server.start()
+        if self.options.metrics_port is not None:
+            self.metrics_port = self.broker.metrics.serve(self.options.metrics_port)
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "broker serving on port %d (db %s%s)",
+            self.port,
+            self.options.db,
+            f", metrics on port {self.metrics_port}" if self.metrics_port else "",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            matching = tg.create_task(self.broker.run_matching())
+            expiry = tg.create_task(self.broker.run_expiry())
+            await stop.wait()
+            log.info("broker stopping")
+            for name in ("", *SERVICES):
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.stop(grace=2.0)
+            matching.cancel()
+            expiry.cancel()
+        self.store.close()
+        log.info("broker stopped")
+
+
+async def serve(options: ServeOptions) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    server = BrokerServer(options)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.run(stop)

@@ -1,0 +1,240 @@
+"""The broker's gRPC faces: BrokerService for users and AgentService for node agents.
+
+Each method converts the request (core.wire), calls the Broker, converts back. One
+table maps the package's errors to status codes; anything else is logged and sent as a
+bare INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from broker.core import Broker, Session
+from core import wire
+from core.errors import (
+    FailedPrecondition,
+    IcxError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from core.types import JobId, LogChunk
+from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc
+
+log = logging.getLogger("icx.broker.service")
+
+STATUS: dict[type[IcxError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+TENANT_METADATA = "x-icx-tenant"
+DEFAULT_TENANT = "default"
+
+R = TypeVar("R")
+
+
+def status_for(exc: IcxError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if isinstance(exc, IcxError):
+        await context.abort(status_for(exc), str(exc))
+    log.error("internal error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def unary(
+    fn: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except (IcxError, Exception) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's tenant. Until user authentication lands this is a declared name."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA and value:
+            return str(value)
+    return DEFAULT_TENANT
+
+
+class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @unary
+    async def SubmitJob(
+        self, request: broker_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.SubmitJobResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required")
+        spec = wire.spec_from_proto(request.spec)
+        job = await self.broker.submit(tenant_of(context), spec, request.request_id)
+        return broker_pb2.SubmitJobResponse(job=wire.job_to_proto(job))
+
+    @unary
+    async def GetJob(
+        self, request: broker_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.GetJobResponse:
+        return broker_pb2.GetJobResponse(job=wire.job_to_proto(self.broker.get(request.job_id)))
+
+    @unary
+    async def ListJobs(
+        self, request: broker_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.ListJobsResponse:
+        if request.limit < 0:
+            raise InvalidArgument(f"limit must be >= 0, got {request.limit}")
+        states = [wire.state_from_proto(s) for s in request.states]
+        jobs = self.broker.list_jobs(states, request.limit)
+        return broker_pb2.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in jobs])
+
+    @unary
+    async def CancelJob(
+        self, request: broker_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.CancelJobResponse:
+        job = await self.broker.cancel(tenant_of(context), request.job_id)
+        return broker_pb2.CancelJobResponse(job=wire.job_to_proto(job))
+
+    async def WatchJob(
+        self, request: broker_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[broker_pb2.WatchJobResponse]:
+        try:
+            job = self.broker.get(request.job_id)
+        except IcxError as exc:
+            await abort(context, exc)
+            return
+        job_id = JobId(job.job_id)
+        event_seq = 0
+        log_seq = 0
+        ended = False
+        while not ended:
+            changed = self.broker.change_event(job_id)
+            # Only committed events are read. The agent sends a job's output before its
+            # final update, so the output is committed no later than the end.
+            for event in self.broker.events_after(job_id, event_seq):
+                event_seq = event.seq
+                ended = ended or event.state.terminal
+                yield broker_pb2.WatchJobResponse(event=wire.event_to_proto(event))
+            if request.include_logs:
+                for chunk in self.broker.logs_after(job_id, log_seq):
+                    log_seq = chunk.seq
+                    yield broker_pb2.WatchJobResponse(log=wire.log_to_proto(chunk))
+            if not ended and not request.snapshot:
+                await changed.wait()
+            ended = ended or request.snapshot
+
+    @unary
+    async def ListCenters(
+        self, request: broker_pb2.ListCentersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.ListCentersResponse:
+        out = []
+        for view in self.broker.center_views():
+            status = broker_pb2.CenterStatus(
+                center=wire.center_to_proto(view.center),
+                connected=view.connected,
+                last_seen_ms=view.last_seen_ms,
+                jobs_running=view.jobs_running,
+            )
+            if view.offer is not None:
+                status.offer.CopyFrom(wire.offer_to_proto(view.offer))
+            out.append(status)
+        return broker_pb2.ListCentersResponse(centers=out)
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """One stream per connected center: requests are handled in order; responses come
+    from the session's outbox."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        session: Session | None = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("msg") != "hello":
+                raise InvalidArgument("the first message on a stream must be hello")
+            center = wire.center_from_proto(first.hello.center)
+            session, welcome = await self.broker.connect(center, list(first.hello.held))
+            yield agent_pb2.ConnectResponse(welcome=welcome)
+            reader = asyncio.create_task(self._read(session, request_iterator))
+            while True:
+                getter = asyncio.ensure_future(session.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    exc = reader.exception()
+                    if exc is not None:
+                        raise exc
+                    return  # the agent closed its side
+                msg = getter.result()
+                if not session.connected or msg.WhichOneof("msg") is None:
+                    return  # replaced by a newer stream or taken out
+                yield msg
+        except IcxError as exc:
+            if session is not None:
+                log.warning("center %s: %s", session.center.center_id, exc)
+            await context.abort(status_for(exc), str(exc))
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if session is not None:
+                self.broker.disconnect(session)
+
+    async def _read(
+        self, session: Session, requests: AsyncIterator[agent_pb2.ConnectRequest]
+    ) -> None:
+        async for req in requests:
+            kind = req.WhichOneof("msg")
+            if kind == "heartbeat":
+                self.broker.heartbeat(session)
+            elif kind == "offer":
+                self.broker.on_offer(session, wire.offer_from_proto(req.offer))
+            elif kind == "claim_reply":
+                await self.broker.on_claim_reply(session, req.claim_reply)
+            elif kind == "job_update":
+                await self.broker.on_job_update(session, req.job_update)
+            elif kind == "log":
+                chunk = req.log
+                self.broker.on_log(
+                    session,
+                    LogChunk(
+                        job_id=JobId(chunk.job_id),
+                        seq=chunk.seq,
+                        stream=wire.log_stream_from_proto(chunk.stream),
+                        data=chunk.data,
+                    ),
+                )
+            elif kind == "hello":
+                raise InvalidArgument("hello may only be the first message")
+            else:
+                raise InvalidArgument("empty message on the agent stream")

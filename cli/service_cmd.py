@@ -1,0 +1,97 @@
+"""The operators' commands: `icx broker serve` and `icx agent run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import tempfile
+from pathlib import Path
+
+from broker.core import BrokerConfig
+from broker.server import ServeOptions, serve
+from cli._output import EXIT_OK, command
+from node_agent.agent import Agent
+from node_agent.config import load_center
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+@command
+def broker_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    config = BrokerConfig(
+        heartbeat_interval_ms=args.heartbeat_ms,
+        center_expiry_ms=args.center_expiry_ms,
+        lease_ms=args.lease_ms,
+        max_attempts=args.max_attempts,
+    )
+    options = ServeOptions(
+        listen=args.listen, db=Path(args.db), metrics_port=args.metrics, config=config
+    )
+    asyncio.run(serve(options))
+    return EXIT_OK
+
+
+@command
+def agent_run(args: argparse.Namespace) -> int:
+    center = load_center(Path(args.config))
+    setup_logging(args.log_level)
+    workdir = (
+        Path(args.workdir)
+        if args.workdir
+        else Path(tempfile.mkdtemp(prefix=f"icx-{center.center_id}-"))
+    )
+    asyncio.run(_run_agent(Agent(center, args.broker, workdir=workdir)))
+    return EXIT_OK
+
+
+async def _run_agent(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.ensure_future(agent.run())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        logging.getLogger("icx.agent").info("agent stopping: stopping its jobs")
+        await agent.stop()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("broker", help="run a region broker")
+    bsub = b.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
+    p = bsub.add_parser("serve", help="serve the broker's gRPC API until SIGTERM")
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:7700",
+        help="HOST:PORT (default 127.0.0.1:7700; port 0 picks one)",
+    )
+    p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
+    p.add_argument("--metrics", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--heartbeat-ms", type=int, default=1_000, help="agents' heartbeat interval")
+    p.add_argument(
+        "--center-expiry-ms", type=int, default=10_000, help="silence that takes a center out"
+    )
+    p.add_argument(
+        "--lease-ms", type=int, default=10_000, help="how long an unanswered claim holds"
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=3, help="times a job may be lost before it fails"
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=broker_serve)
+
+    a = sub.add_parser("agent", help="run a center's node agent")
+    asub = a.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
+    p = asub.add_parser("run", help="connect to the broker and serve the center until SIGTERM")
+    p.add_argument("--config", required=True, help="center config (TOML)")
+    p.add_argument("--broker", required=True, help="broker address HOST:PORT")
+    p.add_argument("--workdir", help="where jobs run (default: a new temporary folder)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=agent_run)

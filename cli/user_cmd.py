@@ -1,0 +1,326 @@
+"""The user's commands: submit, status, jobs, cancel, centers, logs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli._client import broker_address, broker_stub, metadata
+from cli._jobspec import hours_to_s, load_spec, parse_deadline, yuan_to_fen
+from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
+from core import wire
+from core.errors import InvalidJobSpec
+from core.states import JobState
+from core.types import JobSpec
+from icx.v1 import broker_pb2, types_pb2
+
+RPC_TIMEOUT_S = 10.0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker", help="broker address HOST:PORT (default: $ICX_BROKER or 127.0.0.1:7700)"
+    )
+    p.add_argument("--tenant", help="act as this tenant (default: $ICX_TENANT or 'default')")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def job_dict(job: types_pb2.Job) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "name": spec.name,
+        "state": str(wire.state_from_proto(job.state)),
+        "accelerator": spec.accelerator,
+        "devices": spec.devices,
+        "estimated_seconds": spec.estimated_seconds,
+        "center_id": job.center_id or None,
+        "pool_id": job.pool_id or None,
+        "device_indices": list(job.device_indices),
+        "attempts": job.attempts,
+        "exit_code": job.exit_code if job.HasField("exit_code") else None,
+        "reason": job.reason,
+        "explanation": job.explanation,
+        "submitted_at_ms": job.submitted_at_ms,
+        "updated_at_ms": job.updated_at_ms,
+        "command": list(spec.command),
+    }
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ------------------------------------------------------------------ submit
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    if args.spec_file:
+        if args.cmd:
+            raise InvalidJobSpec("give either a spec file or a command after --, not both")
+        return load_spec(Path(args.spec_file))
+    if not args.cmd:
+        raise InvalidJobSpec("give a spec file or a command after -- (see icx submit --help)")
+    if args.devices is None or args.hours is None:
+        raise InvalidJobSpec("--devices and --hours are required with a command")
+    return JobSpec(
+        name=args.name or "",
+        accelerator=args.accelerator,
+        devices=args.devices,
+        estimated_s=hours_to_s(args.hours, "--hours"),
+        allowed_regions=tuple(args.region or ()),
+        max_price_fen=None
+        if args.max_price is None
+        else yuan_to_fen(args.max_price, "--max-price"),
+        deadline_ms=None if args.deadline is None else parse_deadline(args.deadline),
+        priority=args.priority,
+        command=tuple(args.cmd),
+    )
+
+
+@command
+def submit(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    with broker_stub(broker_address(args.broker)) as stub:
+        reply = stub.SubmitJob(
+            broker_pb2.SubmitJobRequest(
+                spec=wire.spec_to_proto(spec), request_id=args.request_id or ""
+            ),
+            metadata=metadata(args.tenant),
+            timeout=RPC_TIMEOUT_S,
+        )
+    if args.json:
+        print_json(job_dict(reply.job))
+    else:
+        print(reply.job.job_id)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------ status, jobs
+
+
+@command
+def status(args: argparse.Namespace) -> int:
+    with broker_stub(broker_address(args.broker)) as stub:
+        job = stub.GetJob(
+            broker_pb2.GetJobRequest(job_id=args.job),
+            metadata=metadata(args.tenant),
+            timeout=RPC_TIMEOUT_S,
+        ).job
+    d = job_dict(job)
+    if args.json:
+        print_json(d)
+        return EXIT_OK
+    rows = [
+        ("job", d["job_id"]),
+        ("state", d["state"]),
+        ("tenant", d["tenant"]),
+        ("asks", f"{d['devices']} x {d['accelerator']} for {d['estimated_seconds']} s"),
+        ("center", f"{d['center_id']}/{d['pool_id']}" if d["center_id"] else "-"),
+        ("devices", ",".join(map(str, d["device_indices"])) or "-"),
+        ("attempts", d["attempts"]),
+        ("exit code", "-" if d["exit_code"] is None else d["exit_code"]),
+        ("submitted", _when(d["submitted_at_ms"])),
+        ("reason", d["reason"] or "-"),
+        ("explanation", d["explanation"] or "-"),
+    ]
+    for key, value in rows:
+        print(f"{key:<12} {value}")
+    return EXIT_OK
+
+
+@command
+def jobs(args: argparse.Namespace) -> int:
+    states = [wire.state_to_proto(JobState(s)) for s in args.state or ()]
+    with broker_stub(broker_address(args.broker)) as stub:
+        reply = stub.ListJobs(
+            broker_pb2.ListJobsRequest(states=states, limit=args.limit),
+            metadata=metadata(args.tenant),
+            timeout=RPC_TIMEOUT_S,
+        )
+    items = [job_dict(j) for j in reply.jobs]
+    if args.json:
+        print_json(items)
+        return EXIT_OK
+    print_table(
+        ["JOB", "STATE", "DEVICES", "ACCELERATOR", "CENTER", "ATTEMPTS", "NAME"],
+        [
+            (
+                j["job_id"],
+                j["state"],
+                j["devices"],
+                j["accelerator"],
+                j["center_id"] or "-",
+                j["attempts"],
+                j["name"],
+            )
+            for j in items
+        ],
+    )
+    return EXIT_OK
+
+
+@command
+def cancel(args: argparse.Namespace) -> int:
+    with broker_stub(broker_address(args.broker)) as stub:
+        job = stub.CancelJob(
+            broker_pb2.CancelJobRequest(job_id=args.job),
+            metadata=metadata(args.tenant),
+            timeout=RPC_TIMEOUT_S,
+        ).job
+    if args.json:
+        print_json(job_dict(job))
+    else:
+        print(f"{job.job_id} {wire.state_from_proto(job.state)}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- centers
+
+
+def center_dict(c: broker_pb2.CenterStatus) -> dict[str, Any]:
+    pools = c.offer.pools if c.HasField("offer") else c.center.pools
+    return {
+        "center_id": c.center.center_id,
+        "name": c.center.name,
+        "region": c.center.region,
+        "connected": c.connected,
+        "last_seen_ms": c.last_seen_ms,
+        "jobs_running": c.jobs_running,
+        "pue": c.center.pue_milli / 1000,
+        "grid_g_co2_per_kwh": c.center.grid_g_co2_per_kwh,
+        "pools": [
+            {
+                "pool_id": p.pool_id,
+                "accelerator": p.accelerator,
+                "devices_total": p.devices_total,
+                "devices_free": p.devices_free if c.HasField("offer") else None,
+                "price_fen_per_device_hour": p.price_fen_per_device_hour,
+            }
+            for p in pools
+        ],
+    }
+
+
+@command
+def centers(args: argparse.Namespace) -> int:
+    with broker_stub(broker_address(args.broker)) as stub:
+        reply = stub.ListCenters(
+            broker_pb2.ListCentersRequest(), metadata=metadata(args.tenant), timeout=RPC_TIMEOUT_S
+        )
+    items = [center_dict(c) for c in reply.centers]
+    if args.json:
+        print_json(items)
+        return EXIT_OK
+    rows = []
+    for c in items:
+        for p in c["pools"]:
+            rows.append(
+                (
+                    c["center_id"],
+                    c["region"],
+                    "up" if c["connected"] else "down",
+                    p["accelerator"],
+                    "-" if p["devices_free"] is None else p["devices_free"],
+                    p["devices_total"],
+                    f"{p['price_fen_per_device_hour'] / 100:.2f}",
+                    c["jobs_running"],
+                    c["name"],
+                )
+            )
+    print_table(
+        ["CENTER", "REGION", "LINK", "ACCELERATOR", "FREE", "TOTAL", "YUAN/DEV-H", "JOBS", "NAME"],
+        rows,
+    )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- logs
+
+
+@command
+def logs(args: argparse.Namespace) -> int:
+    """Print a job's output; with --follow, until the job ends, then exit with its result."""
+    final = None
+    with broker_stub(broker_address(args.broker)) as stub:
+        stream = stub.WatchJob(
+            broker_pb2.WatchJobRequest(
+                job_id=args.job, include_logs=True, snapshot=not args.follow
+            ),
+            metadata=metadata(args.tenant),
+            timeout=None if args.follow else RPC_TIMEOUT_S,
+        )
+        for item in stream:
+            if item.HasField("log"):
+                out = sys.stdout if item.log.stream == types_pb2.LOG_STREAM_STDOUT else sys.stderr
+                out.buffer.write(item.log.data)
+                out.flush()
+            elif wire.state_from_proto(item.event.state).terminal:
+                final = item.event.state
+    if args.follow and final is not None and final != types_pb2.JOB_STATE_SUCCEEDED:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --------------------------------------------------------------- register
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="submit a job from a TOML spec or from flags",
+        description=(
+            "Submit a job: `icx submit job.toml` or "
+            "`icx submit --devices N --accelerator M --hours H -- CMD ARGS`. "
+            "Prints the job id once the broker has it on disk."
+        ),
+    )
+    p.add_argument("spec_file", nargs="?", help="job spec (TOML)")
+    p.add_argument("--devices", type=int, help="gang size: devices in one pool")
+    p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
+    p.add_argument("--hours", type=float, help="estimated run time in hours")
+    p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
+    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
+    p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
+    p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
+    p.add_argument("--name", help="a name for humans")
+    p.add_argument(
+        "--request-id", help="idempotency key: a retry with the same key returns the same job"
+    )
+    _common(p)
+    p.set_defaults(func=submit, takes_command=True)
+
+    p = sub.add_parser("status", help="show one job")
+    p.add_argument("job")
+    _common(p)
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in JobState],
+        help="only jobs in this state (repeatable)",
+    )
+    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
+    _common(p)
+    p.set_defaults(func=jobs)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job")
+    _common(p)
+    p.set_defaults(func=cancel)
+
+    p = sub.add_parser("centers", help="list the federation's centers and their free capacity")
+    _common(p)
+    p.set_defaults(func=centers)
+
+    p = sub.add_parser("logs", help="print a job's output")
+    p.add_argument("job")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    _common(p)
+    p.set_defaults(func=logs)

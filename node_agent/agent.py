@@ -1,0 +1,392 @@
+"""The node agent: dials out to its broker, keeps one stream open, advertises the
+center's capacity, decides claims, runs jobs through a backend and reports them.
+
+The agent is the authority on its free devices (DeviceBook). If it is cut off from the
+broker for half the center expiry the broker announced, it stops its jobs: by the time
+the broker gives up on the center and requeues them, they are no longer running here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from core import wire
+from core.states import JobState
+from core.types import CenterDescriptor, Offer, Pool
+from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from node_agent.backend import Backend, LaunchRequest, ProcessBackend, Run
+from node_agent.devices import DeviceBook, Refused
+
+log = logging.getLogger("icx.agent")
+
+VERSION = "0.1.0"
+OFFER_TTL_MS = 30_000
+FINISHED_RETENTION_MS = 10 * 60_000
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True, kw_only=True)
+class Task:
+    """A claim's job at this center."""
+
+    claim_id: str
+    job_id: str
+    state: JobState = JobState.CLAIMED
+    run: Run | None = None
+    exit_code: int | None = None
+    ended_at_ms: int = 0
+    log_seq: int = 0
+    cancelled: bool = False
+    # Stopped because the agent was cut off: not reported, the broker requeues it.
+    fenced: bool = False
+    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Agent:
+    def __init__(
+        self,
+        center: CenterDescriptor,
+        broker: str,
+        *,
+        workdir: Path,
+        backend: Backend | None = None,
+    ) -> None:
+        self.center = center
+        self.broker = broker
+        self.workdir = workdir
+        self.backend: Backend = backend or ProcessBackend()
+        self.book = DeviceBook(center)
+        self.tasks: dict[str, Task] = {}
+        self._seq = 0
+        self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
+        self._heartbeat_s = 1.0
+        self._fence_after_ms = 5_000
+        self._disconnected_since_ms: int | None = now_ms()
+        self._changed = asyncio.Event()
+        self.connected = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Connect, and reconnect with capped exponential back-off, forever."""
+        backoff = 0.2
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._housekeeping())
+            while True:
+                try:
+                    await self._session()
+                    backoff = 0.2
+                except grpc.aio.AioRpcError as exc:
+                    level = (
+                        logging.ERROR if exc.code() != grpc.StatusCode.UNAVAILABLE else logging.INFO
+                    )
+                    log.log(level, "broker %s: %s %s", self.broker, exc.code().name, exc.details())
+                finally:
+                    if self.connected.is_set():
+                        log.info("disconnected from broker %s", self.broker)
+                    self.connected.clear()
+                    self._out = None
+                    if self._disconnected_since_ms is None:
+                        self._disconnected_since_ms = now_ms()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks.values()):
+            if task.run is not None and task.state == JobState.RUNNING:
+                await task.run.kill()
+
+    async def _session(self) -> None:
+        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+        out.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
+
+        async def requests() -> AsyncIterator[agent_pb2.ConnectRequest]:
+            while True:
+                yield await out.get()
+
+        async with grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect(requests())
+            async for msg in call:
+                kind = msg.WhichOneof("msg")
+                if kind == "welcome":
+                    self._welcome(msg.welcome, out)
+                elif kind == "reserve":
+                    self._reserve(msg.reserve)
+                elif kind == "launch":
+                    await self._launch(msg.launch)
+                elif kind == "cancel":
+                    await self._cancel(msg.cancel)
+
+    def _hello(self) -> agent_pb2.Hello:
+        held = []
+        for t in self.tasks.values():
+            h = agent_pb2.HeldClaim(
+                claim_id=t.claim_id, job_id=t.job_id, state=wire.state_to_proto(t.state)
+            )
+            if t.exit_code is not None:
+                h.exit_code = t.exit_code
+            held.append(h)
+        return agent_pb2.Hello(
+            center=wire.center_to_proto(self.center), agent_version=VERSION, held=held
+        )
+
+    def _welcome(
+        self, welcome: agent_pb2.Welcome, out: asyncio.Queue[agent_pb2.ConnectRequest]
+    ) -> None:
+        self._heartbeat_s = max(0.05, welcome.heartbeat_interval_ms / 1000)
+        self._fence_after_ms = welcome.center_expiry_ms // 2
+        for claim_id in welcome.stale_claim_ids:
+            task = self.tasks.get(claim_id)
+            if task is not None and task.state in (JobState.CLAIMED, JobState.RUNNING):
+                log.info(
+                    "claim %s (job %s) is stale at the broker: stopping", claim_id, task.job_id
+                )
+                self._spawn(self._cancel(agent_pb2.Cancel(claim_id=claim_id)))
+            elif task is not None:
+                self.tasks.pop(claim_id, None)
+        self._out = out
+        self._disconnected_since_ms = None
+        self.connected.set()
+        log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
+        self._send(offer=wire.offer_to_proto(self.offer()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tg is not None, "the agent is not running"
+        return self._tg.create_task(coro)
+
+    # -------------------------------------------------------------- messages
+
+    def _send(self, **msg: object) -> None:
+        if self._out is not None:
+            self._out.put_nowait(agent_pb2.ConnectRequest(**msg))  # type: ignore[arg-type]
+
+    def offer(self) -> Offer:
+        self._seq += 1
+        at = now_ms()
+        pools = tuple(_with_free(p, self.book.free(p.pool_id)) for p in self.center.pools)
+        return Offer(
+            center_id=self.center.center_id,
+            seq=self._seq,
+            issued_at_ms=at,
+            expires_at_ms=at + OFFER_TTL_MS,
+            pue_milli=self.center.pue_milli,
+            grid_g_co2_per_kwh=self.center.grid_g_co2_per_kwh,
+            pools=pools,
+        )
+
+    def _advertise(self) -> None:
+        self._send(offer=wire.offer_to_proto(self.offer()))
+
+    def _reserve(self, reserve: agent_pb2.Reserve) -> None:
+        try:
+            holding = self.book.reserve(
+                claim_id=reserve.claim_id,
+                job_id=reserve.job_id,
+                pool_id=reserve.pool_id,
+                devices=reserve.devices,
+                lease_expires_at_ms=reserve.lease_expires_at_ms,
+            )
+        except Refused as exc:
+            log.info("claim %s for job %s refused: %s", reserve.claim_id, reserve.job_id, exc)
+            self._send(
+                claim_reply=agent_pb2.ClaimReply(
+                    claim_id=reserve.claim_id, accepted=False, reason=str(exc)
+                )
+            )
+            return
+        self.tasks.setdefault(
+            reserve.claim_id, Task(claim_id=reserve.claim_id, job_id=reserve.job_id)
+        )
+        log.info(
+            "claim %s for job %s accepted: %s devices %s",
+            reserve.claim_id,
+            reserve.job_id,
+            reserve.pool_id,
+            ",".join(map(str, holding.indices)),
+        )
+        # The new free count goes up before the reply, so the broker never believes
+        # these devices free once it hears the claim was accepted.
+        self._advertise()
+        self._send(
+            claim_reply=agent_pb2.ClaimReply(
+                claim_id=reserve.claim_id, accepted=True, device_indices=holding.indices
+            )
+        )
+
+    async def _launch(self, launch: agent_pb2.Launch) -> None:
+        task = self.tasks.get(launch.claim_id)
+        holding = self.book.holdings.get(launch.claim_id)
+        if task is None or holding is None:
+            self._update(
+                launch.claim_id,
+                launch.job_id,
+                JobState.FAILED,
+                message="claim lapsed before launch",
+            )
+            return
+        if task.state != JobState.CLAIMED:
+            return  # already launched (a resent launch after reconnect)
+        self.book.launch(launch.claim_id)
+        spec = wire.spec_from_proto(launch.spec)
+        request = LaunchRequest(
+            job_id=launch.job_id,
+            command=spec.command,
+            env=dict(spec.env),
+            device_indices=holding.indices,
+            workdir=self.workdir / launch.job_id,
+        )
+        task.state = JobState.RUNNING
+        try:
+            task.run = await self.backend.launch(request, self._output_sink(task))
+        except OSError as exc:
+            self._end(
+                task, JobState.FAILED, None, f"cannot start {spec.command[0]!r}: {exc.strerror}"
+            )
+            return
+        log.info(
+            "job %s running on %s devices %s", task.job_id, holding.pool_id, request.device_indices
+        )
+        self._update(
+            task.claim_id, task.job_id, JobState.RUNNING, message=f"started on {holding.pool_id}"
+        )
+        task.supervisor = self._spawn(self._supervise(task))
+
+    def _output_sink(self, task: Task):  # type: ignore[no-untyped-def]
+        async def sink(stream: str, data: bytes) -> None:
+            task.log_seq += 1
+            self._send(
+                log=types_pb2.LogChunk(
+                    job_id=task.job_id,
+                    seq=task.log_seq,
+                    stream=types_pb2.LOG_STREAM_STDOUT
+                    if stream == "stdout"
+                    else types_pb2.LOG_STREAM_STDERR,
+                    data=data,
+                )
+            )
+
+        return sink
+
+    async def _supervise(self, task: Task) -> None:
+        assert task.run is not None
+        code = await task.run.wait()
+        if task.fenced:
+            self.book.release(task.claim_id)
+            self.tasks.pop(task.claim_id, None)
+            log.info("job %s stopped while cut off (exit %s)", task.job_id, code)
+            self._advertise()
+        elif task.cancelled:
+            self._end(task, JobState.CANCELLED, code, "cancelled")
+        elif code == 0:
+            self._end(task, JobState.SUCCEEDED, code, "exit 0")
+        else:
+            self._end(task, JobState.FAILED, code, f"exit {code}")
+
+    def _end(self, task: Task, state: JobState, code: int | None, message: str) -> None:
+        task.state = state
+        task.exit_code = code
+        task.ended_at_ms = now_ms()
+        self.book.release(task.claim_id)
+        log.info("job %s %s (%s)", task.job_id, state, message)
+        self._update(task.claim_id, task.job_id, state, exit_code=code, message=message)
+        self._advertise()
+
+    def _update(
+        self,
+        claim_id: str,
+        job_id: str,
+        state: JobState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> None:
+        update = agent_pb2.JobUpdate(
+            claim_id=claim_id,
+            job_id=job_id,
+            state=wire.state_to_proto(state),
+            message=message,
+            at_ms=now_ms(),
+        )
+        if exit_code is not None:
+            update.exit_code = exit_code
+        self._send(job_update=update)
+
+    async def _cancel(self, cancel: agent_pb2.Cancel) -> None:
+        task = self.tasks.get(cancel.claim_id)
+        if task is None:
+            self.book.release(cancel.claim_id)
+            return
+        if task.state == JobState.CLAIMED:
+            self.book.release(task.claim_id)
+            self.tasks.pop(task.claim_id, None)
+            self._advertise()
+            return
+        if task.state == JobState.RUNNING and task.run is not None:
+            log.info("job %s: stopping (%s)", task.job_id, cancel.reason or "cancelled")
+            task.cancelled = True
+            await task.run.kill()
+
+    # ---------------------------------------------------------- housekeeping
+
+    async def _housekeeping(self) -> None:
+        """Heartbeats, lapsed reservations, fencing when cut off, forgetting old ends."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            at = now_ms()
+            lapsed = self.book.lapse(at)
+            for h in lapsed:
+                log.info("reservation %s for job %s lapsed", h.claim_id, h.job_id)
+                self.tasks.pop(h.claim_id, None)
+            if lapsed:
+                self._advertise()
+            if self._out is not None:
+                self._send(heartbeat=agent_pb2.Heartbeat(sent_at_ms=at))
+            since = self._disconnected_since_ms
+            if since is not None and at - since >= self._fence_after_ms:
+                await self._fence()
+            for claim_id, task in list(self.tasks.items()):
+                if task.ended_at_ms and at - task.ended_at_ms > FINISHED_RETENTION_MS:
+                    del self.tasks[claim_id]
+
+    async def _fence(self) -> None:
+        running = [
+            t for t in self.tasks.values() if t.state in (JobState.CLAIMED, JobState.RUNNING)
+        ]
+        if not running:
+            return
+        log.warning(
+            "cut off from the broker: stopping %d jobs (they will be requeued)", len(running)
+        )
+        for task in running:
+            if task.state == JobState.RUNNING and task.run is not None:
+                task.fenced = True
+                await task.run.kill()
+            else:
+                self.book.release(task.claim_id)
+                self.tasks.pop(task.claim_id, None)
+
+
+def _with_free(pool: Pool, free: int) -> Pool:
+    return dataclasses.replace(pool, devices_free=free)
