@@ -4,6 +4,8 @@ matching and expiry loops, and the metrics endpoint, under one TaskGroup."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ class ServeOptions:
     listen: str
     db: Path
     metrics_port: int | None = None
+    # Written once serving: {"port", "metrics_port", "pid"}, for scripts and tests.
+    ready_file: Path | None = None
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
 
@@ -75,6 +79,11 @@ class BrokerServer:
             self.metrics_port = self.broker.metrics.serve(self.options.metrics_port)
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.options.ready_file is not None:
+            ready = {"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}
+            tmp = self.options.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ready))
+            tmp.replace(self.options.ready_file)
         log.info(
             "broker serving on port %d (db %s%s)",
             self.port,

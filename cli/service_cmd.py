@@ -32,7 +32,11 @@ def broker_serve(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
     )
     options = ServeOptions(
-        listen=args.listen, db=Path(args.db), metrics_port=args.metrics, config=config
+        listen=args.listen,
+        db=Path(args.db),
+        metrics_port=args.metrics,
+        config=config,
+        ready_file=Path(args.ready_file) if args.ready_file else None,
     )
     asyncio.run(serve(options))
     return EXIT_OK
@@ -83,6 +87,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--max-attempts", type=int, default=3, help="times a job may be lost before it fails"
+    )
+    p.add_argument(
+        "--ready-file", help='write {"port", "metrics_port", "pid"} here (JSON) once serving'
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)

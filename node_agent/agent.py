@@ -253,7 +253,12 @@ class Agent:
         request = LaunchRequest(
             job_id=launch.job_id,
             command=spec.command,
-            env=dict(spec.env),
+            env={
+                **dict(spec.env),
+                "ICX_CENTER_ID": self.center.center_id,
+                "ICX_POOL_ID": holding.pool_id,
+                "ICX_CLAIM_ID": holding.claim_id,
+            },
             device_indices=holding.indices,
             workdir=self.workdir / launch.job_id,
         )

@@ -1,0 +1,192 @@
+"""A federation on this machine: a broker and node agents as child processes on
+loopback. Used by `icx demo` and by the tests (real processes, real SQLite, real gRPC).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from core.errors import Unavailable
+from core.types import CenterDescriptor
+
+
+def icx_command() -> list[str]:
+    """How to run this installation's `icx` in a child process."""
+    return [sys.executable, "-m", "cli.main"]
+
+
+def center_toml(center: CenterDescriptor) -> str:
+    """The agent config file for a descriptor (the inverse of node_agent.config)."""
+    lines = [
+        "[center]",
+        f"id = {json.dumps(center.center_id)}",
+        f"name = {json.dumps(center.name)}",
+        f"region = {json.dumps(center.region)}",
+        f"latitude = {center.latitude}",
+        f"longitude = {center.longitude}",
+        f"pue = {center.pue_milli / 1000}",
+        f"grid_g_co2_per_kwh = {center.grid_g_co2_per_kwh}",
+    ]
+    for p in center.pools:
+        lines += [
+            "",
+            "[[pools]]",
+            f"id = {json.dumps(p.pool_id)}",
+            f"accelerator = {json.dumps(p.accelerator)}",
+            f"devices = {p.devices_total}",
+            f"memory_gb = {p.memory_gb}",
+            f"fp16_tflops = {p.fp16_tflops}",
+            f"power_w = {p.power_w}",
+            f"price_fen_per_device_hour = {p.price_fen_per_device_hour}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def wait_serving(address: str, timeout_s: float = 15.0) -> None:
+    """Block until the gRPC health service at address says SERVING."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.05)
+    raise Unavailable(f"broker at {address} not serving after {timeout_s} s ({last})")
+
+
+@dataclass(slots=True, kw_only=True)
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        self.proc.wait()
+        self.log_file.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+@dataclass(slots=True, kw_only=True)
+class LocalFederation:
+    """Children of this process; `stop()` ends them all (agents first)."""
+
+    root: Path
+    broker_args: tuple[str, ...] = ()
+    broker: Child | None = None
+    broker_port: int = 0
+    metrics_port: int | None = None
+    agents: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "broker.db"
+
+    def _spawn(self, name: str, args: list[str]) -> Child:
+        log_path = self.root / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [*icx_command(), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        return Child(name=name, proc=proc, log_path=log_path, log_file=log_file)
+
+    def start_broker(self, port: int | None = None, timeout_s: float = 15.0) -> None:
+        """Start (or restart, on the same database and port) the broker; wait for SERVING."""
+        if self.broker is not None:
+            self.broker.stop()
+        ready = self.root / "broker.ready"
+        ready.unlink(missing_ok=True)
+        listen_port = self.broker_port if port is None else port
+        args = [
+            "broker", "serve",
+            "--listen", f"127.0.0.1:{listen_port}",
+            "--db", str(self.db),
+            "--metrics", "0",
+            "--ready-file", str(ready),
+            *self.broker_args,
+        ]  # fmt: skip
+        self.broker = self._spawn("broker", args)
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if not self.broker.alive():
+                raise Unavailable(f"broker exited; see {self.broker.log_path}")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"broker not ready after {timeout_s} s")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        self.broker_port = info["port"]
+        self.metrics_port = info["metrics_port"]
+        wait_serving(self.address, timeout_s)
+
+    def start_agent(self, center: CenterDescriptor) -> Child:
+        config = self.root / "centers" / f"{center.center_id}.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(center_toml(center))
+        workdir = self.root / "work" / center.center_id
+        child = self._spawn(
+            f"agent-{center.center_id}",
+            [
+                "agent", "run",
+                "--config", str(config),
+                "--broker", self.address,
+                "--workdir", str(workdir),
+            ],
+        )  # fmt: skip
+        self.agents[center.center_id] = child
+        return child
+
+    def stop(self) -> None:
+        for child in self.agents.values():
+            if child.alive():
+                child.proc.send_signal(signal.SIGTERM)
+        for child in self.agents.values():
+            child.stop()
+        if self.broker is not None:
+            self.broker.stop()

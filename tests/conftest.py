@@ -1,0 +1,143 @@
+"""Shared fixtures: a real federation of child processes on loopback."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cli.federation import LocalFederation
+from core.errors import Unavailable
+from core.types import CenterDescriptor, CenterId, Pool, PoolId
+from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+
+RECORD_JOB = Path(__file__).parent / "jobs" / "record.py"
+
+# Short expiries so that loss and recovery happen within a test's time.
+FAST_BROKER = (
+    "--heartbeat-ms", "200",
+    "--center-expiry-ms", "2000",
+    "--lease-ms", "3000",
+)  # fmt: skip
+
+
+def make_center(
+    center_id: str,
+    *,
+    region: str = "TF",
+    pools: dict[str, tuple[str, int, int]] | None = None,
+    pue_milli: int = 1250,
+    grid: int = 500,
+) -> CenterDescriptor:
+    """pools: pool_id -> (accelerator, devices, price_fen_per_device_hour)."""
+    pools = pools or {"main": ("ascend-910", 8, 500)}
+    return CenterDescriptor(
+        center_id=CenterId(center_id),
+        name=f"Test center {center_id}",
+        region=region,
+        pue_milli=pue_milli,
+        grid_g_co2_per_kwh=grid,
+        pools=tuple(
+            Pool(
+                pool_id=PoolId(pid),
+                accelerator=acc,
+                devices_total=n,
+                devices_free=n,
+                memory_gb=32,
+                fp16_tflops=256,
+                power_w=300,
+                price_fen_per_device_hour=price,
+            )
+            for pid, (acc, n, price) in pools.items()
+        ),
+    )
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[LocalFederation]:
+    fed = LocalFederation(root=tmp_path / "fed", broker_args=FAST_BROKER)
+    fed.root.mkdir()
+    try:
+        fed.start_broker(port=0)
+        yield fed
+    finally:
+        fed.stop()
+
+
+@pytest.fixture
+def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
+    with grpc.insecure_channel(federation.address) as channel:
+        yield broker_pb2_grpc.BrokerServiceStub(channel)
+
+
+def record_spec(
+    out: Path, seconds: float, devices: int = 1, exit_code: int = 0
+) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(
+        accelerator="any",
+        devices=devices,
+        estimated_seconds=max(1, int(seconds)),
+        command=[sys.executable, str(RECORD_JOB), str(out), str(seconds), str(exit_code)],
+    )
+
+
+def submit(stub: broker_pb2_grpc.BrokerServiceStub, spec: types_pb2.JobSpec) -> str:
+    return str(stub.SubmitJob(broker_pb2.SubmitJobRequest(spec=spec), timeout=10).job.job_id)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def wait_centers(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: float = 15) -> None:
+    def ready() -> bool:
+        reply = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
+        return sum(1 for c in reply.centers if c.connected and c.HasField("offer")) >= n
+
+    try:
+        wait_for(ready, timeout_s, f"{n} connected centers")
+    except grpc.RpcError as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def jobs_by_state(stub: broker_pb2_grpc.BrokerServiceStub) -> dict[str, types_pb2.Job]:
+    reply = stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=10)
+    return {j.job_id: j for j in reply.jobs}
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+
+
+def assert_no_overlaps(records: list[dict[str, Any]], totals: dict[tuple[str, str], int]) -> None:
+    """No device was used by two runs at once, no index beyond the pool, and no job ran
+    twice at the same time: checked on what the jobs themselves saw."""
+    by_device: dict[tuple[str, str, int], list[tuple[float, float, str]]] = {}
+    by_job: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        stop = r.get("end", r["last"])
+        for d in r["devices"]:
+            assert 0 <= d < totals[(r["center"], r["pool"])], f"device {d} beyond pool: {r}"
+            by_device.setdefault((r["center"], r["pool"], d), []).append(
+                (r["start"], stop, r["job"])
+            )
+        by_job.setdefault(r["job"], []).append((r["start"], stop))
+    for key, spans in [*by_device.items(), *by_job.items()]:
+        spans = sorted(spans)
+        for a, b in itertools.pairwise(spans):
+            assert a[1] <= b[0], f"{key}: runs overlap: {a} and {b}"

@@ -1,0 +1,135 @@
+"""Jobs through a real broker and real node agents, all child processes on loopback."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from cli.federation import LocalFederation
+from icx.v1 import broker_pb2_grpc, types_pb2
+from tests.conftest import (
+    assert_no_overlaps,
+    jobs_by_state,
+    make_center,
+    read_records,
+    record_spec,
+    submit,
+    wait_centers,
+    wait_for,
+)
+
+SUCCEEDED = types_pb2.JOB_STATE_SUCCEEDED
+TERMINAL = {
+    types_pb2.JOB_STATE_SUCCEEDED,
+    types_pb2.JOB_STATE_FAILED,
+    types_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def _all_done(
+    stub: broker_pb2_grpc.BrokerServiceStub, ids: list[str]
+) -> dict[str, types_pb2.Job] | None:
+    jobs = jobs_by_state(stub)
+    return jobs if all(jobs[i].state in TERMINAL for i in ids) else None
+
+
+def test_fifty_jobs_each_succeed_once_without_overcommitting_a_pool(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+) -> None:
+    centers = [
+        make_center("CA", pools={"p": ("ascend-910", 4, 400)}),
+        make_center("CB", pools={"p": ("ascend-910", 6, 500)}),
+        make_center("CC", pools={"p": ("ascend-910", 3, 450), "q": ("nvidia-a800", 2, 900)}),
+    ]
+    for c in centers:
+        federation.start_agent(c)
+    wait_centers(stub, 3)
+    out = tmp_path / "runs"
+    out.mkdir()
+    ids = [submit(stub, record_spec(out, 0.3, devices=1 + i % 3)) for i in range(50)]
+
+    jobs = wait_for(lambda: _all_done(stub, ids), 90, "50 jobs to end")
+
+    assert {jobs[i].state for i in ids} == {SUCCEEDED}
+    records = read_records(out)
+    finished = [r for r in records if "end" in r]
+    assert sorted(r["job"] for r in finished) == sorted(ids)  # each exactly once
+    for r in finished:
+        job = jobs[r["job"]]
+        assert (r["center"], r["pool"]) == (job.center_id, job.pool_id)
+        assert r["devices"] == list(job.device_indices)
+        assert len(r["devices"]) == job.spec.devices
+    totals = {(c.center_id, p.pool_id): p.devices_total for c in centers for p in c.pools}
+    assert_no_overlaps(records, totals)
+    assert len({r["center"] for r in finished}) == 3  # the work spread over every center
+
+
+def test_agent_killed_midjob_its_jobs_complete_elsewhere(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+) -> None:
+    # The cheapest center takes the first jobs; it is the one we kill.
+    victim = make_center("CV", pools={"p": ("ascend-910", 4, 100)})
+    others = [
+        make_center("CX", pools={"p": ("ascend-910", 4, 500)}),
+        make_center("CY", pools={"p": ("ascend-910", 4, 600)}),
+    ]
+    for c in (victim, *others):
+        federation.start_agent(c)
+    wait_centers(stub, 3)
+    out = tmp_path / "runs"
+    out.mkdir()
+    ids = [submit(stub, record_spec(out, 3.0, devices=1)) for _ in range(8)]
+
+    def victim_running() -> list[str]:
+        # Running at the broker and already recorded by the job itself.
+        jobs = jobs_by_state(stub)
+        started = {r["job"] for r in read_records(out)}
+        return [
+            i for i in ids
+            if jobs[i].center_id == "CV" and jobs[i].state == types_pb2.JOB_STATE_RUNNING
+            and i in started
+        ]  # fmt: skip
+
+    on_victim = wait_for(victim_running, 20, "jobs running on the victim")
+    federation.agents["CV"].kill()
+
+    jobs = wait_for(lambda: _all_done(stub, ids), 60, "every job to end")
+    assert {jobs[i].state for i in ids} == {SUCCEEDED}
+    for i in on_victim:
+        assert jobs[i].center_id in {"CX", "CY"}, f"{i} finished on {jobs[i].center_id}"
+        assert jobs[i].attempts == 2
+    records = read_records(out)
+    finished = sorted(r["job"] for r in records if "end" in r)
+    assert finished == sorted(ids)  # each completed exactly once
+    killed = [r for r in records if "end" not in r]
+    assert sorted(r["job"] for r in killed) == sorted(on_victim)
+    totals = {(c.center_id, "p"): 4 for c in (victim, *others)}
+    assert_no_overlaps(records, totals)
+
+
+def test_broker_killed_and_restarted_loses_no_accepted_job(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+) -> None:
+    for c in (make_center("CA"), make_center("CB")):
+        federation.start_agent(c)
+    wait_centers(stub, 2)
+    out = tmp_path / "runs"
+    out.mkdir()
+    ids = [submit(stub, record_spec(out, 1.0, devices=2)) for _ in range(30)]
+    wait_for(
+        lambda: any(j.state == types_pb2.JOB_STATE_RUNNING for j in jobs_by_state(stub).values()),
+        20,
+        "a running job",
+    )
+
+    federation.broker.kill()  # SIGKILL: no shutdown, no flush
+    with sqlite3.connect(federation.db) as db:
+        on_disk = {row[0] for row in db.execute("SELECT job_id FROM jobs")}
+    assert set(ids) <= on_disk  # every acknowledged submit was already committed
+    federation.start_broker()
+
+    jobs = wait_for(lambda: _all_done(stub, ids), 90, "every job to end after the restart")
+    assert {jobs[i].state for i in ids} == {SUCCEEDED}
+    records = read_records(out)
+    assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)
+    assert_no_overlaps(records, {(c, "main"): 8 for c in ("CA", "CB")})
