@@ -37,6 +37,7 @@ __all__ = [
     "inclusion_proof",
     "range_nodes",
     "root",
+    "root_from_inclusion_proof",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -209,6 +210,12 @@ class Frontier:
         frontier._nodes = [(lvl, node(lvl, idx)) for lvl, idx in range_nodes(0, size)]
         return frontier
 
+    def copy(self) -> Frontier:
+        other = Frontier()
+        other.size = self.size
+        other._nodes = list(self._nodes)
+        return other
+
     def append(self, leaf_hash: bytes) -> list[tuple[int, int, bytes]]:
         """Add a leaf; return the new perfect nodes (level, index, hash), leaf first."""
         if len(leaf_hash) != HASH_SIZE:
@@ -284,17 +291,14 @@ def _chain_border_right(seed: bytes, proof: Sequence[bytes]) -> bytes:
     return seed
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: list[bytes], root: bytes
-) -> None:
-    """Check that `leaf_hash` is leaf `index` of the tree of `size` leaves with `root`.
-
-    Requires 0 <= index < size. Raises ProofError saying why on any failure, malformed
-    input included."""
+def root_from_inclusion_proof(
+    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
+) -> bytes:
+    """The root that an inclusion proof of `leaf_hash` at `index` in a tree of `size`
+    leads to. Requires 0 <= index < size; raises ProofError on malformed input."""
     index = _check_size("index", index)
     size = _check_size("size", size)
     leaf_hash = _check_hash("leaf hash", leaf_hash)
-    root = _check_hash("root", root)
     hashes = _check_proof(proof)
     if index >= size:
         raise ProofError(f"index is beyond size: {index} >= {size}")
@@ -302,7 +306,18 @@ def verify_inclusion(
     if len(hashes) != inner + border:
         raise ProofError(f"wrong proof size {len(hashes)}, want {inner + border}")
     calculated = _chain_inner(leaf_hash, hashes[:inner], index)
-    calculated = _chain_border_right(calculated, hashes[inner:])
+    return _chain_border_right(calculated, hashes[inner:])
+
+
+def verify_inclusion(
+    leaf_hash: bytes, index: int, size: int, proof: list[bytes], root: bytes
+) -> None:
+    """Check that `leaf_hash` is leaf `index` of the tree of `size` leaves with `root`.
+
+    Requires 0 <= index < size. Raises ProofError saying why on any failure, malformed
+    input included."""
+    root = _check_hash("root", root)
+    calculated = root_from_inclusion_proof(leaf_hash, index, size, proof)
     if calculated != root:
         raise ProofError(
             f"root mismatch: proof gives {calculated.hex()}, checkpoint has {root.hex()}"

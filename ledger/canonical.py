@@ -1,0 +1,124 @@
+"""Canonical JSON: RFC 8785 (JCS) restricted to integers, strings, arrays and objects.
+
+Everything the ledger signs or hashes is these bytes, never a protobuf serialisation.
+Without floats, booleans or null the RFC's hard part (ECMAScript number formatting)
+reduces to decimal integers; they are limited to the I-JSON safe range so that every
+JSON implementation reads them exactly. Object members are sorted by the UTF-16 code
+units of their names; strings are escaped as ECMAScript's JSON.stringify does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ledger.errors import InvalidRecord
+
+__all__ = ["MAX_SAFE_INT", "JsonValue", "decode", "encode"]
+
+MAX_SAFE_INT = (1 << 53) - 1
+
+JsonValue = int | str | list["JsonValue"] | dict[str, "JsonValue"]
+
+_SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+def _string(s: str, out: list[str]) -> None:
+    out.append('"')
+    for ch in s:
+        code = ord(ch)
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise InvalidRecord(f"string holds a lone surrogate U+{code:04X}: {s!r}")
+        else:
+            out.append(ch)
+    out.append('"')
+
+
+def _value(value: object, out: list[str], path: str) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise InvalidRecord(f"{path}: only integers and strings may be signed, got {value!r}")
+    if isinstance(value, int):
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise InvalidRecord(f"{path}: integer must be within +-(2**53-1), got {value}")
+        out.append(str(value))
+    elif isinstance(value, str):
+        _string(value, out)
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _value(item, out, f"{path}[{i}]")
+        out.append("]")
+    elif isinstance(value, dict):
+        out.append("{")
+        keys = list(value)
+        for key in keys:
+            if not isinstance(key, str):
+                raise InvalidRecord(f"{path}: object keys must be strings, got {key!r}")
+        for i, key in enumerate(sorted(keys, key=lambda k: k.encode("utf-16-be"))):
+            if i:
+                out.append(",")
+            _string(key, out)
+            out.append(":")
+            _value(value[key], out, f"{path}.{key}")
+        out.append("}")
+    else:
+        raise InvalidRecord(f"{path}: cannot encode {type(value).__name__}")
+
+
+def encode(value: JsonValue) -> bytes:
+    """The canonical UTF-8 bytes of `value`."""
+    out: list[str] = []
+    _value(value, out, "$")
+    return "".join(out).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, val in pairs:
+        if key in result:
+            raise InvalidRecord(f"duplicate member {key!r}")
+        result[key] = val
+    return result
+
+
+def _refuse_float(text: str) -> Any:
+    raise InvalidRecord(f"numbers must be integers, got {text}")
+
+
+def _refuse_constant(text: str) -> Any:
+    raise InvalidRecord(f"{text} is not allowed")
+
+
+def decode(data: bytes) -> JsonValue:
+    """Parse canonical bytes. Refuses anything `encode` would not have produced (other
+    member order, whitespace, escapes, floats, booleans, null, duplicates), so that one
+    value has exactly one accepted encoding."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_refuse_float,
+            parse_constant=_refuse_constant,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRecord(f"not canonical JSON: {exc}") from exc
+    canonical = encode(value)
+    if canonical != data:
+        raise InvalidRecord("not canonical JSON: bytes differ from the RFC 8785 form")
+    result: JsonValue = value
+    return result

@@ -1,0 +1,349 @@
+"""The ledger a broker runs: signed usage in, countersigned entries, checkpoints and
+proofs out, and the audit that replays it all.
+
+The log's own Ed25519 key (named after the origin) signs checkpoints, countersigns
+records as the accepting broker and signs statements; entry 0 admits it. Every other
+key is admitted by a key entry before it may sign (see `ledger.keyring`).
+
+Appends are all or nothing: a call whose records do not all check out changes nothing,
+except that a replayed record id with different bytes is kept in `conflicts` as
+evidence before the call is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ledger import canonical, merkle
+from ledger.bundle import ProofBundle
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.errors import (
+    AuditError,
+    ConflictingRecord,
+    EntryNotFound,
+    InvalidRecord,
+    LedgerError,
+    NoteError,
+    RefusedRecord,
+    VerificationError,
+)
+from ledger.keyring import KeyEvent, KeyRing, Role
+from ledger.keys import SignerKey, VerifierKey
+from ledger.note import open_note, parse_note
+from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
+from ledger.signing import SignatureCache, SignedRecord, countersign
+from ledger.store import LedgerStore
+
+__all__ = ["AuditReport", "Log"]
+
+_PRODUCER_ROLES = {
+    RecordKind.USAGE: frozenset({Role.CENTER}),
+    RecordKind.CORRECTION: frozenset({Role.CENTER}),
+    RecordKind.ACK: frozenset({Role.TENANT}),
+    RecordKind.DISPUTE: frozenset({Role.TENANT}),
+}
+_BROKER_ROLES = frozenset({Role.BROKER})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditReport:
+    size: int
+    root: bytes
+    records: int
+    key_events: int
+    checkpoints: int
+    statements: int
+
+
+def _check_refs(record: UsageRecord, original: UsageRecord | None) -> None:
+    """A correction replaces its producer's own record; an ack or dispute answers a
+    record addressed to its signer."""
+    where = f"record {record.record_id!r}"
+    if original is None:
+        raise InvalidRecord(f"{where}: refs {record.refs!r} is not in the log")
+    if original.kind not in CHARGING_KINDS:
+        raise InvalidRecord(f"{where}: refs {record.refs!r} is a {original.kind}, not usage")
+    if record.kind is RecordKind.CORRECTION:
+        if (original.producer, original.consumer) != (record.producer, record.consumer):
+            raise RefusedRecord(
+                f"{where}: a correction must keep the producer and consumer of {record.refs!r}"
+            )
+    elif (original.consumer, original.producer) != (record.producer, record.consumer):
+        raise RefusedRecord(f"{where}: only the consumer of {record.refs!r} may {record.kind} it")
+
+
+def _parse(leaf: bytes) -> SignedRecord | KeyEvent:
+    value = canonical.decode(leaf)
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "usage":
+        return SignedRecord.from_json(value)
+    if kind == "key":
+        return KeyEvent.from_json(value)
+    raise InvalidRecord(f"unknown entry type {kind!r}")
+
+
+class Log:
+    """A ledger over one store. `signer` (the log key) is needed to append and sign;
+    reading, proving and auditing need only the store."""
+
+    def __init__(self, store: LedgerStore, signer: SignerKey | None = None) -> None:
+        self.store = store
+        self.signer = signer
+        text = store.meta("log_key")
+        if text is None:
+            raise LedgerError(f"{store.path}: not a ledger (no log key); create it first")
+        self.log_key = VerifierKey.parse(text)
+        self.origin = self.log_key.name
+        if signer is not None and signer.verifier != self.log_key:
+            raise LedgerError(f"signer {signer.key_id} is not this log's key {self.log_key.key_id}")
+        self.keyring = KeyRing()
+        for entry in store.entries(type="key"):
+            self.keyring.apply(KeyEvent.from_json(canonical.decode(entry.leaf)), entry.index)
+        self._cache = SignatureCache()
+
+    @classmethod
+    def create(cls, store: LedgerStore, signer: SignerKey) -> Log:
+        """Start a ledger in an empty store: record the log key and admit it as broker."""
+        if store.size or store.meta("log_key") is not None:
+            raise LedgerError(f"{store.path}: already holds a ledger")
+        store.set_meta("log_key", signer.verifier.text())
+        event = KeyEvent.admit(signer.name, Role.BROKER, signer.verifier)
+        store.append([(None, "key", event.entry())])
+        return cls(store, signer)
+
+    def _require_signer(self) -> SignerKey:
+        if self.signer is None:
+            raise LedgerError("this operation needs the log's signer key")
+        return self.signer
+
+    @property
+    def size(self) -> int:
+        return self.store.size
+
+    # Keys.
+
+    def _append_key_event(self, event: KeyEvent) -> int:
+        self._require_signer()
+        self.keyring.check(event)
+        index = self.store.append([(None, "key", event.entry())])
+        self.keyring.apply(event, index)
+        return index
+
+    def admit(self, party: str, role: Role, key: VerifierKey) -> int:
+        """Admit `key` to sign for `party`; returns the entry's index."""
+        return self._append_key_event(KeyEvent.admit(party, role, key))
+
+    def revoke(self, key_id: str) -> int:
+        """Revoke a key from the next entry on; what it signed before stays valid."""
+        return self._append_key_event(KeyEvent.revoke(key_id))
+
+    # Records.
+
+    def _record(self, record_id: str) -> UsageRecord | None:
+        stored = self.store.find(record_id)
+        if stored is None:
+            return None
+        return SignedRecord.from_entry(stored.leaf).record
+
+    def append(self, signed: Sequence[SignedRecord]) -> list[int]:
+        """Verify, countersign and append; returns each record's index. A record id
+        already logged with the same bytes is answered with its index (idempotent)."""
+        signer = self._require_signer()
+        at = self.store.size
+        for sr in signed:
+            record = sr.record
+            key = self.keyring.signer(
+                sr.producer_key, party=record.producer, roles=_PRODUCER_ROLES[record.kind], at=at
+            )
+            self._cache.check_producer(sr, key)
+        countersigned = countersign(signed, signer)
+        pending: dict[str, SignedRecord] = {}
+        result: list[int | str] = []
+        for sr in countersigned:
+            rid = sr.record.record_id
+            leaf = sr.entry()
+            stored = self.store.find(rid)
+            earlier = pending.get(rid)
+            if stored is not None and stored.leaf == leaf:
+                result.append(stored.index)
+                continue
+            if stored is not None or (earlier is not None and earlier.entry() != leaf):
+                reason = f"record id {rid!r} is already logged with different bytes"
+                self.store.add_conflict(rid, leaf, reason)
+                raise ConflictingRecord(f"{reason}; the new bytes are kept as evidence")
+            if earlier is None:
+                if sr.record.kind is not RecordKind.USAGE:
+                    refs = sr.record.refs
+                    original = pending[refs].record if refs in pending else self._record(refs)
+                    _check_refs(sr.record, original)
+                pending[rid] = sr
+            result.append(rid)
+        first = self.store.append([(rid, "usage", sr.entry()) for rid, sr in pending.items()])
+        positions = {rid: first + i for i, rid in enumerate(pending)}
+        return [r if isinstance(r, int) else positions[r] for r in result]
+
+    # Checkpoints.
+
+    def checkpoint(self) -> str:
+        """Sign and store a checkpoint of the current tree; returns the note."""
+        signer = self._require_signer()
+        size = self.store.size
+        note = sign_checkpoint(
+            Checkpoint(origin=self.origin, size=size, root=self.store.root()), signer
+        )
+        self.store.add_checkpoint(size, note)
+        return note
+
+    def add_cosignatures(self, cosigned_note: str, witnesses: Iterable[VerifierKey]) -> int:
+        """Keep the verified witness cosignatures of a stored checkpoint; returns how many."""
+        witnesses = list(witnesses)
+        note, verified = open_note(cosigned_note, [self.log_key, *witnesses])
+        checkpoint = Checkpoint.from_text(note.text)
+        stored = [c for c in self.store.checkpoints() if c[0] == checkpoint.size]
+        if not stored or parse_note(stored[0][1]).text != note.text:
+            raise NoteError(
+                f"no stored checkpoint matches the cosigned one at size {checkpoint.size}"
+            )
+        known = {w.key_id for w in witnesses}
+        count = 0
+        for sig in note.signatures:
+            if sig.key_id in known and sig.key_id in verified:
+                self.store.add_cosignature(checkpoint.size, sig.line())
+                count += 1
+        return count
+
+    def latest_note(self) -> str:
+        """The latest checkpoint with every stored cosignature, as a signed note."""
+        latest = self.store.latest_checkpoint()
+        if latest is None:
+            raise EntryNotFound("the log has no checkpoint yet")
+        _, note, lines = latest
+        return note + "".join(lines)
+
+    # Proofs.
+
+    def prove(self, *, record_id: str | None = None, index: int | None = None) -> ProofBundle:
+        """A self-contained proof bundle for one entry under the latest checkpoint,
+        with the admission of the key that signed it when it is a usage record."""
+        if record_id is not None:
+            stored = self.store.find(record_id)
+            if stored is None:
+                raise EntryNotFound(f"no record {record_id!r} in the log")
+            index = stored.index
+        if index is None:
+            raise InvalidRecord("name a record id or an index")
+        note = self.latest_note()
+        size = Checkpoint.from_text(parse_note(note).text).size
+        if not 0 <= index < size:
+            raise EntryNotFound(
+                f"entry {index} is not covered by the latest checkpoint (size {size})"
+            )
+        entry = self.store.entry(index)
+        key_index = key_leaf = None
+        key_proof: tuple[bytes, ...] = ()
+        if entry.type == "usage":
+            sr = SignedRecord.from_entry(entry.leaf)
+            for e in self.keyring.entries():
+                if e.key.key_id == sr.producer_key:
+                    key_index = e.admitted_at
+                    key_leaf = self.store.entry(key_index).leaf
+                    key_proof = tuple(self.store.inclusion_proof(key_index, size))
+        return ProofBundle(
+            index=index,
+            leaf=entry.leaf,
+            proof=tuple(self.store.inclusion_proof(index, size)),
+            checkpoint=note,
+            key_index=key_index,
+            key_leaf=key_leaf,
+            key_proof=key_proof,
+        )
+
+    # Audit.
+
+    def audit(self) -> AuditReport:
+        """Replay the whole store: every index present once and in order, every leaf
+        hash as stored, every key event and signature valid at its position, every
+        correction's reference, every checkpoint's signature and root. Raises
+        AuditError naming the first bad index."""
+        keyring = KeyRing()
+        cache = SignatureCache()
+        frontier = merkle.Frontier()
+        checkpoints = {size: note for size, note, _ in self.store.checkpoints()}
+        roots: dict[int, bytes] = {}
+        if 0 in checkpoints:
+            roots[0] = frontier.root()
+        records: dict[str, UsageRecord] = {}
+        counts = {"usage": 0, "key": 0}
+        expected = 0
+        for idx, leaf in self.store.raw_rows():
+            if idx != expected:
+                raise AuditError(
+                    f"missing or out of order: found entry {idx} in its place", index=expected
+                )
+            leaf_hash = merkle.hash_leaf(leaf)
+            if self.store.stored_leaf_hash(idx) != leaf_hash:
+                raise AuditError("leaf bytes do not match the stored leaf hash", index=idx)
+            try:
+                item = _parse(leaf)
+                if isinstance(item, KeyEvent):
+                    if idx == 0 and (item.key != self.log_key or item.party != self.origin):
+                        raise VerificationError("entry 0 must admit the log's own key")
+                    keyring.apply(item, idx)
+                    counts["key"] += 1
+                else:
+                    record = item.record
+                    key = keyring.signer(
+                        item.producer_key,
+                        party=record.producer,
+                        roles=_PRODUCER_ROLES[record.kind],
+                        at=idx,
+                    )
+                    cache.check_producer(item, key)
+                    broker = keyring.signer(item.broker_key, party="", roles=_BROKER_ROLES, at=idx)
+                    cache.check_broker(item, broker)
+                    if record.record_id in records:
+                        raise VerificationError(f"record id {record.record_id!r} appears twice")
+                    if record.kind is not RecordKind.USAGE:
+                        _check_refs(record, records.get(record.refs))
+                    records[record.record_id] = record
+                    counts["usage"] += 1
+            except LedgerError as exc:
+                raise AuditError(str(exc), index=idx) from exc
+            frontier.append(leaf_hash)
+            expected += 1
+            if expected in checkpoints:
+                roots[expected] = frontier.root()
+        last_good = 0
+        for size, note in sorted(checkpoints.items()):
+            try:
+                opened, _ = open_note(note, [self.log_key])
+                cp = Checkpoint.from_text(opened.text)
+            except LedgerError as exc:
+                raise AuditError(
+                    f"checkpoint at size {size}: {exc}", index=min(size, expected)
+                ) from exc
+            if cp.size != size or size not in roots:
+                raise AuditError(
+                    f"checkpoint at size {size} is beyond the log ({expected})", index=expected
+                )
+            if cp.root != roots[size]:
+                # The entries before the last matching checkpoint are vouched for; the
+                # first bad one lies at or after it.
+                raise AuditError(
+                    f"checkpoint at size {size}: root does not match the entries", index=last_good
+                )
+            last_good = size
+        return AuditReport(
+            size=expected,
+            root=frontier.root(),
+            records=counts["usage"],
+            key_events=counts["key"],
+            checkpoints=len(checkpoints),
+            statements=0,
+        )
+
+    def records(self, begin: int = 0, end: int | None = None) -> Iterable[tuple[int, UsageRecord]]:
+        """The usage records among entries [begin, end), with their indexes."""
+        for entry in self.store.entries(begin, end, type="usage"):
+            yield entry.index, SignedRecord.from_entry(entry.leaf).record
