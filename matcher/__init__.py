@@ -1,5 +1,11 @@
-"""The allocation of pending jobs to pools: a pure library (values in, values out)."""
+"""The allocation of pending jobs to pools: a pure library (values in, values out).
 
+`CpSatMatcher` is the round's matcher (greedy floor, min-cost-flow bound, CP-SAT);
+`GreedyMatcher` the baseline; `quote` ranks pools for one job; `problem_json` reads and
+writes the replayable problem file.
+"""
+
+from matcher.cpsat import CpSatMatcher
 from matcher.errors import InvalidProblem, MatcherError
 from matcher.greedy import GreedyMatcher
 from matcher.model import (
@@ -7,32 +13,67 @@ from matcher.model import (
     Assignment,
     JobRequest,
     Matcher,
-    PoolSlot,
     Policy,
+    PoolSlot,
     Problem,
     Solution,
     Unplaced,
     carbon_g,
     charge_fen,
+    compatible,
+    cost_mfen,
+    effective_priority,
     energy_wh,
     feasible,
+    rtt_ms,
+    transfer_ms,
+    value,
 )
+from matcher.problem_json import dump_problem, load_problem, load_problem_file, solution_to_json
+from matcher.quote import QuoteLine, quote
 
 __all__ = [
     "ANY",
     "Assignment",
+    "CpSatMatcher",
     "GreedyMatcher",
     "InvalidProblem",
     "JobRequest",
     "Matcher",
     "MatcherError",
-    "PoolSlot",
     "Policy",
+    "PoolSlot",
     "Problem",
+    "QuoteLine",
     "Solution",
     "Unplaced",
     "carbon_g",
     "charge_fen",
+    "compatible",
+    "cost_mfen",
+    "dump_problem",
+    "effective_priority",
     "energy_wh",
     "feasible",
+    "load_problem",
+    "load_problem_file",
+    "make_matcher",
+    "quote",
+    "rtt_ms",
+    "solution_to_json",
+    "transfer_ms",
+    "value",
 ]
+
+SOLVERS = ("auto", "greedy", "flow", "cpsat")
+
+
+def make_matcher(solver: str = "auto", *, time_limit_s: float = 2.0) -> Matcher:
+    """The matcher named `solver`: "auto" (CP-SAT where the model is small enough, the
+    flow heuristic otherwise), "greedy", "flow" (no CP-SAT) or "cpsat" (always)."""
+    if solver == "greedy":
+        return GreedyMatcher()
+    if solver not in SOLVERS:
+        raise InvalidProblem(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    use = {"auto": None, "flow": False, "cpsat": True}[solver]
+    return CpSatMatcher(time_limit_s=time_limit_s, use_cpsat=use)

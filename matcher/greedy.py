@@ -1,6 +1,7 @@
-"""The greedy baseline: each job, highest priority first (then longest waiting), to the
-cheapest pool that satisfies every hard constraint. Fast, simple, and the floor the
-optimising matcher must never fall below."""
+"""The greedy baseline: each job, highest priority first (then longest waiting, then id),
+to the feasible pool of least objective cost (then pool id) with room, within the
+region quotas. Fast, simple, plain Python, and the floor the optimising matcher must
+never fall below."""
 
 from __future__ import annotations
 
@@ -16,20 +17,25 @@ from matcher.model import (
     carbon_g,
     charge_fen,
     compatible,
+    cost_mfen,
     energy_wh,
     feasible,
+    transfer_ms,
+    value,
 )
 
 
-def _why_unplaced(job: JobRequest, pools: tuple[PoolSlot, ...], free: dict[str, int]) -> str:
+def why_unplaced(
+    job: JobRequest, problem: Problem, free: dict[str, int], quota_left: dict[str, int]
+) -> str:
     """The first binding constraint, in words."""
-    where = "any region" if job.regions is None else "regions " + ", ".join(job.regions)
-    compat = [p for p in pools if compatible(job, p)]
+    where = "any region" if job.regions is None else "the allowed regions " + ", ".join(job.regions)
+    compat = [p for p in problem.pools if compatible(job, p)]
     if not compat:
         return f"no pool of {job.accelerator} in {where}"
-    big = [p for p in compat if free[p.pool_id] >= job.devices]
+    big = [p for p in compat if p.free >= job.devices]
     if not big:
-        most = max(free[p.pool_id] for p in compat)
+        most = max(p.free for p in compat)
         return (
             f"no pool with {job.devices} free devices of {job.accelerator} in {where} "
             f"(most free: {most})"
@@ -37,10 +43,16 @@ def _why_unplaced(job: JobRequest, pools: tuple[PoolSlot, ...], free: dict[str, 
     if job.max_price_fen is not None:
         cheapest = min(charge_fen(job, p) for p in big)
         if cheapest > job.max_price_fen:
-            return f"cheapest feasible pool costs {cheapest} fen > budget {job.max_price_fen} fen"
-    if job.deadline_s is not None and job.seconds > job.deadline_s:
-        return f"run time {job.seconds} s exceeds the time to the deadline ({job.deadline_s} s)"
-    return "no feasible pool"
+            return (
+                f"cheapest feasible pool costs {cheapest / 100:,.2f} yuan > "
+                f"budget {job.max_price_fen / 100:,.2f} yuan"
+            )
+    ok = [p for p in big if feasible(job, p, p.free, transfer_ms(job, p, problem))]
+    if not ok:
+        return f"no pool meets the deadline of {job.deadline_s} s (transfer + run)"
+    if all(free[p.pool_id] < job.devices for p in ok):
+        return f"all {len(ok)} feasible pools are taken by higher-priority work this round"
+    return "region quota used up"
 
 
 class GreedyMatcher:
@@ -49,45 +61,56 @@ class GreedyMatcher:
     def solve(self, problem: Problem) -> Solution:
         started = time.perf_counter()
         free = {p.pool_id: p.free for p in problem.pools}
-        # Cheapest first; ties broken by pool id so that the result is deterministic.
-        by_price = sorted(problem.pools, key=lambda p: (p.price_fen_per_device_hour, p.pool_id))
+        quota_left = dict(problem.policy.quota_devices)
+        by_id = sorted(problem.pools, key=lambda p: p.pool_id)
         order = sorted(problem.jobs, key=lambda j: (-j.priority, -j.waited_s, j.job_id))
         assignments: list[Assignment] = []
-        unplaced: list[Unplaced] = []
-        objective = 0
+        unplaced_jobs: list[JobRequest] = []
+        placed_value = 0
+        total_cost = 0
         for job in order:
             best: PoolSlot | None = None
-            best_charge = 0
-            for pool in by_price:
-                if feasible(job, pool, free[pool.pool_id]):
-                    charge = charge_fen(job, pool)
-                    if best is None or charge < best_charge:
-                        best, best_charge = pool, charge
+            best_cost = 0
+            for pool in by_id:
+                if quota_left.get(pool.region, job.devices) < job.devices:
+                    continue
+                if feasible(job, pool, free[pool.pool_id], transfer_ms(job, pool, problem)):
+                    cost = cost_mfen(job, pool, problem)
+                    if best is None or cost < best_cost:
+                        best, best_cost = pool, cost
             if best is None:
-                unplaced.append(
-                    Unplaced(job_id=job.job_id, reason=_why_unplaced(job, by_price, free))
-                )
+                unplaced_jobs.append(job)
                 continue
             free[best.pool_id] -= job.devices
-            objective += best_charge
+            if best.region in quota_left:
+                quota_left[best.region] -= job.devices
+            placed_value += value(job, problem.policy)
+            total_cost += best_cost
             assignments.append(
                 Assignment(
                     job_id=job.job_id,
                     pool_id=best.pool_id,
-                    charge_fen=best_charge,
+                    charge_fen=charge_fen(job, best),
                     energy_wh=energy_wh(job, best),
                     carbon_g=carbon_g(job, best),
                     explanation=(
-                        f"cheapest feasible pool {best.pool_id} at "
-                        f"{best.price_fen_per_device_hour} fen/device-hour"
+                        f"cheapest feasible pool with room: {best.pool_id} at "
+                        f"{best.price_fen_per_device_hour / 100:,.2f} yuan/device-hour"
                     ),
+                    transfer_ms=transfer_ms(job, best, problem),
+                    cost_mfen=best_cost,
                 )
             )
+        unplaced = tuple(
+            Unplaced(job_id=j.job_id, reason=why_unplaced(j, problem, free, quota_left))
+            for j in unplaced_jobs
+        )
         return Solution(
             assignments=tuple(assignments),
-            unplaced=tuple(unplaced),
-            objective=float(objective),
+            unplaced=unplaced,
+            objective=placed_value / 3600,
             bound=None,
             solver=self.name,
             seconds=time.perf_counter() - started,
+            cost_mfen=total_cost,
         )

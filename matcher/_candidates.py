@@ -1,0 +1,267 @@
+"""Job classes and their feasible (class, pool) candidates, built with numpy.
+
+Jobs that agree on every field the model reads (accelerator, devices, seconds, regions,
+budget, effective priority, data, deadline, minimum memory and TFLOPS) form one *class*;
+the model decides how many jobs of a class go to each pool, which is exact because such
+jobs are interchangeable. Each class keeps its feasible pools sorted by objective cost,
+then by pool id, in one CSR array (`ptr`, `pool`, `cost`); pools are indexed in pool-id
+order. The same figures as the scalar helpers in `matcher.model`, vectorised: the tests
+check that they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from matcher.model import (
+    JobRequest,
+    PoolSlot,
+    Problem,
+    bandwidth_mbps,
+    compatible,
+    effective_priority,
+    rtt_ms,
+)
+
+Int64s = npt.NDArray[np.int64]
+Int32s = npt.NDArray[np.int32]
+
+BIG = np.int64(2**62)
+_CHUNK_CELLS = 2_000_000  # (class x pool) cells per vectorised block: bounds memory
+
+
+@dataclass(slots=True)
+class ClassDiagnostics:
+    """Per class, how many pools survive each hard constraint in turn (for reasons)."""
+
+    n_compatible: Int64s
+    max_free_compatible: Int64s  # most free devices on any compatible pool
+    n_fit: Int64s  # ... and have enough free devices
+    n_budget: Int64s  # ... and whose charge is within budget
+    n_feasible: Int64s  # ... and meet the deadline
+    min_charge_fit: Int64s  # cheapest charge among the pools that fit (BIG if none)
+    min_finish_ms: Int64s  # fastest transfer + run among those within budget (BIG if none)
+
+
+@dataclass(slots=True)
+class Instance:
+    problem: Problem
+    pools: tuple[PoolSlot, ...]  # sorted by pool id
+    free: Int64s
+    pool_region: Int32s  # index into `regions`
+    regions: tuple[str, ...]
+    quota: Int64s  # per region; BIG where none
+    classes: tuple[JobRequest, ...]  # one representative job per class
+    class_jobs: tuple[tuple[int, ...], ...]  # indices into problem.jobs, best first
+    devices: Int64s  # per class
+    value: Int64s  # per job of the class
+    count: Int64s
+    ptr: Int64s  # CSR over classes
+    pool: Int32s
+    cost: Int64s  # objective cost (mfen) of one job of the class on the pool
+    diag: ClassDiagnostics
+
+    @property
+    def density(self) -> Int64s:
+        """Value per device: effective priority x seconds."""
+        return self.value // self.devices
+
+    def class_of_candidate(self) -> Int64s:
+        return np.repeat(np.arange(len(self.classes), dtype=np.int64), np.diff(self.ptr))
+
+    def pruned(
+        self, top_k: int, keep: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[Instance, Int64s]:
+        """The same instance with each class's candidates cut to its `top_k` cheapest,
+        plus those marked in `keep` (an incumbent's arcs, so its hint stays valid); and
+        the index of each kept candidate in this instance."""
+        cls = self.class_of_candidate()
+        rank = np.arange(len(self.pool), dtype=np.int64) - self.ptr[cls]
+        mask = rank < top_k
+        if keep is not None:
+            mask |= keep
+        counts = np.bincount(cls[mask], minlength=len(self.classes))
+        ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        pruned = Instance(
+            problem=self.problem,
+            pools=self.pools,
+            free=self.free,
+            pool_region=self.pool_region,
+            regions=self.regions,
+            quota=self.quota,
+            classes=self.classes,
+            class_jobs=self.class_jobs,
+            devices=self.devices,
+            value=self.value,
+            count=self.count,
+            ptr=ptr,
+            pool=self.pool[mask],
+            cost=self.cost[mask],
+            diag=self.diag,
+        )
+        return pruned, np.nonzero(mask)[0].astype(np.int64)
+
+
+def _signature(job: JobRequest, eff: int) -> tuple[object, ...]:
+    regions = None if job.regions is None else tuple(sorted(set(job.regions)))
+    return (
+        job.accelerator,
+        job.devices,
+        job.seconds,
+        regions,
+        job.max_price_fen,
+        eff,
+        job.data_region,
+        job.data_mb,
+        job.deadline_s,
+        job.min_memory_gb,
+        job.min_tflops,
+    )
+
+
+def build(problem: Problem) -> Instance:
+    """Classes, candidates and diagnostics for `problem`."""
+    policy = problem.policy
+    pools = tuple(sorted(problem.pools, key=lambda p: p.pool_id))
+    regions = tuple(sorted({p.region for p in pools} | set(policy.quota_devices)))
+    region_index = {r: i for i, r in enumerate(regions)}
+    free = np.array([p.free for p in pools], dtype=np.int64)
+    pool_region = np.array([region_index[p.region] for p in pools], dtype=np.int32)
+    quota = np.full(len(regions), BIG, dtype=np.int64)
+    for r, q in policy.quota_devices.items():
+        quota[region_index[r]] = q
+    price = np.array([p.price_fen_per_device_hour for p in pools], dtype=np.int64)
+    power = np.array([p.power_w for p in pools], dtype=np.int64)
+    pue = np.array([p.pue_milli for p in pools], dtype=np.int64)
+    grid = np.array([p.grid_g_per_kwh for p in pools], dtype=np.int64)
+    incentive = np.array(
+        [p.region in policy.incentive_regions for p in pools], dtype=np.bool_
+    ) * np.int64(policy.incentive_fen_per_device_hour)
+
+    # Classes, each with its jobs best first (longest waiting, then id).
+    by_sig: dict[tuple[object, ...], list[int]] = {}
+    for i, job in enumerate(problem.jobs):
+        by_sig.setdefault(_signature(job, effective_priority(job, policy)), []).append(i)
+    class_jobs: list[tuple[int, ...]] = []
+    reps: list[JobRequest] = []
+    for sig_members in by_sig.values():
+        sig_members.sort(key=lambda i: (-problem.jobs[i].waited_s, problem.jobs[i].job_id))
+        class_jobs.append(tuple(sig_members))
+        reps.append(problem.jobs[sig_members[0]])
+    n_classes = len(reps)
+    devices = np.array([j.devices for j in reps], dtype=np.int64)
+    seconds = np.array([j.seconds for j in reps], dtype=np.int64)
+    eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
+    budget = np.array(
+        [BIG if j.max_price_fen is None else j.max_price_fen for j in reps], dtype=np.int64
+    )
+    deadline_ms = np.array(
+        [BIG if j.deadline_s is None else j.deadline_s * 1000 for j in reps], dtype=np.int64
+    )
+    data_mb = np.array([j.data_mb for j in reps], dtype=np.int64)
+
+    diag = ClassDiagnostics(
+        n_compatible=np.zeros(n_classes, dtype=np.int64),
+        max_free_compatible=np.zeros(n_classes, dtype=np.int64),
+        n_fit=np.zeros(n_classes, dtype=np.int64),
+        n_budget=np.zeros(n_classes, dtype=np.int64),
+        n_feasible=np.zeros(n_classes, dtype=np.int64),
+        min_charge_fit=np.full(n_classes, BIG, dtype=np.int64),
+        min_finish_ms=np.full(n_classes, BIG, dtype=np.int64),
+    )
+
+    # Groups of classes that see the same compatible pools and the same network.
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for c, j in enumerate(reps):
+        regions_key = None if j.regions is None else tuple(sorted(set(j.regions)))
+        key = (j.accelerator, regions_key, j.min_memory_gb, j.min_tflops, j.data_region)
+        groups.setdefault(key, []).append(c)
+
+    out_cls: list[Int64s] = []
+    out_pool: list[Int32s] = []
+    out_cost: list[Int64s] = []
+    for group in groups.values():
+        rep = reps[group[0]]
+        pool_ix = np.array(
+            [k for k, p in enumerate(pools) if compatible(rep, p)],
+            dtype=np.int64,
+        )
+        members = np.array(group, dtype=np.int64)
+        diag.n_compatible[members] = len(pool_ix)
+        if len(pool_ix) == 0:
+            continue
+        diag.max_free_compatible[members] = free[pool_ix].max()
+        rtt = np.array(
+            [rtt_ms(problem, rep.data_region, pools[k].region) for k in pool_ix], dtype=np.int64
+        )
+        mbps = np.array(
+            [bandwidth_mbps(problem, rep.data_region, pools[k].region) for k in pool_ix],
+            dtype=np.int64,
+        )
+        moves = np.array(
+            [bool(rep.data_region) and rep.data_region != pools[k].region for k in pool_ix],
+            dtype=np.bool_,
+        )
+        step = max(1, _CHUNK_CELLS // len(pool_ix))
+        for start in range(0, len(members), step):
+            cls = members[start : start + step]
+            d = devices[cls][:, None]
+            s = seconds[cls][:, None]
+            fits = d <= free[pool_ix][None, :]
+            charge = -(-(price[pool_ix][None, :] * d * s) // 3600)
+            in_budget = fits & (charge <= budget[cls][:, None])
+            transfer = np.where(
+                moves[None, :], rtt[None, :] + -(-(data_mb[cls][:, None] * 8000) // mbps), 0
+            )
+            finish = s * 1000 + transfer
+            ok = in_budget & (finish <= deadline_ms[cls][:, None])
+            milli_wh = d * power[pool_ix][None, :] * s * pue[pool_ix][None, :] // 3600
+            wh = (milli_wh + 500) // 1000
+            carbon = (wh * grid[pool_ix][None, :] + 500) // 1000
+            cost = (
+                policy.w_cost * charge * 1000
+                + (policy.w_carbon * carbon * policy.carbon_price_fen_per_tonne + 500) // 1000
+                + policy.w_latency * d * transfer
+                - incentive[pool_ix][None, :] * d * s * 10 // 36
+            )
+            diag.n_fit[cls] = fits.sum(axis=1)
+            diag.n_budget[cls] = in_budget.sum(axis=1)
+            n_ok = ok.sum(axis=1)
+            diag.n_feasible[cls] = n_ok
+            diag.min_charge_fit[cls] = np.where(fits, charge, BIG).min(axis=1)
+            diag.min_finish_ms[cls] = np.where(in_budget, finish, BIG).min(axis=1)
+            order = np.argsort(np.where(ok, cost, BIG), axis=1, kind="stable")
+            ok_sorted = np.take_along_axis(ok, order, axis=1)
+            out_cls.append(np.repeat(cls, n_ok))
+            out_pool.append(pool_ix[order][ok_sorted].astype(np.int32))
+            out_cost.append(np.take_along_axis(cost, order, axis=1)[ok_sorted])
+
+    if out_cls:
+        all_cls = np.concatenate(out_cls)
+        by_class = np.argsort(all_cls, kind="stable")
+        cand_pool = np.concatenate(out_pool)[by_class]
+        cand_cost = np.concatenate(out_cost)[by_class].astype(np.int64)
+    else:
+        cand_pool = np.zeros(0, dtype=np.int32)
+        cand_cost = np.zeros(0, dtype=np.int64)
+    ptr = np.concatenate(([0], np.cumsum(diag.n_feasible))).astype(np.int64)
+    return Instance(
+        problem=problem,
+        pools=pools,
+        free=free,
+        pool_region=pool_region,
+        regions=regions,
+        quota=quota,
+        classes=tuple(reps),
+        class_jobs=tuple(class_jobs),
+        devices=devices,
+        value=eff * devices * seconds,
+        count=np.array([len(m) for m in class_jobs], dtype=np.int64),
+        ptr=ptr,
+        pool=cand_pool,
+        cost=cand_cost,
+        diag=diag,
+    )

@@ -1,0 +1,110 @@
+"""The first objective's LP relaxation as a min-cost flow: its exact optimum is the
+round's upper bound, and a flow that also breaks ties by cost, rounded down, is a
+near-optimal primal.
+
+Network (one unit of flow = one device):
+
+    source -> class c      capacity count_c x d_c, cost -density_c (value per device)
+    class c -> pool p      per candidate: capacity min(count_c, free_p // d_c) x d_c
+    pool p -> region r(p)  capacity free_p
+    region r -> sink       capacity quota_r (or unlimited)
+    source -> sink         the devices nobody places, cost 0
+
+Any integer placement is such a flow with the same value, so the min-cost flow's value
+bounds every placement (it is the LP relaxation of the first objective, with the gang
+tightening free_p // d_c). Flows are integral, but a class's devices may split across
+pools or stop short of whole jobs: rounding each arc down to whole jobs keeps every
+constraint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ortools.graph.python import min_cost_flow
+
+from matcher._candidates import Instance, Int64s
+
+_TIE_STEPS = 1024  # cost tie-break resolution per unit of value density
+
+
+def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, Int64s] | None:
+    """Min-cost flow; returns (flow per source->class arc, flow per candidate) or None."""
+    n_cls, n_pools, n_reg = len(inst.classes), len(inst.pools), len(inst.regions)
+    source, sink = n_cls + n_pools + n_reg, n_cls + n_pools + n_reg + 1
+    cls = np.repeat(np.arange(n_cls, dtype=np.int64), np.diff(inst.ptr))
+    d = inst.devices
+    supply_cap = inst.count * d
+    total = int(supply_cap.sum())
+    if total == 0 or len(inst.pool) == 0:
+        return None
+    arc_cap = np.minimum(inst.count[cls], inst.free[inst.pool] // d[cls]) * d[cls]
+    tails = np.concatenate(
+        [
+            np.full(n_cls, source),
+            cls,
+            n_cls + np.arange(n_pools),
+            n_cls + n_pools + np.arange(n_reg),
+            [source],
+        ]
+    ).astype(np.int32)
+    heads = np.concatenate(
+        [
+            np.arange(n_cls),
+            n_cls + inst.pool.astype(np.int64),
+            n_cls + n_pools + inst.pool_region.astype(np.int64),
+            np.full(n_reg, sink),
+            [sink],
+        ]
+    ).astype(np.int32)
+    caps = np.concatenate(
+        [supply_cap, arc_cap, inst.free, np.minimum(inst.quota, total), [total]]
+    ).astype(np.int64)
+    costs = np.concatenate(
+        [
+            -inst.density * value_scale,
+            arc_cost,
+            np.zeros(n_pools + n_reg + 1, dtype=np.int64),
+        ]
+    ).astype(np.int64)
+    flow = min_cost_flow.SimpleMinCostFlow()
+    flow.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
+    flow.set_node_supply(source, total)
+    flow.set_node_supply(sink, -total)
+    if flow.solve() != flow.OPTIMAL:
+        return None
+    flows = np.asarray(flow.flows(np.arange(n_cls + len(inst.pool), dtype=np.int32)))
+    return flows[:n_cls].astype(np.int64), flows[n_cls:].astype(np.int64)
+
+
+def lp_bound(inst: Instance) -> int:
+    """An upper bound on the placed value: the LP optimum, rounded down (it is the
+    value of an integral flow, so already an integer); the sum of all values of jobs
+    with a candidate where the flow cannot be solved."""
+    solved = _solve(inst, 1, np.zeros(len(inst.pool), dtype=np.int64))
+    if solved is None:
+        has = np.diff(inst.ptr) > 0
+        return int((inst.value * inst.count)[has].sum())
+    to_class, _ = solved
+    return int((to_class * inst.density).sum())
+
+
+def primal(inst: Instance) -> Int64s | None:
+    """Jobs per candidate from the flow that maximises value and, among equal value,
+    prefers cheaper pools (per-device cost scaled into `_TIE_STEPS` steps); rounded down
+    to whole jobs. None if the flow cannot be solved."""
+    if len(inst.pool) == 0:
+        return None
+    cls = np.repeat(np.arange(len(inst.classes), dtype=np.int64), np.diff(inst.ptr))
+    per_device = inst.cost // inst.devices[cls]
+    lo, hi = int(per_device.min()), int(per_device.max())
+    if hi > lo:
+        ties = (per_device - lo) * (_TIE_STEPS - 1) // (hi - lo)
+        solved = _solve(inst, _TIE_STEPS, ties.astype(np.int64))
+    else:
+        solved = None
+    if solved is None:
+        solved = _solve(inst, 1, np.zeros(len(inst.pool), dtype=np.int64))
+    if solved is None:
+        return None
+    _, on_arc = solved
+    return on_arc // inst.devices[cls]
