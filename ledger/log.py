@@ -32,6 +32,7 @@ from ledger.keyring import KeyEvent, KeyRing, Role
 from ledger.keys import SignerKey, VerifierKey
 from ledger.note import open_note, parse_note
 from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
+from ledger.settlement import Settlement, settle, sign_statement, verify_statement
 from ledger.signing import SignatureCache, SignedRecord, countersign
 from ledger.store import LedgerStore
 
@@ -259,6 +260,43 @@ class Log:
             key_proof=key_proof,
         )
 
+    # Settlement.
+
+    def settle(self, period: str, currency: str = "CNY") -> tuple[Settlement, bytes]:
+        """Settle `period` over the entries the latest checkpoint covers; sign the
+        statement, keep it, and return it with its signed bytes."""
+        signer = self._require_signer()
+        checkpoint = Checkpoint.from_text(parse_note(self.latest_note()).text)
+        result = settle(
+            self.records(0, checkpoint.size),
+            period=period,
+            checkpoint=checkpoint,
+            currency=currency,
+        )
+        signed = sign_statement(result, signer)
+        self.store.add_statement("*", period, signed)
+        return result, signed
+
+    def _audit_statements(self, roots: dict[int, bytes]) -> int:
+        count = 0
+        for _, period, data in self.store.statements():
+            body = verify_statement(data, self.log_key)
+            cp = body.get("checkpoint")
+            currency = body.get("currency")
+            if not isinstance(cp, dict) or not isinstance(currency, str):
+                raise VerificationError(f"statement for {period} names no checkpoint or currency")
+            size = cp.get("size")
+            if not isinstance(size, int) or size not in roots:
+                raise VerificationError(f"statement for {period} names no stored checkpoint")
+            checkpoint = Checkpoint(origin=self.origin, size=size, root=roots[size])
+            again = settle(
+                self.records(0, size), period=period, checkpoint=checkpoint, currency=currency
+            )
+            if canonical.encode(again.to_json()) != canonical.encode(body):
+                raise VerificationError(f"statement for {period} does not recompute from the log")
+            count += 1
+        return count
+
     # Audit.
 
     def audit(self) -> AuditReport:
@@ -334,13 +372,17 @@ class Log:
                     f"checkpoint at size {size}: root does not match the entries", index=last_good
                 )
             last_good = size
+        try:
+            statements = self._audit_statements(roots)
+        except LedgerError as exc:
+            raise AuditError(f"statement: {exc}", index=expected) from exc
         return AuditReport(
             size=expected,
             root=frontier.root(),
             records=counts["usage"],
             key_events=counts["key"],
             checkpoints=len(checkpoints),
-            statements=0,
+            statements=statements,
         )
 
     def records(self, begin: int = 0, end: int | None = None) -> Iterable[tuple[int, UsageRecord]]:
