@@ -1,0 +1,537 @@
+"""Static checks of the container deployment in compose/ (no container engine runs here).
+
+`check_compose` reads a compose file the way an operator's `docker compose up` would use
+it and returns every problem it finds, one line each:
+
+- the YAML parses and has services;
+- every service runs the image's `icx` entrypoint with a command that the project's own
+  argument parser accepts (healthchecks that call `icx` too);
+- every host file or folder it mounts exists, every named volume is declared;
+- each agent's `--config` is a mounted, read-only file that `load_center` accepts, and
+  no two agents serve the same center;
+- each agent's `--broker` names a broker service and the port it listens on;
+- the broker listens on every address of its container, publishes that port, and keeps
+  its database on a volume;
+- ports are published on loopback only, and never by an agent (agents dial out);
+- the Dockerfile exists, its COPY sources exist in the build context, and its
+  entrypoint is `icx`.
+
+The real files must give no problem; each negative test corrupts one thing in a copy
+and expects exactly the matching problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli.main import build_parser
+from core.errors import InvalidConfig
+from node_agent.config import load_center
+
+COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+LOOPBACK = ("127.0.0.1", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::")
+DEFAULT_LISTEN = "127.0.0.1:7700"  # `icx broker serve`'s default --listen
+
+
+# ---------------------------------------------------------------- the checker
+
+
+def parse_icx(argv: list[str]) -> str | None:
+    """None when `icx ARGV` parses with the CLI's own parser, else argparse's complaint."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            build_parser().parse_args(argv)
+    except SystemExit:
+        lines = stderr.getvalue().strip().splitlines()
+        return lines[-1] if lines else "rejected"
+    return None
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with comments dropped and continuations joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, rest = line.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def _words(args: str) -> list[str]:
+    """A Dockerfile argument list in JSON (exec) form or shell form."""
+    if args.startswith("["):
+        words = json.loads(args)
+        assert isinstance(words, list)
+        return [str(w) for w in words]
+    return shlex.split(args)
+
+
+def check_dockerfile(dockerfile: Path, context: Path) -> tuple[list[str], list[str]]:
+    """(problems, entrypoint) of a Dockerfile built from `context`."""
+    if not dockerfile.is_file():
+        return [f"Dockerfile {dockerfile} does not exist"], []
+    problems: list[str] = []
+    entrypoint: list[str] = []
+    for keyword, args in dockerfile_instructions(dockerfile):
+        if keyword in ("COPY", "ADD"):
+            words = _words(args)
+            if any(w.startswith("--from=") for w in words):
+                continue  # from another stage, not from the context
+            sources = [w for w in words if not w.startswith("--")][:-1]
+            for source in sources:
+                if not (context / source).exists():
+                    problems.append(
+                        f"{dockerfile.name}: {keyword} source {source!r} does not exist "
+                        f"in the build context {context}"
+                    )
+        elif keyword == "ENTRYPOINT":
+            entrypoint = _words(args)
+    if not entrypoint:
+        problems.append(f"{dockerfile.name}: no ENTRYPOINT")
+    return problems, entrypoint
+
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(kind 'bind' or 'volume', source, target, read_only) for each volume entry."""
+    out = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            kind = entry.get("type", "volume")
+            read_only = bool(entry.get("read_only", False))
+            out.append((kind, str(entry.get("source", "")), str(entry["target"]), read_only))
+            continue
+        parts = str(entry).split(":")
+        source, target = parts[0], parts[1] if len(parts) > 1 else parts[0]
+        read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        out.append((kind, source, target, read_only))
+    return out
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, word in enumerate(argv):
+        if word == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    """HOST:PORT (or [V6]:PORT) as (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
+def _published(entry: Any) -> tuple[str, str]:
+    """(host address, container port) of a `ports` entry; host '' when not given."""
+    if isinstance(entry, dict):
+        return str(entry.get("host_ip", "")), str(entry.get("target", ""))
+    text = str(entry).split("/")[0]
+    if text.startswith("["):  # [::1]:7700:7700
+        host, _, rest = text[1:].partition("]:")
+        return host, rest.rsplit(":", 1)[-1]
+    parts = text.split(":")
+    host = parts[0] if len(parts) == 3 else ""
+    return host, parts[-1]
+
+
+def check_compose(path: Path) -> list[str]:
+    """Every problem found in the compose file at `path`, one line each."""
+    base = path.parent
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        return [f"{path.name} does not parse as YAML: {exc}"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
+        return [f"{path.name} has no services mapping"]
+    services: dict[str, dict[str, Any]] = doc["services"]
+    declared_volumes = set(doc.get("volumes") or {})
+    problems: list[str] = []
+    argvs: dict[str, list[str]] = {}  # every icx command, accepted or refused
+    accepted: set[str] = set()
+    image_entrypoints: dict[str, list[str]] = {}
+
+    for name, service in services.items():
+        build = service.get("build")
+        if build is not None:
+            if isinstance(build, str):
+                build = {"context": build}
+            context = (base / build.get("context", ".")).resolve()
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            found, entrypoint = check_dockerfile(dockerfile, context)
+            problems += [f"service {name}: {p}" for p in found]
+            image_entrypoints[str(service.get("image", name))] = entrypoint
+        elif "image" not in service:
+            problems.append(f"service {name}: neither build nor image")
+
+    for name, service in services.items():
+        override = service.get("entrypoint")
+        if override is None:
+            entrypoint = image_entrypoints.get(str(service.get("image", name)), [])
+        elif isinstance(override, str):
+            entrypoint = shlex.split(override)
+        else:
+            entrypoint = [str(w) for w in override]
+        command = service.get("command", [])
+        command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+        if entrypoint != ["icx"]:
+            problems.append(f"service {name}: entrypoint is {entrypoint!r}, not ['icx']")
+            continue
+        error = parse_icx(command)
+        if error is not None:
+            problems.append(f"service {name}: `icx {shlex.join(command)}` is refused: {error}")
+        else:
+            accepted.add(name)
+        argvs[name] = command
+
+        test = (service.get("healthcheck") or {}).get("test")
+        if isinstance(test, list) and test[:1] == ["CMD"] and test[1:2] == ["icx"]:
+            error = parse_icx([str(w) for w in test[2:]])
+            if error is not None:
+                problems.append(f"service {name}: healthcheck `{shlex.join(test[1:])}`: {error}")
+
+        for kind, source, target, _ in _mounts(service):
+            if kind == "bind":
+                if not (base / Path(source).expanduser()).exists():
+                    problems.append(
+                        f"service {name}: mounts {source} at {target}, which is missing"
+                    )
+            elif kind == "volume" and source and source not in declared_volumes:
+                problems.append(f"service {name}: volume {source!r} is not declared in volumes")
+
+        for entry in service.get("ports", []):
+            host, _ = _published(entry)
+            if host not in LOOPBACK:
+                problems.append(
+                    f"service {name}: port {entry!r} is published on "
+                    f"{host or 'every address'}, not on loopback only"
+                )
+
+    brokers = {n: a for n, a in argvs.items() if a[:2] == ["broker", "serve"]}
+    # A refused agent command is reported once, above; a refused broker command still
+    # names the broker that agents point at.
+    agents = {n: a for n, a in argvs.items() if a[:2] == ["agent", "run"] and n in accepted}
+    if not brokers:
+        problems.append("no service runs `icx broker serve`")
+    for name, argv in brokers.items():
+        listen = _flag(argv, "--listen") or DEFAULT_LISTEN
+        listen_host, listen_port = _split_address(listen)
+        if listen_host not in ANY_ADDRESS:
+            problems.append(
+                f"service {name}: --listen {listen} is not reachable from other containers "
+                f"(listen on 0.0.0.0)"
+            )
+        if not any(_published(e)[1] == listen_port for e in services[name].get("ports", [])):
+            problems.append(f"service {name}: its gRPC port {listen_port} is not published")
+        db = _flag(argv, "--db") or ""
+        if not any(Path(db).is_relative_to(target) for _, _, target, _ in _mounts(services[name])):
+            problems.append(
+                f"service {name}: --db {db} is not on a volume; the store would not "
+                f"survive the container"
+            )
+    seen_centers: dict[str, str] = {}
+    for name, argv in agents.items():
+        service = services[name]
+        if service.get("ports"):
+            problems.append(f"service {name}: an agent publishes ports; agents only dial out")
+        broker = _flag(argv, "--broker") or ""
+        host, port = _split_address(broker)
+        if host not in brokers:
+            problems.append(f"service {name}: --broker {broker} names no broker service")
+        elif port != _split_address(_flag(brokers[host], "--listen") or DEFAULT_LISTEN)[1]:
+            problems.append(f"service {name}: --broker {broker} is not the port {host} listens on")
+
+        config = _flag(argv, "--config") or ""
+        mount = next(
+            (m for m in _mounts(service) if m[0] == "bind" and m[2] == config),
+            None,
+        )
+        if mount is None:
+            problems.append(f"service {name}: --config {config} is not a mounted file")
+            continue
+        if not mount[3]:
+            problems.append(f"service {name}: center config {mount[1]} is not mounted read-only")
+        host_path = base / mount[1]
+        if not host_path.is_file():
+            continue  # reported above as missing
+        try:
+            center = load_center(host_path)
+        except InvalidConfig as exc:
+            problems.append(f"service {name}: center config {mount[1]}: {exc}")
+            continue
+        if center.center_id in seen_centers:
+            problems.append(
+                f"service {name}: center {center.center_id} is already served by "
+                f"{seen_centers[center.center_id]}"
+            )
+        seen_centers[center.center_id] = name
+    return problems
+
+
+# ---------------------------------------------------------------- the real files
+
+
+def test_compose_file_has_no_problems() -> None:
+    assert check_compose(COMPOSE_FILE) == []
+
+
+def test_compose_runs_a_broker_and_three_centers() -> None:
+    doc = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    commands = {name: s["command"][:2] for name, s in doc["services"].items()}
+    assert sorted(n for n, c in commands.items() if c == ["broker", "serve"]) == ["broker"]
+    assert sorted(n for n, c in commands.items() if c == ["agent", "run"]) == [
+        "agent-cn06",
+        "agent-cn08",
+        "agent-cn16",
+    ]
+    assert doc["services"]["broker"]["command"] == [
+        "broker", "serve", "--listen", "0.0.0.0:7700", "--db", "/data/broker.db",
+        "--metrics", "9100",
+    ]  # fmt: skip
+    assert doc["services"]["broker"]["volumes"] == ["broker-data:/data"]
+
+
+def test_center_configs_are_the_scenario_rows() -> None:
+    centers = {p.name: load_center(p) for p in sorted((COMPOSE_DIR / "centers").glob("*.toml"))}
+    summary = {
+        name: (
+            c.center_id,
+            c.region,
+            c.pue_milli,
+            c.grid_g_co2_per_kwh,
+            [(p.accelerator, p.devices_total, p.price_fen_per_device_hour) for p in c.pools],
+        )
+        for name, c in centers.items()
+    }
+    assert summary == {
+        "cn06-chengdu.toml": ("CN06", "CY", 1250, 140, [("ascend-910", 3906, 500)]),
+        "cn08-shanghai-lingang.toml": ("CN08", "YRD", 1250, 562, [("ascend-910b", 31250, 750)]),
+        "cn16-ningxia-zhongwei.toml": ("CN16", "NX", 1100, 586, [("nvidia-a800", 4096, 540)]),
+    }
+
+
+def test_dockerfile_installs_the_package_with_icx_as_entrypoint() -> None:
+    dockerfile = COMPOSE_DIR / "Dockerfile"
+    problems, entrypoint = check_dockerfile(dockerfile, COMPOSE_DIR.parent)
+    assert problems == []
+    assert entrypoint == ["icx"]
+    instructions = dockerfile_instructions(dockerfile)
+    assert instructions[0] == ("FROM", "python:3.11-slim AS build")
+    assert any("pip install --no-cache-dir -c requirements.lock ." in a for _, a in instructions)
+
+
+# ---------------------------------------------------------------- the checker can fail
+
+
+@pytest.fixture
+def compose_copy(tmp_path: Path) -> Path:
+    """A copy of compose/ under tmp_path (the build context); returns its compose file."""
+    shutil.copytree(COMPOSE_DIR, tmp_path / "compose")
+    path = tmp_path / "compose" / "docker-compose.yml"
+    assert check_compose(path) == []
+    return path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) >= 1, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_unparseable_yaml_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "services:", "services: [")
+    [problem] = check_compose(compose_copy)
+    assert problem.startswith("docker-compose.yml does not parse as YAML:")
+
+
+def test_unknown_icx_command_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "- serve", "- serv")
+    first, *rest = check_compose(compose_copy)
+    assert first.startswith(
+        "service broker: `icx broker serv --listen 0.0.0.0:7700 --db /data/broker.db "
+        "--metrics 9100` is refused: icx broker: error: argument COMMAND: "
+        "invalid choice: 'serv'"
+    )
+    assert rest == [
+        "no service runs `icx broker serve`",
+        "service agent-cn06: --broker broker:7700 names no broker service",
+        "service agent-cn08: --broker broker:7700 names no broker service",
+        "service agent-cn16: --broker broker:7700 names no broker service",
+    ]
+
+
+def test_missing_required_flag_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "--config, /etc/icx/center.toml, ", "")
+    [problem] = check_compose(compose_copy)
+    assert problem == (
+        "service agent-cn06: `icx agent run --broker broker:7700` is refused: "
+        "icx agent run: error: the following arguments are required: --config"
+    )
+
+
+def test_bad_flag_value_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '"9100"', "metrics")
+    [problem] = check_compose(compose_copy)
+    assert problem.endswith("argument --metrics: invalid int value: 'metrics'")
+
+
+def test_bad_healthcheck_command_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '"icx", "centers"', '"icx", "center"')
+    [problem] = check_compose(compose_copy)
+    assert problem.startswith(
+        "service broker: healthcheck `icx center --broker 127.0.0.1:7700 --json`: "
+        "icx: error: argument COMMAND: invalid choice: 'center'"
+    )
+
+
+def test_missing_mounted_file_is_reported(compose_copy: Path) -> None:
+    (compose_copy.parent / "centers" / "cn16-ningxia-zhongwei.toml").unlink()
+    assert check_compose(compose_copy) == [
+        "service agent-cn16: mounts ./centers/cn16-ningxia-zhongwei.toml at "
+        "/etc/icx/center.toml, which is missing"
+    ]
+
+
+def test_undeclared_volume_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "volumes:\n  broker-data:\n", "")
+    assert check_compose(compose_copy) == [
+        "service broker: volume 'broker-data' is not declared in volumes"
+    ]
+
+
+def test_invalid_center_config_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy.parent / "centers" / "cn08-shanghai-lingang.toml",
+        'accelerator = "ascend-910b"',
+        'accelerator = "h9"',
+    )
+    [problem] = check_compose(compose_copy)
+    assert problem.startswith(
+        "service agent-cn08: center config ./centers/cn08-shanghai-lingang.toml: pools[0]: "
+    )
+    assert problem.endswith("accelerator 'h9' is not in the catalogue")
+
+
+def test_config_mounted_read_write_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy,
+        "cn06-chengdu.toml:/etc/icx/center.toml:ro",
+        "cn06-chengdu.toml:/etc/icx/center.toml",
+    )
+    assert check_compose(compose_copy) == [
+        "service agent-cn06: center config ./centers/cn06-chengdu.toml is not mounted read-only"
+    ]
+
+
+def test_config_that_is_not_mounted_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "--config, /etc/icx/center.toml", "--config, /etc/icx/other.toml")
+    assert check_compose(compose_copy) == [
+        "service agent-cn06: --config /etc/icx/other.toml is not a mounted file"
+    ]
+
+
+def test_two_agents_for_one_center_are_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "cn08-shanghai-lingang.toml:", "cn06-chengdu.toml:")
+    assert check_compose(compose_copy) == [
+        "service agent-cn08: center CN06 is already served by agent-cn06"
+    ]
+
+
+def test_agent_pointing_elsewhere_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '--broker, "broker:7700"]', '--broker, "broker:7701"]')
+    edit(compose_copy, '--broker, "broker:7700"]', '--broker, "brokr:7700"]')
+    assert check_compose(compose_copy) == [
+        "service agent-cn06: --broker broker:7701 is not the port broker listens on",
+        "service agent-cn08: --broker brokr:7700 names no broker service",
+    ]
+
+
+def test_port_published_beyond_loopback_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '"127.0.0.1:7700:7700"', '"7700:7700"')
+    assert check_compose(compose_copy) == [
+        "service broker: port '7700:7700' is published on every address, not on loopback only"
+    ]
+
+
+def test_agent_publishing_a_port_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy,
+        "    depends_on: [broker]\n",
+        '    depends_on: [broker]\n    ports: ["127.0.0.1:8000:8000"]\n',
+    )
+    assert check_compose(compose_copy) == [
+        "service agent-cn06: an agent publishes ports; agents only dial out"
+    ]
+
+
+def test_missing_copy_source_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy.parent / "Dockerfile", "COPY . /src", "COPY . /src\nCOPY setup.cfg /src/")
+    assert check_compose(compose_copy) == [
+        f"service {name}: Dockerfile: COPY source 'setup.cfg' does not exist in the build "
+        f"context {compose_copy.parent.parent}"
+        for name in ("broker", "agent-cn06", "agent-cn08", "agent-cn16")
+    ]
+
+
+def test_missing_dockerfile_is_reported(compose_copy: Path) -> None:
+    (compose_copy.parent / "Dockerfile").unlink()
+    problems = check_compose(compose_copy)
+    assert (
+        problems[0]
+        == f"service broker: Dockerfile {compose_copy.parent / 'Dockerfile'} does not exist"
+    )
+    assert "service broker: entrypoint is [], not ['icx']" in problems
+
+
+def test_other_entrypoint_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy.parent / "Dockerfile",
+        'ENTRYPOINT ["icx"]',
+        'ENTRYPOINT ["python", "-m", "cli.main"]',
+    )
+    problems = check_compose(compose_copy)
+    assert problems[0] == (
+        "service broker: entrypoint is ['python', '-m', 'cli.main'], not ['icx']"
+    )
+
+
+def test_broker_on_container_loopback_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "- 0.0.0.0:7700", "- 127.0.0.1:7700")
+    assert check_compose(compose_copy) == [
+        "service broker: --listen 127.0.0.1:7700 is not reachable from other containers "
+        "(listen on 0.0.0.0)"
+    ]
+
+
+def test_unpublished_broker_port_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '"127.0.0.1:7700:7700"', '"127.0.0.1:7800:7800"')
+    assert check_compose(compose_copy) == ["service broker: its gRPC port 7700 is not published"]
+
+
+def test_database_outside_the_volume_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "- /data/broker.db", "- /tmp/broker.db")
+    assert check_compose(compose_copy) == [
+        "service broker: --db /tmp/broker.db is not on a volume; the store would not "
+        "survive the container"
+    ]
