@@ -79,7 +79,7 @@ def _value(value: object, out: list[str], path: str) -> None:
         raise InvalidRecord(f"{path}: cannot encode {type(value).__name__}")
 
 
-def encode(value: JsonValue) -> bytes:
+def encode(value: object) -> bytes:
     """The canonical UTF-8 bytes of `value`."""
     out: list[str] = []
     _value(value, out, "$")

@@ -83,6 +83,11 @@ def _triggers() -> str:
     return "\n".join(parts)
 
 
+def _blob(value: object) -> bytes:
+    """A stored leaf as bytes, even if someone rewrote the column as text."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
 def _node_id(level: int, index: int) -> int:
     return (level << _LEVEL_SHIFT) | index
 
@@ -222,13 +227,13 @@ class LedgerStore:
         ).fetchone()
         if row is None:
             raise EntryNotFound(f"no entry at index {index} (log size {self.size})")
-        return StoredEntry(int(row[0]), row[1], str(row[2]), bytes(row[3]))
+        return StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
 
     def find(self, record_id: str) -> StoredEntry | None:
         row = self._db.execute(
             "SELECT idx, record_id, type, leaf FROM entries WHERE record_id = ?", (record_id,)
         ).fetchone()
-        return None if row is None else StoredEntry(int(row[0]), row[1], str(row[2]), bytes(row[3]))
+        return None if row is None else StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
 
     def entries(
         self, begin: int = 0, end: int | None = None, *, type: str | None = None
@@ -241,12 +246,12 @@ class LedgerStore:
             sql += " AND type = ?"
             args.append(type)
         for row in self._db.execute(sql + " ORDER BY idx", args):
-            yield StoredEntry(int(row[0]), row[1], str(row[2]), bytes(row[3]))
+            yield StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
 
     def raw_rows(self) -> Iterator[tuple[int, bytes]]:
         """Every stored (index, leaf) in storage order, gaps and all, for the auditor."""
         for idx, leaf in self._db.execute("SELECT idx, leaf FROM entries ORDER BY rowid"):
-            yield int(idx), bytes(leaf)
+            yield int(idx), _blob(leaf)
 
     def stored_leaf_hash(self, index: int) -> bytes | None:
         row = self._db.execute(
