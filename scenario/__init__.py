@@ -148,6 +148,8 @@ def demo_workload(
     [min_run_s, max_run_s] of real running; the spec keeps the trace's real hours, so
     charges and device-hours are the trace's). A seeded share asks for specific
     accelerators, keeps data in eastern regions, or sets a budget."""
+    if n <= 0:
+        return []
     rng = random.Random(seed)
     trace = load_trace(limit=n, offset=offset)
     t0, t1 = trace[0].submit_s, trace[-1].submit_s

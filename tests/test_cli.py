@@ -1,0 +1,171 @@
+"""The user's CLI against a real broker and agent: submit, status, jobs, logs, cancel,
+centers; JSON for scripts, exit codes for errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.federation import LocalFederation
+from tests.conftest import FAST_BROKER, make_center, wait_for
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    fed = LocalFederation(root=tmp_path_factory.mktemp("cli"), broker_args=FAST_BROKER)
+    try:
+        fed.start_broker(port=0)
+        fed.start_agent(make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}))
+        fed.start_agent(make_center("CB", region="YRD", pools={"q": ("nvidia-a800", 2, 900)}))
+        wait_for(lambda: _centers_up(fed) == 2, 15, "two centers")
+        yield fed
+    finally:
+        fed.stop()
+
+
+def icx(
+    fed: LocalFederation, *args: str, tenant: str = "lab-a"
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ICX_BROKER": fed.address, "ICX_TENANT": tenant}
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def icx_json(fed: LocalFederation, *args: str, tenant: str = "lab-a") -> object:
+    result = icx(fed, *args, "--json", tenant=tenant)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _centers_up(fed: LocalFederation) -> int:
+    result = icx(fed, "centers", "--json")
+    if result.returncode != 0:
+        return 0
+    return sum(1 for c in json.loads(result.stdout) if c["connected"])
+
+
+def test_submit_from_flags_then_follow_logs_and_status(fed: LocalFederation) -> None:
+    result = icx(
+        fed, "submit", "--devices", "2", "--accelerator", "ascend-910", "--hours", "0.5",
+        "--", "sh", "-c", 'echo "devices=$ICX_DEVICES cuda=$CUDA_VISIBLE_DEVICES"; echo oops >&2',
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert job_id.startswith("j-")
+
+    logs = icx(fed, "logs", "--follow", job_id)
+    assert logs.returncode == 0
+    assert logs.stdout == "devices=0,1 cuda=0,1\n"
+    assert logs.stderr == "oops\n"
+
+    status = icx_json(fed, "status", job_id)
+    assert isinstance(status, dict)
+    assert status["state"] == "succeeded"
+    assert status["center_id"] == "CA"
+    assert status["device_indices"] == [0, 1]
+    assert status["exit_code"] == 0
+    assert status["tenant"] == "lab-a"
+    assert status["estimated_seconds"] == 1800
+
+
+def test_submit_from_toml_respects_regions_and_reports_failure(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        'name = "east-only"\naccelerator = "any"\ndevices = 1\nhours = 0.1\n'
+        'regions = ["YRD"]\ncommand = ["sh", "-c", "exit 3"]\n'
+    )
+    job = icx_json(fed, "submit", str(spec))
+    assert isinstance(job, dict)
+    logs = icx(fed, "logs", "-f", job["job_id"])
+    assert logs.returncode == 1  # the job failed
+    status = icx_json(fed, "status", job["job_id"])
+    assert isinstance(status, dict)
+    assert (status["state"], status["center_id"], status["exit_code"]) == ("failed", "CB", 3)
+
+
+def test_cancel_a_running_job_and_only_by_its_tenant(fed: LocalFederation) -> None:
+    job_id = icx(
+        fed, "submit", "--devices", "1", "--hours", "1", "--", "sleep", "60"
+    ).stdout.strip()
+    wait_for(
+        lambda: icx_json(fed, "status", job_id)["state"] == "running",  # type: ignore[index]
+        15,
+        "the job to run",
+    )
+    other = icx(fed, "cancel", job_id, tenant="lab-b")
+    assert other.returncode == 1
+    assert other.stderr == f"icx: error: job {job_id} belongs to another tenant\n"
+
+    cancelled = icx_json(fed, "cancel", job_id)
+    assert cancelled["state"] == "cancelled"  # type: ignore[index]
+    again = icx(fed, "cancel", job_id)
+    assert again.returncode == 1
+    assert again.stderr == f"icx: error: job {job_id} already cancelled\n"
+
+    # The agent freed the device: its offer shows all of pool p free again.
+    def freed() -> bool:
+        centers = icx_json(fed, "centers")
+        pool = next(c for c in centers if c["center_id"] == "CA")["pools"][0]  # type: ignore[union-attr, index]
+        return bool(pool["devices_free"] == 4)
+
+    wait_for(freed, 10, "the device to be free again")
+
+
+def test_jobs_lists_newest_first_and_filters_by_state(fed: LocalFederation) -> None:
+    ids = [
+        icx(fed, "submit", "--devices", "1", "--hours", "0.1", "--", "true").stdout.strip()
+        for _ in range(3)
+    ]
+    listed = icx_json(fed, "jobs", "--limit", "3")
+    assert [j["job_id"] for j in listed] == ids[::-1]  # type: ignore[union-attr]
+    wait_for(
+        lambda: all(icx_json(fed, "status", i)["state"] == "succeeded" for i in ids),  # type: ignore[index]
+        20,
+        "three jobs",
+    )
+    done = icx_json(fed, "jobs", "--state", "succeeded", "--limit", "0")
+    assert set(ids) <= {j["job_id"] for j in done}  # type: ignore[union-attr]
+    assert {j["state"] for j in done} == {"succeeded"}  # type: ignore[union-attr]
+
+
+def test_table_output_and_usage_errors(fed: LocalFederation) -> None:
+    centers = icx(fed, "centers")
+    assert centers.returncode == 0
+    header, *rows = centers.stdout.splitlines()
+    assert header.split()[:4] == ["CENTER", "REGION", "LINK", "ACCELERATOR"]
+    assert [r.split()[0] for r in rows] == ["CA", "CB"]
+    missing = icx(fed, "status", "j-000000000000")
+    assert (missing.returncode, missing.stderr) == (4, "icx: error: no job 'j-000000000000'\n")
+    neither = icx(fed, "submit")
+    assert neither.returncode == 2
+    assert "give a spec file or a command after --" in neither.stderr
+    tail = icx(fed, "jobs", "--", "ls")
+    assert tail.returncode == 2
+    assert "jobs takes no command after --" in tail.stderr
+
+
+def test_metrics_endpoint_counts_jobs_by_state(fed: LocalFederation) -> None:
+    assert fed.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{fed.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("icx_") and " " in line
+    )
+    assert float(lines['icx_jobs{state="succeeded"}']) >= 1
+    assert float(lines["icx_centers_connected"]) == 2
+    assert "icx_match_round_seconds_count" in lines
+    assert "icx_claim_refusals_total" in lines

@@ -1,0 +1,54 @@
+"""`icx demo` as a script would run it: a small workload, one JSON summary at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--jobs", "40", "--span", "3",
+         "--dir", str(tmp_path / "demo"), "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["jobs_submitted"] == 40
+    assert summary["jobs_unfinished"] == 0
+    assert summary["jobs_failed"] == 0
+    placed = summary["jobs_succeeded"]
+    assert placed + summary["jobs_unplaced"] == 40
+    assert placed >= 30
+    assert sum(c["jobs"] for c in summary["by_center"]) == placed
+    assert sum(h["jobs"] for h in summary["by_hub"]) == placed
+    assert len(summary["by_center"]) >= 5  # the work spreads across the federation
+    for u in summary["unplaced"]:
+        assert u["reason"]  # every job left in the queue says why
+    # Shut down cleanly: nothing left running from this demo.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "demo") not in ps
+
+
+def test_demo_keep_json_prints_what_a_script_needs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--keep", "--jobs", "0", "--json",
+         "--dir", str(tmp_path / "kept")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    pids = info["pids"]
+    try:
+        assert info["db"] == str(tmp_path / "kept" / "broker.db")
+        assert len(pids) == 18  # the broker and 17 agents
+        listed = subprocess.run(
+            [sys.executable, "-m", "cli.main", "centers", "--json", "--broker", info["broker"]],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert len(json.loads(listed.stdout)) == 17
+    finally:
+        subprocess.run(["kill", *(str(p) for p in pids.values())], check=False)
