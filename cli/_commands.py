@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-from cli import demo, ledger_cmd, service_cmd, user_cmd  # noqa: E402
+from cli import demo, ledger_cmd, match_cmd, service_cmd, user_cmd  # noqa: E402
 
 REGISTRY: list[Register] = [
     user_cmd.register,
     service_cmd.register,
     demo.register,
     ledger_cmd.register,
+    match_cmd.register,
 ]

@@ -34,6 +34,7 @@ from matcher.quote import QuoteLine, quote
 
 __all__ = [
     "ANY",
+    "SOLVERS",
     "Assignment",
     "CpSatMatcher",
     "GreedyMatcher",

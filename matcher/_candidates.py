@@ -3,10 +3,10 @@
 Jobs that agree on every field the model reads (accelerator, devices, seconds, regions,
 budget, effective priority, data, deadline, minimum memory and TFLOPS) form one *class*;
 the model decides how many jobs of a class go to each pool, which is exact because such
-jobs are interchangeable. Each class keeps its feasible pools sorted by objective cost,
-then by pool id, in one CSR array (`ptr`, `pool`, `cost`); pools are indexed in pool-id
-order. The same figures as the scalar helpers in `matcher.model`, vectorised: the tests
-check that they agree.
+jobs are interchangeable. Each class keeps its feasible pools, in pool-id order, in one
+CSR array (`ptr`, `pool`, `cost`); pools are indexed in pool-id order, so the first of
+equally cheap candidates is the one with the least pool id. The figures are those of the
+scalar helpers in `matcher.model`, vectorised: the tests check that they agree.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ class ClassDiagnostics:
 
 
 @dataclass(slots=True)
+class Aggregate:
+    """Candidates summed per pool group (same accelerator and region), for a cheap
+    bound: `jobs[i]` jobs of class `cls[i]` fit, one pool at a time, in group `group[i]`
+    (sum over its feasible pools of free // devices, capped at the class's count)."""
+
+    group_of_pool: Int64s
+    cls: Int64s
+    group: Int64s
+    jobs: Int64s
+
+
+@dataclass(slots=True)
 class Instance:
     problem: Problem
     pools: tuple[PoolSlot, ...]  # sorted by pool id
@@ -63,6 +75,7 @@ class Instance:
     pool: Int32s
     cost: Int64s  # objective cost (mfen) of one job of the class on the pool
     diag: ClassDiagnostics
+    aggregate: Aggregate
 
     @property
     def density(self) -> Int64s:
@@ -79,7 +92,9 @@ class Instance:
         plus those marked in `keep` (an incumbent's arcs, so its hint stays valid); and
         the index of each kept candidate in this instance."""
         cls = self.class_of_candidate()
-        rank = np.arange(len(self.pool), dtype=np.int64) - self.ptr[cls]
+        by_cost = np.lexsort((self.pool, self.cost, cls))
+        rank = np.empty(len(self.pool), dtype=np.int64)
+        rank[by_cost] = np.arange(len(self.pool), dtype=np.int64) - self.ptr[cls[by_cost]]
         mask = rank < top_k
         if keep is not None:
             mask |= keep
@@ -101,6 +116,7 @@ class Instance:
             pool=self.pool[mask],
             cost=self.cost[mask],
             diag=self.diag,
+            aggregate=self.aggregate,
         )
         return pruned, np.nonzero(mask)[0].astype(np.int64)
 
@@ -141,17 +157,30 @@ def build(problem: Problem) -> Instance:
         [p.region in policy.incentive_regions for p in pools], dtype=np.bool_
     ) * np.int64(policy.incentive_fen_per_device_hour)
 
-    # Classes, each with its jobs best first (longest waiting, then id).
+    # Classes, each with its jobs best first (longest waiting, then id); classes are
+    # numbered group by group (groups: same compatible pools and network), so that the
+    # candidates come out in class order without a sort.
     by_sig: dict[tuple[object, ...], list[int]] = {}
     for i, job in enumerate(problem.jobs):
         by_sig.setdefault(_signature(job, effective_priority(job, policy)), []).append(i)
+    grouped: dict[tuple[object, ...], list[list[int]]] = {}
+    for sig_members in by_sig.values():
+        j = problem.jobs[sig_members[0]]
+        regions_key = None if j.regions is None else tuple(sorted(set(j.regions)))
+        key = (j.accelerator, regions_key, j.min_memory_gb, j.min_tflops, j.data_region)
+        grouped.setdefault(key, []).append(sig_members)
     class_jobs: list[tuple[int, ...]] = []
     reps: list[JobRequest] = []
-    for sig_members in by_sig.values():
-        sig_members.sort(key=lambda i: (-problem.jobs[i].waited_s, problem.jobs[i].job_id))
-        class_jobs.append(tuple(sig_members))
-        reps.append(problem.jobs[sig_members[0]])
+    groups: list[list[int]] = []
+    for group_members in grouped.values():
+        groups.append([])
+        for sig_members in group_members:
+            sig_members.sort(key=lambda i: (-problem.jobs[i].waited_s, problem.jobs[i].job_id))
+            groups[-1].append(len(reps))
+            class_jobs.append(tuple(sig_members))
+            reps.append(problem.jobs[sig_members[0]])
     n_classes = len(reps)
+    count = np.array([len(m) for m in class_jobs], dtype=np.int64)
     devices = np.array([j.devices for j in reps], dtype=np.int64)
     seconds = np.array([j.seconds for j in reps], dtype=np.int64)
     eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
@@ -172,23 +201,21 @@ def build(problem: Problem) -> Instance:
         min_charge_fit=np.full(n_classes, BIG, dtype=np.int64),
         min_finish_ms=np.full(n_classes, BIG, dtype=np.int64),
     )
-
-    # Groups of classes that see the same compatible pools and the same network.
-    groups: dict[tuple[object, ...], list[int]] = {}
-    for c, j in enumerate(reps):
-        regions_key = None if j.regions is None else tuple(sorted(set(j.regions)))
-        key = (j.accelerator, regions_key, j.min_memory_gb, j.min_tflops, j.data_region)
-        groups.setdefault(key, []).append(c)
+    # Pool groups (same accelerator and region) for the aggregated bound.
+    group_key = sorted({(p.accelerator, p.region) for p in pools})
+    group_of_pool = np.array(
+        [group_key.index((p.accelerator, p.region)) for p in pools], dtype=np.int64
+    )
 
     out_cls: list[Int64s] = []
     out_pool: list[Int32s] = []
     out_cost: list[Int64s] = []
-    for group in groups.values():
+    agg_cls: list[Int64s] = []
+    agg_group: list[Int64s] = []
+    agg_jobs: list[Int64s] = []
+    for group in groups:
         rep = reps[group[0]]
-        pool_ix = np.array(
-            [k for k, p in enumerate(pools) if compatible(rep, p)],
-            dtype=np.int64,
-        )
+        pool_ix = np.array([k for k, p in enumerate(pools) if compatible(rep, p)], dtype=np.int64)
         members = np.array(group, dtype=np.int64)
         diag.n_compatible[members] = len(pool_ix)
         if len(pool_ix) == 0:
@@ -205,6 +232,10 @@ def build(problem: Problem) -> Instance:
             [bool(rep.data_region) and rep.data_region != pools[k].region for k in pool_ix],
             dtype=np.bool_,
         )
+        # Columns regrouped by pool group, for the per-group sums of the bound.
+        by_group = np.argsort(group_of_pool[pool_ix], kind="stable")
+        col_groups, first = np.unique(group_of_pool[pool_ix][by_group], return_index=True)
+        starts: Int64s = first.astype(np.int64)
         step = max(1, _CHUNK_CELLS // len(pool_ix))
         for start in range(0, len(members), step):
             cls = members[start : start + step]
@@ -233,20 +264,31 @@ def build(problem: Problem) -> Instance:
             diag.n_feasible[cls] = n_ok
             diag.min_charge_fit[cls] = np.where(fits, charge, BIG).min(axis=1)
             diag.min_finish_ms[cls] = np.where(in_budget, finish, BIG).min(axis=1)
-            order = np.argsort(np.where(ok, cost, BIG), axis=1, kind="stable")
-            ok_sorted = np.take_along_axis(ok, order, axis=1)
-            out_cls.append(np.repeat(cls, n_ok))
-            out_pool.append(pool_ix[order][ok_sorted].astype(np.int32))
-            out_cost.append(np.take_along_axis(cost, order, axis=1)[ok_sorted])
+            rows, cols = np.nonzero(ok)
+            out_cls.append(cls[rows])
+            out_pool.append(pool_ix[cols].astype(np.int32))
+            out_cost.append(cost[rows, cols])
+            jobs_fit = np.where(ok, free[pool_ix][None, :] // d, 0)[:, by_group]
+            per_group = np.minimum(np.add.reduceat(jobs_fit, starts, axis=1), count[cls][:, None])
+            class_row, group_col = np.nonzero(per_group)
+            agg_cls.append(cls[class_row])
+            agg_group.append(col_groups[group_col])
+            agg_jobs.append(per_group[class_row, group_col])
 
     if out_cls:
-        all_cls = np.concatenate(out_cls)
-        by_class = np.argsort(all_cls, kind="stable")
-        cand_pool = np.concatenate(out_pool)[by_class]
-        cand_cost = np.concatenate(out_cost)[by_class].astype(np.int64)
+        cand_pool = np.concatenate(out_pool)
+        cand_cost = np.concatenate(out_cost).astype(np.int64)
+        aggregate = Aggregate(
+            group_of_pool=group_of_pool,
+            cls=np.concatenate(agg_cls),
+            group=np.concatenate(agg_group),
+            jobs=np.concatenate(agg_jobs),
+        )
     else:
         cand_pool = np.zeros(0, dtype=np.int32)
         cand_cost = np.zeros(0, dtype=np.int64)
+        none = np.zeros(0, dtype=np.int64)
+        aggregate = Aggregate(group_of_pool=group_of_pool, cls=none, group=none, jobs=none)
     ptr = np.concatenate(([0], np.cumsum(diag.n_feasible))).astype(np.int64)
     return Instance(
         problem=problem,
@@ -259,9 +301,10 @@ def build(problem: Problem) -> Instance:
         class_jobs=tuple(class_jobs),
         devices=devices,
         value=eff * devices * seconds,
-        count=np.array([len(m) for m in class_jobs], dtype=np.int64),
+        count=count,
         ptr=ptr,
         pool=cand_pool,
         cost=cand_cost,
         diag=diag,
+        aggregate=aggregate,
     )

@@ -3,7 +3,9 @@ the runner-up and why it lost; for each unplaced job the binding reason in words
 
 from __future__ import annotations
 
-from matcher._candidates import Instance, Int64s
+import numpy as np
+
+from matcher._candidates import BIG, Instance, Int64s
 from matcher._heuristics import evaluate, pool_used, region_used
 from matcher.model import (
     ANY,
@@ -100,7 +102,11 @@ class _Explainer:
             f"data transfer {transfer_ms(job, pool, problem) / 1000:,.1f} s"
         )
         lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
-        runner = next((k for k in range(lo, hi) if k != arc), None)
+        runner: int | None = None
+        if hi - lo > 1:
+            costs = inst.cost[lo:hi].copy()
+            costs[arc - lo] = BIG
+            runner = lo + int(np.argmin(costs))
         result: tuple[str, str | None]
         if runner is None:
             result = (head + "; the only feasible pool", None)

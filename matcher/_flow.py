@@ -27,44 +27,48 @@ from matcher._candidates import Instance, Int64s
 _TIE_STEPS = 1024  # cost tie-break resolution per unit of value density
 
 
-def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, Int64s] | None:
-    """Min-cost flow; returns (flow per source->class arc, flow per candidate) or None."""
-    n_cls, n_pools, n_reg = len(inst.classes), len(inst.pools), len(inst.regions)
-    source, sink = n_cls + n_pools + n_reg, n_cls + n_pools + n_reg + 1
-    cls = np.repeat(np.arange(n_cls, dtype=np.int64), np.diff(inst.ptr))
-    d = inst.devices
-    supply_cap = inst.count * d
-    total = int(supply_cap.sum())
-    if total == 0 or len(inst.pool) == 0:
+def _network(
+    n_cls: int,
+    supply: Int64s,
+    density_cost: Int64s,
+    arc_cls: Int64s,
+    arc_head: Int64s,
+    arc_cap: Int64s,
+    arc_cost: Int64s,
+    mid_region: Int64s,
+    mid_cap: Int64s,
+    quota: Int64s,
+) -> tuple[Int64s, Int64s] | None:
+    """source -> class -> middle node (pool or pool group) -> region -> sink, plus
+    source -> sink. Returns (flow into each class, flow on each class arc) or None."""
+    n_mid, n_reg = len(mid_cap), len(quota)
+    source, sink = n_cls + n_mid + n_reg, n_cls + n_mid + n_reg + 1
+    total = int(supply.sum())
+    if total == 0 or len(arc_cls) == 0:
         return None
-    arc_cap = np.minimum(inst.count[cls], inst.free[inst.pool] // d[cls]) * d[cls]
     tails = np.concatenate(
         [
             np.full(n_cls, source),
-            cls,
-            n_cls + np.arange(n_pools),
-            n_cls + n_pools + np.arange(n_reg),
+            arc_cls,
+            n_cls + np.arange(n_mid),
+            n_cls + n_mid + np.arange(n_reg),
             [source],
         ]
     ).astype(np.int32)
     heads = np.concatenate(
         [
             np.arange(n_cls),
-            n_cls + inst.pool.astype(np.int64),
-            n_cls + n_pools + inst.pool_region.astype(np.int64),
+            n_cls + arc_head,
+            n_cls + n_mid + mid_region,
             np.full(n_reg, sink),
             [sink],
         ]
     ).astype(np.int32)
-    caps = np.concatenate(
-        [supply_cap, arc_cap, inst.free, np.minimum(inst.quota, total), [total]]
-    ).astype(np.int64)
+    caps = np.concatenate([supply, arc_cap, mid_cap, np.minimum(quota, total), [total]]).astype(
+        np.int64
+    )
     costs = np.concatenate(
-        [
-            -inst.density * value_scale,
-            arc_cost,
-            np.zeros(n_pools + n_reg + 1, dtype=np.int64),
-        ]
+        [density_cost, arc_cost, np.zeros(n_mid + n_reg + 1, dtype=np.int64)]
     ).astype(np.int64)
     flow = min_cost_flow.SimpleMinCostFlow()
     flow.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
@@ -72,18 +76,69 @@ def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, 
     flow.set_node_supply(sink, -total)
     if flow.solve() != flow.OPTIMAL:
         return None
-    flows = np.asarray(flow.flows(np.arange(n_cls + len(inst.pool), dtype=np.int32)))
+    flows = np.asarray(flow.flows(np.arange(n_cls + len(arc_cls), dtype=np.int32)))
     return flows[:n_cls].astype(np.int64), flows[n_cls:].astype(np.int64)
 
 
+def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, Int64s] | None:
+    """The per-pool network."""
+    cls = np.repeat(np.arange(len(inst.classes), dtype=np.int64), np.diff(inst.ptr))
+    d = inst.devices
+    return _network(
+        len(inst.classes),
+        inst.count * d,
+        -inst.density * value_scale,
+        cls,
+        inst.pool.astype(np.int64),
+        np.minimum(inst.count[cls], inst.free[inst.pool] // d[cls]) * d[cls],
+        arc_cost,
+        inst.pool_region.astype(np.int64),
+        inst.free,
+        inst.quota,
+    )
+
+
+def _trivial(inst: Instance) -> int:
+    has = np.diff(inst.ptr) > 0
+    return int((inst.value * inst.count)[has].sum())
+
+
 def lp_bound(inst: Instance) -> int:
-    """An upper bound on the placed value: the LP optimum, rounded down (it is the
-    value of an integral flow, so already an integer); the sum of all values of jobs
-    with a candidate where the flow cannot be solved."""
+    """An upper bound on the placed value: the LP optimum (an integral flow's value, so
+    already an integer); the sum of all values of jobs with a candidate where the flow
+    cannot be solved."""
     solved = _solve(inst, 1, np.zeros(len(inst.pool), dtype=np.int64))
     if solved is None:
-        has = np.diff(inst.ptr) > 0
-        return int((inst.value * inst.count)[has].sum())
+        return _trivial(inst)
+    to_class, _ = solved
+    return int((to_class * inst.density).sum())
+
+
+def aggregated_bound(inst: Instance) -> int:
+    """A cheaper, weaker upper bound: the same network with the pools of one group
+    (accelerator, region) merged into one node of their summed free devices. A class's
+    arc into a group carries at most the jobs that fit its feasible pools one pool at a
+    time, so every placement is still a flow: the bound stays valid."""
+    agg = inst.aggregate
+    n_groups = int(agg.group_of_pool.max()) + 1 if len(agg.group_of_pool) else 0
+    group_free = np.bincount(agg.group_of_pool, weights=inst.free, minlength=n_groups)
+    group_region = np.zeros(n_groups, dtype=np.int64)
+    group_region[agg.group_of_pool] = inst.pool_region
+    d = inst.devices
+    solved = _network(
+        len(inst.classes),
+        inst.count * d,
+        -inst.density,
+        agg.cls,
+        agg.group,
+        agg.jobs * d[agg.cls],
+        np.zeros(len(agg.cls), dtype=np.int64),
+        group_region,
+        group_free.astype(np.int64),
+        inst.quota,
+    )
+    if solved is None:
+        return _trivial(inst)
     to_class, _ = solved
     return int((to_class * inst.density).sum())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher._candidates import Instance, Int64s
+from matcher._candidates import BIG, Instance, Int64s
 from matcher.model import Problem
 
 
@@ -63,6 +63,18 @@ class _Room:
         self.quota[self.inst.pool_region[pool]] -= devices
 
 
+def _cheapest(inst: Instance, lo: int, fit: Int64s, below: int | None = None) -> int:
+    """Index (from lo) of the cheapest candidate with room (least pool id on ties), or -1;
+    with `below`, only candidates cheaper than that cost."""
+    costs = inst.cost[lo : lo + len(fit)]
+    usable = fit > 0
+    if below is not None:
+        usable &= costs < below
+    if not usable.any():
+        return -1
+    return int(np.argmin(np.where(usable, costs, BIG)))
+
+
 def greedy(problem: Problem, inst: Instance) -> Int64s:
     """The baseline's rule on the arrays: each job, highest priority first (then longest
     waiting, then id), to its cheapest candidate with room. Places exactly what
@@ -85,9 +97,8 @@ def greedy(problem: Problem, inst: Instance) -> Int64s:
         lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
         if lo == hi:
             continue
-        fit = room.jobs_fitting(c, lo, hi)
-        k = int(np.argmax(fit > 0))
-        if fit[k] > 0:
+        k = _cheapest(inst, lo, room.jobs_fitting(c, lo, hi))
+        if k >= 0:
             n[lo + k] += 1
             room.take(c, lo + k, 1)
     return n
@@ -95,7 +106,8 @@ def greedy(problem: Problem, inst: Instance) -> Int64s:
 
 def fill(inst: Instance, n: Int64s) -> Int64s:
     """Place what still fits: classes by value per device (then value), each job on its
-    cheapest candidate with room. Never removes a job, so value never drops."""
+    cheapest candidate with room. Never removes a job, so value never drops. From an
+    empty solution this is the value-per-device greedy."""
     n = n.copy()
     room = _Room(inst, n)
     placed = np.bincount(
@@ -107,20 +119,16 @@ def fill(inst: Instance, n: Int64s) -> Int64s:
     order = np.lexsort((-inst.value, -inst.density))
     for c in order:
         c = int(c)
-        if left[c] <= 0 or inst.ptr[c] == inst.ptr[c + 1]:
-            continue
         lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
-        fit = room.jobs_fitting(c, lo, hi)
-        for k in np.nonzero(fit > 0)[0]:
-            # Quota may have shrunk since `fit` was computed: recheck this one.
-            jobs = min(int(left[c]), int(room.jobs_fitting(c, lo + int(k), lo + int(k) + 1)[0]))
-            if jobs <= 0:
-                continue
-            n[lo + k] += jobs
-            room.take(c, lo + int(k), jobs)
-            left[c] -= jobs
-            if left[c] == 0:
+        while left[c] > 0 and lo < hi:
+            fit = room.jobs_fitting(c, lo, hi)
+            k = _cheapest(inst, lo, fit)
+            if k < 0:
                 break
+            jobs = min(int(left[c]), int(fit[k]))
+            n[lo + k] += jobs
+            room.take(c, lo + k, jobs)
+            left[c] -= jobs
     return n
 
 
@@ -133,17 +141,17 @@ def improve_cost(inst: Instance, n: Int64s) -> Int64s:
     for c in classes:
         c = int(c)
         lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
-        # The most expensive placed arcs first; candidates are sorted by cost.
-        for arc in range(hi - 1, lo, -1):
+        placed = [lo + int(k) for k in np.nonzero(n[lo:hi])[0]]
+        # The most expensive placed candidates first.
+        for arc in sorted(placed, key=lambda a: -int(inst.cost[a])):
             while n[arc] > 0:
-                fit = room.jobs_fitting(c, lo, arc)
-                cheaper = np.nonzero(fit > 0)[0]
-                if len(cheaper) == 0 or inst.cost[lo + cheaper[0]] >= inst.cost[arc]:
+                fit = room.jobs_fitting(c, lo, hi)
+                k = _cheapest(inst, lo, fit, below=int(inst.cost[arc]))
+                if k < 0:
                     break
-                to = lo + int(cheaper[0])
-                jobs = min(int(n[arc]), int(fit[cheaper[0]]))
+                jobs = min(int(n[arc]), int(fit[k]))
                 n[arc] -= jobs
-                n[to] += jobs
-                room.take(c, to, jobs)
+                n[lo + k] += jobs
+                room.take(c, lo + k, jobs)
                 room.take(c, arc, -jobs)
     return n

@@ -58,7 +58,7 @@ from ortools.sat.python import cp_model
 from matcher import _flow
 from matcher._candidates import Instance, Int64s, build
 from matcher._explain import to_solution
-from matcher._heuristics import better, evaluate, fill, greedy, improve_cost
+from matcher._heuristics import better, empty, evaluate, fill, greedy, improve_cost
 from matcher.model import Problem, Solution
 
 
@@ -79,6 +79,7 @@ class CpSatMatcher:
         num_workers: int = 2,
         top_k: int = 32,
         max_cpsat_arcs: int = 60_000,
+        exact_flow_arcs: int = 300_000,
         use_cpsat: bool | None = None,
         seed: int = 0,
     ) -> None:
@@ -90,6 +91,7 @@ class CpSatMatcher:
         self.num_workers = num_workers
         self.top_k = top_k
         self.max_cpsat_arcs = max_cpsat_arcs
+        self.exact_flow_arcs = exact_flow_arcs
         self.use_cpsat = use_cpsat
         self.seed = seed
 
@@ -97,14 +99,16 @@ class CpSatMatcher:
         started = time.perf_counter()
         inst = build(problem)
         floor = greedy(problem, inst)
-        best = improve_cost(inst, fill(inst, floor))
+        candidates = [floor, fill(inst, floor), fill(inst, empty(inst))]
+        bound = _flow.aggregated_bound(inst)
+        if len(inst.pool) <= self.exact_flow_arcs:
+            bound = min(bound, _flow.lp_bound(inst))
+            flowed = _flow.primal(inst)
+            if flowed is not None:
+                candidates.append(fill(inst, flowed))
+        best = max(candidates, key=lambda n: _key(evaluate(inst, n)))
+        best = improve_cost(inst, best)
         best_eval = evaluate(inst, best)
-        bound = _flow.lp_bound(inst)
-        flowed = _flow.primal(inst)
-        if flowed is not None:
-            candidate = improve_cost(inst, fill(inst, flowed))
-            if better(evaluate(inst, candidate), best_eval):
-                best, best_eval = candidate, evaluate(inst, candidate)
         solver = "flow"
         cost_bound: int | None = None
         optimal = False
@@ -229,3 +233,8 @@ class CpSatMatcher:
     def _read(solver: cp_model.CpSolver, x: list[cp_model.IntVar]) -> Int64s:
         values = solver.response_proto.solution
         return np.array([values[var.index] for var in x], dtype=np.int64)
+
+
+def _key(evaluated: tuple[int, int]) -> tuple[int, int]:
+    """Sort key for the lexicographic objective: more value, then less cost."""
+    return evaluated[0], -evaluated[1]

@@ -1,0 +1,221 @@
+"""Matcher benchmark: the optimising matcher beside the greedy baselines and the bound, on
+the same generated instances, in one run (ratios, because these machines are noisy).
+
+    .venv/bin/python -m bench.matcher_bench [--quick] [--sizes 1000x17,10000x1000,...]
+
+Instances. Pools: the 17 reference centers (tests/matcher/data/centers_cn.csv), or a
+synthetic federation of N centers, each a copy of a random reference center (its
+accelerator, region, PUE, grid factor) with its price scaled by U(0.8, 1.2); free
+devices are set so that demand is 1.5x the free capacity. Jobs: (GPUs, run time) drawn
+with replacement from the Philly trace sample (tests/matcher/data/philly_jobs_sample.csv:
+91% 1 GPU, 8-GPU jobs 44% of GPU-hours, median run 437 s, mean 3.4 h), with gangs of 16
+GPUs or more scaled x8 (to 128..1,024 devices) for national-scale training jobs, run
+times clamped to 60 s..30 days; 40% ask for "any" accelerator, 25% are held to two hubs
+(data residency), 20% carry a budget, 10% a deadline; data sits mostly in the eastern
+metros.
+
+Columns. value = placed priority-weighted device-hours; `/bound` is value over the
+min-cost-flow LP bound (1.000 = optimal); `vs prio` and `vs dens` compare with
+priority-order greedy (the baseline, `GreedyMatcher`'s rule) and value-per-device greedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matcher import CpSatMatcher, JobRequest, Policy, PoolSlot, Problem
+from matcher._candidates import build
+from matcher._flow import lp_bound
+from matcher._heuristics import empty, evaluate, fill, greedy
+from tests.matcher import scenario
+
+TRACE = Path(__file__).resolve().parent.parent / "tests/matcher/data/philly_jobs_sample.csv"
+DEMAND_OVER_FREE = 1.5
+MAX_SECONDS = 30 * 24 * 3600
+
+
+def philly() -> list[tuple[int, int]]:
+    with TRACE.open(encoding="utf-8") as f:
+        return [(int(r["gpus"]), int(r["duration_s"])) for r in csv.DictReader(f)]
+
+
+def federation(n_centers: int, rng: random.Random) -> list[PoolSlot]:
+    reference = list(scenario.pools())
+    if n_centers == len(reference):
+        return reference
+    out = []
+    for i in range(n_centers):
+        ref = rng.choice(reference)
+        out.append(
+            PoolSlot(
+                pool_id=f"S{i:05d}/{ref.accelerator}",
+                center_id=f"S{i:05d}",
+                region=ref.region,
+                accelerator=ref.accelerator,
+                free=ref.free,
+                memory_gb=ref.memory_gb,
+                tflops=ref.tflops,
+                power_w=ref.power_w,
+                pue_milli=ref.pue_milli,
+                grid_g_per_kwh=ref.grid_g_per_kwh,
+                price_fen_per_device_hour=round(
+                    ref.price_fen_per_device_hour * rng.uniform(0.8, 1.2)
+                ),
+            )
+        )
+    return out
+
+
+def instance(n_jobs: int, n_centers: int, seed: int, policy: Policy | None = None) -> Problem:
+    rng = random.Random(seed)
+    trace = philly()
+    pools = federation(n_centers, rng)
+    hubs = list(scenario.HUB_REGIONS.values())
+    nodes = sorted({p.region for p in pools})
+    east = ["BJ", "SH", "SZ"]
+    median_price = sorted(p.price_fen_per_device_hour for p in pools)[len(pools) // 2]
+    weights = [p.free for p in pools]
+    jobs = []
+    for i in range(n_jobs):
+        gpus, duration = rng.choice(trace)
+        devices = gpus * 8 if gpus >= 16 else gpus
+        seconds = min(max(duration, 60), MAX_SECONDS)
+        accel = "any" if rng.random() < 0.4 else rng.choices(pools, weights)[0].accelerator
+        regions = None
+        if rng.random() < 0.25:
+            regions = tuple(sorted(set(rng.choice(hubs) + rng.choice(hubs))))
+        budget = None
+        if rng.random() < 0.2:
+            budget = int(median_price * devices * seconds / 3600 * rng.uniform(0.7, 2.0)) + 1
+        deadline = int(seconds * rng.uniform(1.0, 1.5)) + 600 if rng.random() < 0.1 else None
+        jobs.append(
+            JobRequest(
+                job_id=f"j{i:06d}",
+                accelerator=accel,
+                devices=devices,
+                seconds=seconds,
+                regions=regions,
+                max_price_fen=budget,
+                priority=rng.choice([0, 0, 0, 0, 0, 1, 2, 3, 5, 8, 10]),
+                data_region=rng.choice(east) if rng.random() < 0.6 else rng.choice(nodes),
+                data_mb=min(int(rng.lognormvariate(np.log(20_000), 1.5)), 5_000_000),
+                deadline_s=deadline,
+                waited_s=rng.randrange(0, 4 * 3600),
+            )
+        )
+    demand = sum(j.devices for j in jobs)
+    capacity = sum(p.free for p in pools)
+    scale = demand / DEMAND_OVER_FREE / capacity
+    pools = [
+        PoolSlot(
+            **{
+                **{f: getattr(p, f) for f in PoolSlot.__slots__},  # type: ignore[attr-defined]
+                "free": max(8, round(p.free * scale)),
+            }
+        )
+        for p in pools
+    ]
+    return Problem(
+        pools=tuple(pools),
+        jobs=tuple(jobs),
+        policy=policy or Policy(),
+        latency_ms=scenario.latency_ms(),
+    )
+
+
+@dataclass
+class Row:
+    size: str
+    pairs: int
+    bound: int
+    prio: tuple[int, int]
+    prio_s: float
+    dens: tuple[int, int]
+    dens_s: float
+    ours: tuple[int, int]
+    ours_s: float
+    solver: str
+    gap: float
+
+
+def run(n_jobs: int, n_centers: int, seed: int, time_limit_s: float) -> Row:
+    problem = instance(n_jobs, n_centers, seed)
+    t = time.perf_counter()
+    inst = build(problem)
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    prio = evaluate(inst, greedy(problem, inst))
+    prio_s = build_s + time.perf_counter() - t
+    t = time.perf_counter()
+    dens = evaluate(inst, fill(inst, empty(inst)))
+    dens_s = build_s + time.perf_counter() - t
+    bound = lp_bound(inst)
+    matcher = CpSatMatcher(time_limit_s=time_limit_s, num_workers=2)
+    t = time.perf_counter()
+    solution = matcher.solve(problem)
+    ours_s = time.perf_counter() - t
+    ours = (round(solution.objective * 3600), solution.cost_mfen)
+    return Row(
+        size=f"{n_jobs:,} x {len(problem.pools):,}",
+        pairs=len(inst.pool),
+        bound=bound,
+        prio=prio,
+        prio_s=prio_s,
+        dens=dens,
+        dens_s=dens_s,
+        ours=ours,
+        ours_s=ours_s,
+        solver=solution.solver,
+        gap=solution.gap or 0.0,
+    )
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| jobs x pools | job-pool pairs | matcher value/bound | certified gap | matcher s "
+        "| solver | vs prio-greedy | vs dens-greedy | prio-greedy/bound | dens-greedy/bound |\n"
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {r.size} | {r.pairs:,} | {r.ours[0] / r.bound:.4f} | {r.gap * 100:.2f}% "
+        f"| {r.ours_s:.2f} | {r.solver} | {r.ours[0] / max(1, r.prio[0]) - 1:+.1%} "
+        f"| {r.ours[0] / max(1, r.dens[0]) - 1:+.1%} | {r.prio[0] / r.bound:.4f} "
+        f"| {r.dens[0] / r.bound:.4f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000x17,1000x200,10000x200,10000x1000,100000x2000")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--time-limit", type=float, default=0.0, help="0: by size")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes.split(","):
+        jobs, centers = (int(x) for x in size.split("x"))
+        limit = args.time_limit or (2.0 if jobs <= 1000 else 3.0 if jobs <= 10_000 else 30.0)
+        rows.append(run(jobs, centers, args.seed, limit))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {_cores()} cores")
+    print(table(rows))
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()
