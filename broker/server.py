@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ class ServeOptions:
     listen: str
     db: Path
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # Written once serving: {"port", "metrics_port", "pid"}, for scripts and tests.
     ready_file: Path | None = None
     config: BrokerConfig = field(default_factory=BrokerConfig)
@@ -76,7 +77,9 @@ class BrokerServer:
             raise OSError(f"cannot listen on {self.options.listen}")
         await self.server.start()
         if self.options.metrics_port is not None:
-            self.metrics_port = self.broker.metrics.serve(self.options.metrics_port)
+            self.metrics_port = self.broker.metrics.serve(
+                self.options.metrics_port, self.options.metrics_host
+            )
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.options.ready_file is not None:

@@ -165,7 +165,7 @@ class LocalFederation:
         self.metrics_port = info["metrics_port"]
         wait_serving(self.address, timeout_s)
 
-    def start_agent(self, center: CenterDescriptor) -> Child:
+    def start_agent(self, center: CenterDescriptor, *extra_args: str) -> Child:
         config = self.root / "centers" / f"{center.center_id}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(center_toml(center))
@@ -177,6 +177,7 @@ class LocalFederation:
                 "--config", str(config),
                 "--broker", self.address,
                 "--workdir", str(workdir),
+                *extra_args,
             ],
         )  # fmt: skip
         self.agents[center.center_id] = child

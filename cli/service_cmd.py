@@ -12,6 +12,7 @@ from pathlib import Path
 from broker.core import BrokerConfig
 from broker.server import ServeOptions, serve
 from cli._output import EXIT_OK, command
+from core.errors import InvalidArgument
 from node_agent.agent import Agent
 from node_agent.config import load_center
 
@@ -20,6 +21,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """`PORT` (on loopback) or `HOST:PORT`."""
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"--metrics must be PORT or HOST:PORT, got {text!r}")
+    return (host or "127.0.0.1", int(port))
 
 
 @command
@@ -31,10 +42,12 @@ def broker_serve(args: argparse.Namespace) -> int:
         lease_ms=args.lease_ms,
         max_attempts=args.max_attempts,
     )
+    metrics = metrics_address(args.metrics)
     options = ServeOptions(
         listen=args.listen,
         db=Path(args.db),
-        metrics_port=args.metrics,
+        metrics_port=None if metrics is None else metrics[1],
+        metrics_host="127.0.0.1" if metrics is None else metrics[0],
         config=config,
         ready_file=Path(args.ready_file) if args.ready_file else None,
     )
@@ -45,13 +58,18 @@ def broker_serve(args: argparse.Namespace) -> int:
 @command
 def agent_run(args: argparse.Namespace) -> int:
     center = load_center(Path(args.config))
+    metrics = metrics_address(args.metrics)
     setup_logging(args.log_level)
     workdir = (
         Path(args.workdir)
         if args.workdir
         else Path(tempfile.mkdtemp(prefix=f"icx-{center.center_id}-"))
     )
-    asyncio.run(_run_agent(Agent(center, args.broker, workdir=workdir)))
+    agent = Agent(center, args.broker, workdir=workdir)
+    if metrics is not None:
+        port = agent.metrics.serve(metrics[1], metrics[0])
+        logging.getLogger("icx.agent").info("metrics on %s:%d", metrics[0], port)
+    asyncio.run(_run_agent(agent))
     return EXIT_OK
 
 
@@ -67,6 +85,17 @@ async def _run_agent(agent: Agent) -> None:
         await agent.stop()
 
 
+@command
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 when the broker's gRPC health check says SERVING (for probes and scripts)."""
+    from cli._client import broker_address
+    from cli.federation import wait_serving
+
+    wait_serving(broker_address(args.broker), timeout_s=args.timeout)
+    print("SERVING")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("broker", help="run a region broker")
     bsub = b.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
@@ -77,7 +106,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="HOST:PORT (default 127.0.0.1:7700; port 0 picks one)",
     )
     p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
-    p.add_argument("--metrics", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
+    )
     p.add_argument("--heartbeat-ms", type=int, default=1_000, help="agents' heartbeat interval")
     p.add_argument(
         "--center-expiry-ms", type=int, default=10_000, help="silence that takes a center out"
@@ -94,11 +125,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)
 
+    p = sub.add_parser("health", help="check that a broker is serving (exit 0) or not (exit 3)")
+    p.add_argument("--broker", help="broker address HOST:PORT (default: $ICX_BROKER)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.set_defaults(func=health)
+
     a = sub.add_parser("agent", help="run a center's node agent")
     asub = a.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
     p = asub.add_parser("run", help="connect to the broker and serve the center until SIGTERM")
     p.add_argument("--config", required=True, help="center config (TOML)")
     p.add_argument("--broker", required=True, help="broker address HOST:PORT")
     p.add_argument("--workdir", help="where jobs run (default: a new temporary folder)")
+    p.add_argument(
+        "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=agent_run)

@@ -26,6 +26,7 @@ from core.types import CenterDescriptor, Offer, Pool
 from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from node_agent.backend import Backend, LaunchRequest, ProcessBackend, Run
 from node_agent.devices import DeviceBook, Refused
+from node_agent.metrics import AgentMetrics
 
 log = logging.getLogger("icx.agent")
 
@@ -75,6 +76,9 @@ class Agent:
         self.workdir = workdir
         self.backend: Backend = backend or ProcessBackend()
         self.book = DeviceBook(center)
+        self.metrics = AgentMetrics()
+        for pool in center.pools:
+            self.metrics.devices_total.labels(pool=pool.pool_id).set(pool.devices_total)
         self.tasks: dict[str, Task] = {}
         self._seq = 0
         self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
@@ -106,6 +110,7 @@ class Agent:
                     if self.connected.is_set():
                         log.info("disconnected from broker %s", self.broker)
                     self.connected.clear()
+                    self.metrics.connected.set(0)
                     self._out = None
                     if self._disconnected_since_ms is None:
                         self._disconnected_since_ms = now_ms()
@@ -169,6 +174,7 @@ class Agent:
         self._out = out
         self._disconnected_since_ms = None
         self.connected.set()
+        self.metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
         self._send(offer=wire.offer_to_proto(self.offer()))
 
@@ -183,6 +189,11 @@ class Agent:
             self._out.put_nowait(agent_pb2.ConnectRequest(**msg))  # type: ignore[arg-type]
 
     def offer(self) -> Offer:
+        for pool in self.center.pools:
+            self.metrics.devices_free.labels(pool=pool.pool_id).set(self.book.free(pool.pool_id))
+        self.metrics.jobs_running.set(
+            sum(1 for t in self.tasks.values() if t.state == JobState.RUNNING)
+        )
         self._seq += 1
         at = now_ms()
         pools = tuple(_with_free(p, self.book.free(p.pool_id)) for p in self.center.pools)
@@ -209,6 +220,7 @@ class Agent:
                 lease_expires_at_ms=reserve.lease_expires_at_ms,
             )
         except Refused as exc:
+            self.metrics.claims.labels(outcome="refused").inc()
             log.info("claim %s for job %s refused: %s", reserve.claim_id, reserve.job_id, exc)
             self._send(
                 claim_reply=agent_pb2.ClaimReply(
@@ -216,6 +228,7 @@ class Agent:
                 )
             )
             return
+        self.metrics.claims.labels(outcome="accepted").inc()
         self.tasks.setdefault(
             reserve.claim_id, Task(claim_id=reserve.claim_id, job_id=reserve.job_id)
         )
@@ -313,6 +326,7 @@ class Agent:
         task.state = state
         task.exit_code = code
         task.ended_at_ms = now_ms()
+        self.metrics.jobs_ended.labels(state=state.value).inc()
         self.book.release(task.claim_id)
         log.info("job %s %s (%s)", task.job_id, state, message)
         self._update(task.claim_id, task.job_id, state, exit_code=code, message=message)

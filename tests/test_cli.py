@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,12 +18,25 @@ from cli.federation import LocalFederation
 from tests.conftest import FAST_BROKER, make_center, wait_for
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+AGENT_METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     fed = LocalFederation(root=tmp_path_factory.mktemp("cli"), broker_args=FAST_BROKER)
     try:
         fed.start_broker(port=0)
-        fed.start_agent(make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}))
+        fed.start_agent(
+            make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}),
+            "--metrics",
+            str(AGENT_METRICS_PORT),
+        )
         fed.start_agent(make_center("CB", region="YRD", pools={"q": ("nvidia-a800", 2, 900)}))
         wait_for(lambda: _centers_up(fed) == 2, 15, "two centers")
         yield fed
@@ -160,12 +174,31 @@ def test_table_output_and_usage_errors(fed: LocalFederation) -> None:
 
 def test_metrics_endpoint_counts_jobs_by_state(fed: LocalFederation) -> None:
     assert fed.metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{fed.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    lines = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("icx_") and " " in line
-    )
+    lines = _scrape(fed.metrics_port)
     assert float(lines['icx_jobs{state="succeeded"}']) >= 1
     assert float(lines["icx_centers_connected"]) == 2
     assert "icx_match_round_seconds_count" in lines
     assert "icx_claim_refusals_total" in lines
+
+
+def _scrape(port: int) -> dict[str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("icx_") and " " in line
+    )
+
+
+def test_agent_metrics_show_its_own_accounting(fed: LocalFederation) -> None:
+    lines = _scrape(AGENT_METRICS_PORT)
+    assert lines['icx_agent_devices_total{pool="p"}'] == "4.0"
+    assert lines["icx_agent_connected"] == "1.0"
+    assert float(lines['icx_agent_claims_total{outcome="accepted"}']) >= 1
+
+
+def test_health_command(fed: LocalFederation) -> None:
+    ok = icx(fed, "health")
+    assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
+    down = icx(fed, "health", "--broker", "127.0.0.1:1", "--timeout", "0.5")
+    assert down.returncode == 3
+    assert down.stderr.startswith("icx: error: broker at 127.0.0.1:1 not serving")
