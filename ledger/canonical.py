@@ -10,6 +10,7 @@ units of their names; strings are escaped as ECMAScript's JSON.stringify does.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ledger.errors import InvalidRecord
@@ -20,30 +21,20 @@ MAX_SAFE_INT = (1 << 53) - 1
 
 JsonValue = int | str | list["JsonValue"] | dict[str, "JsonValue"]
 
-_SHORT_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _string(s: str, out: list[str]) -> None:
-    out.append('"')
-    for ch in s:
-        code = ord(ch)
-        if ch in _SHORT_ESCAPES:
-            out.append(_SHORT_ESCAPES[ch])
-        elif code < 0x20:
-            out.append(f"\\u{code:04x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            raise InvalidRecord(f"string holds a lone surrogate U+{code:04X}: {s!r}")
-        else:
-            out.append(ch)
-    out.append('"')
+    # Python's JSON string encoder without ASCII escaping writes exactly what RFC 8785
+    # asks for: the two-character escapes for \b \t \n \f \r " and backslash,
+    # \u00xx (lowercase) for the other controls, everything else as itself.
+    match = _SURROGATE.search(s)
+    if match:
+        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {s!r}")
+    out.append(_encode_string(s))
 
 
 def _value(value: object, out: list[str], path: str) -> None:
@@ -68,7 +59,12 @@ def _value(value: object, out: list[str], path: str) -> None:
         for key in keys:
             if not isinstance(key, str):
                 raise InvalidRecord(f"{path}: object keys must be strings, got {key!r}")
-        for i, key in enumerate(sorted(keys, key=lambda k: k.encode("utf-16-be"))):
+        # Code point order is UTF-16 order for ASCII; only wider names need re-encoding.
+        if all(k.isascii() for k in keys):
+            keys.sort()
+        else:
+            keys.sort(key=lambda k: k.encode("utf-16-be"))
+        for i, key in enumerate(keys):
             if i:
                 out.append(",")
             _string(key, out)

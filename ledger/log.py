@@ -314,13 +314,13 @@ class Log:
         records: dict[str, UsageRecord] = {}
         counts = {"usage": 0, "key": 0}
         expected = 0
-        for idx, leaf in self.store.raw_rows():
+        for idx, leaf, stored_hash in self.store.raw_rows():
             if idx != expected:
                 raise AuditError(
                     f"missing or out of order: found entry {idx} in its place", index=expected
                 )
             leaf_hash = merkle.hash_leaf(leaf)
-            if self.store.stored_leaf_hash(idx) != leaf_hash:
+            if stored_hash != leaf_hash:
                 raise AuditError("leaf bytes do not match the stored leaf hash", index=idx)
             try:
                 item = _parse(leaf)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ledger import canonical
@@ -169,8 +169,9 @@ class UsageRecord:
 
     def to_json(self) -> dict[str, canonical.JsonValue]:
         data: dict[str, canonical.JsonValue] = {"schema": SCHEMA}
-        for key, value in asdict(self).items():
-            data[key] = str(value) if key == "kind" else value
+        for name in _FIELDS:
+            data[name] = getattr(self, name)
+        data["kind"] = str(self.kind)
         return data
 
     @classmethod
@@ -188,3 +189,6 @@ class UsageRecord:
 
     def canonical(self) -> bytes:
         return canonical.encode(self.to_json())
+
+
+_FIELDS = tuple(f.name for f in fields(UsageRecord))

@@ -248,10 +248,15 @@ class LedgerStore:
         for row in self._db.execute(sql + " ORDER BY idx", args):
             yield StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
 
-    def raw_rows(self) -> Iterator[tuple[int, bytes]]:
-        """Every stored (index, leaf) in storage order, gaps and all, for the auditor."""
-        for idx, leaf in self._db.execute("SELECT idx, leaf FROM entries ORDER BY rowid"):
-            yield int(idx), _blob(leaf)
+    def raw_rows(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """Every stored (index, leaf, stored leaf hash) in index order, gaps and all,
+        for the auditor."""
+        sql = (
+            "SELECT e.idx, e.leaf, n.hash FROM entries e "
+            "LEFT JOIN nodes n ON n.id = e.idx ORDER BY e.idx"
+        )
+        for idx, leaf, h in self._db.execute(sql):
+            yield int(idx), _blob(leaf), None if h is None else bytes(h)
 
     def stored_leaf_hash(self, index: int) -> bytes | None:
         row = self._db.execute(
