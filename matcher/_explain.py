@@ -80,7 +80,7 @@ class _Explainer:
         p = inst.pools[pool]
         if self.free_left[pool] < devices:
             return (
-                f"its free devices went to higher-value jobs ({int(self.free_left[pool])} "
+                f"its free devices went to other jobs ({int(self.free_left[pool])} "
                 f"left, {devices} needed)"
             )
         region = int(inst.pool_region[pool])
