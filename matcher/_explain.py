@@ -3,6 +3,8 @@ the runner-up and why it lost; for each unplaced job the binding reason in words
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from matcher._candidates import BIG, Instance, Int64s
@@ -183,23 +185,26 @@ def to_solution(
         lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
         k = 0
         for arc in range(lo, hi):
+            if n[arc] == 0:
+                continue
+            # Jobs of one class are interchangeable: their figures are the class's.
+            rep = inst.classes[c]
+            pool = inst.pools[int(inst.pool[arc])]
+            text, runner = explainer.placed(c, arc)
+            template = Assignment(
+                job_id=rep.job_id,
+                pool_id=pool.pool_id,
+                charge_fen=charge_fen(rep, pool),
+                energy_wh=energy_wh(rep, pool),
+                carbon_g=carbon_g(rep, pool),
+                explanation=text,
+                transfer_ms=transfer_ms(rep, pool, problem),
+                cost_mfen=int(inst.cost[arc]),
+                runner_up=runner,
+            )
             for _ in range(int(n[arc])):
-                job = problem.jobs[members[k]]
-                pool = inst.pools[int(inst.pool[arc])]
-                text, runner = explainer.placed(c, arc)
-                assignments.append(
-                    Assignment(
-                        job_id=job.job_id,
-                        pool_id=pool.pool_id,
-                        charge_fen=charge_fen(job, pool),
-                        energy_wh=energy_wh(job, pool),
-                        carbon_g=carbon_g(job, pool),
-                        explanation=text,
-                        transfer_ms=transfer_ms(job, pool, problem),
-                        cost_mfen=int(inst.cost[arc]),
-                        runner_up=runner,
-                    )
-                )
+                job_id = problem.jobs[members[k]].job_id
+                assignments.append(dataclasses.replace(template, job_id=job_id))
                 k += 1
         if k < len(members):
             reason = explainer.unplaced(c)

@@ -79,7 +79,7 @@ class CpSatMatcher:
         num_workers: int = 2,
         top_k: int = 32,
         max_cpsat_arcs: int = 60_000,
-        exact_flow_arcs: int = 300_000,
+        exact_flow_arcs: int = 1_000_000,
         use_cpsat: bool | None = None,
         seed: int = 0,
     ) -> None:
