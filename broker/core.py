@@ -444,7 +444,10 @@ class Broker:
                     ),
                 )
             return
-        if state == JobState.RUNNING:
+        if state == JobState.QUEUED:
+            center_id = session.center.center_id
+            await self._requeue(job, f"center {center_id} gave it back: {update.message}")
+        elif state == JobState.RUNNING:
             if job.state == JobState.CLAIMED:
                 await self._transition(job, JobState.RUNNING, update.message or "started")
         elif state in TERMINAL:

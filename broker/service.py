@@ -217,6 +217,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             kind = req.WhichOneof("msg")
             if kind == "heartbeat":
                 self.broker.heartbeat(session)
+                session.outbox.put_nowait(agent_pb2.ConnectResponse(heartbeat=req.heartbeat))
             elif kind == "offer":
                 self.broker.on_offer(session, wire.offer_from_proto(req.offer))
             elif kind == "claim_reply":

@@ -57,7 +57,8 @@ class Task:
     ended_at_ms: int = 0
     log_seq: int = 0
     cancelled: bool = False
-    # Stopped because the agent was cut off: not reported, the broker requeues it.
+    # Stopped because the broker went silent: given back (or left out of the next Hello)
+    # so that the broker requeues it.
     fenced: bool = False
     supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -84,7 +85,8 @@ class Agent:
         self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
         self._heartbeat_s = 1.0
         self._fence_after_ms = 5_000
-        self._disconnected_since_ms: int | None = now_ms()
+        # When the broker was last heard from (any message, heartbeat answers included).
+        self._last_heard_ms = now_ms()
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -112,8 +114,6 @@ class Agent:
                     self.connected.clear()
                     self.metrics.connected.set(0)
                     self._out = None
-                    if self._disconnected_since_ms is None:
-                        self._disconnected_since_ms = now_ms()
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
 
@@ -134,6 +134,7 @@ class Agent:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(requests())
             async for msg in call:
+                self._last_heard_ms = now_ms()
                 kind = msg.WhichOneof("msg")
                 if kind == "welcome":
                     self._welcome(msg.welcome, out)
@@ -172,7 +173,6 @@ class Agent:
             elif task is not None:
                 self.tasks.pop(claim_id, None)
         self._out = out
-        self._disconnected_since_ms = None
         self.connected.set()
         self.metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
@@ -313,7 +313,12 @@ class Agent:
         if task.fenced:
             self.book.release(task.claim_id)
             self.tasks.pop(task.claim_id, None)
-            log.info("job %s stopped while cut off (exit %s)", task.job_id, code)
+            log.info("job %s stopped while cut off (exit %s): giving it back", task.job_id, code)
+            # If the stream is back by now, say so; if not, the next Hello will not list
+            # the job and the broker requeues it then.
+            self._update(
+                task.claim_id, task.job_id, JobState.QUEUED, message="stopped while cut off"
+            )
             self._advertise()
         elif task.cancelled:
             self._end(task, JobState.CANCELLED, code, "cancelled")
@@ -382,29 +387,34 @@ class Agent:
                 self._advertise()
             if self._out is not None:
                 self._send(heartbeat=agent_pb2.Heartbeat(sent_at_ms=at))
-            since = self._disconnected_since_ms
-            if since is not None and at - since >= self._fence_after_ms:
+            if at - self._last_heard_ms >= self._fence_after_ms:
                 await self._fence()
             for claim_id, task in list(self.tasks.items()):
                 if task.ended_at_ms and at - task.ended_at_ms > FINISHED_RETENTION_MS:
                     del self.tasks[claim_id]
 
     async def _fence(self) -> None:
-        running = [
-            t for t in self.tasks.values() if t.state in (JobState.CLAIMED, JobState.RUNNING)
+        live = [
+            t
+            for t in self.tasks.values()
+            if t.state in (JobState.CLAIMED, JobState.RUNNING) and not t.fenced
         ]
-        if not running:
+        if not live:
             return
         log.warning(
-            "cut off from the broker: stopping %d jobs (they will be requeued)", len(running)
+            "nothing heard from the broker for %d ms: stopping %d jobs (they will be requeued)",
+            now_ms() - self._last_heard_ms,
+            len(live),
         )
-        for task in running:
+        kills = []
+        for task in live:
             if task.state == JobState.RUNNING and task.run is not None:
                 task.fenced = True
-                await task.run.kill()
+                kills.append(task.run.kill())
             else:
                 self.book.release(task.claim_id)
                 self.tasks.pop(task.claim_id, None)
+        await asyncio.gather(*kills)
 
 
 def _with_free(pool: Pool, free: int) -> Pool:

@@ -23,7 +23,7 @@ RECORD_JOB = Path(__file__).parent / "jobs" / "record.py"
 # Short expiries so that loss and recovery happen within a test's time.
 FAST_BROKER = (
     "--heartbeat-ms", "200",
-    "--center-expiry-ms", "2000",
+    "--center-expiry-ms", "3000",
     "--lease-ms", "3000",
 )  # fmt: skip
 

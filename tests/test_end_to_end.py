@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
 from cli.federation import LocalFederation
@@ -132,4 +134,34 @@ def test_broker_killed_and_restarted_loses_no_accepted_job(
     assert {jobs[i].state for i in ids} == {SUCCEEDED}
     records = read_records(out)
     assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)
+    assert_no_overlaps(records, {(c, "main"): 8 for c in ("CA", "CB")})
+
+
+def test_broker_frozen_past_expiry_jobs_stop_before_they_are_requeued(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+) -> None:
+    """A broker that goes silent (SIGSTOP: no crash, no closed socket) for longer than the
+    center expiry: the agents stop their jobs after half the expiry, the broker requeues
+    them when it wakes, and no job ever runs twice at the same time."""
+    for c in (make_center("CA"), make_center("CB")):
+        federation.start_agent(c)
+    wait_centers(stub, 2)
+    out = tmp_path / "runs"
+    out.mkdir()
+    ids = [submit(stub, record_spec(out, 4.0, devices=2)) for _ in range(6)]
+    wait_for(lambda: len(read_records(out)) >= 4, 20, "jobs to start")
+
+    broker = federation.broker
+    assert broker is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    time.sleep(4.0)  # past the 3 s expiry: the broker will find both centers silent
+    broker.proc.send_signal(signal.SIGCONT)
+
+    jobs = wait_for(lambda: _all_done(stub, ids), 90, "every job to end")
+    assert {jobs[i].state for i in ids} == {SUCCEEDED}
+    records = read_records(out)
+    assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)
+    stopped = [r for r in records if "end" not in r]
+    assert stopped  # the runs under way were stopped, then run again
+    assert all(jobs[r["job"]].attempts >= 2 for r in stopped)
     assert_no_overlaps(records, {(c, "main"): 8 for c in ("CA", "CB")})
