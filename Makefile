@@ -28,7 +28,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/icx demo
 
-test: $(STAMP) lint proto-check
+test: $(STAMP) lint typecheck proto-check
 	$(BIN)/pytest -q tests
 
 check: test typecheck
@@ -43,7 +43,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix $(SRCS)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core broker node_agent matcher ledger cli
+	$(BIN)/mypy core broker node_agent matcher ledger cli scenario
 
 # The generated code comes from the pinned grpcio-tools (protoc 31.1), whose output
 # the pinned protobuf runtime (6.33) accepts.

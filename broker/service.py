@@ -47,7 +47,7 @@ R = TypeVar("R")
 def status_for(exc: IcxError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 

@@ -210,7 +210,7 @@ def demo(args: argparse.Namespace) -> int:
             pending = list(workload)
             deadline = t0 + args.timeout
             jobs: list[types_pb2.Job] = []
-            last_change, last_counts = time.monotonic(), {}
+            last_change, last_counts = time.monotonic(), dict[str, int]()
             while time.monotonic() < deadline:
                 now = time.monotonic() - t0
                 while pending and pending[0].at_s <= now:
@@ -275,20 +275,21 @@ def _wait_connected(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: 
 
 
 def _print_keep(fed: LocalFederation, as_json: bool) -> int:
+    pids: dict[str, int | None] = {
+        "broker": fed.broker.pid if fed.broker else None,
+        **{f"agent-{cid}": child.pid for cid, child in fed.agents.items()},
+    }
     info = {
         "broker": fed.address,
         "db": str(fed.db),
         "root": str(fed.root),
         "metrics_port": fed.metrics_port,
-        "pids": {
-            "broker": fed.broker.pid if fed.broker else None,
-            **{f"agent-{cid}": child.pid for cid, child in fed.agents.items()},
-        },
+        "pids": pids,
     }
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
-    pids = " ".join(str(p) for p in info["pids"].values() if p)
+    pid_list = " ".join(str(p) for p in pids.values() if p)
     print(
         f"""
 The federation keeps running (logs in {fed.root}/logs):
@@ -299,7 +300,7 @@ The federation keeps running (logs in {fed.root}/logs):
   icx logs -f JOB                  # follow a job's output
   curl -s 127.0.0.1:{fed.metrics_port}/metrics | grep icx_
 Stop it with:
-  kill {pids}"""
+  kill {pid_list}"""
     )
     return EXIT_OK
 

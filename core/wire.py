@@ -36,7 +36,7 @@ _STREAM_TO_PB = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 _STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
 
 
-def state_to_proto(state: JobState) -> pb.JobState.ValueType:
+def state_to_proto(state: JobState) -> pb.JobState:
     return _STATE_TO_PB[state]
 
 

@@ -28,8 +28,10 @@ class Holding:
 
 class DeviceBook:
     def __init__(self, center: CenterDescriptor) -> None:
-        self.total = {p.pool_id: p.devices_total for p in center.pools}
-        self._free = {p.pool_id: set(range(p.devices_total)) for p in center.pools}
+        self.total: dict[str, int] = {p.pool_id: p.devices_total for p in center.pools}
+        self._free: dict[str, set[int]] = {
+            p.pool_id: set(range(p.devices_total)) for p in center.pools
+        }
         self.holdings: dict[str, Holding] = {}
 
     def free(self, pool_id: str) -> int:
