@@ -41,7 +41,16 @@ from core.types import (
     PoolId,
 )
 from icx.v1 import agent_pb2, types_pb2
-from matcher import GreedyMatcher, JobRequest, Matcher, PoolSlot, Problem
+from matcher import (
+    GreedyMatcher,
+    JobRequest,
+    Matcher,
+    PoolSlot,
+    Problem,
+    QuoteLine,
+    Solution,
+    quote,
+)
 
 log = logging.getLogger("icx.broker")
 
@@ -63,6 +72,19 @@ class BrokerConfig:
     max_attempts: int = 3
     round_interval_s: float = 0.5
     max_jobs_per_round: int = 5_000
+    # The coordinator's policy and the network (latency, bandwidth) for every round: a
+    # problem without pools or jobs, which each round fills in.
+    round_template: Problem = field(default_factory=lambda: Problem(pools=(), jobs=()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Round:
+    """A solved matching round, kept so that it can be dumped and replayed."""
+
+    number: int
+    at_ms: int
+    problem: Problem
+    solution: Solution
 
 
 @dataclass(slots=True, kw_only=True)
@@ -122,6 +144,7 @@ class Broker:
         self._changed: dict[JobId, asyncio.Event] = {}
         self._state_counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self.rounds = 0
+        self.last_round: Round | None = None
 
     # ----------------------------------------------------------------- loading
 
@@ -497,12 +520,15 @@ class Broker:
         pools = self._pool_slots(at)
         if not pools:
             return 0
-        problem = Problem(
+        problem = dataclasses.replace(
+            self.config.round_template,
             pools=tuple(pools.values()),
             jobs=tuple(_job_request(j, at) for j in queued),
         )
         solution = await asyncio.to_thread(self.matcher.solve, problem)
         self.rounds += 1
+        self.last_round = Round(number=self.rounds, at_ms=at, problem=problem, solution=solution)
+        self._record_round(problem, solution)
         claims = []
         for a in solution.assignments:
             job = self.jobs.get(JobId(a.job_id))
@@ -523,6 +549,50 @@ class Broker:
         self.metrics.round_seconds.observe(time.perf_counter() - started)
         self._refresh_gauges()
         return sent
+
+    def _record_round(self, problem: Problem, solution: Solution) -> None:
+        gap = solution.gap
+        log.info(
+            "round %d: %d jobs on %d pools -> %d placed, %d unplaced; objective %.2f bound %s"
+            " gap %s (%s, %.3f s)",
+            self.rounds,
+            len(problem.jobs),
+            len(problem.pools),
+            len(solution.assignments),
+            len(solution.unplaced),
+            solution.objective,
+            "-" if solution.bound is None else f"{solution.bound:.2f}",
+            "-" if gap is None else f"{gap:.2%}",
+            solution.solver,
+            solution.seconds,
+        )
+        m = self.metrics
+        m.round_objective.set(solution.objective)
+        m.round_bound.set(solution.objective if solution.bound is None else solution.bound)
+        m.round_gap.set(gap or 0.0)
+        m.round_solve_seconds.set(solution.seconds)
+        m.placed.inc(len(solution.assignments))
+
+    def quote(self, spec: JobSpec) -> tuple[QuoteLine, ...]:
+        """The centers that could run `spec` now, ranked by the round's policy."""
+        at = now_ms()
+        spec.validate_at(at)
+        request = _job_request_from_spec("quote", spec, at, submitted_at_ms=at)
+        problem = dataclasses.replace(
+            self.config.round_template, pools=tuple(self._pool_slots(at).values()), jobs=()
+        )
+        return quote(request, problem)
+
+    def current_problem(self) -> Problem:
+        """The problem a round would solve now."""
+        at = now_ms()
+        queued = [j for j in self.jobs.values() if j.state == JobState.QUEUED]
+        queued.sort(key=lambda j: (-j.spec.priority, j.submitted_at_ms))
+        return dataclasses.replace(
+            self.config.round_template,
+            pools=tuple(self._pool_slots(at).values()),
+            jobs=tuple(_job_request(j, at) for j in queued[: self.config.max_jobs_per_round]),
+        )
 
     def _pool_slots(self, at: int) -> dict[str, PoolSlot]:
         pending: dict[tuple[CenterId, PoolId], int] = {}
@@ -741,9 +811,17 @@ def _send(session: Session, **msg: object) -> None:
 
 
 def _job_request(job: Job, at_ms: int) -> JobRequest:
-    spec = job.spec
+    return _job_request_from_spec(
+        job.job_id, job.spec, at_ms, submitted_at_ms=job.submitted_at_ms, tenant=job.tenant
+    )
+
+
+def _job_request_from_spec(
+    job_id: str, spec: JobSpec, at_ms: int, *, submitted_at_ms: int, tenant: str = ""
+) -> JobRequest:
     return JobRequest(
-        job_id=job.job_id,
+        job_id=job_id,
+        tenant=tenant,
         accelerator=spec.accelerator,
         devices=spec.devices,
         seconds=spec.estimated_s,
@@ -753,7 +831,7 @@ def _job_request(job: Job, at_ms: int) -> JobRequest:
         data_region=spec.data_region,
         data_mb=spec.data_mb,
         deadline_s=None if spec.deadline_ms is None else max(0, (spec.deadline_ms - at_ms) // 1000),
-        waited_s=max(0, (at_ms - job.submitted_at_ms) // 1000),
+        waited_s=max(0, (at_ms - submitted_at_ms) // 1000),
     )
 
 

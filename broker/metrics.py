@@ -31,6 +31,27 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10),
         )
+        self.round_objective = Gauge(
+            "icx_match_objective",
+            "Latest round: placed priority-weighted device-hours",
+            registry=self.registry,
+        )
+        self.round_bound = Gauge(
+            "icx_match_bound",
+            "Latest round: proven upper bound on the objective",
+            registry=self.registry,
+        )
+        self.round_gap = Gauge(
+            "icx_match_gap_ratio",
+            "Latest round: (bound - objective) / bound",
+            registry=self.registry,
+        )
+        self.round_solve_seconds = Gauge(
+            "icx_match_solve_seconds", "Latest round: matcher time", registry=self.registry
+        )
+        self.placed = Counter(
+            "icx_match_placed", "Jobs the matcher placed (before claims)", registry=self.registry
+        )
         for state in JobState:
             self.jobs.labels(state=state.value).set(0)
 

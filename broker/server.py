@@ -16,15 +16,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker.core import Broker, BrokerConfig
-from broker.service import AgentServicer, BrokerServicer
+from broker.service import AdminServicer, AgentServicer, BrokerServicer
 from broker.store import Store
-from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+)
+from matcher import make_matcher
 
 log = logging.getLogger("icx.broker")
 
 SERVICES = (
     broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 # The agent stream is long-lived: keep it alive through idle periods and notice a dead
@@ -47,6 +56,10 @@ class ServeOptions:
     metrics_host: str = "127.0.0.1"
     # Written once serving: {"port", "metrics_port", "pid"}, for scripts and tests.
     ready_file: Path | None = None
+    # The matcher: "auto" (CP-SAT where the round is small enough), "greedy", "flow",
+    # "cpsat"; and its time limit per round.
+    solver: str = "auto"
+    time_limit_s: float = 2.0
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
 
@@ -56,7 +69,11 @@ class BrokerServer:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.store = Store(options.db)
-        self.broker = Broker(self.store, config=options.config)
+        self.broker = Broker(
+            self.store,
+            config=options.config,
+            matcher=make_matcher(options.solver, time_limit_s=options.time_limit_s),
+        )
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -68,6 +85,7 @@ class BrokerServer:
             BrokerServicer(self.broker), self.server
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.broker), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.broker), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from broker.core import Broker, Session
+from broker.core import Broker, Session, now_ms
 from core import wire
 from core.errors import (
     FailedPrecondition,
@@ -26,7 +27,15 @@ from core.errors import (
     Unavailable,
 )
 from core.types import JobId, LogChunk
-from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+)
+from matcher import dump_problem, solution_to_json
 
 log = logging.getLogger("icx.broker.service")
 
@@ -148,6 +157,35 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             ended = ended or request.snapshot
 
     @unary
+    async def QuoteJob(
+        self, request: broker_pb2.QuoteJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> broker_pb2.QuoteJobResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required")
+        lines = self.broker.quote(wire.spec_from_proto(request.spec))
+        return broker_pb2.QuoteJobResponse(
+            lines=[
+                broker_pb2.QuoteLine(
+                    rank=q.rank,
+                    center_id=q.center_id,
+                    pool_id=q.pool_id.split("/", 1)[-1],
+                    region=q.region,
+                    accelerator=q.accelerator,
+                    price_fen_per_device_hour=q.price_fen_per_device_hour,
+                    charge_fen=q.charge_fen,
+                    rtt_ms=q.rtt_ms,
+                    transfer_ms=q.transfer_ms,
+                    energy_wh=q.energy_wh,
+                    carbon_g=q.carbon_g,
+                    has_capacity=q.has_capacity,
+                    feasible=q.feasible,
+                    reason=q.reason,
+                )
+                for q in lines
+            ]
+        )
+
+    @unary
     async def ListCenters(
         self, request: broker_pb2.ListCentersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.ListCentersResponse:
@@ -163,6 +201,28 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 status.offer.CopyFrom(wire.offer_to_proto(view.offer))
             out.append(status)
         return broker_pb2.ListCentersResponse(centers=out)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @unary
+    async def DumpRound(
+        self, request: admin_pb2.DumpRoundRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.DumpRoundResponse:
+        last = self.broker.last_round
+        if request.current or last is None:
+            problem = self.broker.current_problem()
+            return admin_pb2.DumpRoundResponse(
+                round=0, at_ms=now_ms(), problem_json=json.dumps(dump_problem(problem), indent=1)
+            )
+        return admin_pb2.DumpRoundResponse(
+            round=last.number,
+            at_ms=last.at_ms,
+            problem_json=json.dumps(dump_problem(last.problem), indent=1),
+            solution_json=json.dumps(solution_to_json(last.solution), indent=1),
+        )
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-from cli import demo, ledger_cmd, match_cmd, service_cmd, user_cmd  # noqa: E402
+from cli import admin_cmd, demo, ledger_cmd, match_cmd, service_cmd, user_cmd  # noqa: E402
 
 REGISTRY: list[Register] = [
     user_cmd.register,
@@ -17,4 +17,5 @@ REGISTRY: list[Register] = [
     demo.register,
     ledger_cmd.register,
     match_cmd.register,
+    admin_cmd.register,
 ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import tempfile
 from pathlib import Path
 
 from broker.core import BrokerConfig
+from broker.policy import load_policy
 from broker.server import ServeOptions, serve
 from cli._output import EXIT_OK, command
 from core.errors import InvalidArgument
@@ -42,6 +44,8 @@ def broker_serve(args: argparse.Namespace) -> int:
         lease_ms=args.lease_ms,
         max_attempts=args.max_attempts,
     )
+    if args.policy:
+        config = dataclasses.replace(config, round_template=load_policy(Path(args.policy)))
     metrics = metrics_address(args.metrics)
     options = ServeOptions(
         listen=args.listen,
@@ -50,6 +54,8 @@ def broker_serve(args: argparse.Namespace) -> int:
         metrics_host="127.0.0.1" if metrics is None else metrics[0],
         config=config,
         ready_file=Path(args.ready_file) if args.ready_file else None,
+        solver=args.solver,
+        time_limit_s=args.time_limit,
     )
     asyncio.run(serve(options))
     return EXIT_OK
@@ -108,6 +114,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
+    )
+    p.add_argument(
+        "--solver",
+        choices=("auto", "greedy", "flow", "cpsat"),
+        default="auto",
+        help="the matcher (default auto: CP-SAT where the round is small enough)",
+    )
+    p.add_argument(
+        "--time-limit", type=float, default=2.0, help="matcher seconds per round (default 2)"
+    )
+    p.add_argument(
+        "--policy", help="the coordinator's policy and network (JSON; see broker/policy.py)"
     )
     p.add_argument("--heartbeat-ms", type=int, default=1_000, help="agents' heartbeat interval")
     p.add_argument(

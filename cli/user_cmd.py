@@ -58,15 +58,16 @@ def _when(ms: int) -> str:
 # ------------------------------------------------------------------ submit
 
 
-def spec_from_args(args: argparse.Namespace) -> JobSpec:
+def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpec:
+    """The spec from a TOML file or from flags; a quote needs no command."""
     if args.spec_file:
         if args.cmd:
             raise InvalidJobSpec("give either a spec file or a command after --, not both")
         return load_spec(Path(args.spec_file))
-    if not args.cmd:
+    if not args.cmd and not quoting:
         raise InvalidJobSpec("give a spec file or a command after -- (see icx submit --help)")
     if args.devices is None or args.hours is None:
-        raise InvalidJobSpec("--devices and --hours are required with a command")
+        raise InvalidJobSpec("--devices and --hours are required without a spec file")
     return JobSpec(
         name=args.name or "",
         accelerator=args.accelerator,
@@ -78,7 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         else yuan_to_fen(args.max_price, "--max-price"),
         deadline_ms=None if args.deadline is None else parse_deadline(args.deadline),
         priority=args.priority,
-        command=tuple(args.cmd),
+        command=tuple(args.cmd) or ("(quote)",),
     )
 
 
@@ -266,6 +267,57 @@ def logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ quote
+
+
+@command
+def quote(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args, quoting=True)
+    with broker_stub(broker_address(args.broker)) as stub:
+        reply = stub.QuoteJob(
+            broker_pb2.QuoteJobRequest(spec=wire.spec_to_proto(spec)),
+            metadata=metadata(args.tenant),
+            timeout=RPC_TIMEOUT_S,
+        )
+    lines = [
+        {
+            "rank": q.rank,
+            "center_id": q.center_id,
+            "pool_id": q.pool_id,
+            "region": q.region,
+            "accelerator": q.accelerator,
+            "price_fen_per_device_hour": q.price_fen_per_device_hour,
+            "charge_fen": q.charge_fen,
+            "rtt_ms": q.rtt_ms,
+            "transfer_ms": q.transfer_ms,
+            "energy_wh": q.energy_wh,
+            "carbon_g": q.carbon_g,
+            "has_capacity": q.has_capacity,
+            "feasible": q.feasible,
+            "reason": q.reason,
+        }
+        for q in reply.lines
+    ]
+    if args.json:
+        print_json(lines)
+        return EXIT_OK
+    if not lines:
+        print(f"no center has {spec.accelerator} in the allowed regions")
+        return EXIT_FAILED
+    print_table(
+        ["#", "CENTER", "REGION", "ACCELERATOR", "YUAN/DEV-H", "CHARGE", "RTT MS", "KWH",
+         "CO2 KG", "NOW"],
+        [
+            (q["rank"], q["center_id"], q["region"], q["accelerator"],
+             f"{q['price_fen_per_device_hour'] / 100:.2f}", f"{q['charge_fen'] / 100:,.2f}",
+             q["rtt_ms"], round(q["energy_wh"] / 1000, 1), round(q["carbon_g"] / 1000, 1),
+             "yes" if q["has_capacity"] and q["feasible"] else (q["reason"] or "no"))
+            for q in lines
+        ],
+    )  # fmt: skip
+    return EXIT_OK
+
+
 # --------------------------------------------------------------- register
 
 
@@ -293,6 +345,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(p)
     p.set_defaults(func=submit, takes_command=True)
+
+    p = sub.add_parser(
+        "quote",
+        help="rank the centers that could run a job, before submitting it",
+        description="Quote a job (a TOML spec or the same flags as submit): each candidate "
+        "center with price, charge, latency, energy and carbon, and whether it has the "
+        "devices free now.",
+    )
+    p.add_argument("spec_file", nargs="?", help="job spec (TOML)")
+    p.add_argument("--devices", type=int, help="gang size: devices in one pool")
+    p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
+    p.add_argument("--hours", type=float, help="estimated run time in hours")
+    p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
+    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
+    p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
+    p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
+    p.add_argument("--name", help="a name for humans")
+    _common(p)
+    p.set_defaults(func=quote, takes_command=True)
 
     p = sub.add_parser("status", help="show one job")
     p.add_argument("job")

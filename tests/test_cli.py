@@ -202,3 +202,45 @@ def test_health_command(fed: LocalFederation) -> None:
     down = icx(fed, "health", "--broker", "127.0.0.1:1", "--timeout", "0.5")
     assert down.returncode == 3
     assert down.stderr.startswith("icx: error: broker at 127.0.0.1:1 not serving")
+
+
+def test_quote_ranks_candidates_before_submitting(fed: LocalFederation) -> None:
+    lines = icx_json(fed, "quote", "--devices", "2", "--hours", "2")
+    assert isinstance(lines, list)
+    # Both centers can take an "any" job; the cheaper pool ranks first.
+    assert [(q["center_id"], q["rank"]) for q in lines] == [("CA", 1), ("CB", 2)]
+    assert [q["charge_fen"] for q in lines] == [500 * 2 * 2, 900 * 2 * 2]
+    assert all(q["has_capacity"] and q["feasible"] for q in lines)
+    east = icx_json(fed, "quote", "--devices", "1", "--hours", "1", "--region", "YRD")
+    assert [q["center_id"] for q in east] == ["CB"]  # type: ignore[union-attr]
+    too_big = icx_json(
+        fed, "quote", "--devices", "3", "--accelerator", "nvidia-a800", "--hours", "1"
+    )
+    assert [(q["center_id"], q["has_capacity"]) for q in too_big] == [("CB", False)]  # type: ignore[union-attr]
+    assert too_big[0]["reason"] == "2 devices free now, 3 needed"  # type: ignore[index]
+    bad = icx(fed, "quote", "--devices", "0", "--hours", "1")
+    assert (bad.returncode, bad.stderr) == (2, "icx: error: devices must be 1..4096, got 0\n")
+
+
+def test_explanations_and_a_replayable_round(fed: LocalFederation, tmp_path: Path) -> None:
+    job_id = icx(fed, "submit", "--devices", "1", "--hours", "1", "--", "true").stdout.strip()
+    wait_for(
+        lambda: icx_json(fed, "status", job_id)["state"] == "succeeded",  # type: ignore[index]
+        20,
+        "the job",
+    )
+    status = icx_json(fed, "status", job_id)
+    explanation = status["explanation"]  # type: ignore[index]
+    assert explanation.startswith("CA/p (TF): charge 5.00 yuan")
+    assert "runner-up CB/q (YRD)" in explanation
+
+    problem, solution = tmp_path / "round.json", tmp_path / "solution.json"
+    dumped = icx(fed, "admin", "dump-round", "--out", str(problem), "--solution", str(solution))
+    assert dumped.returncode == 0, dumped.stderr
+    doc = json.loads(problem.read_text())
+    assert {p["id"] for p in doc["pools"]} <= {"CA/p", "CB/q"}
+    assert json.loads(solution.read_text())["assignments"]  # the round placed something
+    replay = icx(fed, "match", "--problem", str(problem), "--solver", "greedy", "--json")
+    assert replay.returncode == 0, replay.stderr
+    replayed = json.loads(replay.stdout)
+    assert {a["job"] for a in replayed["assignments"]} == {j["id"] for j in doc["jobs"]}

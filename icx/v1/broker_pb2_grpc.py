@@ -65,6 +65,11 @@ class BrokerServiceStub(object):
                 request_serializer=icx_dot_v1_dot_broker__pb2.ListCentersRequest.SerializeToString,
                 response_deserializer=icx_dot_v1_dot_broker__pb2.ListCentersResponse.FromString,
                 _registered_method=True)
+        self.QuoteJob = channel.unary_unary(
+                '/icx.v1.BrokerService/QuoteJob',
+                request_serializer=icx_dot_v1_dot_broker__pb2.QuoteJobRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_broker__pb2.QuoteJobResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer(object):
@@ -110,6 +115,13 @@ class BrokerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuoteJob(self, request, context):
+        """Ranks the centers that could run a job, before it is submitted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +154,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.ListCenters,
                     request_deserializer=icx_dot_v1_dot_broker__pb2.ListCentersRequest.FromString,
                     response_serializer=icx_dot_v1_dot_broker__pb2.ListCentersResponse.SerializeToString,
+            ),
+            'QuoteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteJob,
+                    request_deserializer=icx_dot_v1_dot_broker__pb2.QuoteJobRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_broker__pb2.QuoteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +324,33 @@ class BrokerService(object):
             '/icx.v1.BrokerService/ListCenters',
             icx_dot_v1_dot_broker__pb2.ListCentersRequest.SerializeToString,
             icx_dot_v1_dot_broker__pb2.ListCentersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.BrokerService/QuoteJob',
+            icx_dot_v1_dot_broker__pb2.QuoteJobRequest.SerializeToString,
+            icx_dot_v1_dot_broker__pb2.QuoteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
