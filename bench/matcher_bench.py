@@ -3,16 +3,16 @@ the same generated instances, in one run (ratios, because these machines are noi
 
     .venv/bin/python -m bench.matcher_bench [--quick] [--sizes 1000x17,10000x1000,...]
 
-Instances. Pools: the 17 reference centers (tests/matcher/data/centers_cn.csv), or a
-synthetic federation of N centers, each a copy of a random reference center (its
-accelerator, region, PUE, grid factor) with its price scaled by U(0.8, 1.2); free
-devices are set so that demand is 1.5x the free capacity. Jobs: (GPUs, run time) drawn
-with replacement from the Philly trace sample (tests/matcher/data/philly_jobs_sample.csv:
-91% 1 GPU, 8-GPU jobs 44% of GPU-hours, median run 437 s, mean 3.4 h), with gangs of 16
-GPUs or more scaled x8 (to 128..1,024 devices) for national-scale training jobs, run
-times clamped to 60 s..30 days; 40% ask for "any" accelerator, 25% are held to two hubs
-(data residency), 20% carry a budget, 10% a deadline; data sits mostly in the eastern
-metros.
+Instances. Pools: the 17 reference centers (`scenario.load_centers()`: 19 pools, as the
+two "mixed" centers have two each, at their latency nodes), or a synthetic federation
+of N centers, each a copy of a random reference center (its pools' accelerators, its
+latency node, PUE, grid factor) with its prices scaled by U(0.8, 1.2); free devices are
+set so that demand is 1.5x the free capacity. Jobs: (GPUs, run time) drawn with
+replacement from the Philly trace (scenario/data/philly_jobs.csv: 91% 1 GPU, 8-GPU jobs
+44% of GPU-hours, median run 437 s, mean 3.4 h), with gangs of 16 GPUs or more scaled x8
+(to 128..1,024 devices) for national-scale training jobs, run times clamped to 60 s..30
+days; 40% ask for "any" accelerator, 25% are held to two hubs (data residency), 20%
+carry a budget, 10% a deadline; data sits mostly in the eastern metros.
 
 Columns. value = placed priority-weighted device-hours; `/bound` is value over the
 min-cost-flow LP bound (1.000 = optimal); `vs prio` and `vs dens` compare with
@@ -22,55 +22,50 @@ priority-order greedy (the baseline, `GreedyMatcher`'s rule) and value-per-devic
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import random
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+import scenario
 from matcher import CpSatMatcher, GreedyMatcher, JobRequest, Policy, PoolSlot, Problem
 from matcher._candidates import build
 from matcher._flow import lp_bound
 from matcher._heuristics import empty, evaluate, fill, greedy
-from tests.matcher import scenario
+from tests.matcher.scenario import pools as reference_pools
 
-TRACE = Path(__file__).resolve().parent.parent / "tests/matcher/data/philly_jobs_sample.csv"
 DEMAND_OVER_FREE = 1.5
 MAX_SECONDS = 30 * 24 * 3600
 
 
 def philly() -> list[tuple[int, int]]:
-    with TRACE.open(encoding="utf-8") as f:
-        return [(int(r["gpus"]), int(r["duration_s"])) for r in csv.DictReader(f)]
+    """(GPUs, run time in s) of every job of the trace."""
+    return [(t.gpus, t.duration_s) for t in scenario.load_trace()]
 
 
 def federation(n_centers: int, rng: random.Random) -> list[PoolSlot]:
-    reference = list(scenario.pools())
-    if n_centers == len(reference):
-        return reference
+    by_center: dict[str, list[PoolSlot]] = {}
+    for p in reference_pools():
+        by_center.setdefault(p.center_id, []).append(p)
+    if n_centers == len(by_center):
+        return [p for ps in by_center.values() for p in ps]
+    reference = list(by_center.values())
     out = []
     for i in range(n_centers):
-        ref = rng.choice(reference)
-        out.append(
-            PoolSlot(
-                pool_id=f"S{i:05d}/{ref.accelerator}",
-                center_id=f"S{i:05d}",
-                region=ref.region,
-                accelerator=ref.accelerator,
-                free=ref.free,
-                memory_gb=ref.memory_gb,
-                tflops=ref.tflops,
-                power_w=ref.power_w,
-                pue_milli=ref.pue_milli,
-                grid_g_per_kwh=ref.grid_g_per_kwh,
-                price_fen_per_device_hour=round(
-                    ref.price_fen_per_device_hour * rng.uniform(0.8, 1.2)
-                ),
+        center_id = f"S{i:05d}"
+        pools = rng.choice(reference)
+        factor = rng.uniform(0.8, 1.2)
+        out += [
+            replace(
+                ref,
+                pool_id=f"{center_id}/{ref.accelerator}",
+                center_id=center_id,
+                price_fen_per_device_hour=round(ref.price_fen_per_device_hour * factor),
             )
-        )
+            for ref in pools
+        ]
     return out
 
 
@@ -78,7 +73,7 @@ def instance(n_jobs: int, n_centers: int, seed: int, policy: Policy | None = Non
     rng = random.Random(seed)
     trace = philly()
     pools = federation(n_centers, rng)
-    hubs = list(scenario.HUB_REGIONS.values())
+    hubs = list(scenario.HUB_NODES.values())
     nodes = sorted({p.region for p in pools})
     east = ["BJ", "SH", "SZ"]
     median_price = sorted(p.price_fen_per_device_hour for p in pools)[len(pools) // 2]
@@ -114,15 +109,7 @@ def instance(n_jobs: int, n_centers: int, seed: int, policy: Policy | None = Non
     demand = sum(j.devices for j in jobs)
     capacity = sum(p.free for p in pools)
     scale = demand / DEMAND_OVER_FREE / capacity
-    pools = [
-        PoolSlot(
-            **{
-                **{f: getattr(p, f) for f in PoolSlot.__slots__},  # type: ignore[attr-defined]
-                "free": max(8, round(p.free * scale)),
-            }
-        )
-        for p in pools
-    ]
+    pools = [replace(p, free=max(8, round(p.free * scale))) for p in pools]
     return Problem(
         pools=tuple(pools),
         jobs=tuple(jobs),

@@ -1,9 +1,13 @@
-"""The reference scenario as domain values: the 17 centers of `data/centers_cn.csv` as
-center descriptors, and a workload shaped like the Philly GPU trace.
+"""The reference scenario, the one home of its data (`data/`, sources in
+`data/README.md`) and of its mapping to domain values: the 17 centers of
+`data/centers_cn.csv` as center descriptors, the RTT matrix of `data/hub_latency_ms.csv`
+between latency nodes, and a workload shaped like the Philly GPU trace.
 
 Mapping choices (the CSV is descriptive; the exchange needs exact values):
 - region: the center's East-Data-West-Computing hub (GBA, YRD, JJJ, CY, IM, GZ, GS, NX);
-  the three centers outside any hub get their city's code (WUH for Wuhan, XA for Xi'an).
+  the three centers in no hub get their city, "Wuhan" (two) and "Xi'an", a label that
+  is neither a hub code nor a latency node (the latency node WUH is Wuhu, in the YRD
+  hub). Where each center sits in the latency matrix is CENTER_NODE; see `regions`.
 - accelerator: the CSV's text mapped to a catalogue model; a "mixed" center gets two
   pools that split its devices (see ACCELERATOR_POOLS).
 - devices: divided by `scale` (at least `min_devices` per pool), so a laptop-sized demo
@@ -16,15 +20,27 @@ import csv
 import math
 import random
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 from core import accelerators
 from core.types import CenterDescriptor, CenterId, JobSpec, Pool, PoolId
+from scenario._files import DATA
+from scenario.regions import CENTER_NODE, HUB_NODES, latency_ms, region_label
 
-DATA = Path(str(resources.files("scenario") / "data"))
-
-NO_HUB_REGION = {"Wuhan": "WUH", "Xi'an": "XA"}
+__all__ = [
+    "ACCELERATOR_POOLS",
+    "CENTER_NODE",
+    "DATA",
+    "DEMAND_MIX",
+    "EASTERN_REGIONS",
+    "HUB_NODES",
+    "DemoJob",
+    "TraceJob",
+    "demo_workload",
+    "latency_ms",
+    "load_centers",
+    "load_trace",
+    "region_label",
+]
 
 # CSV accelerator text -> [(catalogue model, share of the center's devices)]
 ACCELERATOR_POOLS: dict[str, list[tuple[str, float]]] = {
@@ -39,13 +55,6 @@ ACCELERATOR_POOLS: dict[str, list[tuple[str, float]]] = {
     "mixed GPU/NPU (NVIDIA+domestic) est": [("nvidia-a800", 0.5), ("ascend-910b", 0.5)],
     "mixed NVIDIA+domestic est": [("nvidia-h800", 0.5), ("ascend-910b", 0.5)],
 }
-
-
-def _region(row: dict[str, str]) -> str:
-    if row["hub"] != "none":
-        return row["hub"]
-    city = row["city"].split(" (")[0]
-    return NO_HUB_REGION[city]
 
 
 def load_centers(*, scale: int = 1, min_devices: int = 1) -> list[CenterDescriptor]:
@@ -75,7 +84,7 @@ def load_centers(*, scale: int = 1, min_devices: int = 1) -> list[CenterDescript
                 CenterDescriptor(
                     center_id=CenterId(row["center_id"]),
                     name=row["name_en"],
-                    region=_region(row),
+                    region=region_label(row["hub"], row["city"]),
                     latitude=float(row["lat"]),
                     longitude=float(row["lon"]),
                     pue_milli=round(float(row["pue"]) * 1000),
@@ -95,7 +104,7 @@ class TraceJob:
 
 def load_trace(limit: int | None = None, offset: int = 0) -> list[TraceJob]:
     """Jobs of the Philly trace in submit order (`submit_s` from the trace's start)."""
-    out = []
+    out: list[TraceJob] = []
     with (DATA / "philly_jobs.csv").open(encoding="utf-8") as f:
         for i, row in enumerate(csv.DictReader(f)):
             if i < offset:
@@ -122,7 +131,7 @@ DEMAND_MIX = (
     ("ascend-910c", 0.05),
     ("cambricon-mlu370", 0.05),
 )
-EASTERN_REGIONS = (("YRD",), ("JJJ",), ("GBA",), ("YRD", "WUH"))
+EASTERN_REGIONS = (("YRD",), ("JJJ",), ("GBA",), ("YRD", "Wuhan"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

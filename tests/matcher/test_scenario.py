@@ -27,14 +27,38 @@ def _regions(problem: Problem, solution: Solution) -> dict[str, str]:
 
 def test_every_center_maps_to_a_latency_node_of_its_hub() -> None:
     nodes = set(scenario.latency_ms())
-    for row in scenario.centers():
-        region = scenario.CENTER_REGION[row["center_id"]]
-        assert region in nodes
-        if row["hub"] != "none":
-            assert region in scenario.HUB_REGIONS[row["hub"]], row["center_id"]
-    hubs = {row["hub"] for row in scenario.centers()} - {"none"}
-    assert hubs == set(scenario.HUB_REGIONS)
-    assert {r for rs in scenario.HUB_REGIONS.values() for r in rs} == nodes
+    centers = scenario.load_centers()
+    assert sorted(scenario.CENTER_NODE) == sorted(c.center_id for c in centers)
+    for c in centers:
+        node = scenario.CENTER_NODE[c.center_id]
+        assert node in nodes, c.center_id
+        if c.region in scenario.HUB_NODES:
+            assert node in scenario.HUB_NODES[c.region], c.center_id
+    hubs = {c.region for c in centers} & set(scenario.HUB_NODES)
+    assert hubs == set(scenario.HUB_NODES)
+    assert {r for rs in scenario.HUB_NODES.values() for r in rs} == nodes
+
+
+def test_centers_in_no_hub_are_labelled_by_city_never_by_a_node() -> None:
+    # The latency node WUH is Wuhu (YRD); a Wuhan center must not read as sitting there.
+    outside = {
+        c.center_id: c.region for c in scenario.load_centers() if c.region not in scenario.HUB_NODES
+    }
+    assert outside == {"CN02": "Wuhan", "CN03": "Wuhan", "CN05": "Xi'an"}
+    assert not set(outside.values()) & set(scenario.latency_ms())
+    assert {scenario.CENTER_NODE[c] for c in outside} == {"WUH", "QY"}  # nearest nodes
+
+
+def test_mixed_centers_are_two_pools_at_one_node() -> None:
+    pools = scenario.pools()
+    assert len(pools) == 19
+    split: dict[str, list[tuple[str, int, str]]] = {}
+    for p in pools:
+        split.setdefault(p.center_id, []).append((p.accelerator, p.free, p.region))
+    assert {c: v for c, v in split.items() if len(v) > 1} == {
+        "CN03": [("nvidia-a800", 2344, "WUH"), ("ascend-910b", 2344, "WUH")],
+        "CN13": [("nvidia-h800", 10469, "HLGE"), ("ascend-910b", 10469, "HLGE")],
+    }
 
 
 def _northern_jobs(n: int, *, regions: tuple[str, ...] | None) -> tuple[JobRequest, ...]:
@@ -79,7 +103,7 @@ def test_jobs_held_to_the_north_stay_there_under_a_carbon_weight() -> None:
 
 def test_no_job_leaves_its_allowed_regions() -> None:
     rng = random.Random(4)
-    hubs = list(scenario.HUB_REGIONS.values())
+    hubs = list(scenario.HUB_NODES.values())
     jobs = tuple(
         JobRequest(
             job_id=f"j{i:03d}",
