@@ -15,7 +15,7 @@ from typing import Any
 
 from ledger.errors import InvalidRecord
 
-__all__ = ["MAX_SAFE_INT", "JsonValue", "decode", "encode"]
+__all__ = ["MAX_SAFE_INT", "JsonValue", "decode", "encode", "encode_checked", "encode_string"]
 
 MAX_SAFE_INT = (1 << 53) - 1
 
@@ -23,8 +23,32 @@ JsonValue = int | str | list["JsonValue"] | dict[str, "JsonValue"]
 
 _encode_string = json.JSONEncoder(ensure_ascii=False).encode
 
+# The C encoder writes RFC 8785 bytes for values inside the signed subset whose object
+# names are ASCII (code point order is then UTF-16 order): the same string escapes as
+# `_string`, decimal integers, no whitespace.
+_dumps = json.JSONEncoder(
+    ensure_ascii=False,
+    sort_keys=True,
+    separators=(",", ":"),
+    check_circular=False,
+    allow_nan=False,
+).encode
+
+# Text the fast decoder leaves to the full one: literals it does not refuse by itself
+# (true, false, null; also when inside strings) and integers that may be out of range.
+_SUSPECT = re.compile(r"true|false|null|[0-9]{16}")
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_string(s: str) -> str:
+    """One string as canonical JSON text. Raises InvalidRecord on a lone surrogate."""
+    match = _SURROGATE.search(s)
+    if match:
+        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {s!r}")
+    result: str = _encode_string(s)
+    return result
 
 
 def _string(s: str, out: list[str]) -> None:
@@ -82,6 +106,17 @@ def encode(value: object) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+def encode_checked(value: object) -> bytes:
+    """The canonical bytes of `value`, which the caller has already checked lies in the
+    signed subset (integers within +-(2**53-1), strings, lists, objects with ASCII member
+    names), as validated records do. Same bytes as `encode`, several times faster; a lone
+    surrogate still raises InvalidRecord."""
+    try:
+        return _dumps(value).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return encode(value)
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, val in pairs:
@@ -103,6 +138,27 @@ def decode(data: bytes) -> JsonValue:
     """Parse canonical bytes. Refuses anything `encode` would not have produced (other
     member order, whitespace, escapes, floats, booleans, null, duplicates), so that one
     value has exactly one accepted encoding."""
+    # Fast path, for ASCII text without literals or long digit runs: the C parser and
+    # encoder round-trip it. Equal bytes mean canonical: duplicates, escapes, whitespace
+    # or another member order would not survive the round trip, floats are refused while
+    # parsing, integers of at most 15 digits are in range, and every member name is ASCII.
+    # Anything else goes the full way, which also words the error.
+    if data.isascii():
+        text = data.decode("ascii")
+        if _SUSPECT.search(text) is None:
+            try:
+                fast: JsonValue = json.loads(
+                    text, parse_float=_refuse_float, parse_constant=_refuse_constant
+                )
+            except json.JSONDecodeError:
+                pass
+            else:
+                if _dumps(fast) == text:
+                    return fast
+    return _decode_full(data)
+
+
+def _decode_full(data: bytes) -> JsonValue:
     try:
         text = data.decode("utf-8")
         value = json.loads(

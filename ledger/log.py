@@ -12,10 +12,12 @@ evidence before the call is refused.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ledger import canonical, merkle
+from ledger._pool import VerifyPool
 from ledger.bundle import ProofBundle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import (
@@ -33,7 +35,14 @@ from ledger.keys import SignerKey, VerifierKey
 from ledger.note import open_note, parse_note
 from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
 from ledger.settlement import Settlement, settle, sign_statement, verify_statement
-from ledger.signing import SignatureCache, SignedRecord, countersign
+from ledger.signing import (
+    SignatureCache,
+    SignedRecord,
+    broker_message,
+    cache_batch_roots,
+    countersign,
+    producer_message,
+)
 from ledger.store import LedgerStore
 
 __all__ = ["AuditReport", "Log"]
@@ -45,6 +54,7 @@ _PRODUCER_ROLES = {
     RecordKind.DISPUTE: frozenset({Role.TENANT}),
 }
 _BROKER_ROLES = frozenset({Role.BROKER})
+_AUDIT_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,10 +96,17 @@ def _parse(leaf: bytes) -> SignedRecord | KeyEvent:
 
 class Log:
     """A ledger over one store. `signer` (the log key) is needed to append and sign;
-    reading, proving and auditing need only the store."""
+    reading, proving and auditing need only the store.
 
-    def __init__(self, store: LedgerStore, signer: SignerKey | None = None) -> None:
+    With `workers` > 1, signature checks of appends and audits run in that many worker
+    processes (started on first use; `close` stops them), while this process countersigns
+    and stores: per-record signatures then use every core."""
+
+    def __init__(
+        self, store: LedgerStore, signer: SignerKey | None = None, *, workers: int = 1
+    ) -> None:
         self.store = store
+        self._pool = VerifyPool(workers) if workers > 1 else None
         self.signer = signer
         text = store.meta("log_key")
         if text is None:
@@ -104,14 +121,30 @@ class Log:
         self._cache = SignatureCache()
 
     @classmethod
-    def create(cls, store: LedgerStore, signer: SignerKey) -> Log:
+    def create(cls, store: LedgerStore, signer: SignerKey, *, workers: int = 1) -> Log:
         """Start a ledger in an empty store: record the log key and admit it as broker."""
         if store.size or store.meta("log_key") is not None:
             raise LedgerError(f"{store.path}: already holds a ledger")
         store.set_meta("log_key", signer.verifier.text())
         event = KeyEvent.admit(signer.name, Role.BROKER, signer.verifier)
         store.append([(None, "key", event.entry())])
-        return cls(store, signer)
+        return cls(store, signer, workers=workers)
+
+    def start_workers(self) -> None:
+        """Start the verification workers now rather than on first use."""
+        if self._pool is not None:
+            self._pool.start()
+
+    def close(self) -> None:
+        """Stop the verification workers, if any. The store stays open."""
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _require_signer(self) -> SignerKey:
         if self.signer is None:
@@ -152,19 +185,14 @@ class Log:
         already logged with the same bytes is answered with its index (idempotent)."""
         signer = self._require_signer()
         at = self.store.size
-        for sr in signed:
-            record = sr.record
-            key = self.keyring.signer(
-                sr.producer_key, party=record.producer, roles=_PRODUCER_ROLES[record.kind], at=at
-            )
-            self._cache.check_producer(sr, key)
-        countersigned = countersign(signed, signer)
+        countersigned = self._verify_and_countersign(signed, signer, at)
+        stored_by_id = self.store.find_many([sr.record.record_id for sr in countersigned])
         pending: dict[str, SignedRecord] = {}
         result: list[int | str] = []
         for sr in countersigned:
             rid = sr.record.record_id
             leaf = sr.entry()
-            stored = self.store.find(rid)
+            stored = stored_by_id.get(rid)
             earlier = pending.get(rid)
             if stored is not None and stored.leaf == leaf:
                 result.append(stored.index)
@@ -183,6 +211,49 @@ class Log:
         first = self.store.append([(rid, "usage", sr.entry()) for rid, sr in pending.items()])
         positions = {rid: first + i for i, rid in enumerate(pending)}
         return [r if isinstance(r, int) else positions[r] for r in result]
+
+    def _verify_and_countersign(
+        self, signed: Sequence[SignedRecord], signer: SignerKey, at: int
+    ) -> list[SignedRecord]:
+        """Check every record's producer key and signature, in order, raising the first
+        failure; return the records countersigned.
+
+        The signatures are verified in bulk first (in the worker processes when there
+        are any, while this process countersigns); the in-order checks then find them
+        verified. Countersignatures made for a call that fails are dropped unseen."""
+        cache_batch_roots(signed)
+        items = []
+        clean = True
+        for sr in signed:
+            try:
+                key = self.keyring.signer(
+                    sr.producer_key,
+                    party=sr.record.producer,
+                    roles=_PRODUCER_ROLES[sr.record.kind],
+                    at=at,
+                )
+                items.append(
+                    (key, producer_message(sr.batch_size, sr.batch_root()), sr.producer_sig)
+                )
+            except LedgerError:
+                clean = False  # refused below, in order
+                break
+        todo = self._cache.unseen(items)
+        countersigned: list[SignedRecord] | None = None
+        if self._pool is not None and len(todo) >= VerifyPool.MIN_ITEMS:
+            futures = self._pool.submit(todo)
+            if clean:
+                countersigned = countersign(signed, signer)
+            self._cache.remember(todo, VerifyPool.collect(futures))
+        else:
+            self._cache.warm(items)
+        for sr in signed:
+            record = sr.record
+            key = self.keyring.signer(
+                sr.producer_key, party=record.producer, roles=_PRODUCER_ROLES[record.kind], at=at
+            )
+            self._cache.check_producer(sr, key)
+        return countersign(signed, signer) if countersigned is None else countersigned
 
     # Checkpoints.
 
@@ -299,6 +370,36 @@ class Log:
 
     # Audit.
 
+    def _warm_audit(
+        self,
+        cache: SignatureCache,
+        items: list[SignedRecord | KeyEvent],
+        candidates: dict[str, VerifierKey],
+    ) -> None:
+        """Verify the chunk's signatures in bulk under the keys their ids were first
+        admitted with; the in-order checks still decide which key may sign where."""
+        signed = [item for item in items if isinstance(item, SignedRecord)]
+        cache_batch_roots(signed)
+        checks: list[tuple[VerifierKey, bytes, bytes]] = []
+        for sr in signed:
+            producer = candidates.get(sr.producer_key)
+            broker = candidates.get(sr.broker_key)
+            try:
+                root = sr.batch_root()
+            except LedgerError:
+                continue
+            if producer is not None:
+                checks.append((producer, producer_message(sr.batch_size, root), sr.producer_sig))
+            if broker is not None:
+                checks.append(
+                    (broker, broker_message(sr.batch_size, root, sr.producer_sig), sr.broker_sig)
+                )
+        todo = cache.unseen(checks)
+        if self._pool is not None and len(todo) >= VerifyPool.MIN_ITEMS:
+            cache.remember(todo, self._pool.verify_many(todo))
+        else:
+            cache.warm(checks)
+
     def audit(self) -> AuditReport:
         """Replay the whole store: every index present once and in order, every leaf
         hash as stored, every key event and signature valid at its position, every
@@ -314,44 +415,72 @@ class Log:
         records: dict[str, UsageRecord] = {}
         counts = {"usage": 0, "key": 0}
         expected = 0
-        for idx, leaf, stored_hash in self.store.raw_rows():
-            if idx != expected:
-                raise AuditError(
-                    f"missing or out of order: found entry {idx} in its place", index=expected
-                )
-            leaf_hash = merkle.hash_leaf(leaf)
-            if stored_hash != leaf_hash:
-                raise AuditError("leaf bytes do not match the stored leaf hash", index=idx)
-            try:
-                item = _parse(leaf)
-                if isinstance(item, KeyEvent):
-                    if idx == 0 and (item.key != self.log_key or item.party != self.origin):
-                        raise VerificationError("entry 0 must admit the log's own key")
-                    keyring.apply(item, idx)
-                    counts["key"] += 1
-                else:
-                    record = item.record
-                    key = keyring.signer(
-                        item.producer_key,
-                        party=record.producer,
-                        roles=_PRODUCER_ROLES[record.kind],
-                        at=idx,
+        candidates: dict[str, VerifierKey] = {}
+        rows = self.store.raw_rows()
+        while True:
+            chunk = list(itertools.islice(rows, _AUDIT_CHUNK))
+            if not chunk:
+                break
+            # Parse and hash the chunk, stopping at its first bad entry; check its batch
+            # roots and signatures in bulk; then replay it in order. An error found while
+            # parsing is raised only once the entries before it have replayed clean.
+            parsed: list[tuple[int, bytes, SignedRecord | KeyEvent]] = []
+            stop: AuditError | None = None
+            for idx, leaf, stored_hash in chunk:
+                if idx != expected + len(parsed):
+                    stop = AuditError(
+                        f"missing or out of order: found entry {idx} in its place",
+                        index=expected + len(parsed),
                     )
-                    cache.check_producer(item, key)
-                    broker = keyring.signer(item.broker_key, party="", roles=_BROKER_ROLES, at=idx)
-                    cache.check_broker(item, broker)
-                    if record.record_id in records:
-                        raise VerificationError(f"record id {record.record_id!r} appears twice")
-                    if record.kind is not RecordKind.USAGE:
-                        _check_refs(record, records.get(record.refs))
-                    records[record.record_id] = record
-                    counts["usage"] += 1
-            except LedgerError as exc:
-                raise AuditError(str(exc), index=idx) from exc
-            frontier.append(leaf_hash)
-            expected += 1
-            if expected in checkpoints:
-                roots[expected] = frontier.root()
+                    break
+                leaf_hash = merkle.hash_leaf(leaf)
+                if stored_hash != leaf_hash:
+                    stop = AuditError("leaf bytes do not match the stored leaf hash", index=idx)
+                    break
+                try:
+                    item = _parse(leaf)
+                except LedgerError as exc:
+                    stop = AuditError(str(exc), index=idx)
+                    stop.__cause__ = exc
+                    break
+                parsed.append((idx, leaf_hash, item))
+                if isinstance(item, KeyEvent) and item.key is not None:
+                    candidates.setdefault(item.key_id, item.key)
+            self._warm_audit(cache, [item for _, _, item in parsed], candidates)
+            for idx, leaf_hash, item in parsed:
+                try:
+                    if isinstance(item, KeyEvent):
+                        if idx == 0 and (item.key != self.log_key or item.party != self.origin):
+                            raise VerificationError("entry 0 must admit the log's own key")
+                        keyring.apply(item, idx)
+                        counts["key"] += 1
+                    else:
+                        record = item.record
+                        key = keyring.signer(
+                            item.producer_key,
+                            party=record.producer,
+                            roles=_PRODUCER_ROLES[record.kind],
+                            at=idx,
+                        )
+                        cache.check_producer(item, key)
+                        broker = keyring.signer(
+                            item.broker_key, party="", roles=_BROKER_ROLES, at=idx
+                        )
+                        cache.check_broker(item, broker)
+                        if record.record_id in records:
+                            raise VerificationError(f"record id {record.record_id!r} appears twice")
+                        if record.kind is not RecordKind.USAGE:
+                            _check_refs(record, records.get(record.refs))
+                        records[record.record_id] = record
+                        counts["usage"] += 1
+                except LedgerError as exc:
+                    raise AuditError(str(exc), index=idx) from exc
+                frontier.append(leaf_hash)
+                expected += 1
+                if expected in checkpoints:
+                    roots[expected] = frontier.root()
+            if stop is not None:
+                raise stop
         last_good = 0
         for size, note in sorted(checkpoints.items()):
             try:

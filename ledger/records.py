@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ledger import canonical
@@ -67,6 +67,7 @@ class UsageRecord:
     unit_price_minor: int = 0
     charge_minor: int = 0
     currency: str = "CNY"
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"record {self.record_id!r}"
@@ -188,7 +189,13 @@ class UsageRecord:
             raise InvalidRecord(f"record fields: {exc}") from exc
 
     def canonical(self) -> bytes:
-        return canonical.encode(self.to_json())
+        """The record's canonical bytes, encoded once: every field was checked on
+        construction, so the fast encoder applies."""
+        data = self._canonical
+        if data is None:
+            data = canonical.encode_checked(self.to_json())
+            object.__setattr__(self, "_canonical", data)
+        return data
 
 
-_FIELDS = tuple(f.name for f in fields(UsageRecord))
+_FIELDS = tuple(f.name for f in fields(UsageRecord) if not f.name.startswith("_"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ledger import canonical, merkle
@@ -35,6 +35,7 @@ __all__ = [
     "PRODUCER_PREFIX",
     "SignatureCache",
     "SignedRecord",
+    "cache_batch_roots",
     "countersign",
     "sign_records",
 ]
@@ -57,6 +58,9 @@ def _unb64(value: Any, what: str) -> bytes:
         raise InvalidRecord(f"{what} is not standard base64") from exc
 
 
+_json_string = canonical.encode_string
+
+
 def producer_message(size: int, batch_root: bytes) -> bytes:
     return PRODUCER_PREFIX + size.to_bytes(8, "big") + batch_root
 
@@ -77,9 +81,21 @@ class SignedRecord:
     producer_sig: bytes
     broker_key: str = ""
     broker_sig: bytes = b""
+    # Derived once and kept: the record's leaf hash, the batch root its proof leads to,
+    # the entry bytes.
+    _digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _root: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _entry: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"record {self.record.record_id!r}"
+        for name in ("batch_size", "batch_index"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidRecord(f"{where}: {name} must be an integer, got {value!r}")
+        for name in ("producer_key", "broker_key"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidRecord(f"{where}: {name} must be a key id string")
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise InvalidRecord(
                 f"{where}: batch size must be 1..{MAX_BATCH}, got {self.batch_size}"
@@ -95,15 +111,26 @@ class SignedRecord:
 
     def digest(self) -> bytes:
         """The record's leaf hash in its batch."""
-        return merkle.hash_leaf(self.record.canonical())
+        digest = self._digest
+        if digest is None:
+            digest = merkle.hash_leaf(self.record.canonical())
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     def batch_root(self) -> bytes:
-        try:
-            return merkle.root_from_inclusion_proof(
-                self.digest(), self.batch_index, self.batch_size, self.batch_proof
-            )
-        except ProofError as exc:
-            raise SignatureError(f"record {self.record.record_id!r}: batch proof: {exc}") from exc
+        """The root that the record's batch proof leads to (what the producer signed)."""
+        root = self._root
+        if root is None:
+            try:
+                root = merkle.root_from_inclusion_proof(
+                    self.digest(), self.batch_index, self.batch_size, self.batch_proof
+                )
+            except ProofError as exc:
+                raise SignatureError(
+                    f"record {self.record.record_id!r}: batch proof: {exc}"
+                ) from exc
+            object.__setattr__(self, "_root", root)
+        return root
 
     def to_json(self) -> dict[str, canonical.JsonValue]:
         data: dict[str, canonical.JsonValue] = {
@@ -122,7 +149,30 @@ class SignedRecord:
 
     def entry(self) -> bytes:
         """The canonical bytes the log stores as this record's leaf."""
-        return canonical.encode(self.to_json())
+        data = self._entry
+        if data is None:
+            data = self._encode()
+            object.__setattr__(self, "_entry", data)
+        return data
+
+    def _encode(self) -> bytes:
+        # `to_json` through the canonical encoder, written out: member names in sorted
+        # order (batch, broker, producer, record, type; index, proof, size; key, sig),
+        # the record's own canonical bytes reused. Tests hold it to `canonical.encode`.
+        proof = ",".join(f'"{_b64(h)}"' for h in self.batch_proof)
+        parts = [
+            f'{{"batch":{{"index":{self.batch_index},"proof":[{proof}],"size":{self.batch_size}}},'
+        ]
+        if self.broker_key:
+            parts.append(f'"broker":{{"key":{_json_string(self.broker_key)},')
+            parts.append(f'"sig":"{_b64(self.broker_sig)}"}},')
+        parts.append(f'"producer":{{"key":{_json_string(self.producer_key)},')
+        parts.append(f'"sig":"{_b64(self.producer_sig)}"}},"record":')
+        try:
+            head = "".join(parts).encode("utf-8")
+        except UnicodeEncodeError:
+            return canonical.encode(self.to_json())  # raises, naming the bad string
+        return head + self.record.canonical() + b',"type":"usage"}'
 
     @classmethod
     def from_json(cls, data: Any) -> SignedRecord:
@@ -165,43 +215,82 @@ def sign_records(records: Sequence[UsageRecord], producer: SignerKey) -> list[Si
         raise InvalidRecord("a batch must not hold one record id twice")
     leaves = [merkle.hash_leaf(r.canonical()) for r in records]
     size = len(leaves)
-    proofs = _batch_proofs(leaves)
-    sig = producer.sign(producer_message(size, merkle.root(leaves)))
-    return [
-        SignedRecord(
+    levels = _batch_levels(leaves)
+    root = levels[-1][0]
+    sig = producer.sign(producer_message(size, root))
+    out = []
+    for i, r in enumerate(records):
+        sr = SignedRecord(
             record=r,
             batch_size=size,
             batch_index=i,
-            batch_proof=tuple(proofs[i]),
+            batch_proof=_batch_proof(levels, i),
             producer_key=producer.key_id,
             producer_sig=sig,
         )
-        for i, r in enumerate(records)
-    ]
+        object.__setattr__(sr, "_digest", leaves[i])
+        object.__setattr__(sr, "_root", root)
+        out.append(sr)
+    return out
 
 
-def _batch_proofs(leaves: Sequence[bytes]) -> list[list[bytes]]:
-    """Every leaf's inclusion proof, from one tree build."""
-    size = len(leaves)
+def _batch_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """The batch tree level by level, leaves first, root last. A level of odd length
+    carries its last node up unchanged: that is the RFC 6962 tree, whose right edge
+    holds the smaller subtrees (n = 3: H(H(a, b), c))."""
     levels: list[list[bytes]] = [list(leaves)]
-    while len(levels[-1]) >= 2:
+    hash_children = merkle.hash_children
+    while len(levels[-1]) > 1:
         below = levels[-1]
-        levels.append(
-            [merkle.hash_children(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-        )
+        above = [hash_children(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        if len(below) % 2:
+            above.append(below[-1])
+        levels.append(above)
+    return levels
 
-    def node(level: int, index: int) -> bytes:
-        return levels[level][index]
 
-    return [
-        [merkle.hash_range(b, e, node) for b, e in merkle.inclusion_plan(i, size)]
-        for i in range(size)
-    ]
+def _batch_proof(levels: list[list[bytes]], index: int) -> tuple[bytes, ...]:
+    """The RFC 9162 inclusion proof of leaf `index`, deepest first: the sibling on each
+    level, none where the node was carried up."""
+    proof = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        index >>= 1
+    return tuple(proof)
+
+
+def cache_batch_roots(signed: Sequence[SignedRecord]) -> None:
+    """Work out the batch roots of many records at once, as `SignedRecord.batch_root`
+    would one by one: for each batch whose every record is here, build its tree once
+    (n - 1 hashes instead of n log n) and keep the root on each record whose proof is
+    exactly that tree's proof. Any other record keeps computing its own, so results and
+    errors are the same as without this call."""
+    groups: dict[tuple[str, bytes, int], list[SignedRecord]] = {}
+    for sr in signed:
+        if sr._root is None and sr.batch_size > 1:
+            groups.setdefault((sr.producer_key, sr.producer_sig, sr.batch_size), []).append(sr)
+    for (_, _, size), members in groups.items():
+        if len(members) != size:
+            continue
+        ordered: list[SignedRecord | None] = [None] * size
+        for sr in members:
+            ordered[sr.batch_index] = sr
+        complete = [sr for sr in ordered if sr is not None]
+        if len(complete) != size:
+            continue
+        levels = _batch_levels([sr.digest() for sr in complete])
+        root = levels[-1][0]
+        for i, sr in enumerate(complete):
+            if sr.batch_proof == _batch_proof(levels, i):
+                object.__setattr__(sr, "_root", root)
 
 
 def countersign(signed: Sequence[SignedRecord], broker: SignerKey) -> list[SignedRecord]:
     """Add the broker's signature, once per producer batch. The caller verifies the
     producer's signature first (see `SignatureCache.check_producer`)."""
+    cache_batch_roots(signed)
     done: dict[tuple[bytes, bytes], bytes] = {}
     out = []
     for sr in signed:
@@ -209,7 +298,10 @@ def countersign(signed: Sequence[SignedRecord], broker: SignerKey) -> list[Signe
         ident = (root, sr.producer_sig)
         if ident not in done:
             done[ident] = broker.sign(broker_message(sr.batch_size, root, sr.producer_sig))
-        out.append(replace(sr, broker_key=broker.key_id, broker_sig=done[ident]))
+        signed_again = replace(sr, broker_key=broker.key_id, broker_sig=done[ident])
+        object.__setattr__(signed_again, "_digest", sr._digest)
+        object.__setattr__(signed_again, "_root", root)
+        out.append(signed_again)
     return out
 
 
@@ -218,11 +310,39 @@ class SignatureCache:
     records costs one Ed25519 verification, not n."""
 
     def __init__(self, limit: int = 65536) -> None:
-        self._seen: dict[tuple[str, bytes, bytes], None] = {}
+        # Keyed by the public key itself, not its id: ids are short enough to collide.
+        self._seen: dict[tuple[bytes, bytes, bytes], None] = {}
         self._limit = limit
 
+    def unseen(
+        self, items: Sequence[tuple[VerifierKey, bytes, bytes]]
+    ) -> list[tuple[bytes, bytes, bytes]]:
+        """The distinct (public key, message, signature) among `items` not yet verified,
+        to verify in bulk (perhaps in other processes) and pass to `remember`."""
+        todo: dict[tuple[bytes, bytes, bytes], None] = {}
+        for key, message, sig in items:
+            ident = (key.public, message, sig)
+            if ident not in self._seen:
+                todo[ident] = None
+        return list(todo)
+
+    def remember(self, items: Sequence[tuple[bytes, bytes, bytes]], ok: Sequence[bool]) -> None:
+        """Keep the items that verified. The `check_*` calls that follow still decide:
+        they re-verify, and refuse, whatever did not verify here."""
+        if len(self._seen) + len(items) > self._limit:
+            self._seen.clear()
+        for ident, good in zip(items, ok, strict=True):
+            if good:
+                self._seen[ident] = None
+
+    def warm(self, items: Sequence[tuple[VerifierKey, bytes, bytes]]) -> None:
+        """Verify many (key, message, signature) in this process, each distinct one once."""
+        keys = {key.public: key for key, _, _ in items}
+        todo = self.unseen(items)
+        self.remember(todo, [keys[p].verify(m, s) for p, m, s in todo])
+
     def _verify(self, key: VerifierKey, message: bytes, sig: bytes) -> bool:
-        ident = (key.key_id, message, sig)
+        ident = (key.public, message, sig)
         if ident in self._seen:
             return True
         if not key.verify(message, sig):

@@ -235,6 +235,20 @@ class LedgerStore:
         ).fetchone()
         return None if row is None else StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
 
+    def find_many(self, record_ids: Sequence[str]) -> dict[str, StoredEntry]:
+        """The stored entries of those `record_ids` that are logged, by record id."""
+        found: dict[str, StoredEntry] = {}
+        ids = list(dict.fromkeys(record_ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT idx, record_id, type, leaf FROM entries WHERE record_id IN ({marks})",
+                chunk,
+            ):
+                found[str(row[1])] = StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
+        return found
+
     def entries(
         self, begin: int = 0, end: int | None = None, *, type: str | None = None
     ) -> Iterator[StoredEntry]:
