@@ -138,28 +138,14 @@ def _signature(job: JobRequest, eff: int) -> tuple[object, ...]:
     )
 
 
-def build(problem: Problem) -> Instance:
-    """Classes, candidates and diagnostics for `problem`."""
+def classes_of(
+    problem: Problem,
+) -> tuple[list[JobRequest], list[tuple[int, ...]], list[list[int]]]:
+    """(one representative per class, each class's job indices best first, the class
+    groups). Classes are numbered group by group (groups: same compatible pools and
+    network), so that candidates built group by group come out in class order."""
     policy = problem.policy
-    pools = tuple(sorted(problem.pools, key=lambda p: p.pool_id))
-    regions = tuple(sorted({p.region for p in pools} | set(policy.quota_devices)))
-    region_index = {r: i for i, r in enumerate(regions)}
-    free = np.array([p.free for p in pools], dtype=np.int64)
-    pool_region = np.array([region_index[p.region] for p in pools], dtype=np.int32)
-    quota = np.full(len(regions), BIG, dtype=np.int64)
-    for r, q in policy.quota_devices.items():
-        quota[region_index[r]] = q
-    price = np.array([p.price_fen_per_device_hour for p in pools], dtype=np.int64)
-    power = np.array([p.power_w for p in pools], dtype=np.int64)
-    pue = np.array([p.pue_milli for p in pools], dtype=np.int64)
-    grid = np.array([p.grid_g_per_kwh for p in pools], dtype=np.int64)
-    incentive = np.array(
-        [p.region in policy.incentive_regions for p in pools], dtype=np.bool_
-    ) * np.int64(policy.incentive_fen_per_device_hour)
-
-    # Classes, each with its jobs best first (longest waiting, then id); classes are
-    # numbered group by group (groups: same compatible pools and network), so that the
-    # candidates come out in class order without a sort.
+    # Each class's jobs best first: longest waiting, then id.
     by_sig: dict[tuple[object, ...], list[int]] = {}
     for i, job in enumerate(problem.jobs):
         by_sig.setdefault(_signature(job, effective_priority(job, policy)), []).append(i)
@@ -179,6 +165,29 @@ def build(problem: Problem) -> Instance:
             groups[-1].append(len(reps))
             class_jobs.append(tuple(sig_members))
             reps.append(problem.jobs[sig_members[0]])
+    return reps, class_jobs, groups
+
+
+def build(problem: Problem) -> Instance:
+    """Classes, candidates and diagnostics for `problem`."""
+    policy = problem.policy
+    pools = tuple(sorted(problem.pools, key=lambda p: p.pool_id))
+    regions = tuple(sorted({p.region for p in pools} | set(policy.quota_devices)))
+    region_index = {r: i for i, r in enumerate(regions)}
+    free = np.array([p.free for p in pools], dtype=np.int64)
+    pool_region = np.array([region_index[p.region] for p in pools], dtype=np.int32)
+    quota = np.full(len(regions), BIG, dtype=np.int64)
+    for r, q in policy.quota_devices.items():
+        quota[region_index[r]] = q
+    price = np.array([p.price_fen_per_device_hour for p in pools], dtype=np.int64)
+    power = np.array([p.power_w for p in pools], dtype=np.int64)
+    pue = np.array([p.pue_milli for p in pools], dtype=np.int64)
+    grid = np.array([p.grid_g_per_kwh for p in pools], dtype=np.int64)
+    incentive = np.array(
+        [p.region in policy.incentive_regions for p in pools], dtype=np.bool_
+    ) * np.int64(policy.incentive_fen_per_device_hour)
+
+    reps, class_jobs, groups = classes_of(problem)
     n_classes = len(reps)
     count = np.array([len(m) for m in class_jobs], dtype=np.int64)
     devices = np.array([j.devices for j in reps], dtype=np.int64)

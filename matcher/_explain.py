@@ -159,7 +159,8 @@ class _Explainer:
         if not room.any():
             most = int(self.free_left[pools].max())
             return (
-                f"all {hi - lo} feasible pools are taken by higher-value work this round "
+                f"all {int(diag.n_feasible[c])} feasible pools are taken by higher-value "
+                "work this round "
                 f"(most free now: {most}, {job.devices} needed)"
             )
         regions = sorted({inst.pools[int(p)].region for p in pools[room]})

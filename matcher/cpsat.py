@@ -55,7 +55,7 @@ import time
 import numpy as np
 from ortools.sat.python import cp_model
 
-from matcher import _flow
+from matcher import _flow, _grouped
 from matcher._candidates import Instance, Int64s, build
 from matcher._explain import to_solution
 from matcher._heuristics import better, empty, evaluate, fill, greedy, improve_cost
@@ -68,6 +68,11 @@ class CpSatMatcher:
 
     `use_cpsat`: None decides by size (`max_cpsat_arcs`); True always runs CP-SAT (on
     the pruned model); False stops after the flow heuristic.
+
+    `grouped`: None takes the pool-group path (`matcher._grouped`: no full candidate
+    list, greedy passes by pointers, aggregated bound) when jobs x pools exceeds
+    `grouped_cells` and the pools fall into at most a quarter as many cost groups;
+    True or False forces it on or off.
     """
 
     name = "cpsat"
@@ -80,6 +85,8 @@ class CpSatMatcher:
         top_k: int = 32,
         max_cpsat_arcs: int = 60_000,
         exact_flow_arcs: int = 1_000_000,
+        grouped_cells: int = 1_000_000,
+        grouped: bool | None = None,
         use_cpsat: bool | None = None,
         seed: int = 0,
     ) -> None:
@@ -92,11 +99,15 @@ class CpSatMatcher:
         self.top_k = top_k
         self.max_cpsat_arcs = max_cpsat_arcs
         self.exact_flow_arcs = exact_flow_arcs
+        self.grouped_cells = grouped_cells
+        self.grouped = grouped
         self.use_cpsat = use_cpsat
         self.seed = seed
 
     def solve(self, problem: Problem) -> Solution:
         started = time.perf_counter()
+        if self._wants_grouped(problem):
+            return self._solve_grouped(problem, started)
         inst = build(problem)
         floor = greedy(problem, inst)
         candidates = [floor, fill(inst, floor), fill(inst, empty(inst))]
@@ -131,6 +142,29 @@ class CpSatMatcher:
             bound_value=bound,
             cost_bound_mfen=cost_bound,
             optimal=optimal,
+        )
+
+    def _wants_grouped(self, problem: Problem) -> bool:
+        """Large rounds whose pools fall into few cost groups skip the full candidate
+        list (see `matcher._grouped`). `grouped` True or False forces the choice."""
+        if self.grouped is not None:
+            return self.grouped
+        if len(problem.jobs) * len(problem.pools) <= self.grouped_cells:
+            return False
+        return _grouped.n_groups(problem) * 4 <= len(problem.pools)
+
+    def _solve_grouped(self, problem: Problem, started: float) -> Solution:
+        """Priority-order greedy (the floor), the floor filled up and the value-per-device
+        greedy, by pointer passes over pool groups; the aggregated flow bound."""
+        gr = _grouped.Grouped(problem)
+        floor = _grouped.greedy(gr)
+        placements = [floor, _grouped.fill(gr, floor), _grouped.fill(gr)]
+        inst, ns = _grouped.instance(gr, placements)
+        bound = _flow.aggregated_bound(inst)
+        best = max(ns, key=lambda n: _key(evaluate(inst, n)))
+        best = improve_cost(inst, best)
+        return to_solution(
+            inst, best, solver="grouped", seconds=time.perf_counter() - started, bound_value=bound
         )
 
     def _wants_cpsat(self, inst: Instance) -> bool:
