@@ -303,6 +303,29 @@ def fill(gr: Grouped, start: Placement | None = None) -> Placement:
     return run.placed
 
 
+def carried(gr: Grouped, previous: dict[str, str]) -> Placement:
+    """The previous round's assignments (job id -> pool id) that still hold: the job
+    and pool are still there, the pool is still feasible for the job and has room.
+    Classes by value per device, so that room goes to the densest first."""
+    pool_index = {p.pool_id: i for i, p in enumerate(gr.pools)}
+    jobs = gr.problem.jobs
+    run = _Pass(gr)
+    for c in np.lexsort((-gr.value, -(gr.value // gr.devices))):
+        c = int(c)
+        d, s, budget, _, _ = run._class(c)
+        feasible_groups = set(gr.groups_of(c).tolist())
+        for i in gr.class_jobs[c]:
+            p = pool_index.get(previous.get(jobs[i].job_id, ""), -1)
+            if p < 0 or int(gr.group_of_pool[p]) not in feasible_groups:
+                continue
+            if run.room[p] < d or run.quota[run._region[p]] < d:
+                continue
+            if -(-run._price[p] * d * s // 3600) > budget:
+                continue
+            run._take(c, p, 1)
+    return run.placed
+
+
 def instance(gr: Grouped, placements: list[Placement]) -> tuple[Instance, list[Int64s]]:
     """The sparse instance (per class: the cheapest feasible pool of each group and every
     pool in `placements`) and each placement as jobs per candidate."""

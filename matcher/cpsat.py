@@ -73,6 +73,12 @@ class CpSatMatcher:
     list, greedy passes by pointers, aggregated bound) when jobs x pools exceeds
     `grouped_cells` and the pools fall into at most a quarter as many cost groups;
     True or False forces it on or off.
+
+    `warm_start`: the instance remembers its last solution; on the pool-group path, a
+    round sharing at least half its jobs with the last one starts from the last
+    assignments that still hold (then fills) instead of the value-per-device pass from
+    nothing, and skips the cost pass. The greedy floor and the bound are computed afresh
+    every round, so the guarantees are those of a cold round.
     """
 
     name = "cpsat"
@@ -87,6 +93,7 @@ class CpSatMatcher:
         exact_flow_arcs: int = 1_000_000,
         grouped_cells: int = 1_000_000,
         grouped: bool | None = None,
+        warm_start: bool = False,
         use_cpsat: bool | None = None,
         seed: int = 0,
     ) -> None:
@@ -101,6 +108,8 @@ class CpSatMatcher:
         self.exact_flow_arcs = exact_flow_arcs
         self.grouped_cells = grouped_cells
         self.grouped = grouped
+        self.warm_start = warm_start
+        self._last: tuple[set[str], dict[str, str]] | None = None
         self.use_cpsat = use_cpsat
         self.seed = seed
 
@@ -134,14 +143,16 @@ class CpSatMatcher:
                     solver = "cpsat"
                 else:
                     cost_bound, optimal = None, False
-        return to_solution(
-            inst,
-            best,
-            solver=solver,
-            seconds=time.perf_counter() - started,
-            bound_value=bound,
-            cost_bound_mfen=cost_bound,
-            optimal=optimal,
+        return self._remember(
+            to_solution(
+                inst,
+                best,
+                solver=solver,
+                seconds=time.perf_counter() - started,
+                bound_value=bound,
+                cost_bound_mfen=cost_bound,
+                optimal=optimal,
+            )
         )
 
     def _wants_grouped(self, problem: Problem) -> bool:
@@ -158,14 +169,43 @@ class CpSatMatcher:
         greedy, by pointer passes over pool groups; the aggregated flow bound."""
         gr = _grouped.Grouped(problem)
         floor = _grouped.greedy(gr)
-        placements = [floor, _grouped.fill(gr, floor), _grouped.fill(gr)]
+        previous = self._previous(problem)
+        if previous is None:
+            start = _grouped.fill(gr)
+        else:
+            # Warm: the last round's assignments that still hold, filled up, replace
+            # the value-per-device pass from nothing.
+            start = _grouped.fill(gr, _grouped.carried(gr, previous))
+        placements = [floor, _grouped.fill(gr, floor), start]
         inst, ns = _grouped.instance(gr, placements)
         bound = _flow.aggregated_bound(inst)
         best = max(ns, key=lambda n: _key(evaluate(inst, n)))
-        best = improve_cost(inst, best)
-        return to_solution(
-            inst, best, solver="grouped", seconds=time.perf_counter() - started, bound_value=bound
+        if previous is None:
+            best = improve_cost(inst, best)
+        return self._remember(
+            to_solution(
+                inst,
+                best,
+                solver="grouped" if previous is None else "grouped-warm",
+                seconds=time.perf_counter() - started,
+                bound_value=bound,
+            )
         )
+
+    def _previous(self, problem: Problem) -> dict[str, str] | None:
+        """The last round's assignments, if warm starts are on and at least half of this
+        round's jobs were in the last round."""
+        if not self.warm_start or self._last is None:
+            return None
+        last_jobs, assigned = self._last
+        shared = sum(1 for j in problem.jobs if j.job_id in last_jobs)
+        return assigned if 2 * shared >= len(problem.jobs) else None
+
+    def _remember(self, solution: Solution) -> Solution:
+        if self.warm_start:
+            jobs = {a.job_id for a in solution.assignments} | {u.job_id for u in solution.unplaced}
+            self._last = (jobs, {a.job_id: a.pool_id for a in solution.assignments})
+        return solution
 
     def _wants_cpsat(self, inst: Instance) -> bool:
         if self.use_cpsat is not None:
