@@ -102,21 +102,21 @@ def inclusion_plan(index: int, size: int) -> list[Range]:
     `size` (RFC 9162 PATH), deepest first. Requires 0 <= index < size."""
     if not 0 <= index < size:
         raise ProofError(f"index is beyond size: {index} >= {size}")
+    # Below level `inner` the leaf's path and the last leaf's differ: the sibling at
+    # level l is the subtree next to the leaf's, cut off at `size` on the right edge.
+    # Above it, the leaf lies on the right edge, and each sibling is a whole subtree on
+    # the left where the index has a one bit (the "border" of the verifier below).
     out: list[Range] = []
-
-    def path(m: int, begin: int, end: int) -> None:
-        n = end - begin
-        if n == 1:
-            return
-        k = _split(n)
-        if m < k:
-            path(m, begin, begin + k)
-            out.append((begin + k, end))
-        else:
-            path(m - k, begin + k, end)
-            out.append((begin, begin + k))
-
-    path(index, 0, size)
+    inner = (index ^ (size - 1)).bit_length()
+    for level in range(inner):
+        begin = ((index >> level) ^ 1) << level
+        out.append((begin, min(begin + (1 << level), size)))
+    level = inner
+    while index >> level:
+        if (index >> level) & 1:
+            begin = ((index >> level) ^ 1) << level
+            out.append((begin, begin + (1 << level)))
+        level += 1
     return out
 
 
@@ -231,6 +231,12 @@ class Frontier:
         self._nodes.append((level, acc))
         self.size += 1
         return created
+
+    def edge(self) -> dict[Node, bytes]:
+        """The perfect nodes that make up [0, size), by (level, index)."""
+        return {
+            node: h for node, (_, h) in zip(range_nodes(0, self.size), self._nodes, strict=True)
+        }
 
     def root(self) -> bytes:
         if not self._nodes:

@@ -29,6 +29,10 @@ from ledger.errors import EntryNotFound, LedgerError, ProofError
 __all__ = ["LedgerStore", "StoredEntry"]
 
 _LEVEL_SHIFT = 48
+_CACHED_LEVEL = 6
+"""Nodes at this level and above (one per 64 leaves: 3% of the rows, about 6 MB at a
+million entries) are also kept in memory, as are the nodes of the current right edge,
+so that a proof reads only its few bottom siblings from the file."""
 
 _TABLES = ("meta", "entries", "nodes", "checkpoints", "cosignatures", "conflicts", "statements")
 
@@ -117,6 +121,13 @@ class LedgerStore:
                 f"{self.path}: entries are not contiguous ({count} rows, size {size})"
             )
         self._frontier = merkle.Frontier.restore(size, self.node)
+        self._edge = self._frontier.edge()
+        self._upper: dict[tuple[int, int], bytes] = {}
+        for node_id, h in self._db.execute(
+            "SELECT id, hash FROM nodes WHERE id >= ?", (_node_id(_CACHED_LEVEL, 0),)
+        ):
+            level, index = int(node_id) >> _LEVEL_SHIFT, int(node_id) & ((1 << _LEVEL_SHIFT) - 1)
+            self._upper[(level, index)] = bytes(h)
 
     def close(self) -> None:
         self._db.close()
@@ -157,10 +168,13 @@ class LedgerStore:
         saved = self._frontier.copy()
         rows = []
         node_rows = []
+        upper = []
         for offset, (record_id, kind, leaf) in enumerate(items):
             rows.append((first + offset, record_id, kind, leaf))
             for level, index, h in self._frontier.append(merkle.hash_leaf(leaf)):
                 node_rows.append((_node_id(level, index), h))
+                if level >= _CACHED_LEVEL:
+                    upper.append(((level, index), h))
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
@@ -173,6 +187,8 @@ class LedgerStore:
                 self._db.execute("ROLLBACK")
             self._frontier = saved
             raise
+        self._upper.update(upper)
+        self._edge = self._frontier.edge()
         return first
 
     def node(self, level: int, index: int) -> bytes:
@@ -183,20 +199,29 @@ class LedgerStore:
             raise ProofError(f"{self.path}: node ({level}, {index}) is missing")
         return bytes(row[0])
 
-    def _nodes(self, ranges: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    def _nodes(
+        self, ranges: Sequence[tuple[int, int]], nodes: Sequence[tuple[int, int]] = ()
+    ) -> dict[tuple[int, int], bytes]:
+        """The perfect nodes that make up `ranges`, and `nodes`, by (level, index)."""
         wanted = {n for b, e in ranges for n in merkle.range_nodes(b, e)}
-        if not wanted:
-            return {}
-        ids = {_node_id(lvl, idx): (lvl, idx) for lvl, idx in wanted}
-        marks = ",".join("?" * len(ids))
-        found = {
-            ids[int(i)]: bytes(h)
+        wanted.update(nodes)
+        upper, edge = self._upper, self._edge
+        found: dict[tuple[int, int], bytes] = {}
+        ids: dict[int, tuple[int, int]] = {}
+        for node in wanted:
+            h = upper.get(node) or edge.get(node)
+            if h is None:
+                ids[(node[0] << _LEVEL_SHIFT) | node[1]] = node
+            else:
+                found[node] = h
+        if ids:
+            marks = ",".join("?" * len(ids))
             for i, h in self._db.execute(
                 f"SELECT id, hash FROM nodes WHERE id IN ({marks})", list(ids)
-            )
-        }
-        missing = wanted - found.keys()
-        if missing:
+            ):
+                found[ids[i]] = bytes(h)
+        if len(found) != len(wanted):
+            missing = wanted - found.keys()
             raise ProofError(f"{self.path}: nodes {sorted(missing)[:3]} are missing")
         return found
 
@@ -212,8 +237,25 @@ class LedgerStore:
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
         plan = merkle.inclusion_plan(index, size)
-        found = self._nodes(plan)
-        return [merkle.hash_range(b, e, lambda lvl, idx: found[(lvl, idx)]) for b, e in plan]
+        # Most ranges of a plan are single perfect nodes: look those up directly, and
+        # fold only the (at most one) range cut off by the right edge.
+        whole: list[tuple[int, int] | None] = []
+        partial = []
+        for begin, end in plan:
+            width = end - begin
+            if width & (width - 1) == 0 and begin % width == 0:
+                level = width.bit_length() - 1
+                whole.append((level, begin >> level))
+            else:
+                whole.append(None)
+                partial.append((begin, end))
+        found = self._nodes(partial, [n for n in whole if n is not None])
+        return [
+            found[node]
+            if node is not None
+            else merkle.hash_range(b, e, lambda lvl, idx: found[(lvl, idx)])
+            for node, (b, e) in zip(whole, plan, strict=True)
+        ]
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         self._check_size(size2)
