@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import canonical, merkle
-from ledger.errors import InvalidRecord
+from ledger import Log, canonical, merkle
+from ledger.errors import InvalidRecord, SignatureError
 from ledger.signing import (
     SignedRecord,
     _batch_levels,
@@ -152,3 +152,18 @@ def test_proofs_from_the_store_match_a_rebuilt_tree(tmp_path: pathlib.Path) -> N
     with LedgerStore(path) as store:  # reopened: the memory caches come from the file
         for index in range(0, 300, 11):
             assert store.inclusion_proof(index, 300) == merkle.inclusion_proof(index, hashes)
+
+
+def test_worker_processes_refuse_what_one_process_refuses(
+    log: Log, parties: Parties, db_path: pathlib.Path
+) -> None:
+    singles = [sign_records([usage(f"center/wuhan/w{i}")], parties.wuhan)[0] for i in range(40)]
+    forged = dataclasses.replace(singles[30], producer_sig=singles[31].producer_sig)
+    with Log(LedgerStore(db_path), parties.log_key, workers=2) as pooled:
+        size = pooled.size
+        with pytest.raises(SignatureError, match="'center/wuhan/w30': producer signature"):
+            pooled.append([*singles[:30], forged, *singles[31:]])
+        assert pooled.size == size
+        assert pooled.append(singles) == list(range(size, size + 40))
+        pooled.checkpoint()
+        assert pooled.audit().records == 40
