@@ -27,8 +27,10 @@ NOV_2026_MS = 1_793_491_200_000
 ORIGIN = "bench.icx/ledger"
 
 
-def _log(path: Path) -> Log:
-    return Log.create(LedgerStore(path), SignerKey(name=ORIGIN, alg=1, seed=bytes(32)))
+def _log(path: Path, workers: int = 1) -> Log:
+    return Log.create(
+        LedgerStore(path), SignerKey(name=ORIGIN, alg=1, seed=bytes(32)), workers=workers
+    )
 
 
 def _records(n: int) -> list[UsageRecord]:
@@ -61,16 +63,17 @@ def bench_signing(records: list[UsageRecord]) -> dict[str, float]:
     }
 
 
-def bench_appends(records: list[UsageRecord], batch: int) -> float:
+def bench_appends(records: list[UsageRecord], batch: int, workers: int = 1) -> float:
     """Verified appends per second: producer signature checked, countersigned, stored,
-    in calls of 256 records."""
+    in calls of 256 records. With `workers` > 1 the signature checks run in that many
+    worker processes, started before the clock starts."""
     center = parties(3, 1, 1).centers[0]
     signed = []
     for i in range(0, len(records), batch):
         signed.extend(sign_records(records[i : i + batch], center.key))
-    with tempfile.TemporaryDirectory() as tmp:
-        log = _log(Path(tmp) / "a.db")
+    with tempfile.TemporaryDirectory() as tmp, _log(Path(tmp) / "a.db", workers) as log:
         log.admit(center.name, center.role, center.key.verifier)
+        log.start_workers()
         t = time.perf_counter()
         for i in range(0, len(signed), 256):
             log.append(signed[i : i + 256])
@@ -132,7 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     records = _records(args.records)
     sig = bench_signing(records[:5000])
-    single = bench_appends(records, 1)
+    single_1 = bench_appends(records, 1)
+    single = bench_appends(records, 1, workers=2)
     batched = bench_appends(records, 256)
     proofs = bench_proofs(args.proof_size)
     rest = bench_audit_and_settle(args.records)
@@ -140,12 +144,22 @@ def main() -> None:
         ("Ed25519 sign, one record per signature", f"{sig['sign_single']:,.0f} records/s", ""),
         ("sign, 256 records per signature", f"{sig['sign_batch256']:,.0f} records/s", ""),
         ("verify, one record per signature", f"{sig['verify_single']:,.0f} records/s", ""),
-        ("verified appends, per-record signatures", f"{single:,.0f}/s", ">= 10,000/s"),
-        ("verified appends, 256-record batches", f"{batched:,.0f}/s", ">= 40,000/s"),
+        ("verified appends, per-record signatures, 1 process", f"{single_1:,.0f}/s", ""),
+        (
+            "verified appends, per-record signatures, 2 workers",
+            f"{single:,.0f}/s ({single / 10_000:.2f} x goal)",
+            ">= 10,000/s",
+        ),
+        (
+            "verified appends, 256-record batches, 1 process",
+            f"{batched:,.0f}/s ({batched / 40_000:.2f} x goal)",
+            ">= 40,000/s",
+        ),
         (f"store build, {args.proof_size:,} leaves", f"{proofs['build_per_s']:,.0f} leaves/s", ""),
         (
             f"inclusion proof at {args.proof_size:,}",
-            f"{proofs['inclusion_median_us']:.0f} us median",
+            f"{proofs['inclusion_median_us']:.0f} us median "
+            f"({proofs['inclusion_median_us'] / 60:.2f} x goal)",
             "<= 60 us",
         ),
         (
@@ -153,8 +167,16 @@ def main() -> None:
             f"{proofs['consistency_mean_us']:.0f} us mean",
             "",
         ),
-        ("audit, batch-signed records", f"{rest['audit_per_s']:,.0f} records/s", ">= 200,000/s"),
-        ("settlement, 50 parties", f"{rest['settle_per_s']:,.0f} records/s", ">= 667,000/s"),
+        (
+            "audit, batch-signed records",
+            f"{rest['audit_per_s']:,.0f} records/s ({rest['audit_per_s'] / 200_000:.2f} x goal)",
+            ">= 200,000/s",
+        ),
+        (
+            "settlement, 50 parties",
+            f"{rest['settle_per_s']:,.0f} records/s ({rest['settle_per_s'] / 666_667:.2f} x goal)",
+            ">= 667,000/s",
+        ),
     ]
     print("| measure | measured | goal |")
     print("|---|---|---|")
