@@ -205,7 +205,10 @@ def to_solution(
             )
             for _ in range(int(n[arc])):
                 job_id = problem.jobs[members[k]].job_id
-                assignments.append(dataclasses.replace(template, job_id=job_id))
+                if job_id == template.job_id:
+                    assignments.append(template)
+                else:
+                    assignments.append(dataclasses.replace(template, job_id=job_id))
                 k += 1
         if k < len(members):
             reason = explainer.unplaced(c)

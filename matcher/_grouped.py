@@ -157,6 +157,7 @@ class Grouped:
         self.group_max_free = np.zeros(n_g, dtype=np.int64)
         np.maximum.at(self.group_max_free, self.group_of_pool, self.free)
         self._feasible_groups: list[Int64s | None] = [None] * n_c
+        self._rows: list[tuple[int, int, int, int, list[tuple[int, int]]]] | None = None
 
     def charge(self, c: int, pools: Int64s) -> Int64s:
         out: Int64s = -(-(self.price[pools] * self.devices[c] * self.seconds[c]) // 3600)
@@ -169,6 +170,31 @@ class Grouped:
             self.problem.policy.w_cost * charge * 1000 + self.base[c, self.group_of_pool[pools]]
         )
         return out
+
+    def pass_rows(self) -> list[tuple[int, int, int, int, list[tuple[int, int]]]]:
+        """Per class, what a greedy pass reads, as Python values (built once):
+        (devices, seconds, budget, gang-size index, [(slot, base cost)] per feasible
+        group), slot = group x gang sizes + gang-size index."""
+        if self._rows is None:
+            rows, cols = np.nonzero(self.ok)
+            slots = (cols * len(self.dvals) + self.d_index[rows]).tolist()
+            bases = self.base[rows, cols].tolist()
+            ends = np.searchsorted(rows, np.arange(1, len(self.reps) + 1)).tolist()
+            pairs = list(zip(slots, bases, strict=True))
+            out = []
+            start = 0
+            for d, s, budget, di, end in zip(
+                self.devices.tolist(),
+                self.seconds.tolist(),
+                self.budget.tolist(),
+                self.d_index.tolist(),
+                ends,
+                strict=True,
+            ):
+                out.append((d, s, budget, di, pairs[start:end]))
+                start = end
+            self._rows = out
+        return self._rows
 
     def groups_of(self, c: int) -> Int64s:
         found = self._feasible_groups[c]
@@ -195,34 +221,19 @@ class _Pass:
         self._region: list[int] = gr.pool_region.tolist()
         self._group_region: list[int] = gr.group_region.tolist()
         self._n_d = gr.off.shape[1]
-        self._classes: dict[int, tuple[int, int, int, int, list[tuple[int, int]]]] = {}
         self._w_cost = gr.problem.policy.w_cost * 1000
         for (c, p), jobs in (start or {}).items():
             self._take(c, p, jobs)
 
     def _take(self, c: int, p: int, jobs: int) -> None:
-        devices = int(self.gr.devices[c]) * jobs
+        devices = self.gr.pass_rows()[c][0] * jobs
         self.room[p] -= devices
         self.quota[self._region[p]] -= devices
         self.placed[(c, p)] = self.placed.get((c, p), 0) + jobs
 
     def _class(self, c: int) -> tuple[int, int, int, int, list[tuple[int, int]]]:
         """(devices, seconds, budget, gang-size index, [(slot, base cost)] per group)."""
-        found = self._classes.get(c)
-        if found is None:
-            gr = self.gr
-            gs = gr.groups_of(c)
-            di = int(gr.d_index[c])
-            slots = (gs * self._n_d + di).tolist()
-            found = (
-                int(gr.devices[c]),
-                int(gr.seconds[c]),
-                int(gr.budget[c]),
-                di,
-                list(zip(slots, gr.base[c, gs].tolist(), strict=True)),
-            )
-            self._classes[c] = found
-        return found
+        return self.gr.pass_rows()[c]
 
     def cheapest(self, c: int) -> int:
         """The pool of least (cost, index) with room for one job of class c, or -1."""
@@ -262,7 +273,7 @@ class _Pass:
     def place(self, c: int, want: int) -> int:
         """Place up to `want` jobs of class c, each on its cheapest pool with room."""
         done = 0
-        d = int(self.gr.devices[c])
+        d = self.gr.pass_rows()[c][0]
         while done < want:
             p = self.cheapest(c)
             if p < 0:
