@@ -27,7 +27,7 @@ from matcher._candidates import Instance, Int64s
 _TIE_STEPS = 1024  # cost tie-break resolution per unit of value density
 
 
-def _network(
+def network(
     n_cls: int,
     supply: Int64s,
     density_cost: Int64s,
@@ -84,7 +84,7 @@ def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, 
     """The per-pool network."""
     cls = np.repeat(np.arange(len(inst.classes), dtype=np.int64), np.diff(inst.ptr))
     d = inst.devices
-    return _network(
+    return network(
         len(inst.classes),
         inst.count * d,
         -inst.density * value_scale,
@@ -125,7 +125,7 @@ def aggregated_bound(inst: Instance) -> int:
     group_region = np.zeros(n_groups, dtype=np.int64)
     group_region[agg.group_of_pool] = inst.pool_region
     d = inst.devices
-    solved = _network(
+    solved = network(
         len(inst.classes),
         inst.count * d,
         -inst.density,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from matcher import _flow
 from matcher._candidates import (
     BIG,
     Aggregate,
@@ -36,6 +37,8 @@ from matcher._candidates import (
 from matcher.model import Problem, bandwidth_mbps, compatible, effective_priority, rtt_ms
 
 Placement = dict[tuple[int, int], int]  # (class, pool) -> jobs
+
+_TIE_STEPS = 1024  # cost tie-break resolution per unit of value density, as in _flow
 
 
 def group_key(problem: Problem) -> list[tuple[object, ...]]:
@@ -158,6 +161,7 @@ class Grouped:
         np.maximum.at(self.group_max_free, self.group_of_pool, self.free)
         self._feasible_groups: list[Int64s | None] = [None] * n_c
         self._rows: list[tuple[int, int, int, int, list[tuple[int, int]]]] | None = None
+        self.base_cache: _Base | None = None
 
     def charge(self, c: int, pools: Int64s) -> Int64s:
         out: Int64s = -(-(self.price[pools] * self.devices[c] * self.seconds[c]) // 3600)
@@ -235,9 +239,12 @@ class _Pass:
         """(devices, seconds, budget, gang-size index, [(slot, base cost)] per group)."""
         return self.gr.pass_rows()[c]
 
-    def cheapest(self, c: int) -> int:
-        """The pool of least (cost, index) with room for one job of class c, or -1."""
+    def cheapest(self, c: int, only_slot: int = -1) -> int:
+        """The pool of least (cost, index) with room for one job of class c, or -1; with
+        `only_slot`, within that (group, gang size) only."""
         d, s, budget, _, groups = self._class(c)
+        if only_slot >= 0:
+            groups = [(slot, base) for slot, base in groups if slot == only_slot]
         room, flat, price, ptr = self.room, self._flat, self._price, self.ptr
         ds = d * s
         best, best_cost = -1, 0
@@ -270,12 +277,14 @@ class _Pass:
                 best, best_cost = p, cost
         return best
 
-    def place(self, c: int, want: int) -> int:
-        """Place up to `want` jobs of class c, each on its cheapest pool with room."""
+    def place(self, c: int, want: int, group: int = -1) -> int:
+        """Place up to `want` jobs of class c, each on its cheapest pool with room (in
+        `group` only, if given)."""
         done = 0
-        d = self.gr.pass_rows()[c][0]
+        d, _, _, di, _ = self.gr.pass_rows()[c]
+        slot = group * self._n_d + di if group >= 0 else -1
         while done < want:
-            p = self.cheapest(c)
+            p = self.cheapest(c, slot)
             if p < 0:
                 break
             jobs = min(want - done, self.room[p] // d, self.quota[self._region[p]] // d)
@@ -314,6 +323,45 @@ def fill(gr: Grouped, start: Placement | None = None) -> Placement:
     return run.placed
 
 
+def guided(gr: Grouped) -> Placement:
+    """Follow the aggregated LP: solve the (class -> group) flow that maximises value
+    and, among equal value, prefers groups whose cheapest feasible pool is cheaper;
+    place each class's whole jobs of flow in its groups (classes by value per device),
+    then fill. Guides capacity to the classes that have the fewest other places."""
+    _, first_cls, first_pool, agg = _base(gr)
+    if len(agg.cls) == 0:
+        return {}
+    d = gr.devices
+    per_device = gr.cost(first_cls, first_pool) // d[first_cls]
+    lo, hi = int(per_device.min()), int(per_device.max())
+    scale = _TIE_STEPS if hi > lo else 1
+    ties = (per_device - lo) * (scale - 1) // max(1, hi - lo)
+    n_g = gr.n_groups
+    group_free = np.bincount(gr.group_of_pool, weights=gr.free, minlength=n_g).astype(np.int64)
+    solved = _flow.network(
+        len(gr.reps),
+        gr.count * d,
+        -(gr.value // d) * scale,
+        agg.cls,
+        agg.group,
+        agg.jobs * d[agg.cls],
+        ties.astype(np.int64),
+        gr.group_region,
+        group_free,
+        gr.quota,
+    )
+    if solved is None:
+        return {}
+    _, on_arc = solved
+    jobs = on_arc // d[agg.cls]
+    run = _Pass(gr)
+    density = gr.value // d
+    order = np.lexsort((agg.group, -gr.value[agg.cls], -density[agg.cls]))
+    for a in order[jobs[order] > 0]:
+        run.place(int(agg.cls[a]), int(jobs[a]), int(agg.group[a]))
+    return fill(gr, run.placed)
+
+
 def carried(gr: Grouped, previous: dict[str, str]) -> Placement:
     """The previous round's assignments (job id -> pool id) that still hold: the job
     and pool are still there, the pool is still feasible for the job and has room.
@@ -337,9 +385,14 @@ def carried(gr: Grouped, previous: dict[str, str]) -> Placement:
     return run.placed
 
 
-def instance(gr: Grouped, placements: list[Placement]) -> tuple[Instance, list[Int64s]]:
-    """The sparse instance (per class: the cheapest feasible pool of each group and every
-    pool in `placements`) and each placement as jobs per candidate."""
+_Base = tuple[ClassDiagnostics, Int64s, Int64s, Aggregate]
+
+
+def _base(gr: Grouped) -> _Base:
+    """Diagnostics, each class's cheapest feasible pool per group (class, pool) and the
+    aggregate of the bound; computed once per `Grouped`."""
+    if gr.base_cache is not None:
+        return gr.base_cache
     n_c, n_g = len(gr.reps), gr.n_groups
     d, s = gr.devices, gr.seconds
     pmax = np.where(gr.budget >= BIG, BIG, gr.budget * 3600 // (d * s))
@@ -385,6 +438,27 @@ def instance(gr: Grouped, placements: list[Placement]) -> tuple[Instance, list[I
             agg_cls.append(cls)
             agg_group.append(np.full(len(cls), g, dtype=np.int64))
             agg_jobs.append(np.minimum(jobs_prefix[n_budget - 1], gr.count[cls]))
+    none = np.zeros(0, dtype=np.int64)
+    gr.base_cache = (
+        diag,
+        np.concatenate([*cand_cls, none]),
+        np.concatenate([*cand_pool, none]),
+        Aggregate(
+            group_of_pool=gr.group_of_pool,
+            cls=np.concatenate([*agg_cls, none]),
+            group=np.concatenate([*agg_group, none]),
+            jobs=np.concatenate([*agg_jobs, none]),
+        ),
+    )
+    return gr.base_cache
+
+
+def instance(gr: Grouped, placements: list[Placement]) -> tuple[Instance, list[Int64s]]:
+    """The sparse instance (per class: the cheapest feasible pool of each group and every
+    pool in `placements`) and each placement as jobs per candidate."""
+    diag, first_cls, first_pool, aggregate = _base(gr)
+    n_c = len(gr.reps)
+    cand_cls, cand_pool = [first_cls], [first_pool]
     for placed in placements:
         if placed:
             keys = np.array(list(placed), dtype=np.int64)
@@ -413,12 +487,7 @@ def instance(gr: Grouped, placements: list[Placement]) -> tuple[Instance, list[I
         pool=pool_of.astype(np.int32),
         cost=gr.cost(cls_of, pool_of) if len(code) else none,
         diag=diag,
-        aggregate=Aggregate(
-            group_of_pool=gr.group_of_pool,
-            cls=np.concatenate([*agg_cls, none]),
-            group=np.concatenate([*agg_group, none]),
-            jobs=np.concatenate([*agg_jobs, none]),
-        ),
+        aggregate=aggregate,
     )
     out = []
     for placed in placements:

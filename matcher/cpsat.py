@@ -165,8 +165,9 @@ class CpSatMatcher:
         return _grouped.n_groups(problem) * 4 <= len(problem.pools)
 
     def _solve_grouped(self, problem: Problem, started: float) -> Solution:
-        """Priority-order greedy (the floor), the floor filled up and the value-per-device
-        greedy, by pointer passes over pool groups; the aggregated flow bound."""
+        """Priority-order greedy (the floor), the floor filled up, the value-per-device
+        greedy and the aggregated LP's placement, by pointer passes over pool groups;
+        the aggregated flow bound."""
         gr = _grouped.Grouped(problem)
         floor = _grouped.greedy(gr)
         previous = self._previous(problem)
@@ -176,7 +177,7 @@ class CpSatMatcher:
             # Warm: the last round's assignments that still hold, filled up, replace
             # the value-per-device pass from nothing.
             start = _grouped.fill(gr, _grouped.carried(gr, previous))
-        placements = [floor, _grouped.fill(gr, floor), start]
+        placements = [floor, _grouped.fill(gr, floor), start, _grouped.guided(gr)]
         inst, ns = _grouped.instance(gr, placements)
         bound = _flow.aggregated_bound(inst)
         best = max(ns, key=lambda n: _key(evaluate(inst, n)))
