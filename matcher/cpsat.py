@@ -76,8 +76,8 @@ class CpSatMatcher:
 
     `warm_start`: the instance remembers its last solution; on the pool-group path, a
     round sharing at least half its jobs with the last one starts from the last
-    assignments that still hold (then fills) instead of the value-per-device pass from
-    nothing, and skips the cost pass. The greedy floor and the bound are computed afresh
+    assignments that still hold (then fills) instead of the value-per-device and
+    LP-guided passes, and skips the cost pass. The greedy floor and the bound are computed afresh
     every round, so the guarantees are those of a cold round.
     """
 
@@ -171,13 +171,13 @@ class CpSatMatcher:
         gr = _grouped.Grouped(problem)
         floor = _grouped.greedy(gr)
         previous = self._previous(problem)
+        placements = [floor, _grouped.fill(gr, floor)]
         if previous is None:
-            start = _grouped.fill(gr)
+            placements += [_grouped.fill(gr), _grouped.guided(gr)]
         else:
             # Warm: the last round's assignments that still hold, filled up, replace
-            # the value-per-device pass from nothing.
-            start = _grouped.fill(gr, _grouped.carried(gr, previous))
-        placements = [floor, _grouped.fill(gr, floor), start, _grouped.guided(gr)]
+            # the value-per-device pass and the LP-guided pass.
+            placements.append(_grouped.fill(gr, _grouped.carried(gr, previous)))
         inst, ns = _grouped.instance(gr, placements)
         bound = _flow.aggregated_bound(inst)
         best = max(ns, key=lambda n: _key(evaluate(inst, n)))
