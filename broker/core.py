@@ -23,10 +23,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
 from broker.store import Store
 from core import wire
-from core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from core.errors import (
+    FailedPrecondition,
+    IcxError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from core.states import TERMINAL, JobState, check_transition
 from core.types import (
     CenterDescriptor,
@@ -41,6 +48,7 @@ from core.types import (
     PoolId,
 )
 from icx.v1 import agent_pb2, types_pb2
+from ledger import SignedRecord
 from matcher import (
     GreedyMatcher,
     JobRequest,
@@ -126,11 +134,13 @@ class Broker:
         config: BrokerConfig | None = None,
         matcher: Matcher | None = None,
         metrics: Metrics | None = None,
+        ledger: BrokerLedger | None = None,
     ) -> None:
         self.store = store
         self.config = config or BrokerConfig()
         self.matcher: Matcher = matcher or GreedyMatcher()
         self.metrics = metrics or Metrics()
+        self.ledger = ledger
         self.jobs: dict[JobId, Job] = {}
         self._event_seq: dict[JobId, int] = {}
         self._log_seq: dict[JobId, int] = {}
@@ -311,9 +321,11 @@ class Broker:
     # ------------------------------------------------------------ agent side
 
     async def connect(
-        self, center: CenterDescriptor, held: list[agent_pb2.HeldClaim]
+        self, center: CenterDescriptor, held: list[agent_pb2.HeldClaim], usage_key: str = ""
     ) -> tuple[Session, agent_pb2.Welcome]:
         """Register a (re)connecting agent and reconcile the claims it holds."""
+        if usage_key and self.ledger is not None:
+            await self.ledger.admit_center(center.center_id, usage_key)
         old = self.sessions.get(center.center_id)
         if old is not None and old.connected:
             log.warning("center %s reconnected; closing its previous stream", center.center_id)
@@ -378,7 +390,10 @@ class Broker:
                 _send(
                     session,
                     launch=agent_pb2.Launch(
-                        claim_id=h.claim_id, job_id=job.job_id, spec=wire.spec_to_proto(job.spec)
+                        claim_id=h.claim_id,
+                        job_id=job.job_id,
+                        spec=wire.spec_to_proto(job.spec),
+                        tenant=job.tenant,
                     ),
                 )
         for job in list(self.jobs.values()):
@@ -448,7 +463,10 @@ class Broker:
         _send(
             session,
             launch=agent_pb2.Launch(
-                claim_id=reply.claim_id, job_id=job.job_id, spec=wire.spec_to_proto(job.spec)
+                claim_id=reply.claim_id,
+                job_id=job.job_id,
+                spec=wire.spec_to_proto(job.spec),
+                tenant=job.tenant,
             ),
         )
 
@@ -476,6 +494,49 @@ class Broker:
         elif state in TERMINAL:
             exit_code = update.exit_code if update.HasField("exit_code") else None
             await self._finish(job, state, exit_code, update.message)
+
+    async def on_usage(self, session: Session, entry: bytes) -> agent_pb2.UsageAck:
+        """A center's signed usage record: checked against the job it bills, then
+        verified, countersigned and appended by the ledger."""
+        self.heartbeat(session)
+        center_id = session.center.center_id
+        try:
+            signed = SignedRecord.from_entry(entry)
+        except IcxError as exc:
+            return agent_pb2.UsageAck(accepted=False, reason=f"unreadable record: {exc}")
+        record = signed.record
+        ack = agent_pb2.UsageAck(record_id=record.record_id)
+        job = self.jobs.get(JobId(record.job_id))
+        reason = ""
+        if self.ledger is None:
+            reason = "this broker keeps no ledger"
+        elif record.producer != center_id:
+            reason = f"center {center_id} cannot report usage for {record.producer}"
+        elif job is None:
+            reason = f"no job {record.job_id!r}"
+        elif record.consumer != job.tenant:
+            reason = f"job {job.job_id} belongs to {job.tenant!r}, not {record.consumer!r}"
+        if reason:
+            log.warning("usage %s from %s refused: %s", record.record_id, center_id, reason)
+            ack.reason = reason
+            return ack
+        assert self.ledger is not None
+        try:
+            ack.index = await self.ledger.append(signed)
+        except IcxError as exc:
+            log.warning("usage %s from %s refused: %s", record.record_id, center_id, exc)
+            ack.reason = str(exc)
+            return ack
+        ack.accepted = True
+        log.info(
+            "usage %s for job %s logged at %d: %d device-s, %d fen",
+            record.record_id,
+            record.job_id,
+            ack.index,
+            record.device_s,
+            record.charge_minor,
+        )
+        return ack
 
     def on_log(self, session: Session, chunk: LogChunk) -> None:
         job = self.jobs.get(chunk.job_id)
@@ -579,7 +640,9 @@ class Broker:
         spec.validate_at(at)
         request = _job_request_from_spec("quote", spec, at, submitted_at_ms=at)
         problem = dataclasses.replace(
-            self.config.round_template, pools=tuple(self._pool_slots(at).values()), jobs=()
+            self.config.round_template,
+            pools=tuple(self._pool_slots(at, include_full=True).values()),
+            jobs=(),
         )
         return quote(request, problem)
 
@@ -594,7 +657,9 @@ class Broker:
             jobs=tuple(_job_request(j, at) for j in queued[: self.config.max_jobs_per_round]),
         )
 
-    def _pool_slots(self, at: int) -> dict[str, PoolSlot]:
+    def _pool_slots(self, at: int, *, include_full: bool = False) -> dict[str, PoolSlot]:
+        """Pools of connected centers with a live offer, free devices as the broker may
+        believe them (the offer less claims not yet answered)."""
         pending: dict[tuple[CenterId, PoolId], int] = {}
         for c in self.claims.values():
             key = (c.center_id, c.pool_id)
@@ -605,8 +670,8 @@ class Broker:
             if not session.connected or offer is None or offer.expires_at_ms <= at:
                 continue
             for pool in offer.pools:
-                free = pool.devices_free - pending.get((center_id, pool.pool_id), 0)
-                if free <= 0:
+                free = max(0, pool.devices_free - pending.get((center_id, pool.pool_id), 0))
+                if free == 0 and not include_full:
                     continue
                 slot_id = f"{center_id}/{pool.pool_id}"
                 slots[slot_id] = PoolSlot(
@@ -729,6 +794,9 @@ class Broker:
     async def _finish(self, job: Job, state: JobState, exit_code: int | None, message: str) -> None:
         if job.claim_id:
             self.claims.pop(job.claim_id, None)
+        if job.state == JobState.CLAIMED and state != JobState.CANCELLED:
+            # It ran while the broker did not hear of the start (a restart in between).
+            job = await self._transition(job, JobState.RUNNING, "started (reported late)")
         await self._transition(job, state, message or str(state), exit_code=exit_code)
         self._wake.set()
 

@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker.core import Broker, BrokerConfig
-from broker.service import AdminServicer, AgentServicer, BrokerServicer
+from broker.ledger import BrokerLedger
+from broker.service import AdminServicer, AgentServicer, BrokerServicer, LedgerServicer
 from broker.store import Store
 from icx.v1 import (
     admin_pb2,
@@ -25,6 +26,8 @@ from icx.v1 import (
     agent_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
 )
 from matcher import make_matcher
 
@@ -34,6 +37,7 @@ SERVICES = (
     broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
 )
 
 # The agent stream is long-lived: keep it alive through idle periods and notice a dead
@@ -60,6 +64,9 @@ class ServeOptions:
     # "cpsat"; and its time limit per round.
     solver: str = "auto"
     time_limit_s: float = 2.0
+    # The broker's name: the origin of its ledger's checkpoints.
+    name: str = "icx.local/broker"
+    checkpoint_interval_s: float = 2.0
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
 
@@ -69,10 +76,12 @@ class BrokerServer:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.store = Store(options.db)
+        self.ledger = BrokerLedger(options.db, origin=options.name)
         self.broker = Broker(
             self.store,
             config=options.config,
             matcher=make_matcher(options.solver, time_limit_s=options.time_limit_s),
+            ledger=self.ledger,
         )
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
@@ -80,12 +89,16 @@ class BrokerServer:
         self.metrics_port: int | None = None
 
     async def start(self) -> None:
+        self.ledger.open()
         self.broker.load()
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(
             BrokerServicer(self.broker), self.server
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.broker), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.broker), self.server)
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
+            LedgerServicer(self.ledger), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -112,10 +125,23 @@ class BrokerServer:
             f", metrics on port {self.metrics_port}" if self.metrics_port else "",
         )
 
+    async def _checkpoints(self) -> None:
+        """Sign a checkpoint whenever the ledger has grown, at most every interval."""
+        while True:
+            await asyncio.sleep(self.options.checkpoint_interval_s)
+            try:
+                note = await self.ledger.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed")
+                continue
+            if note is not None:
+                log.info("ledger checkpoint: %s", note.splitlines()[1:3])
+
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             matching = tg.create_task(self.broker.run_matching())
             expiry = tg.create_task(self.broker.run_expiry())
+            checkpoints = tg.create_task(self._checkpoints())
             await stop.wait()
             log.info("broker stopping")
             for name in ("", *SERVICES):
@@ -123,6 +149,9 @@ class BrokerServer:
             await self.server.stop(grace=2.0)
             matching.cancel()
             expiry.cancel()
+            checkpoints.cancel()
+        await self.ledger.checkpoint()
+        self.ledger.close()
         self.store.close()
         log.info("broker stopped")
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from broker.core import Broker, Session, now_ms
+from broker.ledger import BrokerLedger
 from core import wire
 from core.errors import (
     FailedPrecondition,
@@ -34,7 +35,10 @@ from icx.v1 import (
     agent_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
 )
+from ledger import VerificationError
 from matcher import dump_problem, solution_to_json
 
 log = logging.getLogger("icx.broker.service")
@@ -45,6 +49,8 @@ STATUS: dict[type[IcxError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # A signature, proof or note that does not verify is bad input.
+    VerificationError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 TENANT_METADATA = "x-icx-tenant"
@@ -225,6 +231,46 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
 
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, ledger: BrokerLedger) -> None:
+        self.ledger = ledger
+
+    @unary
+    async def GetLogKey(
+        self, request: ledger_pb2.GetLogKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ledger_pb2.GetLogKeyResponse:
+        return ledger_pb2.GetLogKeyResponse(key=await self.ledger.key_text())
+
+    @unary
+    async def GetCheckpoint(
+        self, request: ledger_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ledger_pb2.GetCheckpointResponse:
+        return ledger_pb2.GetCheckpointResponse(note=await self.ledger.latest_note())
+
+    @unary
+    async def ProveRecord(
+        self, request: ledger_pb2.ProveRecordRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ledger_pb2.ProveRecordResponse:
+        which = request.WhichOneof("entry")
+        if which == "record_id":
+            text = await self.ledger.prove(record_id=request.record_id)
+        elif which == "index":
+            if request.index < 0:
+                raise InvalidArgument(f"index must be >= 0, got {request.index}")
+            text = await self.ledger.prove(index=request.index)
+        else:
+            raise InvalidArgument("name a record_id or an index")
+        return ledger_pb2.ProveRecordResponse(bundle_json=text)
+
+    @unary
+    async def GetStatement(
+        self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ledger_pb2.GetStatementResponse:
+        return ledger_pb2.GetStatementResponse(
+            statement=await self.ledger.statement(request.period)
+        )
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """One stream per connected center: requests are handled in order; responses come
     from the session's outbox."""
@@ -244,7 +290,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if first is None or first.WhichOneof("msg") != "hello":
                 raise InvalidArgument("the first message on a stream must be hello")
             center = wire.center_from_proto(first.hello.center)
-            session, welcome = await self.broker.connect(center, list(first.hello.held))
+            session, welcome = await self.broker.connect(
+                center, list(first.hello.held), first.hello.usage_key
+            )
             yield agent_pb2.ConnectResponse(welcome=welcome)
             reader = asyncio.create_task(self._read(session, request_iterator))
             while True:
@@ -295,6 +343,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         data=chunk.data,
                     ),
                 )
+            elif kind == "usage":
+                ack = await self.broker.on_usage(session, req.usage.entry)
+                session.outbox.put_nowait(agent_pb2.ConnectResponse(usage_ack=ack))
             elif kind == "hello":
                 raise InvalidArgument("hello may only be the first message")
             else:

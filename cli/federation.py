@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.errors import Unavailable
 from core.types import CenterDescriptor
+from ledger import SignerKey
 
 
 def icx_command() -> list[str]:
@@ -27,7 +28,7 @@ def icx_command() -> list[str]:
     return [sys.executable, "-m", "cli.main"]
 
 
-def center_toml(center: CenterDescriptor) -> str:
+def center_toml(center: CenterDescriptor, key_file: str | None = None) -> str:
     """The agent config file for a descriptor (the inverse of node_agent.config)."""
     lines = [
         "[center]",
@@ -39,6 +40,8 @@ def center_toml(center: CenterDescriptor) -> str:
         f"pue = {center.pue_milli / 1000}",
         f"grid_g_co2_per_kwh = {center.grid_g_co2_per_kwh}",
     ]
+    if key_file is not None:
+        lines.append(f"key_file = {json.dumps(key_file)}")
     for p in center.pools:
         lines += [
             "",
@@ -168,7 +171,11 @@ class LocalFederation:
     def start_agent(self, center: CenterDescriptor, *extra_args: str) -> Child:
         config = self.root / "centers" / f"{center.center_id}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(center_toml(center))
+        key = config.with_suffix(".key")
+        if not key.exists():  # each center signs its usage with its own key
+            key.write_text(SignerKey.generate(center.center_id).text() + "\n")
+            key.chmod(0o600)
+        config.write_text(center_toml(center, key_file=key.name))
         workdir = self.root / "work" / center.center_id
         child = self._spawn(
             f"agent-{center.center_id}",

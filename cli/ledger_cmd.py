@@ -13,6 +13,7 @@ import csv
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
 from core.errors import InvalidArgument, NotFound
@@ -49,9 +50,24 @@ def _open(args: argparse.Namespace, *, signing: bool = False) -> Log:
     return Log(LedgerStore(path), signer)
 
 
-def _db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="the ledger database file")
+def _db_args(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
+    if remote:
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--db", help="the ledger database file")
+        where.add_argument("--broker", help="ask this broker (HOST:PORT) over gRPC instead")
+    else:
+        p.add_argument("--db", required=True, help="the ledger database file")
     p.add_argument("--key", help="the log's signer key file (default: DB.key)")
+
+
+def _ledger_stub(args: argparse.Namespace) -> Any:
+    """A LedgerService stub on the broker named by --broker (the caller closes nothing:
+    the channel lives as long as the command)."""
+    import grpc
+
+    from icx.v1 import ledger_pb2_grpc
+
+    return ledger_pb2_grpc.LedgerServiceStub(grpc.insecure_channel(args.broker))
 
 
 # ------------------------------------------------------------------ sample
@@ -98,6 +114,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 @command
 def cmd_key(args: argparse.Namespace) -> int:
+    if getattr(args, "broker", None):
+        from icx.v1 import ledger_pb2
+
+        reply = _ledger_stub(args).GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=30)
+        print(reply.key)
+        return EXIT_OK
     log = _open(args)
     print(log.log_key.text())
     return EXIT_OK
@@ -105,6 +127,12 @@ def cmd_key(args: argparse.Namespace) -> int:
 
 @command
 def cmd_checkpoint(args: argparse.Namespace) -> int:
+    if getattr(args, "broker", None):
+        from icx.v1 import ledger_pb2
+
+        reply = _ledger_stub(args).GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=30)
+        sys.stdout.write(reply.note)
+        return EXIT_OK
     log = _open(args, signing=args.new)
     if args.new:
         log.checkpoint()
@@ -119,9 +147,19 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_prove(args: argparse.Namespace) -> int:
     if (args.record_id is None) == (args.index is None):
         raise InvalidArgument("give a RECORD_ID or --index N")
-    log = _open(args)
-    bundle = log.prove(record_id=args.record_id, index=args.index)
-    text = bundle.to_json()
+    if getattr(args, "broker", None):
+        from icx.v1 import ledger_pb2
+
+        request = (
+            ledger_pb2.ProveRecordRequest(record_id=args.record_id)
+            if args.record_id is not None
+            else ledger_pb2.ProveRecordRequest(index=args.index)
+        )
+        text = _ledger_stub(args).ProveRecord(request, timeout=30).bundle_json
+        bundle = ProofBundle.from_json(text)
+    else:
+        bundle = _open(args).prove(record_id=args.record_id, index=args.index)
+        text = bundle.to_json()
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote proof of entry {bundle.index} to {args.output}")
@@ -253,16 +291,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = lsub.add_parser("key", help="print the log's verifier key (signed-note vkey format)")
-    _db_args(p)
+    _db_args(p, remote=True)
     p.set_defaults(func=cmd_key)
 
     p = lsub.add_parser("checkpoint", help="print the latest checkpoint as a signed note")
-    _db_args(p)
+    _db_args(p, remote=True)
     p.add_argument("--new", action="store_true", help="sign a checkpoint of the current tree")
     p.set_defaults(func=cmd_checkpoint)
 
     p = lsub.add_parser("prove", help="write a self-contained proof bundle for one entry")
-    _db_args(p)
+    _db_args(p, remote=True)
     p.add_argument("record_id", nargs="?", metavar="RECORD_ID")
     p.add_argument("--index", type=int)
     p.add_argument("--json", action="store_true", help="the bundle is JSON (the default)")

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from broker.server import ServeOptions, serve
 from cli._output import EXIT_OK, command
 from core.errors import InvalidArgument
 from node_agent.agent import Agent
-from node_agent.config import load_center
+from node_agent.config import load_center, load_usage_key, usage_key_path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -55,6 +57,7 @@ def broker_serve(args: argparse.Namespace) -> int:
         config=config,
         ready_file=Path(args.ready_file) if args.ready_file else None,
         solver=args.solver,
+        name=args.name,
         time_limit_s=args.time_limit,
     )
     asyncio.run(serve(options))
@@ -64,6 +67,7 @@ def broker_serve(args: argparse.Namespace) -> int:
 @command
 def agent_run(args: argparse.Namespace) -> int:
     center = load_center(Path(args.config))
+    usage_key = load_usage_key(Path(args.config))
     metrics = metrics_address(args.metrics)
     setup_logging(args.log_level)
     workdir = (
@@ -71,7 +75,11 @@ def agent_run(args: argparse.Namespace) -> int:
         if args.workdir
         else Path(tempfile.mkdtemp(prefix=f"icx-{center.center_id}-"))
     )
-    agent = Agent(center, args.broker, workdir=workdir)
+    agent = Agent(center, args.broker, workdir=workdir, usage_key=usage_key)
+    if usage_key is None:
+        logging.getLogger("icx.agent").warning(
+            "no center.key_file in %s: usage will not be signed or logged", args.config
+        )
     if metrics is not None:
         port = agent.metrics.serve(metrics[1], metrics[0])
         logging.getLogger("icx.agent").info("metrics on %s:%d", metrics[0], port)
@@ -102,6 +110,32 @@ def health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command
+def agent_init(args: argparse.Namespace) -> int:
+    """Make the center's usage signing key (never overwriting one) and print its public
+    half, which the broker admits for this center."""
+    from ledger import SignerKey
+
+    config = Path(args.config)
+    center = load_center(config)
+    key_path = usage_key_path(config)
+    if key_path is None:
+        raise InvalidArgument(
+            f'{config} names no key file: add key_file = "{center.center_id}.key" to [center]'
+        )
+    if key_path.exists():
+        key = SignerKey.parse(key_path.read_text(encoding="utf-8"))
+        print(f"{key_path} exists; its verifier key:", file=sys.stderr)
+    else:
+        key = SignerKey.generate(center.center_id)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.text() + "\n")
+        print(f"wrote {key_path} (keep it secret); its verifier key:", file=sys.stderr)
+    print(key.verifier.text())
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("broker", help="run a region broker")
     bsub = b.add_subparsers(dest="broker_command", metavar="COMMAND", required=True)
@@ -114,6 +148,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
+    )
+    p.add_argument(
+        "--name",
+        default="icx.local/broker",
+        help="the broker's name, the origin of its ledger checkpoints (default icx.local/broker)",
     )
     p.add_argument(
         "--solver",
@@ -150,6 +189,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     a = sub.add_parser("agent", help="run a center's node agent")
     asub = a.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
+    p = asub.add_parser(
+        "init", help="make the center's usage signing key and print its verifier key"
+    )
+    p.add_argument("--config", required=True, help="center config (TOML) naming key_file")
+    p.set_defaults(func=agent_init)
+
     p = asub.add_parser("run", help="connect to the broker and serve the center until SIGTERM")
     p.add_argument("--config", required=True, help="center config (TOML)")
     p.add_argument("--broker", required=True, help="broker address HOST:PORT")

@@ -9,11 +9,12 @@ the broker gives up on the center and requeues them, they are no longer running 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from core import wire
 from core.states import JobState
 from core.types import CenterDescriptor, Offer, Pool
 from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from ledger import SignerKey, UsageRecord, sign_records
+from ledger.records import charge_minor
+from ledger.sample import carbon_g as usage_carbon_g
+from ledger.sample import energy_wh as usage_energy_wh
 from node_agent.backend import Backend, LaunchRequest, ProcessBackend, Run
 from node_agent.devices import DeviceBook, Refused
 from node_agent.metrics import AgentMetrics
@@ -57,6 +62,10 @@ class Task:
     ended_at_ms: int = 0
     log_seq: int = 0
     cancelled: bool = False
+    tenant: str = ""
+    pool_id: str = ""
+    devices: int = 0
+    started_at_ms: int = 0
     # Stopped because the broker went silent: given back (or left out of the next Hello)
     # so that the broker requeues it.
     fenced: bool = False
@@ -71,12 +80,16 @@ class Agent:
         *,
         workdir: Path,
         backend: Backend | None = None,
+        usage_key: SignerKey | None = None,
     ) -> None:
         self.center = center
         self.broker = broker
         self.workdir = workdir
         self.backend: Backend = backend or ProcessBackend()
         self.book = DeviceBook(center)
+        self.usage_key = usage_key
+        # Signed usage records the broker has not yet acknowledged: resent on reconnect.
+        self.unacked: dict[str, bytes] = {}
         self.metrics = AgentMetrics()
         for pool in center.pools:
             self.metrics.devices_total.labels(pool=pool.pool_id).set(pool.devices_total)
@@ -104,10 +117,19 @@ class Agent:
                     await self._session()
                     backoff = 0.2
                 except grpc.aio.AioRpcError as exc:
+                    if "Connection refused" in (exc.details() or ""):
+                        # Nothing listens at the broker's address: no broker is counting
+                        # this center's silence, and a restarted one grants a full expiry
+                        # from its start. Only silence from a live broker means fencing.
+                        self._last_heard_ms = now_ms()
                     level = (
                         logging.ERROR if exc.code() != grpc.StatusCode.UNAVAILABLE else logging.INFO
                     )
                     log.log(level, "broker %s: %s %s", self.broker, exc.code().name, exc.details())
+                except Exception:
+                    # Whatever broke this connection, the agent outlives it: its jobs keep
+                    # running and it reconnects.
+                    log.exception("stream to broker %s failed", self.broker)
                 finally:
                     if self.connected.is_set():
                         log.info("disconnected from broker %s", self.broker)
@@ -115,7 +137,8 @@ class Agent:
                     self.metrics.connected.set(0)
                     self._out = None
                 await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                # Reconnect well within the grace a restarted broker gives (its expiry).
+                backoff = min(backoff * 2, 5.0, self._fence_after_ms / 2000)
 
     async def stop(self) -> None:
         for task in list(self.tasks.values()):
@@ -126,24 +149,38 @@ class Agent:
         out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
         out.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
 
-        async def requests() -> AsyncIterator[agent_pb2.ConnectRequest]:
+        async def write(call: Any) -> None:
             while True:
-                yield await out.get()
+                await call.write(await out.get())
 
         async with grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Connect(requests())
-            async for msg in call:
-                self._last_heard_ms = now_ms()
-                kind = msg.WhichOneof("msg")
-                if kind == "welcome":
-                    self._welcome(msg.welcome, out)
-                elif kind == "reserve":
-                    self._reserve(msg.reserve)
-                elif kind == "launch":
-                    await self._launch(msg.launch)
-                elif kind == "cancel":
-                    await self._cancel(msg.cancel)
+            call = stub.Connect()
+            writer = asyncio.create_task(write(call))  # owned here: cancelled when we leave
+            try:
+                await self._read(call, out)
+            finally:
+                writer.cancel()
+                # The writer fails when the call has ended; the reader has said why.
+                with contextlib.suppress(
+                    asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.AioRpcError
+                ):
+                    await writer
+
+    async def _read(self, call: Any, out: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
+        async for msg in call:
+            self._last_heard_ms = now_ms()
+            kind = msg.WhichOneof("msg")
+            if kind == "welcome":
+                self._welcome(msg.welcome, out)
+            elif kind == "reserve":
+                self._reserve(msg.reserve)
+            elif kind == "launch":
+                await self._launch(msg.launch)
+            elif kind == "cancel":
+                await self._cancel(msg.cancel)
+            elif kind == "usage_ack":
+                self._usage_ack(msg.usage_ack)
 
     def _hello(self) -> agent_pb2.Hello:
         held = []
@@ -155,7 +192,10 @@ class Agent:
                 h.exit_code = t.exit_code
             held.append(h)
         return agent_pb2.Hello(
-            center=wire.center_to_proto(self.center), agent_version=VERSION, held=held
+            center=wire.center_to_proto(self.center),
+            agent_version=VERSION,
+            held=held,
+            usage_key=self.usage_key.verifier.text() if self.usage_key else "",
         )
 
     def _welcome(
@@ -177,6 +217,8 @@ class Agent:
         self.metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
         self._send(offer=wire.offer_to_proto(self.offer()))
+        for entry in self.unacked.values():
+            self._send(usage=agent_pb2.UsageReport(entry=entry))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None, "the agent is not running"
@@ -276,6 +318,10 @@ class Agent:
             workdir=self.workdir / launch.job_id,
         )
         task.state = JobState.RUNNING
+        task.tenant = launch.tenant
+        task.pool_id = holding.pool_id
+        task.devices = len(holding.indices)
+        task.started_at_ms = now_ms()
         try:
             task.run = await self.backend.launch(request, self._output_sink(task))
         except OSError as exc:
@@ -310,6 +356,8 @@ class Agent:
     async def _supervise(self, task: Task) -> None:
         assert task.run is not None
         code = await task.run.wait()
+        if task.fenced and code == 0:
+            task.fenced = False  # it finished on its own before the stop took effect
         if task.fenced:
             self.book.release(task.claim_id)
             self.tasks.pop(task.claim_id, None)
@@ -336,6 +384,43 @@ class Agent:
         log.info("job %s %s (%s)", task.job_id, state, message)
         self._update(task.claim_id, task.job_id, state, exit_code=code, message=message)
         self._advertise()
+        if task.started_at_ms and task.run is not None:
+            self._report_usage(task)
+
+    def _report_usage(self, task: Task) -> None:
+        """Sign what the job used and send it; kept until the broker acknowledges it."""
+        if self.usage_key is None or not task.tenant:
+            return
+        pool = next(p for p in self.center.pools if p.pool_id == task.pool_id)
+        wall_s = (task.ended_at_ms - task.started_at_ms) // 1000
+        energy = usage_energy_wh(task.devices, pool.power_w, wall_s, self.center.pue_milli)
+        record = UsageRecord(
+            record_id=f"{self.center.center_id}/{task.claim_id}",
+            producer=self.center.center_id,
+            consumer=task.tenant,
+            job_id=task.job_id,
+            start_ms=task.started_at_ms,
+            end_ms=task.ended_at_ms,
+            wall_s=wall_s,
+            devices=task.devices,
+            device_s=task.devices * wall_s,
+            accelerator=pool.accelerator,
+            energy_wh=energy,
+            carbon_g=usage_carbon_g(energy, self.center.grid_g_co2_per_kwh),
+            unit_price_minor=pool.price_fen_per_device_hour,
+            charge_minor=charge_minor(task.devices * wall_s, pool.price_fen_per_device_hour),
+        )
+        entry = sign_records([record], self.usage_key)[0].entry()
+        self.unacked[record.record_id] = entry
+        self._send(usage=agent_pb2.UsageReport(entry=entry))
+
+    def _usage_ack(self, ack: agent_pb2.UsageAck) -> None:
+        if self.unacked.pop(ack.record_id, None) is None:
+            return
+        if ack.accepted:
+            log.info("usage %s logged at entry %d", ack.record_id, ack.index)
+        else:
+            log.error("usage %s refused by the broker: %s", ack.record_id, ack.reason)
 
     def _update(
         self,

@@ -3,11 +3,12 @@
 [center]
 id = "CN06"
 name = "Chengdu Intelligent Computing Center"
-region = "TF"                 # East-Data-West-Computing hub
+region = "CY"                 # East-Data-West-Computing hub
 latitude = 30.66
 longitude = 104.06
 pue = 1.25
 grid_g_co2_per_kwh = 140
+key_file = "CN06.key"         # optional: signs usage records (icx agent init makes it)
 
 [[pools]]
 id = "ascend-910"
@@ -25,8 +26,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidConfig, InvalidOffer
+from core.errors import IcxError, InvalidConfig, InvalidOffer
 from core.types import CenterDescriptor, CenterId, Pool, PoolId
+from ledger import SignerKey
 
 
 def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -89,3 +91,34 @@ def load_center(path: Path) -> CenterDescriptor:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidConfig(f"{path} is not valid TOML: {exc}") from exc
     return parse_center(data)
+
+
+def usage_key_path(path: Path) -> Path | None:
+    """The `[center] key_file` of a config, relative to the config's folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"cannot read {path}: {exc}") from exc
+    center = data.get("center", {})
+    key = center.get("key_file") if isinstance(center, dict) else None
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise InvalidConfig(f"center.key_file must be a path, got {key!r}")
+    return path.parent / key
+
+
+def load_usage_key(path: Path) -> SignerKey | None:
+    """The center's usage signer key named by the config, if any."""
+    key_path = usage_key_path(path)
+    if key_path is None:
+        return None
+    try:
+        return SignerKey.parse(key_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidConfig(
+            f"cannot read center.key_file {key_path}: {exc.strerror} "
+            "(create it with icx agent init)"
+        ) from exc
+    except IcxError as exc:
+        raise InvalidConfig(f"center.key_file {key_path}: {exc}") from exc

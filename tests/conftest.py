@@ -83,7 +83,8 @@ def record_spec(
     return types_pb2.JobSpec(
         accelerator="any",
         devices=devices,
-        estimated_seconds=max(1, int(seconds)),
+        # An hour: long enough that prices, not rounding to whole fen, decide placement.
+        estimated_seconds=3600,
         command=[sys.executable, str(RECORD_JOB), str(out), str(seconds), str(exit_code)],
     )
 

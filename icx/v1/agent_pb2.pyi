@@ -8,44 +8,50 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "offer", "heartbeat", "claim_reply", "job_update", "log")
+    __slots__ = ("hello", "offer", "heartbeat", "claim_reply", "job_update", "log", "usage")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CLAIM_REPLY_FIELD_NUMBER: _ClassVar[int]
     JOB_UPDATE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     offer: _types_pb2.Offer
     heartbeat: Heartbeat
     claim_reply: ClaimReply
     job_update: JobUpdate
     log: _types_pb2.LogChunk
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., offer: _Optional[_Union[_types_pb2.Offer, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., claim_reply: _Optional[_Union[ClaimReply, _Mapping]] = ..., job_update: _Optional[_Union[JobUpdate, _Mapping]] = ..., log: _Optional[_Union[_types_pb2.LogChunk, _Mapping]] = ...) -> None: ...
+    usage: UsageReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., offer: _Optional[_Union[_types_pb2.Offer, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., claim_reply: _Optional[_Union[ClaimReply, _Mapping]] = ..., job_update: _Optional[_Union[JobUpdate, _Mapping]] = ..., log: _Optional[_Union[_types_pb2.LogChunk, _Mapping]] = ..., usage: _Optional[_Union[UsageReport, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "reserve", "launch", "cancel", "heartbeat")
+    __slots__ = ("welcome", "reserve", "launch", "cancel", "heartbeat", "usage_ack")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     LAUNCH_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_ACK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     reserve: Reserve
     launch: Launch
     cancel: Cancel
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    usage_ack: UsageAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("center", "agent_version", "held")
+    __slots__ = ("center", "agent_version", "held", "usage_key")
     CENTER_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    USAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     center: _types_pb2.CenterDescriptor
     agent_version: str
     held: _containers.RepeatedCompositeFieldContainer[HeldClaim]
-    def __init__(self, center: _Optional[_Union[_types_pb2.CenterDescriptor, _Mapping]] = ..., agent_version: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldClaim, _Mapping]]] = ...) -> None: ...
+    usage_key: str
+    def __init__(self, center: _Optional[_Union[_types_pb2.CenterDescriptor, _Mapping]] = ..., agent_version: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldClaim, _Mapping]]] = ..., usage_key: _Optional[str] = ...) -> None: ...
 
 class HeldClaim(_message.Message):
     __slots__ = ("claim_id", "job_id", "state", "exit_code")
@@ -102,14 +108,16 @@ class ClaimReply(_message.Message):
     def __init__(self, claim_id: _Optional[str] = ..., accepted: bool = ..., reason: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Launch(_message.Message):
-    __slots__ = ("claim_id", "job_id", "spec")
+    __slots__ = ("claim_id", "job_id", "spec", "tenant")
     CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     claim_id: str
     job_id: str
     spec: _types_pb2.JobSpec
-    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[_types_pb2.JobSpec, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[_types_pb2.JobSpec, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("claim_id", "job_id", "reason")
@@ -136,3 +144,21 @@ class JobUpdate(_message.Message):
     message: str
     at_ms: int
     def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class UsageReport(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: bytes
+    def __init__(self, entry: _Optional[bytes] = ...) -> None: ...
+
+class UsageAck(_message.Message):
+    __slots__ = ("record_id", "accepted", "index", "reason")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    accepted: bool
+    index: int
+    reason: str
+    def __init__(self, record_id: _Optional[str] = ..., accepted: bool = ..., index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,118 @@
+"""The broker's face of the ledger: the signed usage log beside the broker's database.
+
+The ledger library is synchronous and owns its SQLite connection; every call runs on one
+dedicated thread (its single writer), so the event loop never blocks on it. Files:
+`<db>.ledger` (the log) and `<db>.ledger.key` (the log's signer key, mode 0600); the
+`icx ledger` commands work on them offline with `--db <db>.ledger`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from core.errors import PermissionDenied
+from ledger import Log, Role, SignedRecord, SignerKey, VerifierKey
+from ledger.store import LedgerStore
+
+log = logging.getLogger("icx.broker.ledger")
+
+T = TypeVar("T")
+
+
+def ledger_paths(db: Path) -> tuple[Path, Path]:
+    return db.with_name(db.name + ".ledger"), db.with_name(db.name + ".ledger.key")
+
+
+class BrokerLedger:
+    def __init__(self, db: Path, origin: str) -> None:
+        self.path, self.key_path = ledger_paths(db)
+        self.origin = origin
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="icx-ledger")
+        self._log: Log | None = None
+        self._checkpointed = -1
+
+    def open(self) -> None:
+        """Open (or create) the log and its key; runs on the ledger thread."""
+        self._pool.submit(self._open).result()
+
+    def _open(self) -> None:
+        if self.key_path.exists():
+            signer = SignerKey.parse(self.key_path.read_text())
+        else:
+            signer = SignerKey.generate(self.origin)
+            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(signer.text() + "\n")
+        store = LedgerStore(self.path)
+        self._log = Log(store, signer) if store.size else Log.create(store, signer)
+        log.info("ledger %s: %d entries, key %s", self.path, store.size, signer.verifier.text())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[Log], T]) -> T:
+        def call() -> T:
+            assert self._log is not None, "ledger not open"
+            return fn(self._log)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def admit_center(self, center_id: str, key_text: str) -> None:
+        """Admit the center's usage key on first sight; refuse a different one later."""
+        key = VerifierKey.parse(key_text)
+
+        def admit(ledger: Log) -> None:
+            mine = [e for e in ledger.keyring.entries() if e.party == center_id]
+            live = [e for e in mine if e.revoked_at is None]
+            if any(e.key == key for e in live):
+                return
+            if live:
+                raise PermissionDenied(
+                    f"center {center_id} already signs with key {live[0].key.key_id}; "
+                    f"refusing {key.key_id} (revoke the old key first)"
+                )
+            index = ledger.admit(center_id, Role.CENTER, key)
+            log.info(
+                "admitted usage key %s for center %s at entry %d", key.key_id, center_id, index
+            )
+
+        await self._run(admit)
+
+    async def append(self, signed: SignedRecord) -> int:
+        """Verify, countersign and append one record; its index."""
+        return (await self._run(lambda ledger: ledger.append([signed])))[0]
+
+    async def checkpoint(self) -> str | None:
+        """Sign a checkpoint if the log grew since the last one; the new note."""
+
+        def maybe(ledger: Log) -> str | None:
+            if ledger.size == self._checkpointed:
+                return None
+            note = ledger.checkpoint()
+            self._checkpointed = ledger.size
+            return note
+
+        return await self._run(maybe)
+
+    async def key_text(self) -> str:
+        return await self._run(lambda ledger: ledger.log_key.text())
+
+    async def latest_note(self) -> str:
+        await self.checkpoint()
+        return await self._run(lambda ledger: ledger.latest_note())
+
+    async def prove(self, *, record_id: str | None = None, index: int | None = None) -> str:
+        await self.checkpoint()
+        bundle = await self._run(lambda ledger: ledger.prove(record_id=record_id, index=index))
+        return bundle.to_json()
+
+    async def statement(self, period: str) -> bytes:
+        await self.checkpoint()
+        _, signed = await self._run(lambda ledger: ledger.settle(period))
+        return signed

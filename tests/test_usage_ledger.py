@@ -1,0 +1,206 @@
+"""Usage flows from the centers into the broker's signed log: each finished job is a
+record signed by its center and countersigned by the broker; anyone can prove and verify
+it offline, and the settlement pays the centers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from broker.ledger import ledger_paths
+from cli.federation import LocalFederation
+from core import wire
+from icx.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    types_pb2,
+)
+from ledger import SignedRecord, SignerKey, UsageRecord, sign_records, verify_statement
+from ledger.keys import VerifierKey
+from ledger.records import charge_minor
+from tests.conftest import make_center, wait_centers, wait_for
+
+TENANT = "lab-a"
+
+
+def icx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ICX_TENANT": TENANT},
+    )
+
+
+def _submit_as(stub: broker_pb2_grpc.BrokerServiceStub, tenant: str, seconds: float) -> str:
+    spec = types_pb2.JobSpec(
+        accelerator="any", devices=2, estimated_seconds=60, command=["sleep", str(seconds)]
+    )
+    reply = stub.SubmitJob(
+        broker_pb2.SubmitJobRequest(spec=spec), metadata=(("x-icx-tenant", tenant),), timeout=10
+    )
+    return str(reply.job.job_id)
+
+
+@pytest.fixture
+def ran(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+) -> Iterator[tuple[LocalFederation, list[str], ledger_pb2_grpc.LedgerServiceStub]]:
+    # Dear pools, so that one-second jobs still cost whole fen.
+    for c in (
+        make_center("CA", pools={"p": ("ascend-910", 8, 20_000)}),
+        make_center("CB", pools={"p": ("ascend-910", 8, 24_000)}),
+    ):
+        federation.start_agent(c)
+    wait_centers(stub, 2)
+    ids = [_submit_as(stub, TENANT, 1.2) for _ in range(6)]
+
+    def done() -> bool:
+        jobs = stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=5).jobs
+        return all(j.state == types_pb2.JOB_STATE_SUCCEEDED for j in jobs if j.job_id in ids)
+
+    wait_for(done, 30, "six jobs")
+    with grpc.insecure_channel(federation.address) as channel:
+        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+        # 2 key admissions (broker, then each center) + 6 usage records, once acknowledged.
+        wait_for(lambda: _size(ledger) >= 9, 20, "the usage records in the log")
+        yield federation, ids, ledger
+
+
+def _size(ledger: ledger_pb2_grpc.LedgerServiceStub) -> int:
+    note = ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
+    return int(note.splitlines()[1])
+
+
+def test_each_job_is_one_signed_record_that_verifies_offline(
+    ran: tuple[LocalFederation, list[str], ledger_pb2_grpc.LedgerServiceStub], tmp_path: Path
+) -> None:
+    federation, ids, ledger = ran
+    key = ledger.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=10).key
+    assert key == icx("ledger", "key", "--broker", federation.address).stdout.strip()
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"log": key, "witnesses": [], "quorum": 0}))
+
+    size = _size(ledger)
+    seen: dict[str, SignedRecord] = {}
+    for index in range(size):
+        bundle = tmp_path / f"{index}.json"
+        proved = icx("ledger", "prove", "--index", str(index), "--broker", federation.address,
+                     "-o", str(bundle))  # fmt: skip
+        assert proved.returncode == 0, proved.stderr
+        verified = icx("ledger", "verify", str(bundle), "--policy", str(policy), "--json")
+        assert verified.returncode == 0, verified.stderr
+        entry = json.loads(verified.stdout)["entry"]
+        if entry.get("type") == "usage":
+            signed = SignedRecord.from_json(entry)
+            seen[signed.record.job_id] = signed
+    assert sorted(seen) == sorted(ids)  # every job exactly once
+    for signed in seen.values():
+        r = signed.record
+        assert (r.consumer, r.devices, r.accelerator) == (TENANT, 2, "ascend-910")
+        assert r.producer in {"CA", "CB"}
+        assert r.wall_s >= 1 and r.device_s == 2 * r.wall_s
+        assert r.charge_minor == charge_minor(r.device_s, r.unit_price_minor) > 0
+        assert r.unit_price_minor == {"CA": 20_000, "CB": 24_000}[r.producer]
+        assert signed.broker_sig  # countersigned on acceptance
+
+    # A flipped byte in a bundle fails offline verification.
+    bundle = json.loads((tmp_path / f"{size - 1}.json").read_text())
+    leaf = bytearray(bundle["leaf"] if "leaf" in bundle else bundle["entry"], "ascii")
+    leaf[10] ^= 1
+    bundle["leaf" if "leaf" in bundle else "entry"] = leaf.decode("ascii", "replace")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(bundle))
+    assert icx("ledger", "verify", str(bad), "--policy", str(policy)).returncode != 0
+
+
+def test_settlement_pays_the_centers_and_the_log_audits(
+    ran: tuple[LocalFederation, list[str], ledger_pb2_grpc.LedgerServiceStub],
+) -> None:
+    federation, _, ledger = ran
+    period = time.strftime("%Y-%m", time.gmtime())
+    signed = ledger.GetStatement(ledger_pb2.GetStatementRequest(period=period), timeout=30)
+    key = VerifierKey.parse(ledger.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=10).key)
+    body = verify_statement(signed.statement, key)
+    net = {p["party"]: p["net_minor"] for p in body["parties"]}  # type: ignore[union-attr,index]
+    assert sum(net.values()) == 0  # settlement sums to zero
+    assert net[TENANT] < 0 < net["CA"] + net["CB"]
+    assert -net[TENANT] == sum(m["amount_minor"] for m in body["matrix"])  # type: ignore[union-attr,index]
+    federation.stop()  # the broker writes nothing more; audit its files offline
+    db, _ = ledger_paths(federation.db)
+    audit = icx("ledger", "audit", "--db", str(db))
+    assert audit.returncode == 0, audit.stderr
+
+
+def _raw_stream(
+    federation: LocalFederation, *messages: agent_pb2.ConnectRequest
+) -> list[agent_pb2.ConnectResponse]:
+    def requests() -> Iterator[agent_pb2.ConnectRequest]:
+        yield from messages
+        time.sleep(1.0)
+
+    with grpc.insecure_channel(federation.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        return list(stub.Connect(requests(), timeout=10))
+
+
+def test_a_center_cannot_bill_for_another_or_change_its_key(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+) -> None:
+    key = SignerKey.generate("CZ")
+    hello = agent_pb2.ConnectRequest(
+        hello=agent_pb2.Hello(
+            center=wire.center_to_proto(make_center("CZ")), usage_key=key.verifier.text()
+        )
+    )
+    job_id = _submit_as(stub, TENANT, 1)
+    now = int(time.time() * 1000)
+
+    def report(producer: str, consumer: str, signer: SignerKey) -> agent_pb2.ConnectRequest:
+        record = UsageRecord(
+            record_id=f"{producer}/c-1", producer=producer, consumer=consumer, job_id=job_id,
+            start_ms=now - 2000, end_ms=now, wall_s=2, devices=1, device_s=2,
+            accelerator="ascend-910", energy_wh=1, carbon_g=0, unit_price_minor=500,
+            charge_minor=0,
+        )  # fmt: skip
+        entry = sign_records([record], signer)[0].entry()
+        return agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=entry))
+
+    replies = _raw_stream(
+        federation,
+        hello,
+        report("CY", TENANT, key),  # another center's name
+        report("CZ", "lab-b", key),  # a tenant the job does not belong to
+        report("CZ", TENANT, SignerKey.generate("CZ")),  # a key not admitted for CZ
+    )
+    acks = [r.usage_ack for r in replies if r.HasField("usage_ack")]
+    assert [a.accepted for a in acks] == [False, False, False]
+    assert acks[0].reason == "center CZ cannot report usage for CY"
+    assert acks[1].reason == f"job {job_id} belongs to {TENANT!r}, not 'lab-b'"
+    assert "is not admitted" in acks[2].reason
+
+    other = SignerKey.generate("CZ")
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_stream(
+            federation,
+            agent_pb2.ConnectRequest(
+                hello=agent_pb2.Hello(
+                    center=wire.center_to_proto(make_center("CZ")), usage_key=other.verifier.text()
+                )
+            ),
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.details().startswith("center CZ already signs with key")
