@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs them all; each module runs on its own too."""
