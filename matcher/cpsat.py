@@ -55,7 +55,7 @@ import time
 import numpy as np
 from ortools.sat.python import cp_model
 
-from matcher import _flow, _grouped
+from matcher import _flow, _grouped, _mip
 from matcher._candidates import Instance, Int64s, build
 from matcher._explain import to_solution
 from matcher._heuristics import better, empty, evaluate, fill, greedy, improve_cost
@@ -66,7 +66,8 @@ class CpSatMatcher:
     """The round's matcher. `solve` is pure: the same problem gives a solution of the
     same quality or better; it stops at `time_limit_s` with the best solution found.
 
-    `use_cpsat`: None decides by size (`max_cpsat_arcs`); True always runs CP-SAT (on
+    `use_cpsat`: None decides by size (`max_cpsat_arcs`) and prefers SCIP on the exact
+    model (`matcher._mip`; `use_mip=False` keeps CP-SAT); True always runs CP-SAT (on
     the pruned model); False stops after the flow heuristic.
 
     `grouped`: None takes the pool-group path (`matcher._grouped`: no full candidate
@@ -94,6 +95,7 @@ class CpSatMatcher:
         grouped_cells: int = 1_000_000,
         grouped: bool | None = None,
         warm_start: bool = False,
+        use_mip: bool | None = None,
         use_cpsat: bool | None = None,
         seed: int = 0,
     ) -> None:
@@ -109,6 +111,7 @@ class CpSatMatcher:
         self.grouped_cells = grouped_cells
         self.grouped = grouped
         self.warm_start = warm_start
+        self.use_mip = use_mip
         self._last: tuple[set[str], dict[str, str]] | None = None
         self.use_cpsat = use_cpsat
         self.seed = seed
@@ -132,7 +135,20 @@ class CpSatMatcher:
         solver = "flow"
         cost_bound: int | None = None
         optimal = False
-        if self._wants_cpsat(inst):
+        if self._wants_mip(inst):
+            # SCIP may overrun its limit a little, and the answer still needs explaining.
+            deadline = started + self.time_limit_s * 0.9 - 0.05
+            outcome = _mip.solve(inst, best, deadline, 1)
+            if outcome is not None:
+                n, value_bound, cost_bound, optimal = outcome
+                bound = min(bound, value_bound)
+                n = improve_cost(inst, fill(inst, n))
+                if not better(best_eval, evaluate(inst, n)):
+                    best, best_eval = n, evaluate(inst, n)
+                    solver = "mip"
+                else:
+                    cost_bound, optimal = None, False
+        elif self._wants_cpsat(inst):
             outcome = self._cpsat(inst, best, bound, started)
             if outcome is not None:
                 n, value_bound, cost_bound, optimal = outcome
@@ -207,6 +223,14 @@ class CpSatMatcher:
             jobs = {a.job_id for a in solution.assignments} | {u.job_id for u in solution.unplaced}
             self._last = (jobs, {a.job_id: a.pool_id for a in solution.assignments})
         return solution
+
+    def _wants_mip(self, inst: Instance) -> bool:
+        """SCIP on the exact model: "auto" rounds whose full candidate list has at most
+        `max_cpsat_arcs` pairs (CP-SAT is used where SCIP is missing or `use_mip` is
+        False)."""
+        if self.use_cpsat is not None or self.use_mip is False or len(inst.pool) == 0:
+            return False
+        return len(inst.pool) <= self.max_cpsat_arcs and _mip.available()
 
     def _wants_cpsat(self, inst: Instance) -> bool:
         if self.use_cpsat is not None:

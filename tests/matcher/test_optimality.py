@@ -46,7 +46,7 @@ def test_matches_brute_force_and_proves_it(problem: Problem) -> None:
     solution = CpSatMatcher(time_limit_s=5.0, num_workers=1).solve(problem)
     assert (round(solution.objective * 3600), solution.cost_mfen) == brute_force(problem)
     assert solution.bound is not None and solution.gap == 0.0
-    if problem.jobs and solution.solver == "cpsat":
+    if problem.jobs and solution.solver in ("cpsat", "mip"):
         assert solution.optimal
         assert solution.cost_bound_mfen == solution.cost_mfen
 
