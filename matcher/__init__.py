@@ -70,8 +70,9 @@ SOLVERS = ("auto", "greedy", "flow", "cpsat")
 
 
 def make_matcher(solver: str = "auto", *, time_limit_s: float = 2.0) -> Matcher:
-    """The matcher named `solver`: "auto" (CP-SAT where the model is small enough, the
-    flow heuristic otherwise), "greedy", "flow" (no CP-SAT) or "cpsat" (always)."""
+    """The matcher named `solver`: "auto" (SCIP, else CP-SAT, where the model is small
+    enough, the flow heuristic otherwise), "greedy", "flow" (no MIP or CP-SAT) or
+    "cpsat" (always CP-SAT)."""
     if solver == "greedy":
         return GreedyMatcher()
     if solver not in SOLVERS:
