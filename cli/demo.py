@@ -157,6 +157,14 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
             for h in summary["by_hub"]
         ],
     )  # fmt: skip
+    ledger = summary.get("ledger")
+    if ledger:
+        print(
+            f"\nLedger: {ledger['usage_records']} usage records, each signed by its center and "
+            f"countersigned by the broker;\n  checkpoint {ledger['origin']} size "
+            f"{ledger['entries']} root {ledger['root']}\n  audit it offline: "
+            f"icx ledger audit --db {ledger['db']}"
+        )
     if summary["unplaced"]:
         print("\nUnplaceable now (they stay queued, with the matcher's reason):")
         for u in summary["unplaced"][:8]:
@@ -176,14 +184,27 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
 
 @command
 def demo(args: argparse.Namespace) -> int:
-    from scenario import demo_workload, load_centers
+    from scenario import demo_workload, load_centers, region_latency_ms
 
     progress = Progress(quiet=args.json and not args.keep)
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="icx-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     centers = load_centers(scale=args.scale, min_devices=4)
     workload = demo_workload(args.jobs, span_s=args.span)
-    fed = LocalFederation(root=root, broker_args=("--center-expiry-ms", "5000"))
+    policy = root / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "weights": {"cost": 1, "carbon": args.carbon_weight, "latency": 0},
+                "carbon_price_yuan_per_tonne": 100,
+                "latency_ms": region_latency_ms({c.center_id: c.region for c in centers}),
+            },
+            indent=1,
+        )
+    )
+    fed = LocalFederation(
+        root=root, broker_args=("--center-expiry-ms", "5000", "--policy", str(policy))
+    )
     started = time.monotonic()
     keep = False
     try:
@@ -242,6 +263,7 @@ def demo(args: argparse.Namespace) -> int:
             summary = summarise(
                 jobs, list(stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=10).centers)
             )
+            summary["ledger"] = _ledger_summary(channel, fed, len(centers))
         total_s = time.monotonic() - started
         summary["seconds_up"] = round(up_s, 2)
         summary["seconds_total"] = round(total_s, 2)
@@ -260,6 +282,30 @@ def demo(args: argparse.Namespace) -> int:
         if not keep:
             progress.say("stopping the federation")
             fed.stop()
+
+
+def _ledger_summary(channel: grpc.Channel, fed: LocalFederation, centers: int) -> dict[str, Any]:
+    """The signed usage log after the run: records are acknowledged just after each job
+    ends, so wait briefly for the last ones."""
+    from broker.ledger import ledger_paths
+    from icx.v1 import ledger_pb2, ledger_pb2_grpc
+
+    stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    size, previous, deadline = 0, -1, time.monotonic() + 5
+    note = ""
+    while size != previous and time.monotonic() < deadline:
+        previous = size
+        time.sleep(0.5)
+        note = stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
+        size = int(note.splitlines()[1])
+    lines = note.splitlines()
+    return {
+        "entries": size,
+        "usage_records": size - 1 - centers,  # less the log's own key and each center's
+        "origin": lines[0],
+        "root": lines[2],
+        "db": str(ledger_paths(fed.db)[0]),
+    }
 
 
 def _wait_connected(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: float) -> None:
@@ -326,6 +372,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--timeout", type=float, default=110.0, help="give up after this many seconds (default 110)"
+    )
+    p.add_argument(
+        "--carbon-weight",
+        type=int,
+        default=0,
+        help="the policy's carbon weight (default 0: cost only; try 20 to see work move to "
+        "clean grids)",
     )
     p.add_argument("--port", type=int, default=0, help="broker port (default: any free one)")
     p.add_argument(

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from core import accelerators
 from core.types import CenterDescriptor, CenterId, JobSpec, Pool, PoolId
 from scenario._files import DATA
-from scenario.regions import CENTER_NODE, HUB_NODES, latency_ms, region_label
+from scenario.regions import (
+    CENTER_NODE,
+    HUB_NODES,
+    latency_ms,
+    region_label,
+    region_latency_ms,
+)
 
 __all__ = [
     "ACCELERATOR_POOLS",
@@ -40,6 +46,7 @@ __all__ = [
     "load_centers",
     "load_trace",
     "region_label",
+    "region_latency_ms",
 ]
 
 # CSV accelerator text -> [(catalogue model, share of the center's devices)]

@@ -20,6 +20,7 @@ HUB_NODES gives the nodes of each hub, to turn a residency rule over hubs into n
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 
 from scenario._files import DATA
 
@@ -79,3 +80,14 @@ def latency_ms() -> dict[str, dict[str, float]]:
             f"hub_latency_ms.csv: rows must name the columns' nodes {across}, got {down}"
         )
     return {row[0]: {b: float(v) for b, v in zip(across, row[1:], strict=True)} for row in rows[1:]}
+
+
+def region_latency_ms(centers: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """Round-trip times between the regions that `centers` (center id -> region) fall
+    in, for a broker whose regions are hubs: each region is represented by the latency
+    node of its lowest-numbered center (for JJJ, CN07's BJ)."""
+    nodes = latency_ms()
+    where: dict[str, str] = {}
+    for center_id in sorted(centers):
+        where.setdefault(centers[center_id], CENTER_NODE[center_id])
+    return {a: {b: nodes[na][nb] for b, nb in where.items() if b != a} for a, na in where.items()}

@@ -25,6 +25,7 @@ def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None
     assert sum(c["jobs"] for c in summary["by_center"]) == placed
     assert sum(h["jobs"] for h in summary["by_hub"]) == placed
     assert len(summary["by_center"]) >= 5  # the work spreads across the federation
+    assert summary["ledger"]["usage_records"] == placed  # one signed record per run
     for u in summary["unplaced"]:
         assert u["reason"]  # every job left in the queue says why
     # Shut down cleanly: nothing left running from this demo.
