@@ -245,6 +245,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 @command
 def cmd_settle(args: argparse.Namespace) -> int:
+    if getattr(args, "broker", None):
+        return _settle_remote(args)
     log = _open(args, signing=True)
     settlement, _ = log.settle(args.period, args.currency)
     body = settlement.to_json()
@@ -271,6 +273,40 @@ def cmd_settle(args: argparse.Namespace) -> int:
     print_table(
         ("payer", "payee", "amount_minor"),
         [(t.payer, t.payee, t.amount_minor) for t in settlement.transfers],
+    )
+    return EXIT_OK
+
+
+def _settle_remote(args: argparse.Namespace) -> int:
+    """The broker's signed statement for the period, checked against its log key."""
+    from icx.v1 import ledger_pb2
+    from ledger import VerifierKey, verify_statement
+
+    stub = _ledger_stub(args)
+    key = VerifierKey.parse(stub.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=30).key)
+    reply = stub.GetStatement(ledger_pb2.GetStatementRequest(period=args.period), timeout=60)
+    body = verify_statement(reply.statement, key)
+    if args.out:
+        Path(args.out).write_bytes(reply.statement)
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    parties = body.get("parties")
+    transfers = body.get("transfers")
+    assert isinstance(parties, list) and isinstance(transfers, list)
+    headers = ("party", "paid_minor", "received_minor", "net_minor", "energy_wh", "carbon_g")
+    rows = [tuple(p[h] for h in headers) for p in parties if isinstance(p, dict)]
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+        return EXIT_OK
+    print(f"period {args.period}, statement signed by {key.key_id}")
+    print_table(headers, rows)
+    print()
+    print_table(
+        ("payer", "payee", "amount_minor"),
+        [(t["payer"], t["payee"], t["amount_minor"]) for t in transfers if isinstance(t, dict)],
     )
     return EXIT_OK
 
@@ -321,7 +357,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("settle", help="settle a period: net positions and transfers")
-    _db_args(p)
+    _db_args(p, remote=True)
+    p.add_argument("--out", help="with --broker: keep the signed statement in this file")
     p.add_argument("--period", required=True, help="YYYY-MM")
     p.add_argument("--currency", default="CNY")
     out = p.add_mutually_exclusive_group()

@@ -139,6 +139,9 @@ def test_settlement_pays_the_centers_and_the_log_audits(
     assert sum(net.values()) == 0  # settlement sums to zero
     assert net[TENANT] < 0 < net["CA"] + net["CB"]
     assert -net[TENANT] == sum(m["amount_minor"] for m in body["matrix"])  # type: ignore[union-attr,index]
+    cli = icx("settle", "--broker", federation.address, "--period", period, "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert {p["party"]: p["net_minor"] for p in json.loads(cli.stdout)["parties"]} == net
     federation.stop()  # the broker writes nothing more; audit its files offline
     db, _ = ledger_paths(federation.db)
     audit = icx("ledger", "audit", "--db", str(db))
