@@ -39,11 +39,12 @@ def _feasible(inst: Instance, n: Int64s) -> bool:
 
 
 def solve(
-    inst: Instance, hint: Int64s, deadline: float, num_threads: int
+    inst: Instance, hint: Int64s, value_cap: int, deadline: float, num_threads: int
 ) -> tuple[Int64s, int, int | None, bool] | None:
     """(jobs per candidate, value bound, cost bound or None, both stages proven) within
     `deadline` (a `time.perf_counter()` instant), or None if SCIP found nothing usable.
-    `hint` is the incumbent: returned unless SCIP's answer is better."""
+    `hint` is the incumbent: returned unless SCIP's answer is better; `value_cap` a
+    known upper bound on the value (sets stage 1's tolerance)."""
     solver = pywraplp.Solver.CreateSolver("SCIP")
     if solver is None or len(inst.pool) == 0:
         return None
@@ -77,15 +78,18 @@ def solve(
         objective.SetCoefficient(var, float(value[a]))
     objective.SetMaximization()
 
-    exact = pywraplp.MPSolverParameters()
-    exact.SetDoubleParam(exact.RELATIVE_MIP_GAP, 0.0)  # the wrapper's default is 1e-4
+    # The wrapper's default relative gap is 1e-4. Stage 1 stops within 1e-6 of its bound,
+    # or exactly where that is less than one unit of value, so that stage 2 keeps time
+    # to lower the cost; stage 2 closes the cost exactly.
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, min(1e-6, 0.5 / max(1.0, float(value_cap))))
 
     def run(share: float) -> tuple[int, Int64s | None]:
         left = deadline - time.perf_counter()
         if left <= 0.05:
             return pywraplp.Solver.NOT_SOLVED, None
         solver.SetTimeLimit(max(1, int(left * share * 1000)))
-        status = solver.Solve(exact)
+        status = solver.Solve(params)
         if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
             return status, None
         n = np.array([round(var.solution_value()) for var in x], dtype=np.int64)
@@ -109,6 +113,8 @@ def solve(
         value_row.SetCoefficient(var, float(value[a]))
         objective.SetCoefficient(var, float(cost[a]))
     objective.SetMinimization()
+    solver.SetHint(x, [float(k) for k in n])
+    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 0.0)
     status, m = run(0.9)
     cost_bound: int | None = None
     optimal = False

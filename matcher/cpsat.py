@@ -138,7 +138,7 @@ class CpSatMatcher:
         if self._wants_mip(inst):
             # SCIP may overrun its limit a little, and the answer still needs explaining.
             deadline = started + self.time_limit_s * 0.9 - 0.05
-            outcome = _mip.solve(inst, best, deadline, 1)
+            outcome = _mip.solve(inst, best, bound, deadline, 1)
             if outcome is not None:
                 n, value_bound, cost_bound, optimal = outcome
                 bound = min(bound, value_bound)
