@@ -12,11 +12,11 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from core.errors import PermissionDenied
+from core.errors import InvalidArgument, PermissionDenied
 from ledger import Log, Role, SignedRecord, SignerKey, VerifierKey
 from ledger.store import LedgerStore
 
@@ -30,9 +30,11 @@ def ledger_paths(db: Path) -> tuple[Path, Path]:
 
 
 class BrokerLedger:
-    def __init__(self, db: Path, origin: str) -> None:
+    def __init__(self, db: Path, origin: str, witnesses: Sequence[str] = ()) -> None:
         self.path, self.key_path = ledger_paths(db)
         self.origin = origin
+        # The witnesses whose cosignatures this broker keeps (cosignature/v1 keys).
+        self.witnesses = [VerifierKey.parse(w) for w in witnesses]
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="icx-ledger")
         self._log: Log | None = None
         self._checkpointed = -1
@@ -116,3 +118,32 @@ class BrokerLedger:
         await self.checkpoint()
         _, signed = await self._run(lambda ledger: ledger.settle(period))
         return signed
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        def prove(ledger: Log) -> list[bytes]:
+            if not 0 < size1 <= size2 <= ledger.size:
+                raise InvalidArgument(
+                    f"sizes must satisfy 0 < size1 <= size2 <= {ledger.size}, "
+                    f"got {size1} and {size2}"
+                )
+            return ledger.store.consistency_proof(size1, size2)
+
+        return await self._run(prove)
+
+    async def add_cosignatures(self, note: str) -> int:
+        """Keep the cosignatures on `note` by this broker's witnesses; how many are new."""
+        if not self.witnesses:
+            raise PermissionDenied("this broker accepts no witnesses (see --witness)")
+
+        def add(ledger: Log) -> int:
+            def stored() -> int:
+                return sum(len(lines) for _, _, lines in ledger.store.checkpoints())
+
+            before = stored()
+            if ledger.add_cosignatures(note, self.witnesses) == 0:
+                raise PermissionDenied("the note carries no cosignature by an accepted witness")
+            return stored() - before
+
+        new = await self._run(add)
+        log.info("kept %d new witness cosignature(s) on %s", new, note.splitlines()[1])
+        return new

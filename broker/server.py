@@ -66,6 +66,8 @@ class ServeOptions:
     time_limit_s: float = 2.0
     # The broker's name: the origin of its ledger's checkpoints.
     name: str = "icx.local/broker"
+    # Witnesses (cosignature/v1 verifier keys) whose cosignatures the ledger keeps.
+    witnesses: tuple[str, ...] = ()
     checkpoint_interval_s: float = 2.0
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
@@ -76,7 +78,7 @@ class BrokerServer:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.store = Store(options.db)
-        self.ledger = BrokerLedger(options.db, origin=options.name)
+        self.ledger = BrokerLedger(options.db, origin=options.name, witnesses=options.witnesses)
         self.broker = Broker(
             self.store,
             config=options.config,

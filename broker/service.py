@@ -270,6 +270,23 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             statement=await self.ledger.statement(request.period)
         )
 
+    @unary
+    async def GetConsistencyProof(
+        self,
+        request: ledger_pb2.GetConsistencyProofRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ledger_pb2.GetConsistencyProofResponse:
+        proof = await self.ledger.consistency_proof(request.size1, request.size2)
+        return ledger_pb2.GetConsistencyProofResponse(proof=proof)
+
+    @unary
+    async def AddCosignature(
+        self, request: ledger_pb2.AddCosignatureRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ledger_pb2.AddCosignatureResponse:
+        return ledger_pb2.AddCosignatureResponse(
+            kept=await self.ledger.add_cosignatures(request.note)
+        )
+
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """One stream per connected center: requests are handled in order; responses come

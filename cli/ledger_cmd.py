@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli import witness_cmd
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
 from core.errors import InvalidArgument, NotFound
 from ledger import (
@@ -355,6 +356,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _db_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
+
+    witness_cmd.register(lsub)
 
     p = sub.add_parser("settle", help="settle a period: net positions and transfers")
     _db_args(p, remote=True)

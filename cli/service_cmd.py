@@ -58,6 +58,7 @@ def broker_serve(args: argparse.Namespace) -> int:
         ready_file=Path(args.ready_file) if args.ready_file else None,
         solver=args.solver,
         name=args.name,
+        witnesses=tuple(args.witness or ()),
         time_limit_s=args.time_limit,
     )
     asyncio.run(serve(options))
@@ -153,6 +154,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--name",
         default="icx.local/broker",
         help="the broker's name, the origin of its ledger checkpoints (default icx.local/broker)",
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        help="a witness's cosignature/v1 verifier key whose cosignatures to keep (repeatable)",
     )
     p.add_argument(
         "--solver",

@@ -57,6 +57,16 @@ class LedgerServiceStub(object):
                 request_serializer=icx_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
                 response_deserializer=icx_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
                 _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/icx.v1.LedgerService/GetConsistencyProof',
+                request_serializer=icx_dot_v1_dot_ledger__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_ledger__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.AddCosignature = channel.unary_unary(
+                '/icx.v1.LedgerService/AddCosignature',
+                request_serializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer(object):
@@ -89,6 +99,21 @@ class LedgerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConsistencyProof(self, request, context):
+        """The proof that the tree at size2 extends the tree at size1 (RFC 9162).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCosignature(self, request, context):
+        """A witness returns a checkpoint with its cosignature; the broker keeps the
+        cosignatures of the witnesses it was told to accept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetStatement,
                     request_deserializer=icx_dot_v1_dot_ledger__pb2.GetStatementRequest.FromString,
                     response_serializer=icx_dot_v1_dot_ledger__pb2.GetStatementResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=icx_dot_v1_dot_ledger__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_ledger__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'AddCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCosignature,
+                    request_deserializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +259,60 @@ class LedgerService(object):
             '/icx.v1.LedgerService/GetStatement',
             icx_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
             icx_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.LedgerService/GetConsistencyProof',
+            icx_dot_v1_dot_ledger__pb2.GetConsistencyProofRequest.SerializeToString,
+            icx_dot_v1_dot_ledger__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.LedgerService/AddCosignature',
+            icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.SerializeToString,
+            icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.FromString,
             options,
             channel_credentials,
             insecure,

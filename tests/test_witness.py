@@ -1,0 +1,118 @@
+"""An independent witness cosigns the broker's checkpoints only when each extends the
+last one it cosigned; bundles then verify under a policy that demands its cosignature."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cli.federation import LocalFederation
+from icx.v1 import broker_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from tests.conftest import FAST_BROKER, make_center, record_spec, submit, wait_centers, wait_for
+
+
+def icx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def witnessed(tmp_path: Path) -> Iterator[tuple[LocalFederation, str, Path]]:
+    key = tmp_path / "auditor.key"
+    made = icx("ledger", "witness", "init", "--name", "auditor.example", "--key", str(key))
+    assert made.returncode == 0, made.stderr
+    vkey = made.stdout.strip()
+    fed = LocalFederation(root=tmp_path / "fed", broker_args=(*FAST_BROKER, "--witness", vkey))
+    fed.root.mkdir()
+    try:
+        fed.start_broker(port=0)
+        yield fed, vkey, key
+    finally:
+        fed.stop()
+
+
+def _size(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        note = stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
+    return int(note.splitlines()[1])
+
+
+def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
+    witnessed: tuple[LocalFederation, str, Path], tmp_path: Path
+) -> None:
+    fed, vkey, key = witnessed
+    state = tmp_path / "auditor.json"
+    cosign = ("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(key),
+              "--state", str(state), "--json")  # fmt: skip
+    first = icx(*cosign)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["kept"] == 1
+
+    fed.start_agent(make_center("CA"))
+    with grpc.insecure_channel(fed.address) as channel:
+        stub = broker_pb2_grpc.BrokerServiceStub(channel)
+        wait_centers(stub, 1)
+        out = tmp_path / "runs"
+        out.mkdir()
+        for _ in range(2):
+            submit(stub, record_spec(out, 1.0))
+    wait_for(lambda: _size(fed.address) >= 4, 30, "two usage records")  # key, CA, 2 usage
+    second = icx(*cosign)  # checks a consistency proof from the first size
+    assert second.returncode == 0, second.stderr
+    grown = json.loads(second.stdout)
+    assert grown["size"] >= 4 and grown["kept"] == 1
+
+    bundle = tmp_path / "bundle.json"
+    assert (
+        icx(
+            "ledger", "prove", "--index", "3", "--broker", fed.address, "-o", str(bundle)
+        ).returncode
+        == 0
+    )
+    log_key = icx("ledger", "key", "--broker", fed.address).stdout.strip()
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"log": log_key, "witnesses": [vkey], "quorum": 1}))
+    verified = icx("ledger", "verify", str(bundle), "--policy", str(strict))
+    assert verified.returncode == 0, verified.stderr
+
+    # A witness the broker was not told to accept: its cosignature is not kept.
+    other = tmp_path / "other.key"
+    assert (
+        icx("ledger", "witness", "init", "--name", "stranger", "--key", str(other)).returncode == 0
+    )
+    ignored = icx("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(other),
+                  "--state", str(tmp_path / "other.json"), "--json")  # fmt: skip
+    assert ignored.returncode == 0, ignored.stderr
+    assert json.loads(ignored.stdout)["kept"] == 0
+    note = icx("ledger", "checkpoint", "--broker", fed.address).stdout
+    assert "stranger" not in note and note.count("\u2014 auditor.example ") == 1
+
+
+def test_witness_refuses_a_checkpoint_that_does_not_match_its_history(
+    witnessed: tuple[LocalFederation, str, Path], tmp_path: Path
+) -> None:
+    fed, _, key = witnessed
+    state = tmp_path / "auditor.json"
+    args = ("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(key),
+            "--state", str(state))  # fmt: skip
+    assert icx(*args).returncode == 0
+    fed.start_agent(make_center("CA"))  # the log grows by the center's key
+    wait_for(lambda: _size(fed.address) >= 2, 20, "the log to grow")
+    # The witness remembers a different root at the old size: a forked history.
+    remembered = json.loads(state.read_text())
+    lines = remembered["note"].split("\n")
+    lines[2] = "A" * 43 + "="
+    remembered["note"] = "\n".join(lines)
+    state.write_text(json.dumps(remembered))
+    forked = icx(*args)
+    assert forked.returncode != 0
+    assert forked.stderr.startswith("icx: error: ")
+    assert json.loads(state.read_text()) == remembered  # nothing cosigned, nothing kept
