@@ -50,6 +50,7 @@ from core.types import (
 from icx.v1 import agent_pb2, types_pb2
 from ledger import SignedRecord
 from matcher import (
+    ANY,
     GreedyMatcher,
     JobRequest,
     Matcher,
@@ -63,6 +64,10 @@ from matcher import (
 log = logging.getLogger("icx.broker")
 
 ACTIVE = frozenset({JobState.CLAIMED, JobState.RUNNING})
+# A round considers jobs asking for up to this many times the free devices ...
+ROUND_OVERSUBSCRIPTION = 4
+# ... and at least this many jobs.
+ROUND_MIN_JOBS = 64
 
 
 def now_ms() -> int:
@@ -572,15 +577,15 @@ class Broker:
     async def match_round(self) -> int:
         """One round: the matcher's assignments become claims. Returns claims sent."""
         started = time.perf_counter()
+        at = now_ms()
+        pools = self._pool_slots(at)
+        if not pools:  # nothing free anywhere: no need to look at the queue
+            return 0
         queued = [j for j in self.jobs.values() if j.state == JobState.QUEUED]
         if not queued:
             return 0
         queued.sort(key=lambda j: (-j.spec.priority, j.submitted_at_ms))
-        queued = queued[: self.config.max_jobs_per_round]
-        at = now_ms()
-        pools = self._pool_slots(at)
-        if not pools:
-            return 0
+        queued = _round_jobs(queued, list(pools.values()), self.config)
         problem = dataclasses.replace(
             self.config.round_template,
             pools=tuple(pools.values()),
@@ -876,6 +881,36 @@ class Broker:
 
 def _send(session: Session, **msg: object) -> None:
     session.outbox.put_nowait(agent_pb2.ConnectResponse(**msg))  # type: ignore[arg-type]
+
+
+def _round_jobs(queued: list[Job], pools: list[PoolSlot], config: BrokerConfig) -> list[Job]:
+    """The head of the queue that a round considers: jobs that could use the free
+    devices, asking for several times as many as there are (so that the matcher can
+    choose), at least a floor of jobs, never more than the cap. A backed-up queue is not
+    re-solved whole for a few free devices. Only jobs that some free pool of their
+    accelerator could hold count toward the budget, so jobs that cannot run now (a gang
+    too big, a model with nothing free) never crowd out those behind them."""
+    largest: dict[str, int] = {}
+    for pool in pools:
+        largest[pool.accelerator] = max(largest.get(pool.accelerator, 0), pool.free)
+    largest_any = max(largest.values(), default=0)
+    budget = ROUND_OVERSUBSCRIPTION * sum(p.free for p in pools)
+    chosen: list[Job] = []
+    asked = placeable = explained = 0
+    for job in queued:
+        if len(chosen) >= config.max_jobs_per_round:
+            break
+        fits = largest_any if job.spec.accelerator == ANY else largest.get(job.spec.accelerator, 0)
+        if job.spec.devices <= fits:
+            if asked >= budget and placeable >= ROUND_MIN_JOBS:
+                break
+            asked += job.spec.devices
+            placeable += 1
+            chosen.append(job)
+        elif explained < ROUND_MIN_JOBS:  # a few, so that the matcher says why they wait
+            explained += 1
+            chosen.append(job)
+    return chosen
 
 
 def _job_request(job: Job, at_ms: int) -> JobRequest:

@@ -100,6 +100,7 @@ class Agent:
         self._fence_after_ms = 5_000
         # When the broker was last heard from (any message, heartbeat answers included).
         self._last_heard_ms = now_ms()
+        self._advertised_at_ms = 0
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -216,7 +217,7 @@ class Agent:
         self.connected.set()
         self.metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
-        self._send(offer=wire.offer_to_proto(self.offer()))
+        self._advertise()
         for entry in self.unacked.values():
             self._send(usage=agent_pb2.UsageReport(entry=entry))
 
@@ -250,6 +251,7 @@ class Agent:
         )
 
     def _advertise(self) -> None:
+        self._advertised_at_ms = now_ms()
         self._send(offer=wire.offer_to_proto(self.offer()))
 
     def _reserve(self, reserve: agent_pb2.Reserve) -> None:
@@ -297,8 +299,9 @@ class Agent:
             self._update(
                 launch.claim_id,
                 launch.job_id,
-                JobState.FAILED,
-                message="claim lapsed before launch",
+                # Given back, not failed: the job never started, so it runs elsewhere.
+                JobState.QUEUED,
+                message="reservation lapsed before the launch arrived",
             )
             return
         if task.state != JobState.CLAIMED:
@@ -468,7 +471,9 @@ class Agent:
             for h in lapsed:
                 log.info("reservation %s for job %s lapsed", h.claim_id, h.job_id)
                 self.tasks.pop(h.claim_id, None)
-            if lapsed:
+            # Re-advertise on a change, and well before the last offer expires, so that
+            # an idle center stays in matching.
+            if lapsed or at - self._advertised_at_ms > OFFER_TTL_MS // 3:
                 self._advertise()
             if self._out is not None:
                 self._send(heartbeat=agent_pb2.Heartbeat(sent_at_ms=at))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,22 +90,53 @@ class ProcessRun:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def _resolve(command: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+    """The program to run, or OSError saying why it cannot run (before anything forks)."""
+    program = command[0]
+    if "/" in program:
+        path = program if os.path.isabs(program) else str(cwd / program)
+        if not os.access(path, os.X_OK):
+            raise FileNotFoundError(errno.ENOENT, "no executable file", program)
+        return program
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    return found
+
+
 class ProcessBackend:
-    """Each job a process group in its own session, output piped back."""
+    """Each job a process group in its own session, output piped back.
+
+    The job dies with the agent (PR_SET_PDEATHSIG). With util-linux's `setpriv` the
+    death signal is set by a tiny exec in the child, so the agent never runs Python
+    between fork and exec and Python can use its fast spawn path; without it, a
+    pre-exec hook in the forked agent sets it.
+    """
 
     name = "process"
 
+    def __init__(self) -> None:
+        self._setpriv = shutil.which("setpriv")
+
     async def launch(self, request: LaunchRequest, output: OutputSink) -> Run:
         request.workdir.mkdir(parents=True, exist_ok=True)
+        env = job_environment(request)
+        program = _resolve(request.command, env, request.workdir)
+        argv = [program, *request.command[1:]]
+        hook = None
+        if self._setpriv is not None:
+            argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
+        else:
+            hook = _die_with_parent
         proc = await asyncio.create_subprocess_exec(
-            *request.command,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=request.workdir,
-            env=job_environment(request),
+            env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=hook,
         )
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [

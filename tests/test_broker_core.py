@@ -5,6 +5,7 @@ the retry limit when a center keeps getting lost."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -155,3 +156,27 @@ def test_update_for_a_claim_the_broker_gave_away_stops_it_there(tmp_path: Path) 
         assert broker.get(job.job_id).state == JobState.QUEUED
 
     run(tmp_path, body)
+
+
+def test_a_round_takes_what_could_run_and_skips_what_cannot(tmp_path: Path) -> None:
+    """With 4 free devices, a queue headed by 100 jobs that no free pool could hold must
+    not crowd out the small jobs behind them."""
+
+    async def body(broker: Broker) -> list[str]:
+        session = await join(broker, "CA")  # 8 x ascend-910
+        big = dataclasses.replace(SPEC, devices=64, priority=9)
+        for _ in range(100):
+            await broker.submit("t", big)
+        small = [await broker.submit("t", SPEC) for _ in range(3)]
+        assert await broker.match_round() == 3
+        claimed = {m.reserve.job_id for m in sent(session) if m.HasField("reserve")}
+        assert claimed == {j.job_id for j in small}
+        waiting = [j for j in broker.jobs.values() if j.state == JobState.QUEUED]
+        explained = [j for j in waiting if j.explanation]
+        assert 0 < len(explained) <= 64  # the head says why it waits ...
+        return [j.explanation for j in explained]
+
+    reasons = run(tmp_path, body)
+    assert set(reasons) == {
+        "no pool with 64 free devices of ascend-910 in any region (most free: 8)"
+    }  # ... in words

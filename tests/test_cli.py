@@ -244,3 +244,14 @@ def test_explanations_and_a_replayable_round(fed: LocalFederation, tmp_path: Pat
     assert replay.returncode == 0, replay.stderr
     replayed = json.loads(replay.stdout)
     assert {a["job"] for a in replayed["assignments"]} == {j["id"] for j in doc["jobs"]}
+
+
+def test_a_command_that_cannot_start_fails_with_the_reason(fed: LocalFederation) -> None:
+    job_id = icx(fed, "submit", "--devices", "1", "--hours", "1", "--", "no-such-program").stdout
+    job_id = job_id.strip()
+    status = wait_for(
+        lambda: (s := icx_json(fed, "status", job_id))["state"] == "failed" and s,  # type: ignore[index]
+        20,
+        "the job to fail",
+    )
+    assert status["reason"] == "cannot start 'no-such-program': not found on PATH"  # type: ignore[index]
