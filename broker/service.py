@@ -338,6 +338,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _read(
         self, session: Session, requests: AsyncIterator[agent_pb2.ConnectRequest]
     ) -> None:
+        # Usage records touch no job state: they are appended by the ledger's own thread
+        # while this stream goes on, and acknowledged by record id when done.
+        try:
+            async with asyncio.TaskGroup() as usage:
+                await self._read_in_order(session, requests, usage)
+        except ExceptionGroup as group:  # the stream's own error, as the handler expects it
+            raise group.exceptions[0] from None
+
+    async def _acknowledge_usage(self, session: Session, entry: bytes) -> None:
+        ack = await self.broker.on_usage(session, entry)
+        session.outbox.put_nowait(agent_pb2.ConnectResponse(usage_ack=ack))
+
+    async def _read_in_order(
+        self,
+        session: Session,
+        requests: AsyncIterator[agent_pb2.ConnectRequest],
+        usage: asyncio.TaskGroup,
+    ) -> None:
         async for req in requests:
             kind = req.WhichOneof("msg")
             if kind == "heartbeat":
@@ -361,8 +379,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     ),
                 )
             elif kind == "usage":
-                ack = await self.broker.on_usage(session, req.usage.entry)
-                session.outbox.put_nowait(agent_pb2.ConnectResponse(usage_ack=ack))
+                usage.create_task(self._acknowledge_usage(session, req.usage.entry))
             elif kind == "hello":
                 raise InvalidArgument("hello may only be the first message")
             else:
