@@ -46,6 +46,18 @@ def charge_minor(device_s: int, unit_price_minor: int) -> int:
     return (device_s * unit_price_minor + S_PER_HOUR // 2) // S_PER_HOUR
 
 
+def energy_wh(devices: int, power_w: int, wall_s: int, pue_milli: int) -> int:
+    """devices x power x hours x PUE in Wh, multiplied in integers and rounded half up
+    once (PUE in thousandths)."""
+    denominator = S_PER_HOUR * 1000
+    return (devices * power_w * wall_s * pue_milli + denominator // 2) // denominator
+
+
+def carbon_g(energy: int, grid_g_per_kwh: int) -> int:
+    """energy x grid intensity in g, rounded half up once."""
+    return (energy * grid_g_per_kwh + 500) // 1000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsageRecord:
     """One signed unit of accounting. Checks itself; see the module docstring."""

@@ -15,7 +15,7 @@ from core.accelerators import CATALOGUE
 from ledger.keyring import Role
 from ledger.keys import SignerKey
 from ledger.log import Log
-from ledger.records import RecordKind, UsageRecord, charge_minor
+from ledger.records import RecordKind, UsageRecord, carbon_g, charge_minor, energy_wh
 from ledger.signing import sign_records
 
 __all__ = ["Party", "Sample", "carbon_g", "energy_wh", "fill"]
@@ -33,17 +33,6 @@ _SITES = (
     ("inner-mongolia", 1150, 640),
     ("shanghai", 1380, 540),
 )
-
-
-def energy_wh(devices: int, power_w: int, wall_s: int, pue_milli: int) -> int:
-    """devices x power x hours x PUE in Wh, rounded half up once."""
-    denominator = 3600 * 1000
-    return (devices * power_w * wall_s * pue_milli + denominator // 2) // denominator
-
-
-def carbon_g(energy: int, grid_g_per_kwh: int) -> int:
-    """energy x grid intensity in g, rounded half up once."""
-    return (energy * grid_g_per_kwh + 500) // 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

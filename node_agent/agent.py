@@ -26,9 +26,9 @@ from core.states import JobState
 from core.types import CenterDescriptor, Offer, Pool
 from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from ledger import SignerKey, UsageRecord, sign_records
+from ledger.records import carbon_g as usage_carbon_g
 from ledger.records import charge_minor
-from ledger.sample import carbon_g as usage_carbon_g
-from ledger.sample import energy_wh as usage_energy_wh
+from ledger.records import energy_wh as usage_energy_wh
 from node_agent.backend import Backend, LaunchRequest, ProcessBackend, Run
 from node_agent.devices import DeviceBook, Refused
 from node_agent.metrics import AgentMetrics
