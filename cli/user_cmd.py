@@ -321,6 +321,19 @@ def quote(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- register
 
 
+def _spec_flags(p: argparse.ArgumentParser) -> None:
+    """The job spec as a TOML file or as flags (submit and quote)."""
+    p.add_argument("spec_file", nargs="?", help="job spec (TOML)")
+    p.add_argument("--devices", type=int, help="gang size: devices in one pool")
+    p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
+    p.add_argument("--hours", type=float, help="estimated run time in hours")
+    p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
+    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
+    p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
+    p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
+    p.add_argument("--name", help="a name for humans")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "submit",
@@ -331,15 +344,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Prints the job id once the broker has it on disk."
         ),
     )
-    p.add_argument("spec_file", nargs="?", help="job spec (TOML)")
-    p.add_argument("--devices", type=int, help="gang size: devices in one pool")
-    p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
-    p.add_argument("--hours", type=float, help="estimated run time in hours")
-    p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
-    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
-    p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
-    p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
-    p.add_argument("--name", help="a name for humans")
+    _spec_flags(p)
     p.add_argument(
         "--request-id", help="idempotency key: a retry with the same key returns the same job"
     )
@@ -353,15 +358,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "center with price, charge, latency, energy and carbon, and whether it has the "
         "devices free now.",
     )
-    p.add_argument("spec_file", nargs="?", help="job spec (TOML)")
-    p.add_argument("--devices", type=int, help="gang size: devices in one pool")
-    p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
-    p.add_argument("--hours", type=float, help="estimated run time in hours")
-    p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
-    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
-    p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
-    p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
-    p.add_argument("--name", help="a name for humans")
+    _spec_flags(p)
     _common(p)
     p.set_defaults(func=quote, takes_command=True)
 
