@@ -84,6 +84,8 @@ class BrokerConfig:
     # A job lost (its center gone) this many times fails instead of running again.
     max_attempts: int = 3
     round_interval_s: float = 0.5
+    # After a wake-up, wait this long so that a burst of submits and ends share a round.
+    round_debounce_s: float = 0.025
     max_jobs_per_round: int = 5_000
     # The coordinator's policy and the network (latency, bandwidth) for every round: a
     # problem without pools or jobs, which each round fills in.
@@ -568,7 +570,7 @@ class Broker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.round_interval_s)
             self._wake.clear()
-            await asyncio.sleep(0.01)  # let a burst of submits land in one round
+            await asyncio.sleep(self.config.round_debounce_s)  # let a burst land in one round
             try:
                 await self.match_round()
             except Exception:
