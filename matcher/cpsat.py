@@ -122,6 +122,22 @@ class CpSatMatcher:
             return self._solve_grouped(problem, started)
         inst = build(problem)
         floor = greedy(problem, inst)
+        if _uncontended(inst, floor):
+            # Every job placed, each on a cheapest candidate of its own: nothing can place
+            # more or cost less, so this is optimal for both objectives, proven without a
+            # solver. (Most rounds of a federation with room to spare are like this.)
+            value, cost = evaluate(inst, floor)
+            return self._remember(
+                to_solution(
+                    inst,
+                    floor,
+                    solver="greedy-exact",
+                    seconds=time.perf_counter() - started,
+                    bound_value=value,
+                    cost_bound_mfen=cost,
+                    optimal=True,
+                )
+            )
         candidates = [floor, fill(inst, floor), fill(inst, empty(inst))]
         bound = _flow.aggregated_bound(inst)
         if len(inst.pool) <= self.exact_flow_arcs:
@@ -337,3 +353,19 @@ class CpSatMatcher:
 def _key(evaluated: tuple[int, int]) -> tuple[int, int]:
     """Sort key for the lexicographic objective: more value, then less cost."""
     return evaluated[0], -evaluated[1]
+
+
+def _uncontended(inst: Instance, n: Int64s) -> bool:
+    """Whether `n` places every job, each on a candidate of least objective cost for its
+    class: then no solution places more work or costs less."""
+    if int(n.sum()) != int(inst.count.sum()):
+        return False
+    for c in range(len(inst.classes)):
+        lo, hi = int(inst.ptr[c]), int(inst.ptr[c + 1])
+        if hi == lo:
+            return False
+        least = int(inst.cost[lo:hi].min())
+        used = n[lo:hi] > 0
+        if bool(used.any()) and int(inst.cost[lo:hi][used].max()) != least:
+            return False
+    return True
