@@ -264,13 +264,15 @@ class _Pass:
             cost = self._w_cost * charge + base
             if best >= 0 and cost > best_cost:
                 continue
-            # Later pools of the group with the same charge tie on cost: least index wins.
+            # Later pools of the group that tie on cost (the same charge, or any charge when
+            # cost does not weigh charge): least index wins, as in the greedy matcher.
             k += 1
             while k < end:
                 q = flat[off + k]
-                if -(-price[q] * ds // 3600) != charge:
+                charge_q = -(-price[q] * ds // 3600)
+                if self._w_cost * charge_q + base != cost:
                     break
-                if q < p and room[q] >= d:
+                if q < p and room[q] >= d and charge_q <= budget:
                     p = q
                 k += 1
             if best < 0 or cost < best_cost or p < best:
