@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from broker._rows import insert_event, job_from_row, parse_center, update_job
 from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
 from broker.store import Store
@@ -47,7 +48,7 @@ from core.types import (
     Offer,
     PoolId,
 )
-from icx.v1 import agent_pb2, types_pb2
+from icx.v1 import agent_pb2
 from ledger import SignedRecord
 from matcher import (
     ANY,
@@ -171,7 +172,7 @@ class Broker:
         db = self.store.reader
         start = now_ms()
         for row in db.execute("SELECT * FROM jobs"):
-            job = _job_from_row(row)
+            job = job_from_row(row)
             self.jobs[job.job_id] = job
             self._count(None, job.state)
             if row["request_id"]:
@@ -181,7 +182,7 @@ class Broker:
         for job_id, seq in db.execute("SELECT job_id, MAX(seq) FROM logs GROUP BY job_id"):
             self._log_seq[JobId(job_id)] = seq
         for row in db.execute("SELECT center_id, descriptor FROM centers"):
-            center = wire.center_from_proto(_parse_center(row["descriptor"]))
+            center = wire.center_from_proto(parse_center(row["descriptor"]))
             self.centers[center.center_id] = center
             self._center_seen[center.center_id] = start
         active = sum(1 for j in self.jobs.values() if j.state in ACTIVE)
@@ -234,7 +235,7 @@ class Broker:
                     at,
                 ),
             )
-            _insert_event(conn, event)
+            insert_event(conn, event)
 
         await self._persist(job.job_id, insert)
         log.info(
@@ -466,7 +467,7 @@ class Broker:
             updated_at_ms=now_ms(),
         )
         self.jobs[job.job_id] = job
-        await self._persist(job.job_id, _update_job(job))
+        await self._persist(job.job_id, update_job(job))
         _send(
             session,
             launch=agent_pb2.Launch(
@@ -820,11 +821,11 @@ class Broker:
         self.jobs[job.job_id] = new
         self._count(job.state, state)
         event = self._next_event(new, message)
-        update = _update_job(new)
+        update = update_job(new)
 
         def write(conn: sqlite3.Connection) -> None:
             update(conn)
-            _insert_event(conn, event)
+            insert_event(conn, event)
 
         log.info(
             "job %s %s -> %s%s: %s",
@@ -937,66 +938,4 @@ def _job_request_from_spec(
         data_mb=spec.data_mb,
         deadline_s=None if spec.deadline_ms is None else max(0, (spec.deadline_ms - at_ms) // 1000),
         waited_s=max(0, (at_ms - submitted_at_ms) // 1000),
-    )
-
-
-def _update_job(job: Job) -> Callable[[sqlite3.Connection], None]:
-    values = (
-        job.state.value,
-        job.updated_at_ms,
-        job.center_id,
-        job.pool_id,
-        job.claim_id,
-        ",".join(str(i) for i in job.device_indices),
-        job.attempts,
-        job.exit_code,
-        job.reason,
-        job.explanation,
-        job.job_id,
-    )
-
-    def update(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "UPDATE jobs SET state = ?, updated_at_ms = ?, center_id = ?, pool_id = ?,"
-            " claim_id = ?, device_indices = ?, attempts = ?, exit_code = ?, reason = ?,"
-            " explanation = ? WHERE job_id = ?",
-            values,
-        )
-
-    return update
-
-
-def _insert_event(conn: sqlite3.Connection, event: JobEvent) -> None:
-    conn.execute(
-        "INSERT INTO events (job_id, seq, at_ms, state, center_id, message)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (event.job_id, event.seq, event.at_ms, event.state.value, event.center_id, event.message),
-    )
-
-
-def _parse_center(blob: bytes) -> types_pb2.CenterDescriptor:
-    msg = types_pb2.CenterDescriptor()
-    msg.ParseFromString(blob)
-    return msg
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    spec_msg = types_pb2.JobSpec()
-    spec_msg.ParseFromString(row["spec"])
-    indices = row["device_indices"]
-    return Job(
-        job_id=JobId(row["job_id"]),
-        tenant=row["tenant"],
-        spec=wire.spec_from_proto(spec_msg),
-        state=JobState(row["state"]),
-        submitted_at_ms=row["submitted_at_ms"],
-        updated_at_ms=row["updated_at_ms"],
-        center_id=CenterId(row["center_id"]) if row["center_id"] else None,
-        pool_id=PoolId(row["pool_id"]) if row["pool_id"] else None,
-        claim_id=ClaimId(row["claim_id"]) if row["claim_id"] else None,
-        device_indices=tuple(int(i) for i in indices.split(",")) if indices else (),
-        attempts=row["attempts"],
-        exit_code=row["exit_code"],
-        reason=row["reason"],
-        explanation=row["explanation"],
     )

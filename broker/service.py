@@ -80,9 +80,7 @@ def unary(
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
         try:
             return await fn(self, request, context)
-        except (IcxError, Exception) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except Exception as exc:  # CancelledError is not one: it passes through
             await abort(context, exc)
             raise  # unreachable: abort raises
 

@@ -29,7 +29,7 @@ from ledger import SignerKey, UsageRecord, sign_records
 from ledger.records import carbon_g as usage_carbon_g
 from ledger.records import charge_minor
 from ledger.records import energy_wh as usage_energy_wh
-from node_agent.backend import Backend, LaunchRequest, ProcessBackend, Run
+from node_agent.backend import Backend, LaunchRequest, OutputSink, ProcessBackend, Run
 from node_agent.devices import DeviceBook, Refused
 from node_agent.metrics import AgentMetrics
 
@@ -340,7 +340,7 @@ class Agent:
         )
         task.supervisor = self._spawn(self._supervise(task))
 
-    def _output_sink(self, task: Task):  # type: ignore[no-untyped-def]
+    def _output_sink(self, task: Task) -> OutputSink:
         async def sink(stream: str, data: bytes) -> None:
             task.log_seq += 1
             self._send(
