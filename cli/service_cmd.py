@@ -204,7 +204,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = asub.add_parser("run", help="connect to the broker and serve the center until SIGTERM")
     p.add_argument("--config", required=True, help="center config (TOML)")
     p.add_argument("--broker", required=True, help="broker address HOST:PORT")
-    p.add_argument("--workdir", help="where jobs run (default: a new temporary folder)")
+    p.add_argument(
+        "--workdir",
+        help="where jobs run and undelivered usage records wait (default: a new temporary "
+        "folder; give one that survives restarts in production)",
+    )
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
     )

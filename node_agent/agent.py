@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import Coroutine
@@ -22,10 +23,11 @@ from typing import Any
 import grpc
 
 from core import wire
+from core.errors import IcxError
 from core.states import JobState
 from core.types import CenterDescriptor, Offer, Pool
 from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from ledger import SignerKey, UsageRecord, sign_records
+from ledger import SignedRecord, SignerKey, UsageRecord, sign_records
 from ledger.records import carbon_g as usage_carbon_g
 from ledger.records import charge_minor
 from ledger.records import energy_wh as usage_energy_wh
@@ -89,7 +91,10 @@ class Agent:
         self.book = DeviceBook(center)
         self.usage_key = usage_key
         # Signed usage records the broker has not yet acknowledged: resent on reconnect.
-        self.unacked: dict[str, bytes] = {}
+        # Kept on disk too (one file per record under the workdir), so that a restarted
+        # agent still delivers what it signed before it died.
+        self.outbox = workdir / "usage-outbox"
+        self.unacked: dict[str, bytes] = self._load_outbox()
         self.metrics = AgentMetrics()
         for pool in center.pools:
             self.metrics.devices_total.labels(pool=pool.pool_id).set(pool.devices_total)
@@ -415,11 +420,39 @@ class Agent:
         )
         entry = sign_records([record], self.usage_key)[0].entry()
         self.unacked[record.record_id] = entry
+        self._keep(record.record_id, entry)
         self._send(usage=agent_pb2.UsageReport(entry=entry))
+
+    def _outbox_path(self, record_id: str) -> Path:
+        return self.outbox / (record_id.replace("/", "_") + ".entry")
+
+    def _keep(self, record_id: str, entry: bytes) -> None:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        path = self._outbox_path(record_id)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            f.write(entry)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def _load_outbox(self) -> dict[str, bytes]:
+        """Signed records a previous run of this agent had not delivered."""
+        kept: dict[str, bytes] = {}
+        for path in sorted(self.outbox.glob("*.entry")) if self.outbox.is_dir() else ():
+            entry = path.read_bytes()
+            try:
+                kept[SignedRecord.from_entry(entry).record.record_id] = entry
+            except IcxError as exc:
+                log.error("unreadable usage record %s left aside: %s", path, exc)
+        if kept:
+            log.info("%d signed usage records from an earlier run to deliver", len(kept))
+        return kept
 
     def _usage_ack(self, ack: agent_pb2.UsageAck) -> None:
         if self.unacked.pop(ack.record_id, None) is None:
             return
+        self._outbox_path(ack.record_id).unlink(missing_ok=True)
         if ack.accepted:
             log.info("usage %s logged at entry %d", ack.record_id, ack.index)
         else:

@@ -207,3 +207,42 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert info.value.details().startswith("center CZ already signs with key")
+
+
+def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+) -> None:
+    center = make_center("CA", pools={"p": ("ascend-910", 8, 20_000)})
+    federation.start_agent(center)
+    wait_centers(stub, 1)
+    job_id = _submit_as(stub, TENANT, 2.0)
+    wait_for(
+        lambda: (
+            stub.GetJob(broker_pb2.GetJobRequest(job_id=job_id), timeout=5).job.state
+            == types_pb2.JOB_STATE_RUNNING
+        ),
+        20,
+        "the job to run",
+    )
+    assert federation.broker is not None
+    federation.broker.kill()  # the job ends while nobody can acknowledge its usage
+    outbox = federation.root / "work" / "CA" / "usage-outbox"
+    kept = wait_for(lambda: sorted(outbox.glob("*.entry")), 20, "the record kept on disk")
+    federation.agents["CA"].kill()  # ... and the agent dies before delivering it
+    record_id = kept[0].stem.replace("_", "/", 1)
+
+    federation.start_broker()
+    federation.start_agent(center)  # same key, same workdir
+    with grpc.insecure_channel(federation.address) as channel:
+        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+
+        def proved() -> str | None:
+            try:
+                request = ledger_pb2.ProveRecordRequest(record_id=record_id)
+                return str(ledger.ProveRecord(request, timeout=5).bundle_json)
+            except grpc.RpcError:
+                return None
+
+        bundle = json.loads(wait_for(proved, 30, "the record in the log"))
+    assert bundle["index"] >= 2
+    wait_for(lambda: not list(outbox.glob("*.entry")), 10, "the outbox to empty")
