@@ -84,13 +84,21 @@ def agent_run(args: argparse.Namespace) -> int:
     if metrics is not None:
         port = agent.metrics.serve(metrics[1], metrics[0])
         logging.getLogger("icx.agent").info("metrics on %s:%d", metrics[0], port)
-    asyncio.run(_run_agent(agent))
+    asyncio.run(_run_agent(agent, args.health))
     return EXIT_OK
 
 
-async def _run_agent(agent: Agent) -> None:
+async def _run_agent(agent: Agent, health_listen: str | None) -> None:
+    from node_agent.health import serve_health
+
+    async def both() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(agent.run())
+            if health_listen:
+                tg.create_task(serve_health(agent, health_listen))
+
     loop = asyncio.get_running_loop()
-    main = asyncio.ensure_future(agent.run())
+    main = asyncio.ensure_future(both())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
     try:
@@ -188,7 +196,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)
 
-    p = sub.add_parser("health", help="check that a broker is serving (exit 0) or not (exit 3)")
+    p = sub.add_parser(
+        "health",
+        help="check a broker (or an agent's --health endpoint): SERVING exits 0, else 3",
+    )
     p.add_argument("--broker", help="broker address HOST:PORT (default: $ICX_BROKER)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     p.set_defaults(func=health)
@@ -211,6 +222,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
+    )
+    p.add_argument(
+        "--health",
+        metavar="HOST:PORT",
+        help="serve gRPC health here for the center's monitoring (SERVING while connected)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=agent_run)

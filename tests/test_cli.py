@@ -25,6 +25,7 @@ def _free_port() -> int:
 
 
 AGENT_METRICS_PORT = _free_port()
+AGENT_HEALTH_PORT = _free_port()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
             "--metrics",
             str(AGENT_METRICS_PORT),
         )
-        fed.start_agent(make_center("CB", region="YRD", pools={"q": ("nvidia-a800", 2, 900)}))
+        fed.start_agent(
+            make_center("CB", region="YRD", pools={"q": ("nvidia-a800", 2, 900)}),
+            "--health",
+            f"127.0.0.1:{AGENT_HEALTH_PORT}",
+        )
         wait_for(lambda: _centers_up(fed) == 2, 15, "two centers")
         yield fed
     finally:
@@ -199,6 +204,8 @@ def test_agent_metrics_show_its_own_accounting(fed: LocalFederation) -> None:
 def test_health_command(fed: LocalFederation) -> None:
     ok = icx(fed, "health")
     assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
+    agent = icx(fed, "health", "--broker", f"127.0.0.1:{AGENT_HEALTH_PORT}")
+    assert (agent.returncode, agent.stdout) == (0, "SERVING\n")  # connected to its broker
     down = icx(fed, "health", "--broker", "127.0.0.1:1", "--timeout", "0.5")
     assert down.returncode == 3
     assert down.stderr.startswith("icx: error: broker at 127.0.0.1:1 not serving")
