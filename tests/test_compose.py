@@ -385,7 +385,8 @@ def test_missing_required_flag_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, "--config, /etc/icx/center.toml, ", "")
     [problem] = check_compose(compose_copy)
     assert problem == (
-        "service agent-cn06: `icx agent run --broker broker:7700` is refused: "
+        "service agent-cn06: `icx agent run --broker broker:7700 --workdir /data/work "
+        "--health 127.0.0.1:7800` is refused: "
         "icx agent run: error: the following arguments are required: --config"
     )
 
@@ -414,7 +415,7 @@ def test_missing_mounted_file_is_reported(compose_copy: Path) -> None:
 
 
 def test_undeclared_volume_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, "volumes:\n  broker-data:\n", "")
+    edit(compose_copy, "\n  broker-data:\n  agent-cn06-data:", "\n  agent-cn06-data:")
     assert check_compose(compose_copy) == [
         "service broker: volume 'broker-data' is not declared in volumes"
     ]
@@ -459,8 +460,8 @@ def test_two_agents_for_one_center_are_reported(compose_copy: Path) -> None:
 
 
 def test_agent_pointing_elsewhere_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, '--broker, "broker:7700"]', '--broker, "broker:7701"]')
-    edit(compose_copy, '--broker, "broker:7700"]', '--broker, "brokr:7700"]')
+    edit(compose_copy, '--broker, "broker:7700",', '--broker, "broker:7701",')
+    edit(compose_copy, '--broker, "broker:7700",', '--broker, "brokr:7700",')
     assert check_compose(compose_copy) == [
         "service agent-cn06: --broker broker:7701 is not the port broker listens on",
         "service agent-cn08: --broker brokr:7700 names no broker service",
