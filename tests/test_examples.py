@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def test_job_example_is_a_valid_spec() -> None:
     spec = load_spec(EXAMPLES / "job.toml")
-    assert (spec.accelerator, spec.devices, spec.estimated_s) == ("ascend-910b", 8, 9000)
+    assert (spec.accelerator, spec.devices, spec.estimated_s) == ("ascend-910", 8, 9000)
     assert spec.allowed_regions == ("CY", "GS", "NX")
     assert spec.max_price_fen == 20_000
     assert spec.data_mb == 40_000
