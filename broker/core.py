@@ -878,9 +878,6 @@ class Broker:
         self.metrics.centers_connected.set(len(live))
         self.metrics.offers.set(sum(1 for s in live if s.offer is not None))
 
-    def wake(self) -> None:
-        self._wake.set()
-
 
 def _send(session: Session, **msg: object) -> None:
     session.outbox.put_nowait(agent_pb2.ConnectResponse(**msg))  # type: ignore[arg-type]

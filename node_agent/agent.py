@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ class Task:
     # Stopped because the broker went silent: given back (or left out of the next Hello)
     # so that the broker requeues it.
     fenced: bool = False
-    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Agent:
@@ -343,7 +342,7 @@ class Agent:
         self._update(
             task.claim_id, task.job_id, JobState.RUNNING, message=f"started on {holding.pool_id}"
         )
-        task.supervisor = self._spawn(self._supervise(task))
+        self._spawn(self._supervise(task))
 
     def _output_sink(self, task: Task) -> OutputSink:
         async def sink(stream: str, data: bytes) -> None:
