@@ -1,15 +1,15 @@
 """The registry of subcommands: each module adds its parsers with `register(sub)`, which
 sets `func` on each parser to a callable taking the parsed args and returning an exit
-code."""
+code. `icx --help` lists them in this order."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+from cli import admin_cmd, demo, ledger_cmd, match_cmd, service_cmd, user_cmd
 
-from cli import admin_cmd, demo, ledger_cmd, match_cmd, service_cmd, user_cmd  # noqa: E402
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 REGISTRY: list[Register] = [
     user_cmd.register,

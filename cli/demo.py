@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -336,14 +337,18 @@ def _print_keep(fed: LocalFederation, as_json: bool) -> int:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     pid_list = " ".join(str(p) for p in pids.values() if p)
+    # The command as this shell can run it (make demo runs the one in .venv/bin).
+    icx = "icx" if shutil.which("icx") else str(Path(sys.executable).parent / "icx")
     print(
         f"""
 The federation keeps running (logs in {fed.root}/logs):
   export ICX_BROKER={fed.address}
-  icx centers                      # the 17 centers and their free devices
-  icx submit --devices 2 --accelerator ascend-910 --hours 1 -- sh -c 'echo hi; sleep 5'
-  icx jobs                         # newest first
-  icx logs -f JOB                  # follow a job's output
+  {icx} centers     # the 17 centers and their free devices
+  {icx} quote --devices 2 --accelerator ascend-910 --hours 1
+  {icx} submit --devices 2 --accelerator ascend-910 --hours 1 -- sh -c 'echo hi; sleep 5'
+  {icx} jobs        # newest first
+  {icx} logs -f JOB # follow a job's output
+  {icx} ledger checkpoint --broker {fed.address}
   curl -s 127.0.0.1:{fed.metrics_port}/metrics | grep icx_
 Stop it with:
   kill {pid_list}"""
