@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 the operation failed (a job failed, a check did not pass),
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -20,11 +21,19 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from cli import _commands
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("icx")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="icx",
         description="icx: the inter-center compute exchange.",
     )
+    parser.add_argument("--version", action="version", version=f"icx {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in _commands.REGISTRY:
         register(sub)
