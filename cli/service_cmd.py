@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from broker.core import BrokerConfig
@@ -71,11 +70,10 @@ def agent_run(args: argparse.Namespace) -> int:
     usage_key = load_usage_key(Path(args.config))
     metrics = metrics_address(args.metrics)
     setup_logging(args.log_level)
-    workdir = (
-        Path(args.workdir)
-        if args.workdir
-        else Path(tempfile.mkdtemp(prefix=f"icx-{center.center_id}-"))
-    )
+    # Beside the config by default, so that undelivered usage survives a restart.
+    config = Path(args.config)
+    workdir = Path(args.workdir) if args.workdir else config.parent / f"{center.center_id}.work"
+    workdir.mkdir(parents=True, exist_ok=True)
     agent = Agent(center, args.broker, workdir=workdir, usage_key=usage_key)
     if usage_key is None:
         logging.getLogger("icx.agent").warning(
@@ -217,8 +215,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--broker", required=True, help="broker address HOST:PORT")
     p.add_argument(
         "--workdir",
-        help="where jobs run and undelivered usage records wait (default: a new temporary "
-        "folder; give one that survives restarts in production)",
+        help="where jobs run and undelivered usage records wait "
+        "(default: CENTER_ID.work beside the config)",
     )
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
