@@ -395,15 +395,7 @@ class Broker:
                 await self._transition(job, JobState.RUNNING, "running (reported on reconnect)")
             elif reported == JobState.CLAIMED and job.state == JobState.CLAIMED:
                 self.claims.pop(ClaimId(h.claim_id), None)
-                _send(
-                    session,
-                    launch=agent_pb2.Launch(
-                        claim_id=h.claim_id,
-                        job_id=job.job_id,
-                        spec=wire.spec_to_proto(job.spec),
-                        tenant=job.tenant,
-                    ),
-                )
+                _launch(session, h.claim_id, job)
         for job in list(self.jobs.values()):
             orphan = job.claim_id not in held_claims and job.claim_id not in self.claims
             if job.center_id == center_id and job.state in ACTIVE and orphan:
@@ -468,15 +460,7 @@ class Broker:
         )
         self.jobs[job.job_id] = job
         await self._persist(job.job_id, update_job(job))
-        _send(
-            session,
-            launch=agent_pb2.Launch(
-                claim_id=reply.claim_id,
-                job_id=job.job_id,
-                spec=wire.spec_to_proto(job.spec),
-                tenant=job.tenant,
-            ),
-        )
+        _launch(session, reply.claim_id, job)
 
     async def on_job_update(self, session: Session, update: agent_pb2.JobUpdate) -> None:
         self.heartbeat(session)
@@ -881,6 +865,19 @@ class Broker:
 
 def _send(session: Session, **msg: object) -> None:
     session.outbox.put_nowait(agent_pb2.ConnectResponse(**msg))  # type: ignore[arg-type]
+
+
+def _launch(session: Session, claim_id: str, job: Job) -> None:
+    """Tell the center to start the job it holds under `claim_id`."""
+    _send(
+        session,
+        launch=agent_pb2.Launch(
+            claim_id=claim_id,
+            job_id=job.job_id,
+            spec=wire.spec_to_proto(job.spec),
+            tenant=job.tenant,
+        ),
+    )
 
 
 def _round_jobs(queued: list[Job], pools: list[PoolSlot], config: BrokerConfig) -> list[Job]:

@@ -151,30 +151,22 @@ class CpSatMatcher:
         solver = "flow"
         cost_bound: int | None = None
         optimal = False
+        outcome = None
         if self._wants_mip(inst):
             # SCIP may overrun its limit a little, and the answer still needs explaining.
             deadline = started + self.time_limit_s * 0.9 - 0.05
-            outcome = _mip.solve(inst, best, bound, deadline, 1)
-            if outcome is not None:
-                n, value_bound, cost_bound, optimal = outcome
-                bound = min(bound, value_bound)
-                n = improve_cost(inst, fill(inst, n))
-                if not better(best_eval, evaluate(inst, n)):
-                    best, best_eval = n, evaluate(inst, n)
-                    solver = "mip"
-                else:
-                    cost_bound, optimal = None, False
+            outcome, exact = _mip.solve(inst, best, bound, deadline, 1), "mip"
         elif self._wants_cpsat(inst):
-            outcome = self._cpsat(inst, best, bound, started)
-            if outcome is not None:
-                n, value_bound, cost_bound, optimal = outcome
-                bound = min(bound, value_bound)
-                n = improve_cost(inst, fill(inst, n))
-                if not better(best_eval, evaluate(inst, n)):
-                    best, best_eval = n, evaluate(inst, n)
-                    solver = "cpsat"
-                else:
-                    cost_bound, optimal = None, False
+            outcome, exact = self._cpsat(inst, best, bound, started), "cpsat"
+        if outcome is not None:
+            n, value_bound, cost_bound, optimal = outcome
+            bound = min(bound, value_bound)
+            n = improve_cost(inst, fill(inst, n))
+            if not better(best_eval, evaluate(inst, n)):
+                best, best_eval = n, evaluate(inst, n)
+                solver = exact
+            else:  # the heuristic answer stands; the solver's cost bound is not its own
+                cost_bound, optimal = None, False
         return self._remember(
             to_solution(
                 inst,
