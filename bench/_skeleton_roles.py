@@ -71,7 +71,7 @@ def bench_center(index: int) -> CenterDescriptor:
                 memory_gb=64,
                 fp16_tflops=320,
                 power_w=400,
-                price_fen_per_device_hour=800 + (index * 37) % 400,
+                price_minor_per_device_hour=800 + (index * 37) % 400,
             ),
         ),
     )

@@ -71,7 +71,7 @@ def federation(n_centers: int, rng: random.Random) -> list[PoolSlot]:
                 ref,
                 pool_id=f"{center_id}/{ref.accelerator}",
                 center_id=center_id,
-                price_fen_per_device_hour=round(ref.price_fen_per_device_hour * factor),
+                price_minor_per_device_hour=round(ref.price_minor_per_device_hour * factor),
             )
             for ref in pools
         ]
@@ -97,7 +97,7 @@ def instance(
     hubs = list(scenario.HUB_NODES.values())
     nodes = sorted({p.region for p in pools})
     east = ["BJ", "SH", "SZ"]
-    median_price = sorted(p.price_fen_per_device_hour for p in pools)[len(pools) // 2]
+    median_price = sorted(p.price_minor_per_device_hour for p in pools)[len(pools) // 2]
     weights = [p.free for p in pools]
     jobs = []
     for i in range(n_jobs):
@@ -119,7 +119,7 @@ def instance(
                 devices=devices,
                 seconds=seconds,
                 regions=regions,
-                max_price_fen=budget,
+                max_price_minor=budget,
                 priority=rng.choice([0, 0, 0, 0, 0, 1, 2, 3, 5, 8, 10]),
                 data_region=rng.choice(east) if rng.random() < 0.6 else rng.choice(nodes),
                 data_mb=min(int(rng.lognormvariate(np.log(20_000), 1.5)), 5_000_000),
@@ -183,7 +183,7 @@ def run(n_jobs: int, n_centers: int, seed: int, time_limit_s: float, demand: flo
     t, cpu = time.perf_counter(), time.process_time()
     solution = matcher.solve(problem)
     ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - cpu
-    ours = (round(solution.objective * 3600), solution.cost_mfen)
+    ours = (round(solution.objective * 3600), solution.cost_milli_minor)
     return Row(
         size=f"{n_jobs:,} x {len(problem.pools):,}",
         pairs=pairs,

@@ -677,7 +677,7 @@ class Broker:
                     power_w=pool.power_w,
                     pue_milli=offer.pue_milli,
                     grid_g_per_kwh=offer.grid_g_co2_per_kwh,
-                    price_fen_per_device_hour=pool.price_fen_per_device_hour,
+                    price_minor_per_device_hour=pool.price_minor_per_device_hour,
                 )
         return slots
 
@@ -926,7 +926,7 @@ def _job_request_from_spec(
         devices=spec.devices,
         seconds=spec.estimated_s,
         regions=spec.allowed_regions or None,
-        max_price_fen=spec.max_price_fen,
+        max_price_minor=spec.max_price_minor,
         priority=spec.priority,
         data_region=spec.data_region,
         data_mb=spec.data_mb,

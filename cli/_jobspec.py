@@ -33,7 +33,7 @@ def hours_to_s(hours: float, field: str = "hours") -> int:
     return max(1, round(hours * 3600))
 
 
-def yuan_to_fen(yuan: float, field: str) -> int:
+def yuan_to_minor(yuan: float, field: str) -> int:
     if not math.isfinite(yuan) or yuan <= 0:
         raise InvalidJobSpec(f"{field} must be a positive number, got {yuan}")
     return round(yuan * 100)
@@ -89,7 +89,7 @@ def spec_from_toml(data: dict[str, Any]) -> JobSpec:
         devices=_typed(data, "devices", int, None),
         estimated_s=hours_to_s(float(_typed(data, "hours", (int, float), None))),
         allowed_regions=tuple(regions),
-        max_price_fen=None if budget is None else yuan_to_fen(float(budget), "max_price_yuan"),
+        max_price_minor=None if budget is None else yuan_to_minor(float(budget), "max_price_yuan"),
         deadline_ms=None if deadline is None else parse_deadline(deadline),
         priority=_typed(data, "priority", int, 0),
         data_region=_typed(data, "data_region", str, ""),

@@ -68,7 +68,7 @@ def _progress_line(elapsed: float, submitted: int, total: int, counts: dict[str,
 def summarise(jobs: list[types_pb2.Job], centers: list[broker_pb2.CenterStatus]) -> dict[str, Any]:
     """Allocation by center and hub: jobs, device-hours and charge at the pool's price
     (trace hours), energy (devices x power x hours x PUE) and carbon (energy x grid)."""
-    from matcher import JobRequest, PoolSlot, carbon_g, charge_fen, energy_wh
+    from matcher import JobRequest, PoolSlot, carbon_g, energy_wh, job_charge_minor
 
     info = {c.center.center_id: c.center for c in centers}
     by_center: dict[str, dict[str, Any]] = {}
@@ -88,7 +88,7 @@ def summarise(jobs: list[types_pb2.Job], centers: list[broker_pb2.CenterStatus])
             power_w=pool.power_w_per_device,
             pue_milli=center.pue_milli,
             grid_g_per_kwh=center.grid_g_co2_per_kwh,
-            price_fen_per_device_hour=pool.price_fen_per_device_hour,
+            price_minor_per_device_hour=pool.price_minor_per_device_hour,
         )
         req = JobRequest(
             job_id=j.job_id,
@@ -99,22 +99,22 @@ def summarise(jobs: list[types_pb2.Job], centers: list[broker_pb2.CenterStatus])
         row = by_center.setdefault(
             j.center_id,
             {"center_id": j.center_id, "hub": center.region, "name": center.name, "jobs": 0,
-             "device_seconds": 0, "charge_fen": 0, "energy_wh": 0, "carbon_g": 0},
+             "device_seconds": 0, "charge_minor": 0, "energy_wh": 0, "carbon_g": 0},
         )  # fmt: skip
         row["jobs"] += 1
         row["device_seconds"] += j.spec.devices * j.spec.estimated_seconds
-        row["charge_fen"] += charge_fen(req, slot)
+        row["charge_minor"] += job_charge_minor(req, slot)
         row["energy_wh"] += energy_wh(req, slot)
         row["carbon_g"] += carbon_g(req, slot)
     by_hub: dict[str, dict[str, Any]] = {}
     for row in by_center.values():
         hub = by_hub.setdefault(
             row["hub"],
-            {"hub": row["hub"], "centers": 0, "jobs": 0, "device_seconds": 0, "charge_fen": 0,
+            {"hub": row["hub"], "centers": 0, "jobs": 0, "device_seconds": 0, "charge_minor": 0,
              "energy_wh": 0, "carbon_g": 0},
         )  # fmt: skip
         hub["centers"] += 1
-        for key in ("jobs", "device_seconds", "charge_fen", "energy_wh", "carbon_g"):
+        for key in ("jobs", "device_seconds", "charge_minor", "energy_wh", "carbon_g"):
             hub[key] += row[key]
     for row in (*by_center.values(), *by_hub.values()):
         row["device_hours"] = round(row.pop("device_seconds") / 3600, 2)
@@ -153,7 +153,7 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
     print_table(
         ["HUB", "CENTERS", "JOBS", "DEVICE-H", "CHARGE YUAN", "ENERGY KWH", "CARBON KG"],
         [
-            (h["hub"], h["centers"], h["jobs"], h["device_hours"], yuan(h["charge_fen"]),
+            (h["hub"], h["centers"], h["jobs"], h["device_hours"], yuan(h["charge_minor"]),
              round(h["energy_wh"] / 1000, 1), round(h["carbon_g"] / 1000, 1))
             for h in summary["by_hub"]
         ],
@@ -176,7 +176,7 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
     print_table(
         ["CENTER", "HUB", "JOBS", "DEVICE-H", "CHARGE YUAN", "CARBON KG", "NAME"],
         [
-            (c["center_id"], c["hub"], c["jobs"], c["device_hours"], yuan(c["charge_fen"]),
+            (c["center_id"], c["hub"], c["jobs"], c["device_hours"], yuan(c["charge_minor"]),
              round(c["carbon_g"] / 1000, 1), c["name"])
             for c in summary["by_center"]
         ],

@@ -52,7 +52,7 @@ def center_toml(center: CenterDescriptor, key_file: str | None = None) -> str:
             f"memory_gb = {p.memory_gb}",
             f"fp16_tflops = {p.fp16_tflops}",
             f"power_w = {p.power_w}",
-            f"price_fen_per_device_hour = {p.price_fen_per_device_hour}",
+            f"price_minor_per_device_hour = {p.price_minor_per_device_hour}",
         ]
     return "\n".join(lines) + "\n"
 

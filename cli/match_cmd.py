@@ -21,7 +21,7 @@ def _match(args: argparse.Namespace) -> int:
         [
             a.job_id,
             a.pool_id,
-            round(a.charge_fen / 100, 2),
+            round(a.charge_minor / 100, 2),
             round(a.carbon_g / 1000, 1),
             a.explanation,
         ]
@@ -38,7 +38,7 @@ def _match(args: argparse.Namespace) -> int:
         f"placed {len(solution.assignments)} of "
         f"{len(solution.assignments) + len(solution.unplaced)} jobs; "
         f"objective {solution.objective:,.2f} weighted device-hours (bound {bound}{gap}); "
-        f"cost {solution.cost_mfen / 100_000:,.2f} yuan-equivalent"
+        f"cost {solution.cost_milli_minor / 100_000:,.2f} yuan-equivalent"
         f"{', proven optimal' if solution.optimal else ''}; "
         f"solver {solution.solver} in {solution.seconds:.2f} s"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cli._client import broker_address, broker_stub, metadata
-from cli._jobspec import hours_to_s, load_spec, parse_deadline, yuan_to_fen
+from cli._jobspec import hours_to_s, load_spec, parse_deadline, yuan_to_minor
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
 from core import wire
 from core.errors import InvalidJobSpec
@@ -74,9 +74,9 @@ def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpe
         devices=args.devices,
         estimated_s=hours_to_s(args.hours, "--hours"),
         allowed_regions=tuple(args.region or ()),
-        max_price_fen=None
+        max_price_minor=None
         if args.max_price is None
-        else yuan_to_fen(args.max_price, "--max-price"),
+        else yuan_to_minor(args.max_price, "--max-price"),
         deadline_ms=None if args.deadline is None else parse_deadline(args.deadline),
         priority=args.priority,
         command=tuple(args.cmd) or ("(quote)",),
@@ -200,7 +200,7 @@ def center_dict(c: broker_pb2.CenterStatus) -> dict[str, Any]:
                 "accelerator": p.accelerator,
                 "devices_total": p.devices_total,
                 "devices_free": p.devices_free if c.HasField("offer") else None,
-                "price_fen_per_device_hour": p.price_fen_per_device_hour,
+                "price_minor_per_device_hour": p.price_minor_per_device_hour,
             }
             for p in pools
         ],
@@ -228,7 +228,7 @@ def centers(args: argparse.Namespace) -> int:
                     p["accelerator"],
                     "-" if p["devices_free"] is None else p["devices_free"],
                     p["devices_total"],
-                    f"{p['price_fen_per_device_hour'] / 100:.2f}",
+                    f"{p['price_minor_per_device_hour'] / 100:.2f}",
                     c["jobs_running"],
                     c["name"],
                 )
@@ -286,8 +286,8 @@ def quote(args: argparse.Namespace) -> int:
             "pool_id": q.pool_id,
             "region": q.region,
             "accelerator": q.accelerator,
-            "price_fen_per_device_hour": q.price_fen_per_device_hour,
-            "charge_fen": q.charge_fen,
+            "price_minor_per_device_hour": q.price_minor_per_device_hour,
+            "charge_minor": q.charge_minor,
             "rtt_ms": q.rtt_ms,
             "transfer_ms": q.transfer_ms,
             "energy_wh": q.energy_wh,
@@ -309,7 +309,7 @@ def quote(args: argparse.Namespace) -> int:
          "CO2 KG", "NOW"],
         [
             (q["rank"], q["center_id"], q["region"], q["accelerator"],
-             f"{q['price_fen_per_device_hour'] / 100:.2f}", f"{q['charge_fen'] / 100:,.2f}",
+             f"{q['price_minor_per_device_hour'] / 100:.2f}", f"{q['charge_minor'] / 100:,.2f}",
              q["rtt_ms"], round(q["energy_wh"] / 1000, 1), round(q["carbon_g"] / 1000, 1),
              "yes" if q["has_capacity"] and q["feasible"] else (q["reason"] or "no"))
             for q in lines

@@ -33,7 +33,7 @@ class JobSpec:
     devices: int
     estimated_s: int
     allowed_regions: tuple[str, ...] = ()
-    max_price_fen: int | None = None
+    max_price_minor: int | None = None
     deadline_ms: int | None = None
     priority: int = 0
     data_region: str = ""
@@ -53,8 +53,8 @@ class JobSpec:
             raise InvalidJobSpec(
                 f"estimated_seconds must be 1..{MAX_ESTIMATED_S}, got {self.estimated_s}"
             )
-        if self.max_price_fen is not None and self.max_price_fen <= 0:
-            raise InvalidJobSpec(f"max_price_fen must be positive, got {self.max_price_fen}")
+        if self.max_price_minor is not None and self.max_price_minor <= 0:
+            raise InvalidJobSpec(f"max_price_minor must be positive, got {self.max_price_minor}")
         if not 0 <= self.priority <= MAX_PRIORITY:
             raise InvalidJobSpec(f"priority must be 0..{MAX_PRIORITY}, got {self.priority}")
         if self.data_mb < 0:
@@ -83,7 +83,7 @@ class Pool:
     memory_gb: int
     fp16_tflops: int
     power_w: int
-    price_fen_per_device_hour: int
+    price_minor_per_device_hour: int
 
     def __post_init__(self) -> None:
         where = f"pool {self.pool_id!r}"
@@ -104,10 +104,10 @@ class Pool:
             value = getattr(self, name)
             if value <= 0:
                 raise InvalidOffer(f"{where}: {name} must be positive, got {value}")
-        if self.price_fen_per_device_hour < 0:
+        if self.price_minor_per_device_hour < 0:
             raise InvalidOffer(
-                f"{where}: price_fen_per_device_hour must be >= 0, "
-                f"got {self.price_fen_per_device_hour}"
+                f"{where}: price_minor_per_device_hour must be >= 0, "
+                f"got {self.price_minor_per_device_hour}"
             )
 
 

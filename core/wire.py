@@ -2,7 +2,7 @@
 import this module; libraries never see a protobuf.
 
 proto3 zero values: an empty string means "not set" for ids and regions; optional
-fields (max_price_fen, deadline_ms, exit_code) use presence. A *_UNSPECIFIED enum
+fields (max_price_minor, deadline_ms, exit_code) use presence. A *_UNSPECIFIED enum
 value is refused.
 """
 
@@ -60,8 +60,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         command=list(spec.command),
         env=dict(spec.env),
     )
-    if spec.max_price_fen is not None:
-        msg.max_price_fen = spec.max_price_fen
+    if spec.max_price_minor is not None:
+        msg.max_price_minor = spec.max_price_minor
     if spec.deadline_ms is not None:
         msg.deadline_ms = spec.deadline_ms
     return msg
@@ -78,7 +78,7 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         devices=msg.devices,
         estimated_s=msg.estimated_seconds,
         allowed_regions=tuple(msg.allowed_regions),
-        max_price_fen=msg.max_price_fen if msg.HasField("max_price_fen") else None,
+        max_price_minor=msg.max_price_minor if msg.HasField("max_price_minor") else None,
         deadline_ms=msg.deadline_ms if msg.HasField("deadline_ms") else None,
         priority=msg.priority,
         data_region=msg.data_region,
@@ -97,7 +97,7 @@ def pool_to_proto(pool: Pool) -> pb.Pool:
         memory_gb_per_device=pool.memory_gb,
         fp16_tflops_per_device=pool.fp16_tflops,
         power_w_per_device=pool.power_w,
-        price_fen_per_device_hour=pool.price_fen_per_device_hour,
+        price_minor_per_device_hour=pool.price_minor_per_device_hour,
     )
 
 
@@ -110,7 +110,7 @@ def pool_from_proto(msg: pb.Pool) -> Pool:
         memory_gb=msg.memory_gb_per_device,
         fp16_tflops=msg.fp16_tflops_per_device,
         power_w=msg.power_w_per_device,
-        price_fen_per_device_hour=msg.price_fen_per_device_hour,
+        price_minor_per_device_hour=msg.price_minor_per_device_hour,
     )
 
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from core.money import charge_minor
 from ledger import canonical
 from ledger.errors import InvalidRecord
 
@@ -38,12 +39,6 @@ class RecordKind(enum.StrEnum):
 
 
 CHARGING_KINDS = frozenset({RecordKind.USAGE, RecordKind.CORRECTION})
-
-
-def charge_minor(device_s: int, unit_price_minor: int) -> int:
-    """The charge for `device_s` device-seconds at `unit_price_minor` per device-hour,
-    multiplied in integers and divided once, rounding half up."""
-    return (device_s * unit_price_minor + S_PER_HOUR // 2) // S_PER_HOUR
 
 
 def energy_wh(devices: int, power_w: int, wall_s: int, pue_milli: int) -> int:
@@ -176,7 +171,7 @@ class UsageRecord:
         if self.charge_minor != want_charge:
             raise InvalidRecord(
                 f"{where}: charge_minor must be device_s x unit_price_minor / 3600 "
-                f"rounded half up = {want_charge}, "
+                f"rounded up = {want_charge}, "
                 f"got {self.charge_minor}"
             )
 

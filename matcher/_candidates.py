@@ -73,7 +73,7 @@ class Instance:
     count: Int64s
     ptr: Int64s  # CSR over classes
     pool: Int32s
-    cost: Int64s  # objective cost (mfen) of one job of the class on the pool
+    cost: Int64s  # objective cost (milli-minor units) of one job of the class on the pool
     diag: ClassDiagnostics
     aggregate: Aggregate
 
@@ -128,7 +128,7 @@ def _signature(job: JobRequest, eff: int) -> tuple[object, ...]:
         job.devices,
         job.seconds,
         regions,
-        job.max_price_fen,
+        job.max_price_minor,
         eff,
         job.data_region,
         job.data_mb,
@@ -179,13 +179,13 @@ def build(problem: Problem) -> Instance:
     quota = np.full(len(regions), BIG, dtype=np.int64)
     for r, q in policy.quota_devices.items():
         quota[region_index[r]] = q
-    price = np.array([p.price_fen_per_device_hour for p in pools], dtype=np.int64)
+    price = np.array([p.price_minor_per_device_hour for p in pools], dtype=np.int64)
     power = np.array([p.power_w for p in pools], dtype=np.int64)
     pue = np.array([p.pue_milli for p in pools], dtype=np.int64)
     grid = np.array([p.grid_g_per_kwh for p in pools], dtype=np.int64)
     incentive = np.array(
         [p.region in policy.incentive_regions for p in pools], dtype=np.bool_
-    ) * np.int64(policy.incentive_fen_per_device_hour)
+    ) * np.int64(policy.incentive_minor_per_device_hour)
 
     reps, class_jobs, groups = classes_of(problem)
     n_classes = len(reps)
@@ -194,7 +194,7 @@ def build(problem: Problem) -> Instance:
     seconds = np.array([j.seconds for j in reps], dtype=np.int64)
     eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
     budget = np.array(
-        [BIG if j.max_price_fen is None else j.max_price_fen for j in reps], dtype=np.int64
+        [BIG if j.max_price_minor is None else j.max_price_minor for j in reps], dtype=np.int64
     )
     deadline_ms = np.array(
         [BIG if j.deadline_s is None else j.deadline_s * 1000 for j in reps], dtype=np.int64
@@ -263,7 +263,7 @@ def build(problem: Problem) -> Instance:
             carbon = (wh * grid[pool_ix][None, :] + 500) // 1000
             cost = (
                 policy.w_cost * charge * 1000
-                + (policy.w_carbon * carbon * policy.carbon_price_fen_per_tonne + 500) // 1000
+                + (policy.w_carbon * carbon * policy.carbon_price_minor_per_tonne + 500) // 1000
                 + policy.w_latency * d * transfer
                 - incentive[pool_ix][None, :] * d * s * 10 // 36
             )

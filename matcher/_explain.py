@@ -18,8 +18,8 @@ from matcher.model import (
     Solution,
     Unplaced,
     carbon_g,
-    charge_fen,
     energy_wh,
+    job_charge_minor,
     transfer_ms,
 )
 
@@ -29,15 +29,17 @@ def yuan(fen: float) -> str:
     return f"{fen / 100:,.2f}"
 
 
-def terms_mfen(job: JobRequest, pool: PoolSlot, problem: Problem) -> dict[str, int]:
-    """The objective cost of `job` on `pool`, term by term (they sum to `cost_mfen`)."""
+def terms_milli_minor(job: JobRequest, pool: PoolSlot, problem: Problem) -> dict[str, int]:
+    """The objective cost of `job` on `pool`, term by term (they sum to `cost_milli_minor`)."""
     policy = problem.policy
     incentive = 0
     if pool.region in policy.incentive_regions:
-        incentive = policy.incentive_fen_per_device_hour * job.devices * job.seconds * 10 // 36
+        incentive = policy.incentive_minor_per_device_hour * job.devices * job.seconds * 10 // 36
     return {
-        "charge": policy.w_cost * charge_fen(job, pool) * 1000,
-        "carbon": (policy.w_carbon * carbon_g(job, pool) * policy.carbon_price_fen_per_tonne + 500)
+        "charge": policy.w_cost * job_charge_minor(job, pool) * 1000,
+        "carbon": (
+            policy.w_carbon * carbon_g(job, pool) * policy.carbon_price_minor_per_tonne + 500
+        )
         // 1000,
         "latency": policy.w_latency * job.devices * transfer_ms(job, pool, problem),
         "incentive": -incentive,
@@ -97,9 +99,9 @@ class _Explainer:
         inst, problem = self.inst, self.problem
         job = inst.classes[c]
         pool = inst.pools[int(inst.pool[arc])]
-        chosen = terms_mfen(job, pool, problem)
+        chosen = terms_milli_minor(job, pool, problem)
         head = (
-            f"{pool.pool_id} ({pool.region}): charge {yuan(charge_fen(job, pool))} yuan, "
+            f"{pool.pool_id} ({pool.region}): charge {yuan(job_charge_minor(job, pool))} yuan, "
             f"carbon {carbon_g(job, pool) / 1000:,.1f} kg, "
             f"data transfer {transfer_ms(job, pool, problem) / 1000:,.1f} s"
         )
@@ -125,7 +127,7 @@ class _Explainer:
                 why = (
                     f"runner-up {other.pool_id} ({other.region}) lost on cost by "
                     f"{yuan(delta / 1000)} yuan "
-                    f"({_lost_on(chosen, terms_mfen(job, other, problem))})"
+                    f"({_lost_on(chosen, terms_milli_minor(job, other, problem))})"
                 )
             result = (f"{head}; {why}", other.pool_id)
         self.cache[arc] = result
@@ -145,7 +147,7 @@ class _Explainer:
         if diag.n_budget[c] == 0:
             return (
                 f"cheapest feasible pool costs {yuan(int(diag.min_charge_fit[c]))} yuan > "
-                f"budget {yuan(job.max_price_fen or 0)} yuan"
+                f"budget {yuan(job.max_price_minor or 0)} yuan"
             )
         if diag.n_feasible[c] == 0:
             fastest = int(diag.min_finish_ms[c])
@@ -174,7 +176,7 @@ def to_solution(
     solver: str,
     seconds: float,
     bound_value: int | None,
-    cost_bound_mfen: int | None = None,
+    cost_bound_milli_minor: int | None = None,
     optimal: bool = False,
 ) -> Solution:
     """Expand jobs-per-candidate into per-job assignments with explanations."""
@@ -195,12 +197,12 @@ def to_solution(
             template = Assignment(
                 job_id=rep.job_id,
                 pool_id=pool.pool_id,
-                charge_fen=charge_fen(rep, pool),
+                charge_minor=job_charge_minor(rep, pool),
                 energy_wh=energy_wh(rep, pool),
                 carbon_g=carbon_g(rep, pool),
                 explanation=text,
                 transfer_ms=transfer_ms(rep, pool, problem),
-                cost_mfen=int(inst.cost[arc]),
+                cost_milli_minor=int(inst.cost[arc]),
                 runner_up=runner,
             )
             for _ in range(int(n[arc])):
@@ -227,7 +229,7 @@ def to_solution(
         bound=bound,
         solver=solver,
         seconds=seconds,
-        cost_mfen=cost,
-        cost_bound_mfen=cost_bound_mfen,
+        cost_milli_minor=cost,
+        cost_bound_milli_minor=cost_bound_milli_minor,
         optimal=optimal,
     )

@@ -84,7 +84,7 @@ class Grouped:
         for r, q in policy.quota_devices.items():
             self.quota[region_index[r]] = q
         self.free = np.array([p.free for p in pools], dtype=np.int64)
-        self.price = np.array([p.price_fen_per_device_hour for p in pools], dtype=np.int64)
+        self.price = np.array([p.price_minor_per_device_hour for p in pools], dtype=np.int64)
 
         reps, class_jobs, cgroups = classes_of(problem)
         self.reps, self.class_jobs = reps, class_jobs
@@ -95,7 +95,7 @@ class Grouped:
         eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
         self.value = eff * self.devices * self.seconds
         self.budget = np.array(
-            [BIG if j.max_price_fen is None else j.max_price_fen for j in reps], dtype=np.int64
+            [BIG if j.max_price_minor is None else j.max_price_minor for j in reps], dtype=np.int64
         )
         deadline_ms = np.array(
             [BIG if j.deadline_s is None else j.deadline_s * 1000 for j in reps], dtype=np.int64
@@ -126,16 +126,16 @@ class Grouped:
         grid = np.array([pools[i].grid_g_per_kwh for i in rp], dtype=np.int64)
         incentive = np.array(
             [pools[i].region in policy.incentive_regions for i in rp], dtype=np.int64
-        ) * np.int64(policy.incentive_fen_per_device_hour)
+        ) * np.int64(policy.incentive_minor_per_device_hour)
         d = self.devices[:, None]
         s = self.seconds[:, None]
         base = policy.w_latency * d * transfer - incentive[None, :] * d * s * 10 // 36
         if policy.w_carbon:
             milli_wh = d * power[None, :] * s * pue[None, :] // 3600
             carbon = (((milli_wh + 500) // 1000) * grid[None, :] + 500) // 1000
-            base = base + (policy.w_carbon * carbon * policy.carbon_price_fen_per_tonne + 500) // (
-                1000
-            )
+            base = base + (
+                policy.w_carbon * carbon * policy.carbon_price_minor_per_tonne + 500
+            ) // (1000)
         self.base = base
 
         # Per (group, gang size): the group's pools with that many free, by (price, index).
@@ -168,7 +168,7 @@ class Grouped:
         return out
 
     def cost(self, c: Int64s, pools: Int64s) -> Int64s:
-        """Objective cost (mfen) of one job of class c[i] on pools[i]."""
+        """Objective cost (milli-minor units) of one job of class c[i] on pools[i]."""
         charge = -(-(self.price[pools] * self.devices[c] * self.seconds[c]) // 3600)
         out: Int64s = (
             self.problem.policy.w_cost * charge * 1000 + self.base[c, self.group_of_pool[pools]]

@@ -29,7 +29,7 @@ def region_used(inst: Instance, n: Int64s) -> Int64s:
 
 
 def evaluate(inst: Instance, n: Int64s) -> tuple[int, int]:
-    """(placed value, cost in mfen) of `n`."""
+    """(placed value, cost in milli-minor units) of `n`."""
     v = np.repeat(inst.value, np.diff(inst.ptr))
     return int((n * v).sum()), int((n * inst.cost).sum())
 

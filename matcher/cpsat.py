@@ -33,7 +33,7 @@ Objective, lexicographic.
        priority e_c = 1 + priority + waited_s // aging_s (so waiting raises it and no job
        starves); a job never waits to save money when it fits its constraints;
     2. then, with V held at its best value found, minimise
-       C = sum_cp k_cp x_cp, k_cp = `matcher.model.cost_mfen` (milli-fen):
+       C = sum_cp k_cp x_cp, k_cp = `matcher.model.cost_milli_minor` (milli-minor units):
        w_cost x charge x 1000 + w_carbon x carbon_g x carbon price per tonne / 1000
        + w_latency x d_c x transfer_ms - incentive (pools in incentive regions).
 
@@ -134,7 +134,7 @@ class CpSatMatcher:
                     solver="greedy-exact",
                     seconds=time.perf_counter() - started,
                     bound_value=value,
-                    cost_bound_mfen=cost,
+                    cost_bound_milli_minor=cost,
                     optimal=True,
                 )
             )
@@ -174,7 +174,7 @@ class CpSatMatcher:
                 solver=solver,
                 seconds=time.perf_counter() - started,
                 bound_value=bound,
-                cost_bound_mfen=cost_bound,
+                cost_bound_milli_minor=cost_bound,
                 optimal=optimal,
             )
         )

@@ -15,11 +15,11 @@ from matcher.model import (
     Solution,
     Unplaced,
     carbon_g,
-    charge_fen,
     compatible,
-    cost_mfen,
+    cost_milli_minor,
     energy_wh,
     feasible,
+    job_charge_minor,
     transfer_ms,
     value,
 )
@@ -40,12 +40,12 @@ def why_unplaced(
             f"no pool with {job.devices} free devices of {job.accelerator} in {where} "
             f"(most free: {most})"
         )
-    if job.max_price_fen is not None:
-        cheapest = min(charge_fen(job, p) for p in big)
-        if cheapest > job.max_price_fen:
+    if job.max_price_minor is not None:
+        cheapest = min(job_charge_minor(job, p) for p in big)
+        if cheapest > job.max_price_minor:
             return (
                 f"cheapest feasible pool costs {cheapest / 100:,.2f} yuan > "
-                f"budget {job.max_price_fen / 100:,.2f} yuan"
+                f"budget {job.max_price_minor / 100:,.2f} yuan"
             )
     ok = [p for p in big if feasible(job, p, p.free, transfer_ms(job, p, problem))]
     if not ok:
@@ -75,7 +75,7 @@ class GreedyMatcher:
                 if quota_left.get(pool.region, job.devices) < job.devices:
                     continue
                 if feasible(job, pool, free[pool.pool_id], transfer_ms(job, pool, problem)):
-                    cost = cost_mfen(job, pool, problem)
+                    cost = cost_milli_minor(job, pool, problem)
                     if best is None or cost < best_cost:
                         best, best_cost = pool, cost
             if best is None:
@@ -90,15 +90,15 @@ class GreedyMatcher:
                 Assignment(
                     job_id=job.job_id,
                     pool_id=best.pool_id,
-                    charge_fen=charge_fen(job, best),
+                    charge_minor=job_charge_minor(job, best),
                     energy_wh=energy_wh(job, best),
                     carbon_g=carbon_g(job, best),
                     explanation=(
                         f"cheapest feasible pool with room: {best.pool_id} at "
-                        f"{best.price_fen_per_device_hour / 100:,.2f} yuan/device-hour"
+                        f"{best.price_minor_per_device_hour / 100:,.2f} yuan/device-hour"
                     ),
                     transfer_ms=transfer_ms(job, best, problem),
-                    cost_mfen=best_cost,
+                    cost_milli_minor=best_cost,
                 )
             )
         unplaced = tuple(
@@ -112,5 +112,5 @@ class GreedyMatcher:
             bound=None,
             solver=self.name,
             seconds=time.perf_counter() - started,
-            cost_mfen=total_cost,
+            cost_milli_minor=total_cost,
         )

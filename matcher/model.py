@@ -4,8 +4,9 @@ network between regions and the coordinator's policy; and what a matcher returns
 Pure: no network, no database, no clock. Every figure is an integer in a named unit so
 that a CP-SAT model can use the same numbers:
 
-- money in fen (1/100 yuan); objective costs in milli-fen (`_mfen`) so that small carbon
-  and latency terms keep their resolution;
+- money in minor units (`_minor`, fen for CNY; `core.money`); objective costs in
+  thousandths of a minor unit (`_milli_minor`) so that small carbon and latency terms
+  keep their resolution;
 - time in seconds (`_s`) or milliseconds (`_ms`), data in MB (10^6 bytes),
   bandwidth in Mbit/s, energy in Wh, carbon in g CO2.
 
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.money import charge_minor
 from matcher.errors import InvalidProblem
 
 ANY = "any"
@@ -42,7 +44,7 @@ class PoolSlot:
     power_w: int
     pue_milli: int
     grid_g_per_kwh: int
-    price_fen_per_device_hour: int
+    price_minor_per_device_hour: int
 
     def __post_init__(self) -> None:
         if not self.pool_id:
@@ -56,10 +58,10 @@ class PoolSlot:
             raise InvalidProblem(
                 f"pool {self.pool_id}: pue_milli must be >= 1000, got {self.pue_milli}"
             )
-        if self.price_fen_per_device_hour < 0:
+        if self.price_minor_per_device_hour < 0:
             raise InvalidProblem(
-                f"pool {self.pool_id}: price_fen_per_device_hour must be >= 0, "
-                f"got {self.price_fen_per_device_hour}"
+                f"pool {self.pool_id}: price_minor_per_device_hour must be >= 0, "
+                f"got {self.price_minor_per_device_hour}"
             )
 
 
@@ -72,7 +74,7 @@ class JobRequest:
     devices: int
     seconds: int
     regions: tuple[str, ...] | None = None  # None: anywhere
-    max_price_fen: int | None = None
+    max_price_minor: int | None = None
     priority: int = 0
     data_region: str = ""  # "": no data to move
     data_mb: int = 0
@@ -93,8 +95,10 @@ class JobRequest:
         for name in ("data_mb", "priority", "waited_s", "min_memory_gb", "min_tflops"):
             if getattr(self, name) < 0:
                 raise InvalidProblem(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
-        if self.max_price_fen is not None and self.max_price_fen < 0:
-            raise InvalidProblem(f"{where}: max_price_fen must be >= 0, got {self.max_price_fen}")
+        if self.max_price_minor is not None and self.max_price_minor < 0:
+            raise InvalidProblem(
+                f"{where}: max_price_minor must be >= 0, got {self.max_price_minor}"
+            )
         if self.deadline_s is not None and self.deadline_s < 0:
             raise InvalidProblem(f"{where}: deadline_s must be >= 0, got {self.deadline_s}")
 
@@ -104,26 +108,26 @@ class Policy:
     """The coordinator's policy, as integers (the solver needs them).
 
     - `w_cost`, `w_carbon`, `w_latency`: non-negative weights of the second objective
-      (see `cost_mfen`);
-    - `carbon_price_fen_per_tonne`: what one tonne of CO2 costs in the objective;
+      (see `cost_milli_minor`);
+    - `carbon_price_minor_per_tonne`: what one tonne of CO2 costs in the objective;
     - `aging_s`: a job's effective priority rises by one per `aging_s` waited, so that
       nothing starves across rounds;
     - `quota_devices`: region -> most devices this round may newly place there;
-    - `incentive_fen_per_device_hour` on pools in `incentive_regions`: the east-to-west
+    - `incentive_minor_per_device_hour` on pools in `incentive_regions`: the east-to-west
       incentive, subtracted from the objective cost (never from the charge).
     """
 
     w_cost: int = 1
     w_carbon: int = 0
     w_latency: int = 0
-    carbon_price_fen_per_tonne: int = 10_000  # 100 yuan per tonne CO2
+    carbon_price_minor_per_tonne: int = 10_000  # 100 yuan per tonne CO2
     aging_s: int = DEFAULT_AGING_S
     quota_devices: Mapping[str, int] = field(default_factory=dict)
-    incentive_fen_per_device_hour: int = 0
+    incentive_minor_per_device_hour: int = 0
     incentive_regions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("w_cost", "w_carbon", "w_latency", "carbon_price_fen_per_tonne"):
+        for name in ("w_cost", "w_carbon", "w_latency", "carbon_price_minor_per_tonne"):
             if getattr(self, name) < 0:
                 raise InvalidProblem(f"policy: {name} must be >= 0, got {getattr(self, name)}")
         if self.aging_s < 1:
@@ -131,10 +135,10 @@ class Policy:
         for region, quota in self.quota_devices.items():
             if quota < 0:
                 raise InvalidProblem(f"policy: quota_devices[{region}] must be >= 0, got {quota}")
-        if self.incentive_fen_per_device_hour < 0:
+        if self.incentive_minor_per_device_hour < 0:
             raise InvalidProblem(
-                "policy: incentive_fen_per_device_hour must be >= 0, "
-                f"got {self.incentive_fen_per_device_hour}"
+                "policy: incentive_minor_per_device_hour must be >= 0, "
+                f"got {self.incentive_minor_per_device_hour}"
             )
 
 
@@ -179,12 +183,12 @@ class Problem:
 class Assignment:
     job_id: str
     pool_id: str
-    charge_fen: int
+    charge_minor: int
     energy_wh: int
     carbon_g: int
     explanation: str = ""
     transfer_ms: int = 0
-    cost_mfen: int = 0
+    cost_milli_minor: int = 0
     runner_up: str | None = None  # pool id of the next best candidate, if any
 
 
@@ -200,8 +204,8 @@ class Solution:
 
     `objective` is the placed priority-weighted work, in weighted device-hours (the
     first, lexicographic objective); `bound` is a proven upper bound on it for this
-    problem (None where the matcher proves none). `cost_mfen` is the second objective of
-    the placed jobs; `cost_bound_mfen`, where known, a lower bound on it among solutions
+    problem (None where the matcher proves none). `cost_milli_minor` is the second objective of
+    the placed jobs; `cost_bound_milli_minor`, where known, a lower bound on it among solutions
     that place at least `objective`.
     """
 
@@ -211,8 +215,8 @@ class Solution:
     bound: float | None
     solver: str
     seconds: float
-    cost_mfen: int = 0
-    cost_bound_mfen: int | None = None
+    cost_milli_minor: int = 0
+    cost_bound_milli_minor: int | None = None
     optimal: bool = False
 
     @property
@@ -233,9 +237,10 @@ class Matcher(Protocol):
     def solve(self, problem: Problem) -> Solution: ...
 
 
-def charge_fen(job: JobRequest, pool: PoolSlot) -> int:
-    """price x devices x hours, rounded up to the whole fen (the center is never short)."""
-    return -(-pool.price_fen_per_device_hour * job.devices * job.seconds // 3600)
+def job_charge_minor(job: JobRequest, pool: PoolSlot) -> int:
+    """What `job` would be billed on `pool`: the exchange's one charge rule
+    (`core.money.charge_minor`) for devices x seconds at the pool's price."""
+    return charge_minor(job.devices * job.seconds, pool.price_minor_per_device_hour)
 
 
 def energy_wh(job: JobRequest, pool: PoolSlot) -> int:
@@ -291,22 +296,22 @@ def transfer_ms(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
     return rtt_ms(problem, job.data_region, pool.region) + -(-job.data_mb * 8000 // mbps)
 
 
-def cost_mfen(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
-    """The second objective's term for running `job` on `pool`, in milli-fen:
+def cost_milli_minor(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
+    """The second objective's term for running `job` on `pool`, in thousandths of a minor unit:
 
-      w_cost    x charge_fen x 1000
-    + w_carbon  x carbon_g x carbon_price_fen_per_tonne / 1000   (rounded half up)
+      w_cost    x charge_minor x 1000
+    + w_carbon  x carbon_g x carbon_price_minor_per_tonne / 1000   (rounded half up)
     + w_latency x devices x transfer_ms       (1 fen per device-second idle, at weight 1)
-    - incentive_fen_per_device_hour x devices x seconds / 3.6    (pools in incentive_regions)
+    - incentive_minor_per_device_hour x devices x seconds / 3.6    (pools in incentive_regions)
     """
     policy = problem.policy
-    total = policy.w_cost * charge_fen(job, pool) * 1000
-    total += (policy.w_carbon * carbon_g(job, pool) * policy.carbon_price_fen_per_tonne + 500) // (
-        1000
-    )
+    total = policy.w_cost * job_charge_minor(job, pool) * 1000
+    total += (
+        policy.w_carbon * carbon_g(job, pool) * policy.carbon_price_minor_per_tonne + 500
+    ) // (1000)
     total += policy.w_latency * job.devices * transfer_ms(job, pool, problem)
     if pool.region in policy.incentive_regions:
-        total -= policy.incentive_fen_per_device_hour * job.devices * job.seconds * 10 // 36
+        total -= policy.incentive_minor_per_device_hour * job.devices * job.seconds * 10 // 36
     return total
 
 
@@ -324,6 +329,6 @@ def feasible(job: JobRequest, pool: PoolSlot, free: int, transfer: int = 0) -> b
     arriving after `transfer` ms (quotas, which span pools, are the caller's)."""
     if not compatible(job, pool) or job.devices > free:
         return False
-    if job.max_price_fen is not None and charge_fen(job, pool) > job.max_price_fen:
+    if job.max_price_minor is not None and job_charge_minor(job, pool) > job.max_price_minor:
         return False
     return job.deadline_s is None or job.seconds * 1000 + transfer <= job.deadline_s * 1000

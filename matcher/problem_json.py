@@ -44,7 +44,7 @@ _POOL_FIELDS = {
     "power_w",
     "pue",
     "grid_g_per_kwh",
-    "price_fen_per_device_hour",
+    "price_minor_per_device_hour",
 }
 _JOB_FIELDS = {
     "id",
@@ -53,7 +53,7 @@ _JOB_FIELDS = {
     "devices",
     "hours",
     "regions",
-    "max_price_fen",
+    "max_price_minor",
     "priority",
     "data_region",
     "data_gb",
@@ -141,8 +141,8 @@ def _pool(raw: object, path: str) -> PoolSlot:
         power_w=_int(obj["power_w"], f"{path}.power_w"),
         pue_milli=round(pue * 1000),
         grid_g_per_kwh=round(_num(obj["grid_g_per_kwh"], f"{path}.grid_g_per_kwh")),
-        price_fen_per_device_hour=_int(
-            obj["price_fen_per_device_hour"], f"{path}.price_fen_per_device_hour"
+        price_minor_per_device_hour=_int(
+            obj["price_minor_per_device_hour"], f"{path}.price_minor_per_device_hour"
         ),
     )
 
@@ -162,7 +162,7 @@ def _job(raw: object, path: str) -> JobRequest:
         if not isinstance(regions_raw, list):
             raise _bad(f"{path}.regions", "a list of region names or null", regions_raw)
         regions = tuple(_str(r, f"{path}.regions[{i}]") for i, r in enumerate(regions_raw))
-    max_price = obj.get("max_price_fen")
+    max_price = obj.get("max_price_minor")
     deadline = obj.get("deadline_hours")
     data_gb = _num(obj.get("data_gb", 0), f"{path}.data_gb")
     return JobRequest(
@@ -172,7 +172,7 @@ def _job(raw: object, path: str) -> JobRequest:
         devices=_int(obj["devices"], f"{path}.devices", 1),
         seconds=_scaled_up(_num(obj["hours"], f"{path}.hours", 0.0, strict=True), 3600),
         regions=regions,
-        max_price_fen=None if max_price is None else _int(max_price, f"{path}.max_price_fen"),
+        max_price_minor=None if max_price is None else _int(max_price, f"{path}.max_price_minor"),
         priority=_int(obj.get("priority", 0), f"{path}.priority"),
         data_region=_str(obj.get("data_region", ""), f"{path}.data_region", empty_ok=True),
         data_mb=_scaled_up(data_gb, 1000),
@@ -232,7 +232,7 @@ def load_problem(data: object) -> Problem:
         w_cost=_int(weights.get("cost", 1), "weights.cost"),
         w_carbon=_int(weights.get("carbon", 0), "weights.carbon"),
         w_latency=_int(weights.get("latency", 0), "weights.latency"),
-        carbon_price_fen_per_tonne=round(
+        carbon_price_minor_per_tonne=round(
             _num(top.get("carbon_price_yuan_per_tonne", 100), "carbon_price_yuan_per_tonne") * 100
         ),
         aging_s=_scaled_down(
@@ -241,7 +241,7 @@ def load_problem(data: object) -> Problem:
         )
         or 1,
         quota_devices={_str(r, "quotas"): _int(q, f"quotas.{r}") for r, q in quotas_raw.items()},
-        incentive_fen_per_device_hour=round(
+        incentive_minor_per_device_hour=round(
             _num(incentive.get("yuan_per_device_hour", 0), "incentive.yuan_per_device_hour") * 100
         ),
         incentive_regions=tuple(
@@ -321,11 +321,11 @@ def dump_problem(problem: Problem) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "regions": sorted(regions),
         "weights": {"cost": policy.w_cost, "carbon": policy.w_carbon, "latency": policy.w_latency},
-        "carbon_price_yuan_per_tonne": policy.carbon_price_fen_per_tonne / 100,
+        "carbon_price_yuan_per_tonne": policy.carbon_price_minor_per_tonne / 100,
         "aging_hours": policy.aging_s / 3600,
         "quotas": dict(policy.quota_devices),
         "incentive": {
-            "yuan_per_device_hour": policy.incentive_fen_per_device_hour / 100,
+            "yuan_per_device_hour": policy.incentive_minor_per_device_hour / 100,
             "regions": list(policy.incentive_regions),
         },
         "latency_ms": {a: dict(row) for a, row in problem.latency_ms.items()},
@@ -345,7 +345,7 @@ def dump_problem(problem: Problem) -> dict[str, Any]:
                 "power_w": p.power_w,
                 "pue": p.pue_milli / 1000,
                 "grid_g_per_kwh": p.grid_g_per_kwh,
-                "price_fen_per_device_hour": p.price_fen_per_device_hour,
+                "price_minor_per_device_hour": p.price_minor_per_device_hour,
             }
             for p in problem.pools
         ],
@@ -357,7 +357,7 @@ def dump_problem(problem: Problem) -> dict[str, Any]:
                 "devices": j.devices,
                 "hours": j.seconds / 3600,
                 "regions": None if j.regions is None else list(j.regions),
-                "max_price_fen": j.max_price_fen,
+                "max_price_minor": j.max_price_minor,
                 "priority": j.priority,
                 "data_region": j.data_region,
                 "data_gb": j.data_mb / 1000,
@@ -379,11 +379,11 @@ def solution_to_json(solution: Solution) -> dict[str, Any]:
             {
                 "job": a.job_id,
                 "pool": a.pool_id,
-                "charge_fen": a.charge_fen,
+                "charge_minor": a.charge_minor,
                 "energy_wh": a.energy_wh,
                 "carbon_g": a.carbon_g,
                 "transfer_ms": a.transfer_ms,
-                "cost_mfen": a.cost_mfen,
+                "cost_milli_minor": a.cost_milli_minor,
                 "runner_up": a.runner_up,
                 "explanation": a.explanation,
             }
@@ -393,8 +393,8 @@ def solution_to_json(solution: Solution) -> dict[str, Any]:
         "objective": solution.objective,
         "bound": solution.bound,
         "gap": solution.gap,
-        "cost_mfen": solution.cost_mfen,
-        "cost_bound_mfen": solution.cost_bound_mfen,
+        "cost_milli_minor": solution.cost_milli_minor,
+        "cost_bound_milli_minor": solution.cost_bound_milli_minor,
         "optimal": solution.optimal,
         "solver": solution.solver,
         "seconds": solution.seconds,

@@ -10,10 +10,10 @@ from matcher.model import (
     JobRequest,
     Problem,
     carbon_g,
-    charge_fen,
     compatible,
-    cost_mfen,
+    cost_milli_minor,
     energy_wh,
+    job_charge_minor,
     rtt_ms,
     transfer_ms,
 )
@@ -29,13 +29,13 @@ class QuoteLine:
     center_id: str
     region: str
     accelerator: str
-    price_fen_per_device_hour: int
-    charge_fen: int
+    price_minor_per_device_hour: int
+    charge_minor: int
     rtt_ms: int
     transfer_ms: int
     energy_wh: int
     carbon_g: int
-    cost_mfen: int
+    cost_milli_minor: int
     has_capacity: bool
     feasible: bool
     reason: str = ""
@@ -49,12 +49,12 @@ def quote(job: JobRequest, problem: Problem) -> tuple[QuoteLine, ...]:
     for pool in problem.pools:
         if not compatible(job, pool):
             continue
-        charge = charge_fen(job, pool)
+        charge = job_charge_minor(job, pool)
         transfer = transfer_ms(job, pool, problem)
         reasons = []
-        if job.max_price_fen is not None and charge > job.max_price_fen:
+        if job.max_price_minor is not None and charge > job.max_price_minor:
             reasons.append(
-                f"charge {charge / 100:,.2f} yuan > budget {job.max_price_fen / 100:,.2f} yuan"
+                f"charge {charge / 100:,.2f} yuan > budget {job.max_price_minor / 100:,.2f} yuan"
             )
         if job.deadline_s is not None and job.seconds * 1000 + transfer > job.deadline_s * 1000:
             reasons.append(
@@ -65,20 +65,20 @@ def quote(job: JobRequest, problem: Problem) -> tuple[QuoteLine, ...]:
         if not has_capacity:
             reasons.append(f"{pool.free} devices free now, {job.devices} needed")
         feasible = len(reasons) == (0 if has_capacity else 1)
-        cost = cost_mfen(job, pool, problem)
+        cost = cost_milli_minor(job, pool, problem)
         line = QuoteLine(
             rank=0,
             pool_id=pool.pool_id,
             center_id=pool.center_id,
             region=pool.region,
             accelerator=pool.accelerator,
-            price_fen_per_device_hour=pool.price_fen_per_device_hour,
-            charge_fen=charge,
+            price_minor_per_device_hour=pool.price_minor_per_device_hour,
+            charge_minor=charge,
             rtt_ms=rtt_ms(problem, job.data_region, pool.region) if job.data_region else 0,
             transfer_ms=transfer,
             energy_wh=energy_wh(job, pool),
             carbon_g=carbon_g(job, pool),
-            cost_mfen=cost,
+            cost_milli_minor=cost,
             has_capacity=has_capacity,
             feasible=feasible,
             reason="; ".join(reasons),

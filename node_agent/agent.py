@@ -414,8 +414,8 @@ class Agent:
             accelerator=pool.accelerator,
             energy_wh=energy,
             carbon_g=usage_carbon_g(energy, self.center.grid_g_co2_per_kwh),
-            unit_price_minor=pool.price_fen_per_device_hour,
-            charge_minor=charge_minor(task.devices * wall_s, pool.price_fen_per_device_hour),
+            unit_price_minor=pool.price_minor_per_device_hour,
+            charge_minor=charge_minor(task.devices * wall_s, pool.price_minor_per_device_hour),
         )
         entry = sign_records([record], self.usage_key)[0].entry()
         self.unacked[record.record_id] = entry

@@ -17,7 +17,7 @@ devices = 64
 memory_gb = 32
 fp16_tflops = 256
 power_w = 310
-price_fen_per_device_hour = 500
+price_minor_per_device_hour = 500
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def parse_center(data: dict[str, Any]) -> CenterDescriptor:
                     memory_gb=_get(p, "memory_gb", int, where),
                     fp16_tflops=_get(p, "fp16_tflops", int, where),
                     power_w=_get(p, "power_w", int, where),
-                    price_fen_per_device_hour=_get(p, "price_fen_per_device_hour", int, where),
+                    price_minor_per_device_hour=_get(p, "price_minor_per_device_hour", int, where),
                 )
             )
         except InvalidOffer as exc:

@@ -82,7 +82,7 @@ def load_centers(*, scale: int = 1, min_devices: int = 1) -> list[CenterDescript
                         memory_gb=model.memory_gb,
                         fp16_tflops=model.fp16_tflops,
                         power_w=model.power_w,
-                        price_fen_per_device_hour=round(
+                        price_minor_per_device_hour=round(
                             float(row["price_yuan_per_device_hour"]) * 100
                         ),
                     )
@@ -190,7 +190,7 @@ def demo_workload(
             devices=devices,
             estimated_s=max(1, t.duration_s),
             allowed_regions=regions,
-            max_price_fen=budget,
+            max_price_minor=budget,
             priority=rng.choice((0, 0, 0, 1, 5)),
             command=(
                 "sh",

@@ -36,7 +36,7 @@ def make_center(
     pue_milli: int = 1250,
     grid: int = 500,
 ) -> CenterDescriptor:
-    """pools: pool_id -> (accelerator, devices, price_fen_per_device_hour)."""
+    """pools: pool_id -> (accelerator, devices, price_minor_per_device_hour)."""
     pools = pools or {"main": ("ascend-910", 8, 500)}
     return CenterDescriptor(
         center_id=CenterId(center_id),
@@ -53,7 +53,7 @@ def make_center(
                 memory_gb=32,
                 fp16_tflops=256,
                 power_w=300,
-                price_fen_per_device_hour=price,
+                price_minor_per_device_hour=price,
             )
             for pid, (acc, n, price) in pools.items()
         ),

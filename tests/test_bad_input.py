@@ -71,7 +71,9 @@ BAD_SPECS = [
         _with(deadline_ms=1_000), "deadline_ms must be in the future, got 1000", id="past-deadline"
     ),
     pytest.param(_with(command=[]), "command must name a program", id="no-command"),
-    pytest.param(_with(max_price_fen=-5), "max_price_fen must be positive, got -5", id="budget"),
+    pytest.param(
+        _with(max_price_minor=-5), "max_price_minor must be positive, got -5", id="budget"
+    ),
     pytest.param(_with(priority=1000), "priority must be 0..100, got 1000", id="priority"),
 ]
 
@@ -152,7 +154,7 @@ def _offer(center_id: str = "CZ", free: int = 4, total: int = 8) -> agent_pb2.Co
         memory_gb_per_device=32,
         fp16_tflops_per_device=256,
         power_w_per_device=300,
-        price_fen_per_device_hour=500,
+        price_minor_per_device_hour=500,
     )
     return agent_pb2.ConnectRequest(
         offer=types_pb2.Offer(
@@ -261,7 +263,7 @@ def test_agent_refuses_a_bad_center_config(tmp_path: Path) -> None:
     path.write_text('[center]\nid = "X"\nname = "x"\nregion = "TF"\npue = 0.5\n'
                     'grid_g_co2_per_kwh = 100\n[[pools]]\nid = "p"\naccelerator = "ascend-910"\n'
                     "devices = 4\nmemory_gb = 32\nfp16_tflops = 256\npower_w = 300\n"
-                    "price_fen_per_device_hour = 500\n")  # fmt: skip
+                    "price_minor_per_device_hour = 500\n")  # fmt: skip
     result = _icx("agent", "run", "--config", str(path), "--broker", "127.0.0.1:1")
     assert result.returncode == 2
     assert result.stderr.strip() == "icx: error: center X: pue_milli must be 1000..3000, got 500"

@@ -216,7 +216,7 @@ def test_quote_ranks_candidates_before_submitting(fed: LocalFederation) -> None:
     assert isinstance(lines, list)
     # Both centers can take an "any" job; the cheaper pool ranks first.
     assert [(q["center_id"], q["rank"]) for q in lines] == [("CA", 1), ("CB", 2)]
-    assert [q["charge_fen"] for q in lines] == [500 * 2 * 2, 900 * 2 * 2]
+    assert [q["charge_minor"] for q in lines] == [500 * 2 * 2, 900 * 2 * 2]
     assert all(q["has_capacity"] and q["feasible"] for q in lines)
     east = icx_json(fed, "quote", "--devices", "1", "--hours", "1", "--region", "YRD")
     assert [q["center_id"] for q in east] == ["CB"]  # type: ignore[union-attr]

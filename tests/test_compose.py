@@ -320,7 +320,7 @@ def test_center_configs_are_the_scenario_rows() -> None:
             c.region,
             c.pue_milli,
             c.grid_g_co2_per_kwh,
-            [(p.accelerator, p.devices_total, p.price_fen_per_device_hour) for p in c.pools],
+            [(p.accelerator, p.devices_total, p.price_minor_per_device_hour) for p in c.pools],
         )
         for name, c in centers.items()
     }

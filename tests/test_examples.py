@@ -15,7 +15,7 @@ def test_job_example_is_a_valid_spec() -> None:
     spec = load_spec(EXAMPLES / "job.toml")
     assert (spec.accelerator, spec.devices, spec.estimated_s) == ("ascend-910", 8, 9000)
     assert spec.allowed_regions == ("CY", "GS", "NX")
-    assert spec.max_price_fen == 20_000
+    assert spec.max_price_minor == 20_000
     assert spec.data_mb == 40_000
     assert dict(spec.env) == {"EPOCHS": "3"}
 
@@ -30,7 +30,7 @@ def test_center_example_is_a_valid_center() -> None:
 def test_policy_example_is_a_valid_policy() -> None:
     template = load_policy(EXAMPLES / "policy.json")
     policy = template.policy
-    assert (policy.w_cost, policy.w_carbon, policy.carbon_price_fen_per_tonne) == (1, 10, 10_000)
+    assert (policy.w_cost, policy.w_carbon, policy.carbon_price_minor_per_tonne) == (1, 10, 10_000)
     assert dict(policy.quota_devices) == {"JJJ": 512}
-    assert policy.incentive_fen_per_device_hour == 50
+    assert policy.incentive_minor_per_device_hour == 50
     assert template.latency_ms["YRD"]["CY"] == 24.9

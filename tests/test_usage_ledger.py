@@ -177,7 +177,7 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
             record_id=f"{producer}/c-1", producer=producer, consumer=consumer, job_id=job_id,
             start_ms=now - 2000, end_ms=now, wall_s=2, devices=1, device_s=2,
             accelerator="ascend-910", energy_wh=1, carbon_g=0, unit_price_minor=500,
-            charge_minor=0,
+            charge_minor=1,
         )  # fmt: skip
         entry = sign_records([record], signer)[0].entry()
         return agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=entry))

@@ -108,14 +108,14 @@ class QuoteJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_types_pb2.JobSpec, _Mapping]] = ...) -> None: ...
 
 class QuoteLine(_message.Message):
-    __slots__ = ("rank", "center_id", "pool_id", "region", "accelerator", "price_fen_per_device_hour", "charge_fen", "rtt_ms", "transfer_ms", "energy_wh", "carbon_g", "has_capacity", "feasible", "reason")
+    __slots__ = ("rank", "center_id", "pool_id", "region", "accelerator", "price_minor_per_device_hour", "charge_minor", "rtt_ms", "transfer_ms", "energy_wh", "carbon_g", "has_capacity", "feasible", "reason")
     RANK_FIELD_NUMBER: _ClassVar[int]
     CENTER_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
-    PRICE_FEN_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
-    CHARGE_FEN_FIELD_NUMBER: _ClassVar[int]
+    PRICE_MINOR_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
+    CHARGE_MINOR_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_WH_FIELD_NUMBER: _ClassVar[int]
@@ -128,8 +128,8 @@ class QuoteLine(_message.Message):
     pool_id: str
     region: str
     accelerator: str
-    price_fen_per_device_hour: int
-    charge_fen: int
+    price_minor_per_device_hour: int
+    charge_minor: int
     rtt_ms: int
     transfer_ms: int
     energy_wh: int
@@ -137,7 +137,7 @@ class QuoteLine(_message.Message):
     has_capacity: bool
     feasible: bool
     reason: str
-    def __init__(self, rank: _Optional[int] = ..., center_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., region: _Optional[str] = ..., accelerator: _Optional[str] = ..., price_fen_per_device_hour: _Optional[int] = ..., charge_fen: _Optional[int] = ..., rtt_ms: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., energy_wh: _Optional[int] = ..., carbon_g: _Optional[int] = ..., has_capacity: bool = ..., feasible: bool = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, rank: _Optional[int] = ..., center_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., region: _Optional[str] = ..., accelerator: _Optional[str] = ..., price_minor_per_device_hour: _Optional[int] = ..., charge_minor: _Optional[int] = ..., rtt_ms: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., energy_wh: _Optional[int] = ..., carbon_g: _Optional[int] = ..., has_capacity: bool = ..., feasible: bool = ..., reason: _Optional[str] = ...) -> None: ...
 
 class QuoteJobResponse(_message.Message):
     __slots__ = ("lines",)

@@ -34,7 +34,7 @@ LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
 
 class Pool(_message.Message):
-    __slots__ = ("pool_id", "accelerator", "devices_total", "devices_free", "memory_gb_per_device", "fp16_tflops_per_device", "power_w_per_device", "price_fen_per_device_hour")
+    __slots__ = ("pool_id", "accelerator", "devices_total", "devices_free", "memory_gb_per_device", "fp16_tflops_per_device", "power_w_per_device", "price_minor_per_device_hour")
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     DEVICES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -42,7 +42,7 @@ class Pool(_message.Message):
     MEMORY_GB_PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     FP16_TFLOPS_PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     POWER_W_PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
-    PRICE_FEN_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
+    PRICE_MINOR_PER_DEVICE_HOUR_FIELD_NUMBER: _ClassVar[int]
     pool_id: str
     accelerator: str
     devices_total: int
@@ -50,8 +50,8 @@ class Pool(_message.Message):
     memory_gb_per_device: int
     fp16_tflops_per_device: int
     power_w_per_device: int
-    price_fen_per_device_hour: int
-    def __init__(self, pool_id: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices_total: _Optional[int] = ..., devices_free: _Optional[int] = ..., memory_gb_per_device: _Optional[int] = ..., fp16_tflops_per_device: _Optional[int] = ..., power_w_per_device: _Optional[int] = ..., price_fen_per_device_hour: _Optional[int] = ...) -> None: ...
+    price_minor_per_device_hour: int
+    def __init__(self, pool_id: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices_total: _Optional[int] = ..., devices_free: _Optional[int] = ..., memory_gb_per_device: _Optional[int] = ..., fp16_tflops_per_device: _Optional[int] = ..., power_w_per_device: _Optional[int] = ..., price_minor_per_device_hour: _Optional[int] = ...) -> None: ...
 
 class CenterDescriptor(_message.Message):
     __slots__ = ("center_id", "name", "region", "latitude", "longitude", "pue_milli", "grid_g_co2_per_kwh", "pools")
@@ -92,7 +92,7 @@ class Offer(_message.Message):
     def __init__(self, center_id: _Optional[str] = ..., seq: _Optional[int] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., pue_milli: _Optional[int] = ..., grid_g_co2_per_kwh: _Optional[int] = ..., pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "accelerator", "devices", "estimated_seconds", "allowed_regions", "max_price_fen", "deadline_ms", "priority", "data_region", "data_mb", "command", "env")
+    __slots__ = ("name", "accelerator", "devices", "estimated_seconds", "allowed_regions", "max_price_minor", "deadline_ms", "priority", "data_region", "data_mb", "command", "env")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,7 +105,7 @@ class JobSpec(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
-    MAX_PRICE_FEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICE_MINOR_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DATA_REGION_FIELD_NUMBER: _ClassVar[int]
@@ -117,14 +117,14 @@ class JobSpec(_message.Message):
     devices: int
     estimated_seconds: int
     allowed_regions: _containers.RepeatedScalarFieldContainer[str]
-    max_price_fen: int
+    max_price_minor: int
     deadline_ms: int
     priority: int
     data_region: str
     data_mb: int
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices: _Optional[int] = ..., estimated_seconds: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., max_price_fen: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[int] = ..., data_region: _Optional[str] = ..., data_mb: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices: _Optional[int] = ..., estimated_seconds: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., max_price_minor: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[int] = ..., data_region: _Optional[str] = ..., data_mb: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "tenant", "spec", "state", "submitted_at_ms", "updated_at_ms", "center_id", "pool_id", "device_indices", "attempts", "exit_code", "reason", "explanation")

@@ -32,7 +32,7 @@ def pools(free_fraction: float = 1.0) -> tuple[PoolSlot, ...]:
                     power_w=pool.power_w,
                     pue_milli=center.pue_milli,
                     grid_g_per_kwh=center.grid_g_co2_per_kwh,
-                    price_fen_per_device_hour=pool.price_fen_per_device_hour,
+                    price_minor_per_device_hour=pool.price_minor_per_device_hour,
                 )
             )
     return tuple(out)

@@ -17,7 +17,7 @@ def _pool(pool_id: str, region: str, free: int, price: int) -> PoolSlot:
         power_w=400,
         pue_milli=1250,
         grid_g_per_kwh=500,
-        price_fen_per_device_hour=price,
+        price_minor_per_device_hour=price,
     )
 
 
@@ -46,7 +46,7 @@ def test_runner_up_lost_on_cost_or_capacity() -> None:
 
 def test_unplaced_reasons_name_the_binding_constraint() -> None:
     jobs = (
-        _job("budget", 0, max_price_fen=3000),
+        _job("budget", 0, max_price_minor=3000),
         _job("residency", 0, regions=("C",)),
         _job("deadline", 0, deadline_s=3000),
         JobRequest(job_id="gang", accelerator="npu", devices=64, seconds=60),
@@ -70,7 +70,7 @@ def test_starving_job_overtakes_through_aging() -> None:
 
 def test_quote_ranks_feasible_with_capacity_first() -> None:
     pools = (*POOLS, _pool("full", "A", 4, 100), _pool("far", "C", 64, 600))
-    job = _job("q", 0, data_region="A", data_mb=100_000, max_price_fen=6000)
+    job = _job("q", 0, data_region="A", data_mb=100_000, max_price_minor=6000)
     problem = Problem(
         pools=pools, jobs=(), policy=Policy(w_latency=1), latency_ms={"A": {"C": 30.0}}
     )
@@ -82,6 +82,6 @@ def test_quote_ranks_feasible_with_capacity_first() -> None:
         (4, "dear", False, True),
     ]
     far = lines[1]
-    assert (far.rtt_ms, far.transfer_ms, far.charge_fen) == (30, 30 + 8000, 4800)
+    assert (far.rtt_ms, far.transfer_ms, far.charge_minor) == (30, 30 + 8000, 4800)
     assert lines[2].reason == "4 devices free now, 8 needed"
     assert lines[3].reason == "charge 64.00 yuan > budget 60.00 yuan"

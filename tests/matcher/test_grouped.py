@@ -27,7 +27,7 @@ def federations(draw: st.DrawFn) -> Problem:
                 "pool_id": f"f{i:02d}",
                 "center_id": f"f{i:02d}",
                 "free": draw(st.integers(0, 12)),
-                "price_fen_per_device_hour": draw(st.sampled_from([0, 700, 701, 720, 1500])),
+                "price_minor_per_device_hour": draw(st.sampled_from([0, 700, 701, 720, 1500])),
             }
         )
         for i, p in enumerate(draw(st.lists(st.sampled_from(profiles), min_size=1, max_size=9)))
@@ -44,7 +44,7 @@ def federations(draw: st.DrawFn) -> Problem:
 
 def _placed(problem: Problem, matcher: CpSatMatcher | GreedyMatcher) -> tuple[int, int]:
     s = matcher.solve(problem)
-    return round(s.objective * 3600), -s.cost_mfen
+    return round(s.objective * 3600), -s.cost_milli_minor
 
 
 @FAST
@@ -57,7 +57,7 @@ def test_grouped_greedy_places_what_the_greedy_matcher_places(problem: Problem) 
     placed = _grouped.greedy(gr)
     inst, (n,) = _grouped.instance(gr, [placed])
     solution = GreedyMatcher().solve(problem)
-    assert evaluate(inst, n) == (round(solution.objective * 3600), solution.cost_mfen)
+    assert evaluate(inst, n) == (round(solution.objective * 3600), solution.cost_milli_minor)
 
 
 @FAST

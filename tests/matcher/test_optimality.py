@@ -7,7 +7,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 
-from matcher import CpSatMatcher, Problem, cost_mfen, feasible, transfer_ms, value
+from matcher import CpSatMatcher, Problem, cost_milli_minor, feasible, transfer_ms, value
 from tests.matcher.test_properties import problems
 
 
@@ -32,7 +32,7 @@ def brute_force(problem: Problem) -> tuple[int, int]:
             used[k] += job.devices
             per_region[pool.region] = per_region.get(pool.region, 0) + job.devices
             total_value += value(job, problem.policy)
-            total_cost += cost_mfen(job, pool, problem)
+            total_cost += cost_milli_minor(job, pool, problem)
         if not ok or any(per_region.get(r, 0) > q for r, q in quotas.items()):
             continue
         if (total_value, -total_cost) > (best[0], -best[1]):
@@ -44,11 +44,11 @@ def brute_force(problem: Problem) -> tuple[int, int]:
 @given(problems(max_pools=3, max_jobs=5))
 def test_matches_brute_force_and_proves_it(problem: Problem) -> None:
     solution = CpSatMatcher(time_limit_s=5.0, num_workers=1).solve(problem)
-    assert (round(solution.objective * 3600), solution.cost_mfen) == brute_force(problem)
+    assert (round(solution.objective * 3600), solution.cost_milli_minor) == brute_force(problem)
     assert solution.bound is not None and solution.gap == 0.0
     if problem.jobs and solution.solver in ("cpsat", "mip"):
         assert solution.optimal
-        assert solution.cost_bound_mfen == solution.cost_mfen
+        assert solution.cost_bound_milli_minor == solution.cost_milli_minor
 
 
 def test_medium_instance_reports_its_gap() -> None:
@@ -63,13 +63,13 @@ def test_medium_instance_reports_its_gap() -> None:
 def test_an_uncontended_round_is_proven_optimal_without_a_solver() -> None:
     """Room for everyone: each job must land on its own cheapest compatible pool, and the
     matcher says so with a zero gap (checked here by direct minimisation)."""
-    from matcher import CpSatMatcher, JobRequest, PoolSlot, Problem, charge_fen
+    from matcher import CpSatMatcher, JobRequest, PoolSlot, Problem, job_charge_minor
 
     def pool(pid: str, acc: str, price: int) -> PoolSlot:
         return PoolSlot(
             pool_id=pid, center_id=pid, region="R", accelerator=acc, free=64, memory_gb=32,
             tflops=256, power_w=300, pue_milli=1200, grid_g_per_kwh=500,
-            price_fen_per_device_hour=price,
+            price_minor_per_device_hour=price,
         )  # fmt: skip
 
     pools = (
@@ -88,7 +88,7 @@ def test_an_uncontended_round_is_proven_optimal_without_a_solver() -> None:
     for a in solution.assignments:
         job = next(j for j in jobs if j.job_id == a.job_id)
         cheapest = min(
-            charge_fen(job, p) for p in pools if job.accelerator in ("any", p.accelerator)
+            job_charge_minor(job, p) for p in pools if job.accelerator in ("any", p.accelerator)
         )
-        assert charge_fen(job, by_id[a.pool_id]) == cheapest
+        assert job_charge_minor(job, by_id[a.pool_id]) == cheapest
     assert len(solution.assignments) == len(jobs)

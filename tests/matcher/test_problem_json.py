@@ -54,7 +54,7 @@ def test_units_are_converted_at_the_edge() -> None:
     assert (job.seconds, job.deadline_s, job.waited_s, job.data_mb) == (360, 1800, 7164, 2)
     pool = load_problem(doc).pools[0]
     assert (pool.pue_milli, pool.grid_g_per_kwh) == (1250, 140)
-    assert load_problem(doc).policy.carbon_price_fen_per_tonne == 10_000
+    assert load_problem(doc).policy.carbon_price_minor_per_tonne == 10_000
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -96,7 +96,11 @@ BAD = [
     ("jobs[2].id", "j-train", "jobs[2].id: duplicate id 'j-train'"),
     ("jobs[0].devcies", 4, "jobs[0]: unknown field 'devcies' (expected one of"),
     ("pools[0].pue", 0.9, "pools[0].pue: expected a number >= 1, got 0.9"),
-    ("pools[0].price_fen_per_device_hour", _DELETE, "pools[0].price_fen_per_device_hour: missing"),
+    (
+        "pools[0].price_minor_per_device_hour",
+        _DELETE,
+        "pools[0].price_minor_per_device_hour: missing",
+    ),
     ("weights.carbon", -1, "weights.carbon: expected an integer >= 0, got -1"),
     ("latency_ms.XX", {"TF": 3}, "latency_ms.XX: unknown region 'XX' (known: SH, TF, YRD)"),
     ("latency_ms.YRD.ZZ", 3, "latency_ms.YRD.ZZ: unknown region 'ZZ' (known: SH, TF, YRD)"),

@@ -17,7 +17,7 @@ from matcher import (
     PoolSlot,
     Problem,
     Solution,
-    cost_mfen,
+    cost_milli_minor,
     feasible,
     transfer_ms,
 )
@@ -42,7 +42,7 @@ def problems(draw: st.DrawFn, max_pools: int = 5, max_jobs: int = 10) -> Problem
             power_w=draw(st.integers(100, 700)),
             pue_milli=draw(st.integers(1000, 1500)),
             grid_g_per_kwh=draw(st.integers(0, 800)),
-            price_fen_per_device_hour=draw(st.integers(0, 2000)),
+            price_minor_per_device_hour=draw(st.integers(0, 2000)),
         )
         for i in range(draw(st.integers(1, max_pools)))
     )
@@ -53,7 +53,7 @@ def problems(draw: st.DrawFn, max_pools: int = 5, max_jobs: int = 10) -> Problem
             devices=draw(st.sampled_from([1, 1, 2, 3, 4, 8])),
             seconds=draw(st.integers(1, 20_000)),
             regions=draw(st.none() | st.lists(st.sampled_from(REGIONS), min_size=1).map(tuple)),
-            max_price_fen=draw(st.none() | st.integers(0, 30_000)),
+            max_price_minor=draw(st.none() | st.integers(0, 30_000)),
             priority=draw(st.integers(0, 5)),
             data_region=draw(st.sampled_from(("", *REGIONS))),
             data_mb=draw(st.integers(0, 500_000)),
@@ -70,7 +70,7 @@ def problems(draw: st.DrawFn, max_pools: int = 5, max_jobs: int = 10) -> Problem
         w_latency=draw(st.integers(0, 2)),
         aging_s=draw(st.sampled_from([600, 3600])),
         quota_devices=draw(st.dictionaries(st.sampled_from(REGIONS), st.integers(0, 10))),
-        incentive_fen_per_device_hour=draw(st.integers(0, 300)),
+        incentive_minor_per_device_hour=draw(st.integers(0, 300)),
         incentive_regions=draw(st.lists(st.sampled_from(REGIONS), max_size=2).map(tuple)),
     )
     latency = {"A": {"B": draw(st.floats(0, 40)), "C": draw(st.floats(0, 40))}, "B": {"C": 7.4}}
@@ -120,10 +120,10 @@ def check_feasible(problem: Problem, solution: Solution) -> None:
         assert job.accelerator in ("any", pool.accelerator)
         assert pool.memory_gb >= job.min_memory_gb and pool.tflops >= job.min_tflops
         assert job.regions is None or pool.region in job.regions
-        charge = Fraction(pool.price_fen_per_device_hour * job.devices * job.seconds, 3600)
-        assert a.charge_fen == -(-charge // 1)
-        if job.max_price_fen is not None:
-            assert charge <= job.max_price_fen
+        charge = Fraction(pool.price_minor_per_device_hour * job.devices * job.seconds, 3600)
+        assert a.charge_minor == -(-charge // 1)
+        if job.max_price_minor is not None:
+            assert charge <= job.max_price_minor
         if job.deadline_s is not None:
             assert job.seconds * 1000 + _transfer_ms(problem, job, pool) <= job.deadline_s * 1000
     for pool_id, devices in used.items():
@@ -133,7 +133,7 @@ def check_feasible(problem: Problem, solution: Solution) -> None:
 
 
 def _lexi(problem: Problem, solution: Solution) -> tuple[Fraction, int]:
-    return Fraction(round(solution.objective * 3600)), -solution.cost_mfen
+    return Fraction(round(solution.objective * 3600)), -solution.cost_milli_minor
 
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -157,8 +157,8 @@ def test_objective_within_bound_and_never_worse_than_greedy(problem: Problem) ->
     # The reported figures are those of the assignments.
     jobs = {j.job_id: j for j in problem.jobs}
     pools = {p.pool_id: p for p in problem.pools}
-    assert solution.cost_mfen == sum(
-        cost_mfen(jobs[a.job_id], pools[a.pool_id], problem) for a in solution.assignments
+    assert solution.cost_milli_minor == sum(
+        cost_milli_minor(jobs[a.job_id], pools[a.pool_id], problem) for a in solution.assignments
     )
     for a in solution.assignments:
         assert a.transfer_ms == _transfer_ms(problem, jobs[a.job_id], pools[a.pool_id])
@@ -172,7 +172,7 @@ def test_array_greedy_places_what_the_greedy_matcher_places(problem: Problem) ->
     solution = GreedyMatcher().solve(problem)
     value, cost = evaluate(inst, n)
     assert value == round(solution.objective * 3600)
-    assert cost == solution.cost_mfen
+    assert cost == solution.cost_milli_minor
 
 
 @FAST
@@ -186,7 +186,7 @@ def test_candidates_agree_with_the_scalar_rules(problem: Problem) -> None:
             for p, k in zip(inst.pool[lo:hi], inst.cost[lo:hi], strict=True)
         }
         expected = {
-            p.pool_id: cost_mfen(job, p, problem)
+            p.pool_id: cost_milli_minor(job, p, problem)
             for p in problem.pools
             if feasible(job, p, p.free, transfer_ms(job, p, problem))
         }

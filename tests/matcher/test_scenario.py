@@ -80,7 +80,7 @@ def test_carbon_weight_moves_work_from_the_north_to_sichuan_hydro() -> None:
     # Sichuan priced a little above Beijing (8.00 vs 7.50 yuan per device-hour), so that
     # cost alone keeps some work north; 10% of each center's devices free.
     pools = tuple(
-        dataclasses.replace(p, price_fen_per_device_hour=800) if p.region in SICHUAN_HYDRO else p
+        dataclasses.replace(p, price_minor_per_device_hour=800) if p.region in SICHUAN_HYDRO else p
         for p in scenario.pools(free_fraction=0.1)
     )
     jobs = _northern_jobs(60, regions=NORTH + SICHUAN_HYDRO)
@@ -143,7 +143,7 @@ def test_east_to_west_incentive_moves_cost_weighted_work_west() -> None:
     )
     plain = _regions(p := scenario.problem(jobs), _solve(p))
     assert not set(plain.values()) & set(west)
-    policy = Policy(incentive_fen_per_device_hour=200, incentive_regions=west)
+    policy = Policy(incentive_minor_per_device_hour=200, incentive_regions=west)
     nudged = _regions(q := scenario.problem(jobs, policy=policy), _solve(q))
     assert set(nudged.values()) == {"HLGE"}  # 9.00 - 2.00 < 7.50 yuan per device-hour
 
