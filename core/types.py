@@ -205,3 +205,25 @@ class LogChunk:
     seq: int
     stream: str  # "stdout" | "stderr"
     data: bytes = field(repr=False)
+
+
+LOCAL_BROKER = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolRef:
+    """Where a pool lives: a center's pool, reached through a broker (`LOCAL_BROKER` for
+    this broker's own centers; a peer broker's name for capacity it federates)."""
+
+    broker: str = LOCAL_BROKER
+    center_id: CenterId
+    pool_id: PoolId
+
+    @property
+    def key(self) -> str:
+        """A unique string name for the matcher, which names pools by strings."""
+        local = f"{self.center_id}/{self.pool_id}"
+        return local if self.broker == LOCAL_BROKER else f"{self.broker}/{local}"
+
+    def __str__(self) -> str:
+        return self.key
