@@ -123,7 +123,8 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             raise InvalidArgument(f"limit must be >= 0, got {request.limit}")
         states = [wire.state_from_proto(s) for s in request.states]
         jobs = self.broker.list_jobs(states, request.limit)
-        return broker_pb2.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in jobs])
+        total = len(self.broker.list_jobs(states))
+        return broker_pb2.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in jobs], total=total)
 
     @unary
     async def CancelJob(
