@@ -10,6 +10,8 @@ gRPC status codes, and the CLI to exit codes.
   + PermissionDenied       a party acting outside its own name
   + FailedPrecondition     valid request, wrong state (cancel a finished job)
   + Unavailable            the other side is not there (yet)
+  + VerificationFailed     something signed or proven does not check out (the ledger's
+                           VerificationError); answered as bad input
 """
 
 from __future__ import annotations
@@ -49,3 +51,8 @@ class FailedPrecondition(IcxError):
 
 class Unavailable(IcxError):
     """A party the request needs is not reachable."""
+
+
+class VerificationFailed(IcxError):
+    """Signed or proven data that does not check out. Not an InvalidArgument: the input is
+    well-formed, and a failed check is an outcome (exit 1), not a usage error."""

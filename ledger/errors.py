@@ -3,7 +3,8 @@ the edge should answer it (bad input, permission, conflict), so the broker and t
 them without knowing the ledger.
 
 * LedgerError (core.IcxError)
-  + VerificationError          something signed or proven does not check out
+  + VerificationError          (also core.VerificationFailed) something signed or proven
+                               does not check out
     x ProofError               a Merkle inclusion or consistency proof is wrong or malformed
     x SignatureError           a signature does not verify, or its key is unknown or revoked
     x NoteError                a signed note or checkpoint is malformed or unverified
@@ -19,14 +20,21 @@ them without knowing the ledger.
 
 from __future__ import annotations
 
-from core.errors import FailedPrecondition, IcxError, InvalidArgument, NotFound, PermissionDenied
+from core.errors import (
+    FailedPrecondition,
+    IcxError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    VerificationFailed,
+)
 
 
 class LedgerError(IcxError):
     """Base of every error the ledger raises on purpose."""
 
 
-class VerificationError(LedgerError):
+class VerificationError(LedgerError, VerificationFailed):
     """Signed or proven data that does not check out."""
 
 
