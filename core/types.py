@@ -7,6 +7,7 @@ time in Unix ms UTC (durations in s), power in W.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -22,6 +23,12 @@ ClaimId = NewType("ClaimId", str)
 MAX_GANG = 4096
 MAX_ESTIMATED_S = 30 * 24 * 3600
 MAX_PRIORITY = 100
+
+
+def iso_utc(at_ms: int) -> str:
+    """A Unix ms time as ISO 8601 UTC, to the second: 1767225600000 -> 2026-01-01T00:00:00Z."""
+    when = dt.datetime.fromtimestamp(at_ms // 1000, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +75,8 @@ class JobSpec:
         """Checks that depend on the clock: the deadline must lie ahead."""
         if self.deadline_ms is not None and self.deadline_ms <= now_ms:
             raise InvalidJobSpec(
-                f"deadline_ms must be in the future, got {self.deadline_ms} <= now {now_ms}"
+                f"deadline_ms must be in the future, got {self.deadline_ms} "
+                f"({iso_utc(self.deadline_ms)}; now {iso_utc(now_ms)})"
             )
 
 
