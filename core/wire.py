@@ -2,8 +2,9 @@
 import this module; libraries never see a protobuf.
 
 proto3 zero values: an empty string means "not set" for ids and regions; optional
-fields (max_price_minor, deadline_ms, exit_code) use presence. A *_UNSPECIFIED enum
-value is refused.
+fields (max_price_minor, deadline_ms, exit_code, a center's offer) use presence. A
+*_UNSPECIFIED enum value is refused. A ListJobsResponse total below the jobs it carries
+(0 from a broker that predates the field) is read as the number of jobs carried.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from core.types import (
     CenterId,
     Job,
     JobEvent,
+    JobId,
     JobSpec,
     LogChunk,
     Offer,
     Pool,
     PoolId,
 )
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from icx.v1 import admin_pb2, broker_pb2
 from icx.v1 import types_pb2 as pb
 
 _STATE_TO_PB = {
@@ -209,3 +213,128 @@ def log_stream_from_proto(value: int) -> str:
         return _STREAM_FROM_PB[value]  # type: ignore[index]
     except KeyError:
         raise InvalidArgument(f"stream must be stdout or stderr, got {value}") from None
+
+
+def job_from_proto(msg: pb.Job) -> Job:
+    return Job(
+        job_id=JobId(msg.job_id),
+        tenant=msg.tenant,
+        spec=spec_from_proto(msg.spec),
+        state=state_from_proto(msg.state),
+        submitted_at_ms=msg.submitted_at_ms,
+        updated_at_ms=msg.updated_at_ms,
+        center_id=CenterId(msg.center_id) if msg.center_id else None,
+        pool_id=PoolId(msg.pool_id) if msg.pool_id else None,
+        device_indices=tuple(msg.device_indices),
+        attempts=msg.attempts,
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+        reason=msg.reason,
+        explanation=msg.explanation,
+    )
+
+
+def event_from_proto(msg: pb.JobEvent) -> JobEvent:
+    return JobEvent(
+        job_id=JobId(msg.job_id),
+        seq=msg.seq,
+        at_ms=msg.at_ms,
+        state=state_from_proto(msg.state),
+        center_id=CenterId(msg.center_id) if msg.center_id else None,
+        message=msg.message,
+    )
+
+
+def log_from_proto(msg: pb.LogChunk) -> LogChunk:
+    return LogChunk(
+        job_id=JobId(msg.job_id),
+        seq=msg.seq,
+        stream=log_stream_from_proto(msg.stream),
+        data=msg.data,
+    )
+
+
+def job_page_to_proto(page: JobPage) -> broker_pb2.ListJobsResponse:
+    return broker_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in page.jobs], total=page.total)
+
+
+def job_page_from_proto(msg: broker_pb2.ListJobsResponse) -> JobPage:
+    jobs = tuple(job_from_proto(j) for j in msg.jobs)
+    return JobPage(jobs=jobs, total=max(msg.total, len(jobs)))
+
+
+def center_status_to_proto(status: CenterStatus) -> broker_pb2.CenterStatus:
+    msg = broker_pb2.CenterStatus(
+        center=center_to_proto(status.center),
+        connected=status.connected,
+        last_seen_ms=status.last_seen_ms,
+        jobs_running=status.jobs_running,
+    )
+    if status.offer is not None:
+        msg.offer.CopyFrom(offer_to_proto(status.offer))
+    return msg
+
+
+def center_status_from_proto(msg: broker_pb2.CenterStatus) -> CenterStatus:
+    return CenterStatus(
+        center=center_from_proto(msg.center),
+        offer=offer_from_proto(msg.offer) if msg.HasField("offer") else None,
+        connected=msg.connected,
+        last_seen_ms=msg.last_seen_ms,
+        jobs_running=msg.jobs_running,
+    )
+
+
+def quote_line_to_proto(line: QuoteLine) -> broker_pb2.QuoteLine:
+    return broker_pb2.QuoteLine(
+        rank=line.rank,
+        center_id=line.center_id,
+        pool_id=line.pool_id,
+        region=line.region,
+        accelerator=line.accelerator,
+        price_minor_per_device_hour=line.price_minor_per_device_hour,
+        charge_minor=line.charge_minor,
+        rtt_ms=line.rtt_ms,
+        transfer_ms=line.transfer_ms,
+        energy_wh=line.energy_wh,
+        carbon_g=line.carbon_g,
+        has_capacity=line.has_capacity,
+        feasible=line.feasible,
+        reason=line.reason,
+    )
+
+
+def quote_line_from_proto(msg: broker_pb2.QuoteLine) -> QuoteLine:
+    return QuoteLine(
+        rank=msg.rank,
+        center_id=CenterId(msg.center_id),
+        pool_id=PoolId(msg.pool_id),
+        region=msg.region,
+        accelerator=msg.accelerator,
+        price_minor_per_device_hour=msg.price_minor_per_device_hour,
+        charge_minor=msg.charge_minor,
+        rtt_ms=msg.rtt_ms,
+        transfer_ms=msg.transfer_ms,
+        energy_wh=msg.energy_wh,
+        carbon_g=msg.carbon_g,
+        has_capacity=msg.has_capacity,
+        feasible=msg.feasible,
+        reason=msg.reason,
+    )
+
+
+def round_dump_to_proto(dump: RoundDump) -> admin_pb2.DumpRoundResponse:
+    return admin_pb2.DumpRoundResponse(
+        round=dump.number,
+        at_ms=dump.at_ms,
+        problem_json=dump.problem_json,
+        solution_json=dump.solution_json,
+    )
+
+
+def round_dump_from_proto(msg: admin_pb2.DumpRoundResponse) -> RoundDump:
+    return RoundDump(
+        number=msg.round,
+        at_ms=msg.at_ms,
+        problem_json=msg.problem_json,
+        solution_json=msg.solution_json,
+    )

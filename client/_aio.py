@@ -1,0 +1,202 @@
+"""AsyncBrokerClient: BrokerClient's calls on grpc.aio, for code on an asyncio loop (the
+coordinator's dashboard, peer brokers). Same methods, same values, same errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from client import _calls
+from core.states import JobState
+from core.types import Job, JobEvent, JobSpec, LogChunk
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from ledger import ProofBundle, VerifierKey
+
+R = TypeVar("R")
+
+
+class AsyncBrokerClient:
+    """One broker, one tenant, one channel, used from one event loop; close it (or use
+    `async with`). Every method returns domain values and raises the error tree
+    (core.errors), never grpc.RpcError, as BrokerClient does."""
+
+    def __init__(
+        self,
+        address: str,
+        tenant: str = "default",
+        *,
+        timeout_s: float = _calls.DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.tenant = _calls.check_tenant(tenant)
+        self.timeout_s = timeout_s
+        self._metadata = _calls.metadata(tenant)
+        self._channel = grpc.aio.insecure_channel(address)
+        self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncBrokerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _unary(
+        self, method: Callable[..., Awaitable[R]], request: Any, timeout_s: float | None
+    ) -> R:
+        try:
+            return await method(
+                request,
+                metadata=self._metadata,
+                timeout=self.timeout_s if timeout_s is None else timeout_s,
+            )
+        except grpc.RpcError as err:
+            _calls.raise_error(err, self.address)
+
+    # ------------------------------------------------------------ BrokerService
+
+    async def submit(
+        self, spec: JobSpec, *, request_id: str = "", timeout_s: float | None = None
+    ) -> Job:
+        """The job as accepted, once it is on the broker's disk. A retry with the same
+        `request_id` returns the job accepted the first time."""
+        reply = await self._unary(
+            self._broker.SubmitJob, _calls.submit_request(spec, request_id), timeout_s
+        )
+        return _calls.job_of(reply)
+
+    async def get_job(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        reply = await self._unary(
+            self._broker.GetJob, broker_pb2.GetJobRequest(job_id=job_id), timeout_s
+        )
+        return _calls.job_of(reply)
+
+    async def list_jobs(
+        self, states: Iterable[JobState] = (), *, limit: int = 0, timeout_s: float | None = None
+    ) -> JobPage:
+        """Newest first, only in `states` (all when empty), at most `limit` (0: all)."""
+        reply = await self._unary(
+            self._broker.ListJobs, _calls.list_request(states, limit), timeout_s
+        )
+        return _calls.page_of(reply)
+
+    async def cancel(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        reply = await self._unary(
+            self._broker.CancelJob, broker_pb2.CancelJobRequest(job_id=job_id), timeout_s
+        )
+        return _calls.job_of(reply)
+
+    async def watch(
+        self,
+        job_id: str,
+        *,
+        include_logs: bool = False,
+        follow: bool = True,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[JobEvent | LogChunk]:
+        """The job's events (and output) from the start; with `follow`, until it ends
+        (no deadline unless `timeout_s`), else what is recorded now."""
+        request = _calls.watch_request(job_id, include_logs=include_logs, snapshot=not follow)
+        timeout = timeout_s if timeout_s is not None or follow else self.timeout_s
+        try:
+            call = self._broker.WatchJob(request, metadata=self._metadata, timeout=timeout)
+            async for reply in call:
+                yield _calls.watch_item(reply)
+        except grpc.RpcError as err:
+            _calls.raise_error(err, self.address)
+
+    async def centers(self, *, timeout_s: float | None = None) -> list[CenterStatus]:
+        reply = await self._unary(
+            self._broker.ListCenters, broker_pb2.ListCentersRequest(), timeout_s
+        )
+        return _calls.centers_of(reply)
+
+    async def quote(self, spec: JobSpec, *, timeout_s: float | None = None) -> list[QuoteLine]:
+        """The pools that could run `spec`, best first (nothing is submitted)."""
+        reply = await self._unary(self._broker.QuoteJob, _calls.quote_request(spec), timeout_s)
+        return _calls.quote_of(reply)
+
+    # ------------------------------------------------------------- AdminService
+
+    async def dump_round(
+        self, *, current: bool = False, timeout_s: float | None = None
+    ) -> RoundDump:
+        """The latest matching round, or with `current` the queue and offers as now."""
+        reply = await self._unary(
+            self._admin.DumpRound, admin_pb2.DumpRoundRequest(current=current), timeout_s
+        )
+        return _calls.dump_of(reply)
+
+    # ------------------------------------------------------------ LedgerService
+
+    async def log_key(self, *, timeout_s: float | None = None) -> VerifierKey:
+        """The ledger's verifier key, as the broker names it (trust it only once checked
+        out of band)."""
+        from ledger import VerifierKey
+
+        reply = await self._unary(self._ledger.GetLogKey, ledger_pb2.GetLogKeyRequest(), timeout_s)
+        return VerifierKey.parse(reply.key)
+
+    async def checkpoint(self, *, timeout_s: float | None = None) -> str:
+        """The latest checkpoint: a signed note, byte for byte."""
+        reply = await self._unary(
+            self._ledger.GetCheckpoint, ledger_pb2.GetCheckpointRequest(), timeout_s
+        )
+        return str(reply.note)
+
+    async def prove(
+        self,
+        *,
+        record_id: str | None = None,
+        index: int | None = None,
+        timeout_s: float | None = None,
+    ) -> ProofBundle:
+        """A self-contained inclusion proof of one entry, by record id or by index."""
+        from ledger import ProofBundle
+
+        request = _calls.prove_request(record_id, index)
+        reply = await self._unary(self._ledger.ProveRecord, request, timeout_s)
+        return ProofBundle.from_json(reply.bundle_json)
+
+    async def statement(self, period: str, *, timeout_s: float | None = None) -> bytes:
+        """The signed settlement statement of a month (YYYY-MM), as the ledger signed it."""
+        request = ledger_pb2.GetStatementRequest(period=period)
+        reply = await self._unary(self._ledger.GetStatement, request, timeout_s)
+        return bytes(reply.statement)
+
+    async def consistency_proof(
+        self, size1: int, size2: int, *, timeout_s: float | None = None
+    ) -> list[bytes]:
+        """The proof that the tree at size2 extends the tree at size1 (RFC 9162)."""
+        request = ledger_pb2.GetConsistencyProofRequest(size1=size1, size2=size2)
+        reply = await self._unary(self._ledger.GetConsistencyProof, request, timeout_s)
+        return list(reply.proof)
+
+    async def add_cosignature(self, note: str, *, timeout_s: float | None = None) -> int:
+        """Hand the broker a checkpoint with a witness's cosignature; returns how many
+        cosignatures it keeps."""
+        request = ledger_pb2.AddCosignatureRequest(note=note)
+        reply = await self._unary(self._ledger.AddCosignature, request, timeout_s)
+        return int(reply.kept)

@@ -1,0 +1,104 @@
+"""What the two clients share: the metadata, each request built from domain values and
+each reply read back into them (through core.wire), and the one translation of a gRPC
+status into the error tree. The clients differ only in how they wait."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NoReturn
+
+import grpc
+
+from core import wire
+from core.errors import InvalidArgument, Unavailable
+from core.states import JobState
+from core.status import error_for
+from core.types import Job, JobEvent, JobSpec, LogChunk
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from icx.v1 import admin_pb2, broker_pb2, ledger_pb2
+
+TENANT_METADATA = "x-icx-tenant"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def metadata(tenant: str) -> tuple[tuple[str, str], ...]:
+    return ((TENANT_METADATA, tenant),)
+
+
+def check_tenant(tenant: str) -> str:
+    if not tenant or tenant.strip() != tenant:
+        raise InvalidArgument(f"tenant must be a non-empty name without spaces, got {tenant!r}")
+    return tenant
+
+
+def raise_error(err: grpc.RpcError, address: str) -> NoReturn:
+    """Raise the error tree's error for a failed call, keeping the gRPC error as the cause.
+    A peer that is not there or does not answer in time is Unavailable, naming it."""
+    code = err.code()
+    details = err.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        raise Unavailable(f"broker unreachable at {address}: {details}") from err
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise Unavailable(f"broker at {address} did not answer in time ({details})") from err
+    raise error_for(code, details) from err
+
+
+# ------------------------------------------------------------ BrokerService
+
+
+def submit_request(spec: JobSpec, request_id: str) -> broker_pb2.SubmitJobRequest:
+    return broker_pb2.SubmitJobRequest(spec=wire.spec_to_proto(spec), request_id=request_id)
+
+
+def job_of(reply: broker_pb2.SubmitJobResponse | broker_pb2.GetJobResponse) -> Job:
+    return wire.job_from_proto(reply.job)
+
+
+def list_request(states: Iterable[JobState], limit: int) -> broker_pb2.ListJobsRequest:
+    if limit < 0:
+        raise InvalidArgument(f"limit must be >= 0 (0: all), got {limit}")
+    return broker_pb2.ListJobsRequest(states=[wire.state_to_proto(s) for s in states], limit=limit)
+
+
+def page_of(reply: broker_pb2.ListJobsResponse) -> JobPage:
+    return wire.job_page_from_proto(reply)
+
+
+def watch_request(job_id: str, *, include_logs: bool, snapshot: bool) -> broker_pb2.WatchJobRequest:
+    return broker_pb2.WatchJobRequest(job_id=job_id, include_logs=include_logs, snapshot=snapshot)
+
+
+def watch_item(reply: broker_pb2.WatchJobResponse) -> JobEvent | LogChunk:
+    if reply.HasField("log"):
+        return wire.log_from_proto(reply.log)
+    return wire.event_from_proto(reply.event)
+
+
+def centers_of(reply: broker_pb2.ListCentersResponse) -> list[CenterStatus]:
+    return [wire.center_status_from_proto(c) for c in reply.centers]
+
+
+def quote_request(spec: JobSpec) -> broker_pb2.QuoteJobRequest:
+    return broker_pb2.QuoteJobRequest(spec=wire.spec_to_proto(spec))
+
+
+def quote_of(reply: broker_pb2.QuoteJobResponse) -> list[QuoteLine]:
+    return [wire.quote_line_from_proto(q) for q in reply.lines]
+
+
+# ------------------------------------------------------------- AdminService
+
+
+def dump_of(reply: admin_pb2.DumpRoundResponse) -> RoundDump:
+    return wire.round_dump_from_proto(reply)
+
+
+# ------------------------------------------------------------ LedgerService
+
+
+def prove_request(record_id: str | None, index: int | None) -> ledger_pb2.ProveRecordRequest:
+    if (record_id is None) == (index is None):
+        raise InvalidArgument("name a record_id or an index, not both")
+    if record_id is not None:
+        return ledger_pb2.ProveRecordRequest(record_id=record_id)
+    return ledger_pb2.ProveRecordRequest(index=index)

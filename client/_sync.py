@@ -1,0 +1,187 @@
+"""BrokerClient: the broker's user, admin and ledger calls over a blocking gRPC channel,
+for the CLI, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from client import _calls
+from core.states import JobState
+from core.types import Job, JobEvent, JobSpec, LogChunk
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from ledger import ProofBundle, VerifierKey
+
+R = TypeVar("R")
+
+
+class BrokerClient:
+    """One broker, one tenant, one channel; close it (or use `with`). Every method
+    returns domain values and raises the error tree (core.errors), never grpc.RpcError:
+    NotFound, InvalidArgument naming the field, PermissionDenied, FailedPrecondition,
+    Unavailable naming the address when the broker is not there or too slow."""
+
+    def __init__(
+        self,
+        address: str,
+        tenant: str = "default",
+        *,
+        timeout_s: float = _calls.DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.tenant = _calls.check_tenant(tenant)
+        self.timeout_s = timeout_s
+        self._metadata = _calls.metadata(tenant)
+        self._channel = grpc.insecure_channel(address)
+        self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _unary(self, method: Callable[..., R], request: Any, timeout_s: float | None) -> R:
+        try:
+            return method(
+                request,
+                metadata=self._metadata,
+                timeout=self.timeout_s if timeout_s is None else timeout_s,
+            )
+        except grpc.RpcError as err:
+            _calls.raise_error(err, self.address)
+
+    # ------------------------------------------------------------ BrokerService
+
+    def submit(self, spec: JobSpec, *, request_id: str = "", timeout_s: float | None = None) -> Job:
+        """The job as accepted, once it is on the broker's disk. A retry with the same
+        `request_id` returns the job accepted the first time."""
+        reply = self._unary(
+            self._broker.SubmitJob, _calls.submit_request(spec, request_id), timeout_s
+        )
+        return _calls.job_of(reply)
+
+    def get_job(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        reply = self._unary(self._broker.GetJob, broker_pb2.GetJobRequest(job_id=job_id), timeout_s)
+        return _calls.job_of(reply)
+
+    def list_jobs(
+        self, states: Iterable[JobState] = (), *, limit: int = 0, timeout_s: float | None = None
+    ) -> JobPage:
+        """Newest first, only in `states` (all when empty), at most `limit` (0: all)."""
+        reply = self._unary(self._broker.ListJobs, _calls.list_request(states, limit), timeout_s)
+        return _calls.page_of(reply)
+
+    def cancel(self, job_id: str, *, timeout_s: float | None = None) -> Job:
+        reply = self._unary(
+            self._broker.CancelJob, broker_pb2.CancelJobRequest(job_id=job_id), timeout_s
+        )
+        return _calls.job_of(reply)
+
+    def watch(
+        self,
+        job_id: str,
+        *,
+        include_logs: bool = False,
+        follow: bool = True,
+        timeout_s: float | None = None,
+    ) -> Iterator[JobEvent | LogChunk]:
+        """The job's events (and output) from the start; with `follow`, until it ends
+        (no deadline unless `timeout_s`), else what is recorded now."""
+        request = _calls.watch_request(job_id, include_logs=include_logs, snapshot=not follow)
+        timeout = timeout_s if timeout_s is not None or follow else self.timeout_s
+        try:
+            for reply in self._broker.WatchJob(request, metadata=self._metadata, timeout=timeout):
+                yield _calls.watch_item(reply)
+        except grpc.RpcError as err:
+            _calls.raise_error(err, self.address)
+
+    def centers(self, *, timeout_s: float | None = None) -> list[CenterStatus]:
+        reply = self._unary(self._broker.ListCenters, broker_pb2.ListCentersRequest(), timeout_s)
+        return _calls.centers_of(reply)
+
+    def quote(self, spec: JobSpec, *, timeout_s: float | None = None) -> list[QuoteLine]:
+        """The pools that could run `spec`, best first (nothing is submitted)."""
+        reply = self._unary(self._broker.QuoteJob, _calls.quote_request(spec), timeout_s)
+        return _calls.quote_of(reply)
+
+    # ------------------------------------------------------------- AdminService
+
+    def dump_round(self, *, current: bool = False, timeout_s: float | None = None) -> RoundDump:
+        """The latest matching round, or with `current` the queue and offers as now."""
+        reply = self._unary(
+            self._admin.DumpRound, admin_pb2.DumpRoundRequest(current=current), timeout_s
+        )
+        return _calls.dump_of(reply)
+
+    # ------------------------------------------------------------ LedgerService
+
+    def log_key(self, *, timeout_s: float | None = None) -> VerifierKey:
+        """The ledger's verifier key, as the broker names it (trust it only once checked
+        out of band)."""
+        from ledger import VerifierKey
+
+        reply = self._unary(self._ledger.GetLogKey, ledger_pb2.GetLogKeyRequest(), timeout_s)
+        return VerifierKey.parse(reply.key)
+
+    def checkpoint(self, *, timeout_s: float | None = None) -> str:
+        """The latest checkpoint: a signed note, byte for byte."""
+        reply = self._unary(
+            self._ledger.GetCheckpoint, ledger_pb2.GetCheckpointRequest(), timeout_s
+        )
+        return str(reply.note)
+
+    def prove(
+        self,
+        *,
+        record_id: str | None = None,
+        index: int | None = None,
+        timeout_s: float | None = None,
+    ) -> ProofBundle:
+        """A self-contained inclusion proof of one entry, by record id or by index."""
+        from ledger import ProofBundle
+
+        request = _calls.prove_request(record_id, index)
+        reply = self._unary(self._ledger.ProveRecord, request, timeout_s)
+        return ProofBundle.from_json(reply.bundle_json)
+
+    def statement(self, period: str, *, timeout_s: float | None = None) -> bytes:
+        """The signed settlement statement of a month (YYYY-MM), as the ledger signed it."""
+        request = ledger_pb2.GetStatementRequest(period=period)
+        return bytes(self._unary(self._ledger.GetStatement, request, timeout_s).statement)
+
+    def consistency_proof(
+        self, size1: int, size2: int, *, timeout_s: float | None = None
+    ) -> list[bytes]:
+        """The proof that the tree at size2 extends the tree at size1 (RFC 9162)."""
+        request = ledger_pb2.GetConsistencyProofRequest(size1=size1, size2=size2)
+        return list(self._unary(self._ledger.GetConsistencyProof, request, timeout_s).proof)
+
+    def add_cosignature(self, note: str, *, timeout_s: float | None = None) -> int:
+        """Hand the broker a checkpoint with a witness's cosignature; returns how many
+        cosignatures it keeps."""
+        request = ledger_pb2.AddCosignatureRequest(note=note)
+        return int(self._unary(self._ledger.AddCosignature, request, timeout_s).kept)

@@ -1,0 +1,86 @@
+"""What the broker answers that is not a job, spec, offer or center: views assembled
+for a caller (a center's status, a quote line, a page of jobs, a dumped round).
+
+Plain values like those in core.types; `core.wire` converts them to and from the
+protocol. Money in integer minor units (core.money), time in Unix ms UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import InvalidArgument
+from core.types import CenterDescriptor, CenterId, Job, Offer, PoolId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CenterStatus:
+    """A center as the broker sees it: what it declared, its latest offer (None until it
+    sent one: then free devices are unknown), whether its agent is connected now."""
+
+    center: CenterDescriptor
+    offer: Offer | None
+    connected: bool
+    last_seen_ms: int
+    jobs_running: int
+
+    def __post_init__(self) -> None:
+        if self.jobs_running < 0:
+            raise InvalidArgument(f"jobs_running must be >= 0, got {self.jobs_running}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuoteLine:
+    """One candidate pool for a job and what running there would cost. `feasible`: every
+    hard constraint but capacity holds; `has_capacity`: the devices are free now;
+    `reason` says why not, when not."""
+
+    rank: int
+    center_id: CenterId
+    pool_id: PoolId
+    region: str
+    accelerator: str
+    price_minor_per_device_hour: int
+    charge_minor: int
+    rtt_ms: int
+    transfer_ms: int
+    energy_wh: int
+    carbon_g: int
+    has_capacity: bool
+    feasible: bool
+    reason: str = ""
+
+    @property
+    def placeable_now(self) -> bool:
+        return self.has_capacity and self.feasible
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobPage:
+    """Jobs newest first, at most the limit asked for, and how many matched in all."""
+
+    jobs: tuple[Job, ...]
+    total: int
+
+    def __post_init__(self) -> None:
+        if self.total < len(self.jobs):
+            raise InvalidArgument(
+                f"total must be >= the {len(self.jobs)} jobs listed, got {self.total}"
+            )
+
+    @property
+    def more(self) -> int:
+        """Jobs that matched but are not on this page."""
+        return self.total - len(self.jobs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundDump:
+    """A matching round as a replayable problem file (docs/matcher-problem.md) and the
+    broker's solution to it. `number` 0: the queue as it is now, never solved (no
+    solution)."""
+
+    number: int
+    at_ms: int
+    problem_json: str
+    solution_json: str = ""
