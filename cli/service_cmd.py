@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from broker.policy import load_policy
 from broker.server import ServeOptions, serve
 from cli._output import EXIT_OK, command
 from core.errors import InvalidArgument
-from node_agent.agent import Agent
+from node_agent import Agent, serve_agent, serve_metrics
 from node_agent.config import load_center, load_usage_key, usage_key_path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -80,30 +79,9 @@ def agent_run(args: argparse.Namespace) -> int:
             "no center.key_file in %s: usage will not be signed or logged", args.config
         )
     if metrics is not None:
-        port = agent.metrics.serve(metrics[1], metrics[0])
-        logging.getLogger("icx.agent").info("metrics on %s:%d", metrics[0], port)
-    asyncio.run(_run_agent(agent, args.health))
+        serve_metrics(agent, metrics[0], metrics[1])
+    asyncio.run(serve_agent(agent, health=args.health))
     return EXIT_OK
-
-
-async def _run_agent(agent: Agent, health_listen: str | None) -> None:
-    from node_agent.health import serve_health
-
-    async def both() -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(agent.run())
-            if health_listen:
-                tg.create_task(serve_health(agent, health_listen))
-
-    loop = asyncio.get_running_loop()
-    main = asyncio.ensure_future(both())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main.cancel)
-    try:
-        await main
-    except asyncio.CancelledError:
-        logging.getLogger("icx.agent").info("agent stopping: stopping its jobs")
-        await agent.stop()
 
 
 @command

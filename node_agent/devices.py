@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.types import CenterDescriptor
-
-
-class Refused(Exception):
-    """The claim cannot be honoured; the message says why."""
+from node_agent.errors import Refused
 
 
 @dataclass(slots=True, kw_only=True)
@@ -73,6 +70,28 @@ class DeviceBook:
         holding = self.holdings.pop(claim_id, None)
         if holding is not None:
             self._free[holding.pool_id].update(holding.indices)
+        return holding
+
+    def restore(
+        self, *, claim_id: str, job_id: str, pool_id: str, indices: tuple[int, ...]
+    ) -> Holding:
+        """Hold `indices` for a launched run found again after a restart. Raises Refused
+        when they are not all free (a table that does not fit this center's pools)."""
+        free = self._free.get(pool_id)
+        if free is None:
+            raise Refused(f"no pool {pool_id!r} at this center")
+        if not free.issuperset(indices):
+            raise Refused(f"devices {list(indices)} of pool {pool_id} are not all free")
+        free.difference_update(indices)
+        holding = Holding(
+            claim_id=claim_id,
+            job_id=job_id,
+            pool_id=pool_id,
+            indices=indices,
+            lease_expires_at_ms=0,
+            launched=True,
+        )
+        self.holdings[claim_id] = holding
         return holding
 
     def lapse(self, now_ms: int) -> list[Holding]:

@@ -5,35 +5,57 @@ stream to the broker is up, NOT_SERVING otherwise. It listens on the center's si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node_agent.agent import Agent
+from node_agent.errors import CannotListen
 
 POLL_S = 0.5
 
 
-async def serve_health(agent: Agent, listen: str) -> None:
-    """Serve until cancelled."""
-    server = grpc.aio.server()
+class HealthServer:
+    def __init__(self, server: grpc.aio.Server, watch: asyncio.Task[None]) -> None:
+        self._server = server
+        self._watch = watch
+
+    async def stop(self) -> None:
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
+        await self._server.stop(grace=1.0)
+
+
+async def start_health(agent: Agent, listen: str) -> HealthServer:
+    """Serve health on `listen` (HOST:PORT) until `stop()`. Raises CannotListen when the
+    address cannot be bound, or is already served (no port sharing)."""
+    # gRPC sets SO_REUSEPORT by default, so a second server on a port in use would
+    # start and share it; refuse instead.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    if server.add_insecure_port(listen) == 0:
-        raise OSError(f"cannot listen on {listen}")
-    await server.start()
     try:
-        up: bool | None = None
-        while True:
-            now = agent.connected.is_set()
-            if now != up:
-                up = now
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if up
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                await servicer.set("", status)
-            await asyncio.sleep(POLL_S)
-    finally:
-        await server.stop(grace=1.0)
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise CannotListen(f"--health {listen}: cannot listen there ({exc})") from exc
+    if port == 0:
+        raise CannotListen(f"--health {listen}: cannot listen there")
+    await server.start()
+    return HealthServer(server, asyncio.create_task(_watch(agent, servicer)))
+
+
+async def _watch(agent: Agent, servicer: health.aio.HealthServicer) -> None:
+    up: bool | None = None
+    while True:
+        now = agent.connected.is_set()
+        if now != up:
+            up = now
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if up
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await servicer.set("", status)
+        await asyncio.sleep(POLL_S)

@@ -1,5 +1,6 @@
-"""How a center runs a job. The agent talks to a Backend; `ProcessBackend` runs each job
-as a local process group. Slurm, Docker and others implement the same two methods.
+"""The process backend: each job a local process group in its own session, its output
+piped back. Its runs die with the agent, so it cannot re-attach after a restart: the
+agent reports such a run lost and the broker requeues its job.
 """
 
 from __future__ import annotations
@@ -8,58 +9,17 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
-log = logging.getLogger("icx.agent.backend")
-
-OutputSink = Callable[[str, bytes], Awaitable[None]]  # (stream, data)
+from node_agent.backends._protocol import LaunchRequest, OutputSink, Run, job_environment
+from node_agent.errors import CannotReattach
 
 _PR_SET_PDEATHSIG = 1
 _KILL_GRACE_S = 2.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LaunchRequest:
-    job_id: str
-    command: Sequence[str]
-    env: Mapping[str, str]
-    device_indices: Sequence[int]
-    workdir: Path
-
-
-class Run(Protocol):
-    async def wait(self) -> int:
-        """Wait for the end (after all output was delivered); the exit code, negative
-        for a signal."""
-        ...
-
-    async def kill(self) -> None:
-        """Stop the job and everything it started."""
-        ...
-
-
-class Backend(Protocol):
-    name: str
-
-    async def launch(self, request: LaunchRequest, output: OutputSink) -> Run: ...
-
-
-def job_environment(request: LaunchRequest) -> dict[str, str]:
-    """What a job sees: the agent's PATH and the like, the spec's env, its devices."""
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ", "TMPDIR")}
-    env.update(request.env)
-    devices = ",".join(str(i) for i in request.device_indices)
-    env["ICX_DEVICES"] = devices
-    env["CUDA_VISIBLE_DEVICES"] = devices
-    env["ICX_JOB_ID"] = request.job_id
-    return env
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -73,6 +33,10 @@ class ProcessRun:
     def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> None:
         self.proc = proc
         self._pumps = pumps
+
+    @property
+    def run_id(self) -> str:
+        return str(self.proc.pid)
 
     async def wait(self) -> int:
         await asyncio.gather(*self._pumps)
@@ -88,9 +52,10 @@ class ProcessRun:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
 
 
-def _resolve(command: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+def resolve_program(command: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
     """The program to run, or OSError saying why it cannot run (before anything forks)."""
     program = command[0]
     if "/" in program:
@@ -117,11 +82,12 @@ class ProcessBackend:
 
     def __init__(self) -> None:
         self._setpriv = shutil.which("setpriv")
+        self._live: dict[str, ProcessRun] = {}
 
     async def launch(self, request: LaunchRequest, output: OutputSink) -> Run:
         request.workdir.mkdir(parents=True, exist_ok=True)
         env = job_environment(request)
-        program = _resolve(request.command, env, request.workdir)
+        program = resolve_program(request.command, env, request.workdir)
         argv = [program, *request.command[1:]]
         hook = None
         if self._setpriv is not None:
@@ -143,7 +109,19 @@ class ProcessBackend:
             asyncio.create_task(_pump(proc.stdout, "stdout", output)),
             asyncio.create_task(_pump(proc.stderr, "stderr", output)),
         ]
-        return ProcessRun(proc, pumps)
+        run = ProcessRun(proc, pumps)
+        self._live[run.run_id] = run
+        return run
+
+    async def list_runs(self) -> list[str]:
+        for run_id in [i for i, r in self._live.items() if r.proc.returncode is not None]:
+            del self._live[run_id]
+        return sorted(self._live)
+
+    async def reattach(self, run_id: str, output: OutputSink) -> Run:
+        raise CannotReattach(
+            f"run {run_id}: the process backend's runs die with the agent that started them"
+        )
 
 
 async def _pump(reader: asyncio.StreamReader, stream: str, output: OutputSink) -> None:

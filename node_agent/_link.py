@@ -1,0 +1,286 @@
+"""The link: the agent's one stream to its broker, and the only module that builds or
+reads the stream's messages (`agent_pb2`). It dials out, says Hello, reconnects with
+capped exponential back-off and jitter, turns each message from the broker into a domain
+value for its handler and each domain value to send into a message, and keeps the time
+the broker was last heard from, which decides fencing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any, Protocol
+
+import grpc
+
+from core import wire
+from core.clock import Clock
+from core.types import CenterDescriptor, LogChunk, Offer
+from icx.v1 import agent_pb2, agent_pb2_grpc
+from node_agent._messages import (
+    CancelOrder,
+    ClaimAnswer,
+    HeldClaim,
+    JobUpdate,
+    LaunchOrder,
+    ReserveOrder,
+    UsageAck,
+    Welcome,
+)
+from node_agent.metrics import AgentMetrics
+
+log = logging.getLogger("icx.agent")
+
+VERSION = "0.1.0"
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_FIRST_BACKOFF_S = 0.2
+_MAX_BACKOFF_S = 5.0
+_PROBE_S = 1.0
+
+
+class LinkHandler(Protocol):
+    """What the link asks of the agent, and hands it, in domain values."""
+
+    def held(self) -> list[HeldClaim]: ...
+
+    def welcomed(self, welcome: Welcome) -> None:
+        """The stream is up (the link is `connected`): advertise, resend what waits."""
+        ...
+
+    def reserve(self, order: ReserveOrder) -> ClaimAnswer: ...
+
+    async def launch(self, order: LaunchOrder) -> None: ...
+
+    async def cancel(self, order: CancelOrder) -> None: ...
+
+    def usage_acknowledged(self, ack: UsageAck) -> None: ...
+
+
+class Link:
+    def __init__(
+        self, center: CenterDescriptor, broker: str, *, usage_key: str, clock: Clock,
+        metrics: AgentMetrics,
+    ) -> None:  # fmt: skip
+        self.center = center
+        self.broker = broker
+        self.connected = asyncio.Event()
+        self.heartbeat_s = 1.0
+        self.fence_after_ms = 5_000
+        self._usage_key = usage_key
+        self._clock = clock
+        self._metrics = metrics
+        self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
+        # When the broker was last heard from (any message, heartbeat answers included).
+        self._last_heard_ms = clock.now_ms()
+
+    def silent_ms(self) -> int:
+        """How long the broker has not been heard from."""
+        return self._clock.now_ms() - self._last_heard_ms
+
+    def cut_off(self) -> bool:
+        """Silent for half the center expiry the broker announced: by the time the broker
+        gives up on this center, its jobs must no longer run here."""
+        return self.silent_ms() >= self.fence_after_ms
+
+    # -------------------------------------------------------------------- sending
+
+    def send_offer(self, offer: Offer) -> None:
+        self._send(offer=wire.offer_to_proto(offer))
+
+    def send_claim_answer(self, answer: ClaimAnswer) -> None:
+        self._send(
+            claim_reply=agent_pb2.ClaimReply(
+                claim_id=answer.claim_id,
+                accepted=answer.accepted,
+                device_indices=answer.device_indices,
+                reason=answer.reason,
+            )
+        )
+
+    def send_update(self, update: JobUpdate) -> None:
+        msg = agent_pb2.JobUpdate(
+            claim_id=update.claim_id,
+            job_id=update.job_id,
+            state=wire.state_to_proto(update.state),
+            message=update.message,
+            at_ms=update.at_ms,
+        )
+        if update.exit_code is not None:
+            msg.exit_code = update.exit_code
+        self._send(job_update=msg)
+
+    def send_output(self, chunk: LogChunk) -> None:
+        self._send(log=wire.log_to_proto(chunk))
+
+    def send_usage(self, entry: bytes) -> None:
+        """`entry`: the ledger's signed entry bytes, carried as they are."""
+        self._send(usage=agent_pb2.UsageReport(entry=entry))
+
+    def send_heartbeat(self) -> None:
+        self._send(heartbeat=agent_pb2.Heartbeat(sent_at_ms=self._clock.now_ms()))
+
+    def _send(self, **msg: Any) -> None:
+        # Dropped while disconnected: the Hello, the offer at connect and the outbox's
+        # resend carry what matters across a reconnect.
+        if self._out is not None:
+            self._out.put_nowait(agent_pb2.ConnectRequest(**msg))
+
+    # ------------------------------------------------------------------- the stream
+
+    async def run(self, handler: LinkHandler) -> None:
+        """Connect, and reconnect with capped exponential back-off, forever."""
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                await self._session(handler)
+                backoff = _FIRST_BACKOFF_S
+            except grpc.aio.AioRpcError as exc:
+                unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and await _nobody_listens(self.broker):
+                    # No broker is counting this center's silence, and a restarted one
+                    # grants a full expiry from its start. Only silence from a live
+                    # broker (or one cut off from here) means fencing.
+                    self._last_heard_ms = self._clock.now_ms()
+                level = logging.INFO if unavailable else logging.ERROR
+                log.log(level, "broker %s: %s %s", self.broker, exc.code().name, exc.details())
+            except Exception:
+                # Whatever broke this connection, the agent outlives it: its jobs keep
+                # running and it reconnects.
+                log.exception("stream to broker %s failed", self.broker)
+            finally:
+                if self.connected.is_set():
+                    log.info("disconnected from broker %s", self.broker)
+                self.connected.clear()
+                self._metrics.connected.set(0)
+                self._out = None
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            # Reconnect well within the grace a restarted broker gives (its expiry).
+            backoff = min(backoff * 2, _MAX_BACKOFF_S, self.fence_after_ms / 2000)
+
+    async def _session(self, handler: LinkHandler) -> None:
+        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+        out.put_nowait(agent_pb2.ConnectRequest(hello=self._hello(handler.held())))
+
+        async def write(call: Any) -> None:
+            while True:
+                await call.write(await out.get())
+
+        async with grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS) as channel:
+            call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
+            writer = asyncio.create_task(write(call))  # owned here: cancelled when we leave
+            try:
+                await self._read(call, out, handler)
+            finally:
+                writer.cancel()
+                # The writer fails when the call has ended; the reader has said why.
+                with contextlib.suppress(
+                    asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.AioRpcError
+                ):
+                    await writer
+
+    async def _read(
+        self, call: Any, out: asyncio.Queue[agent_pb2.ConnectRequest], handler: LinkHandler
+    ) -> None:
+        async for msg in call:
+            self._last_heard_ms = self._clock.now_ms()
+            kind = msg.WhichOneof("msg")
+            if kind == "welcome":
+                self._welcome(msg.welcome, out, handler)
+            elif kind == "reserve":
+                r = msg.reserve
+                answer = handler.reserve(
+                    ReserveOrder(
+                        claim_id=r.claim_id,
+                        job_id=r.job_id,
+                        pool_id=r.pool_id,
+                        devices=r.devices,
+                        lease_expires_at_ms=r.lease_expires_at_ms,
+                    )
+                )
+                self.send_claim_answer(answer)
+            elif kind == "launch":
+                launch = msg.launch
+                await handler.launch(
+                    LaunchOrder(
+                        claim_id=launch.claim_id,
+                        job_id=launch.job_id,
+                        spec=wire.spec_from_proto(launch.spec),
+                        tenant=launch.tenant,
+                    )
+                )
+            elif kind == "cancel":
+                await handler.cancel(
+                    CancelOrder(claim_id=msg.cancel.claim_id, reason=msg.cancel.reason)
+                )
+            elif kind == "usage_ack":
+                ack = msg.usage_ack
+                handler.usage_acknowledged(
+                    UsageAck(
+                        record_id=ack.record_id,
+                        accepted=ack.accepted,
+                        index=ack.index,
+                        reason=ack.reason,
+                    )
+                )
+
+    def _hello(self, held: list[HeldClaim]) -> agent_pb2.Hello:
+        claims = []
+        for h in held:
+            claim = agent_pb2.HeldClaim(
+                claim_id=h.claim_id, job_id=h.job_id, state=wire.state_to_proto(h.state)
+            )
+            if h.exit_code is not None:
+                claim.exit_code = h.exit_code
+            claims.append(claim)
+        return agent_pb2.Hello(
+            center=wire.center_to_proto(self.center),
+            agent_version=VERSION,
+            held=claims,
+            usage_key=self._usage_key,
+        )
+
+    def _welcome(
+        self,
+        welcome: agent_pb2.Welcome,
+        out: asyncio.Queue[agent_pb2.ConnectRequest],
+        handler: LinkHandler,
+    ) -> None:
+        self.heartbeat_s = max(0.05, welcome.heartbeat_interval_ms / 1000)
+        self.fence_after_ms = welcome.center_expiry_ms // 2
+        self._out = out
+        self.connected.set()
+        self._metrics.connected.set(1)
+        log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
+        handler.welcomed(
+            Welcome(
+                heartbeat_interval_ms=welcome.heartbeat_interval_ms,
+                center_expiry_ms=welcome.center_expiry_ms,
+                stale_claim_ids=tuple(welcome.stale_claim_ids),
+            )
+        )
+
+
+async def _nobody_listens(address: str) -> bool:
+    """True when a TCP connection to `address` (HOST:PORT) is refused: no process has the
+    port open. A stopped broker still has its port (the kernel accepts for it), and an
+    unreachable host does not answer at all; both count as silence."""
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), _PROBE_S
+        )
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False

@@ -1,0 +1,462 @@
+"""The center's runs: claims decided against the DeviceBook, launches through the
+backend, supervision to the end, cancels, fencing, and the run table on disk that lets a
+restarted agent re-attach to what it launched.
+
+Takes and returns domain values; what it has to say goes to `RunEvents`, which the agent
+forwards to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from core.clock import Clock
+from core.states import JobState
+from core.types import CenterDescriptor, JobId, LogChunk
+from node_agent._messages import (
+    CancelOrder,
+    ClaimAnswer,
+    HeldClaim,
+    JobUpdate,
+    LaunchOrder,
+    ReserveOrder,
+)
+from node_agent._metering import RunFacts
+from node_agent._run_table import RunRow, RunTable
+from node_agent.backends import Backend, LaunchRequest, OutputSink, Run
+from node_agent.devices import DeviceBook
+from node_agent.errors import CannotReattach, Refused
+from node_agent.metrics import AgentMetrics
+
+log = logging.getLogger("icx.agent")
+
+FINISHED_RETENTION_MS = 10 * 60_000
+"""How long an ended run stays in the Hello's held claims (and the run table)."""
+
+_EPOCH_SHIFT = 32  # output sequence numbers: (agent lives that followed the run) << 32 | n
+
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
+class RunEvents(Protocol):
+    """What the runs tell the rest of the agent."""
+
+    def update(self, update: JobUpdate) -> None: ...
+
+    def output(self, chunk: LogChunk) -> None: ...
+
+    def changed(self) -> None:
+        """The free devices changed: advertise again."""
+        ...
+
+    def ended(self, run: RunFacts) -> None:
+        """A run that started has ended: meter it (called once per run, and again with
+        the same facts only if a restart came before its record was kept)."""
+        ...
+
+
+@dataclass(slots=True, kw_only=True)
+class _Task:
+    """A claim's job at this center; `row` once launched."""
+
+    claim_id: str
+    job_id: str
+    state: JobState = JobState.CLAIMED
+    row: RunRow | None = None
+    run: Run | None = None
+    exit_code: int | None = None
+    ended_at_ms: int = 0
+    log_seq: int = 0
+    cancelled: bool = False
+    # Stopped because the broker went silent: given back (or left out of the next Hello)
+    # so that the broker requeues it.
+    fenced: bool = False
+
+
+class Runs:
+    def __init__(
+        self,
+        *,
+        center: CenterDescriptor,
+        backend: Backend,
+        table: RunTable,
+        workdir: Path,
+        clock: Clock,
+        events: RunEvents,
+        metrics: AgentMetrics,
+    ) -> None:
+        self.center = center
+        self.backend = backend
+        self.book = DeviceBook(center)
+        self.table = table
+        self.workdir = workdir
+        self.clock = clock
+        self.events = events
+        self.metrics = metrics
+        self.tasks: dict[str, _Task] = {}
+        self._spawn: Spawn | None = None
+
+    # ------------------------------------------------------------- the broker's orders
+
+    def reserve(self, order: ReserveOrder) -> ClaimAnswer:
+        """Hold devices for a claim, or refuse it saying why. Announces the new free count
+        (`changed`) before it returns an acceptance, so the broker never believes these
+        devices free once it hears the answer."""
+        try:
+            holding = self.book.reserve(
+                claim_id=order.claim_id,
+                job_id=order.job_id,
+                pool_id=order.pool_id,
+                devices=order.devices,
+                lease_expires_at_ms=order.lease_expires_at_ms,
+            )
+        except Refused as exc:
+            self.metrics.claims.labels(outcome="refused").inc()
+            log.info("claim %s for job %s refused: %s", order.claim_id, order.job_id, exc)
+            return ClaimAnswer(claim_id=order.claim_id, accepted=False, reason=str(exc))
+        self.metrics.claims.labels(outcome="accepted").inc()
+        self.tasks.setdefault(order.claim_id, _Task(claim_id=order.claim_id, job_id=order.job_id))
+        log.info(
+            "claim %s for job %s accepted: %s devices %s",
+            order.claim_id,
+            order.job_id,
+            order.pool_id,
+            ",".join(map(str, holding.indices)),
+        )
+        self.events.changed()
+        return ClaimAnswer(claim_id=order.claim_id, accepted=True, device_indices=holding.indices)
+
+    async def launch(self, order: LaunchOrder) -> None:
+        task = self.tasks.get(order.claim_id)
+        holding = self.book.holdings.get(order.claim_id)
+        if task is None or holding is None:
+            # Given back, not failed: the job never started, so it runs elsewhere.
+            self._update(
+                order.claim_id,
+                order.job_id,
+                JobState.QUEUED,
+                message="reservation lapsed before the launch arrived",
+            )
+            return
+        if task.state != JobState.CLAIMED:
+            return  # already launched (a resent launch after reconnect)
+        self.book.launch(order.claim_id)
+        request = LaunchRequest(
+            claim_id=order.claim_id,
+            job_id=order.job_id,
+            command=order.spec.command,
+            env={
+                **dict(order.spec.env),
+                "ICX_CENTER_ID": self.center.center_id,
+                "ICX_POOL_ID": holding.pool_id,
+                "ICX_CLAIM_ID": holding.claim_id,
+            },
+            device_indices=holding.indices,
+            workdir=self.workdir / order.job_id,
+        )
+        task.state = JobState.RUNNING
+        started_at_ms = self.clock.now_ms()
+        try:
+            run = await self.backend.launch(request, self._sink(task))
+        except OSError as exc:
+            self._end(
+                task,
+                JobState.FAILED,
+                None,
+                f"cannot start {order.spec.command[0]!r}: {exc.strerror}",
+            )
+            return
+        task.run = run
+        # On disk before the launch is reported: a restarted agent finds the run.
+        task.row = RunRow(
+            claim_id=task.claim_id,
+            job_id=task.job_id,
+            pool_id=holding.pool_id,
+            device_indices=holding.indices,
+            backend=self.backend.name,
+            backend_run_id=run.run_id,
+            tenant=order.tenant,
+            started_at_ms=started_at_ms,
+            state=JobState.RUNNING,
+        )
+        self.table.put(task.row)
+        log.info(
+            "job %s running on %s devices %s", task.job_id, holding.pool_id, list(holding.indices)
+        )
+        self._update(
+            task.claim_id, task.job_id, JobState.RUNNING, message=f"started on {holding.pool_id}"
+        )
+        self._start_supervising(task)
+
+    async def cancel(self, order: CancelOrder) -> None:
+        task = self.tasks.get(order.claim_id)
+        if task is None:
+            self.book.release(order.claim_id)
+            return
+        if task.state == JobState.CLAIMED:
+            self.book.release(task.claim_id)
+            self.tasks.pop(task.claim_id, None)
+            self.events.changed()
+            return
+        if task.state == JobState.RUNNING and task.run is not None:
+            log.info("job %s: stopping (%s)", task.job_id, order.reason or "cancelled")
+            task.cancelled = True
+            await task.run.kill()
+
+    def stale(self, claim_ids: tuple[str, ...]) -> None:
+        """Claims the broker no longer gives this center: stop the live ones, forget the
+        ended ones."""
+        for claim_id in claim_ids:
+            task = self.tasks.get(claim_id)
+            if task is not None and task.state in (JobState.CLAIMED, JobState.RUNNING):
+                log.info(
+                    "claim %s (job %s) is stale at the broker: stopping", claim_id, task.job_id
+                )
+                self._spawning(self.cancel(CancelOrder(claim_id=claim_id, reason="stale")))
+            elif task is not None:
+                self._forget(task)
+
+    # ------------------------------------------------------------------ what it holds
+
+    def held(self) -> list[HeldClaim]:
+        return [
+            HeldClaim(claim_id=t.claim_id, job_id=t.job_id, state=t.state, exit_code=t.exit_code)
+            for t in self.tasks.values()
+        ]
+
+    def running(self) -> int:
+        return sum(1 for t in self.tasks.values() if t.state == JobState.RUNNING)
+
+    # ------------------------------------------------------------------- over time
+
+    def lapse(self, now_ms: int) -> bool:
+        """Release reservations whose lease passed without a launch; True if any did."""
+        lapsed = self.book.lapse(now_ms)
+        for h in lapsed:
+            log.info("reservation %s for job %s lapsed", h.claim_id, h.job_id)
+            self.tasks.pop(h.claim_id, None)
+        return bool(lapsed)
+
+    def forget_ended(self, now_ms: int) -> None:
+        for task in list(self.tasks.values()):
+            if task.ended_at_ms and now_ms - task.ended_at_ms > FINISHED_RETENTION_MS:
+                self._forget(task)
+
+    async def fence(self) -> int:
+        """Stop every live job (the broker is silent and will requeue them); the number
+        stopped. A stopped run is given back, not ended, and not metered."""
+        live = [
+            t
+            for t in self.tasks.values()
+            if t.state in (JobState.CLAIMED, JobState.RUNNING) and not t.fenced
+        ]
+        kills = []
+        for task in live:
+            if task.state == JobState.RUNNING and task.run is not None:
+                task.fenced = True
+                kills.append(task.run.kill())
+            else:
+                self.book.release(task.claim_id)
+                self.tasks.pop(task.claim_id, None)
+        await asyncio.gather(*kills)
+        return len(live)
+
+    async def stop(self) -> None:
+        """Stop every running job (the agent is shutting down)."""
+        await asyncio.gather(
+            *(
+                t.run.kill()
+                for t in self.tasks.values()
+                if t.run is not None and t.state == JobState.RUNNING
+            )
+        )
+
+    # ----------------------------------------------------------------- after a restart
+
+    async def restore(self, spawn: Spawn) -> None:
+        """Take up the runs an earlier life of this agent left in the table: re-attach to
+        the live ones (or report them lost), meter ended ones not yet metered, and stop
+        runs the backend started that the table never heard of. Then supervise through
+        `spawn` (the agent's task group)."""
+        self._spawn = spawn
+        unknown = set(await self.backend.list_runs())
+        for row in list(self.table.rows.values()):
+            unknown.discard(row.backend_run_id)
+            if row.ended:
+                task = _Task(
+                    claim_id=row.claim_id,
+                    job_id=row.job_id,
+                    state=row.state,
+                    row=row,
+                    exit_code=row.exit_code,
+                    ended_at_ms=row.ended_at_ms,
+                )
+                self.tasks[row.claim_id] = task
+                if not row.metered:
+                    self._meter(task)
+                continue
+            await self._reattach(row)
+        for run_id in sorted(unknown):
+            # Started, but the agent died before it was in the table: never reported,
+            # so the broker will requeue the job; it must not also run here.
+            log.warning("backend run %s is in no claim: stopping it", run_id)
+            try:
+                run = await self.backend.reattach(run_id, _discard)
+            except CannotReattach as exc:
+                log.warning("cannot stop backend run %s: %s", run_id, exc)
+                continue
+            await run.kill()
+
+    async def _reattach(self, row: RunRow) -> None:
+        # A new epoch before any output arrives: sequence numbers above the last life's.
+        task = _Task(
+            claim_id=row.claim_id,
+            job_id=row.job_id,
+            state=JobState.RUNNING,
+            row=dataclasses.replace(row, log_epoch=row.log_epoch + 1),
+        )
+        try:
+            if row.backend != self.backend.name:
+                raise CannotReattach(
+                    f"run {row.backend_run_id} belongs to backend {row.backend!r}, "
+                    f"this agent runs {self.backend.name!r}"
+                )
+            self.book.restore(
+                claim_id=row.claim_id,
+                job_id=row.job_id,
+                pool_id=row.pool_id,
+                indices=row.device_indices,
+            )
+            try:
+                task.run = await self.backend.reattach(row.backend_run_id, self._sink(task))
+            except CannotReattach:
+                self.book.release(row.claim_id)
+                raise
+        except (CannotReattach, Refused) as exc:
+            # Left out of the Hello: the broker requeues the job, as for any job the
+            # center no longer holds.
+            log.warning(
+                "job %s lost across the restart (claim %s): %s", row.job_id, row.claim_id, exc
+            )
+            self.table.drop(row.claim_id)
+            return
+        assert task.row is not None
+        self.table.put(task.row)
+        self.tasks[row.claim_id] = task
+        log.info("job %s re-attached (backend run %s)", row.job_id, row.backend_run_id)
+        self._start_supervising(task)
+
+    # ------------------------------------------------------------------- internals
+
+    def _start_supervising(self, task: _Task) -> None:
+        self._spawning(self._supervise(task))
+
+    def _spawning(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._spawn is not None, "restore() first: the runs have no task group"
+        self._spawn(coro)
+
+    def _sink(self, task: _Task) -> OutputSink:
+        async def sink(stream: str, data: bytes) -> None:
+            task.log_seq += 1
+            epoch = task.row.log_epoch if task.row is not None else 0
+            self.events.output(
+                LogChunk(
+                    job_id=JobId(task.job_id),
+                    seq=(epoch << _EPOCH_SHIFT) + task.log_seq,
+                    stream=stream,
+                    data=data,
+                )
+            )
+
+        return sink
+
+    async def _supervise(self, task: _Task) -> None:
+        assert task.run is not None
+        code = await task.run.wait()
+        if task.fenced and code == 0:
+            task.fenced = False  # it finished on its own before the stop took effect
+        if task.fenced:
+            self.book.release(task.claim_id)
+            self.tasks.pop(task.claim_id, None)
+            self.table.drop(task.claim_id)
+            log.info("job %s stopped while cut off (exit %s): giving it back", task.job_id, code)
+            # If the stream is back by now, say so; if not, the next Hello will not list
+            # the job and the broker requeues it then.
+            self._update(
+                task.claim_id, task.job_id, JobState.QUEUED, message="stopped while cut off"
+            )
+            self.events.changed()
+        elif task.cancelled:
+            self._end(task, JobState.CANCELLED, code, "cancelled")
+        elif code == 0:
+            self._end(task, JobState.SUCCEEDED, code, "exit 0")
+        else:
+            self._end(task, JobState.FAILED, code, f"exit {code}")
+
+    def _end(self, task: _Task, state: JobState, code: int | None, message: str) -> None:
+        at = self.clock.now_ms()
+        task.state = state
+        task.exit_code = code
+        task.ended_at_ms = at
+        if task.row is not None:
+            # The end is on disk before it is metered: a restart meters these facts.
+            task.row = dataclasses.replace(task.row, state=state, exit_code=code, ended_at_ms=at)
+            self.table.put(task.row)
+        self.metrics.jobs_ended.labels(state=state.value).inc()
+        self.book.release(task.claim_id)
+        log.info("job %s %s (%s)", task.job_id, state, message)
+        self._update(task.claim_id, task.job_id, state, exit_code=code, message=message)
+        self.events.changed()
+        if task.row is not None:
+            self._meter(task)
+
+    def _meter(self, task: _Task) -> None:
+        row = task.row
+        assert row is not None and row.ended
+        self.events.ended(
+            RunFacts(
+                claim_id=row.claim_id,
+                job_id=row.job_id,
+                tenant=row.tenant,
+                pool_id=row.pool_id,
+                devices=len(row.device_indices),
+                started_at_ms=row.started_at_ms,
+                ended_at_ms=row.ended_at_ms,
+            )
+        )
+        task.row = dataclasses.replace(row, metered=True)
+        self.table.put(task.row)
+
+    def _forget(self, task: _Task) -> None:
+        self.tasks.pop(task.claim_id, None)
+        self.table.drop(task.claim_id)
+
+    def _update(
+        self,
+        claim_id: str,
+        job_id: str,
+        state: JobState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> None:
+        self.events.update(
+            JobUpdate(
+                claim_id=claim_id,
+                job_id=job_id,
+                state=state,
+                at_ms=self.clock.now_ms(),
+                exit_code=exit_code,
+                message=message,
+            )
+        )
+
+
+async def _discard(stream: str, data: bytes) -> None:
+    """Output of a run being stopped: nobody reads it."""

@@ -1,0 +1,77 @@
+"""What the agent asks of a backend: start a job, and find its runs again after the agent
+restarted. Slurm jobs and containers outlive the agent; local processes do not.
+
+A run has an id that the backend chooses and the agent keeps in its run table (on disk,
+before it reports the launch), so that a restarted agent can ask for the run again by id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+OutputSink = Callable[[str, bytes], Awaitable[None]]
+"""Where a run's output goes: (stream, data), stream "stdout" or "stderr"."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchRequest:
+    claim_id: str
+    job_id: str
+    command: Sequence[str]
+    env: Mapping[str, str]
+    device_indices: Sequence[int]
+    workdir: Path
+
+
+class Run(Protocol):
+    """One job started by a backend."""
+
+    @property
+    def run_id(self) -> str:
+        """The backend's id of this run, by which `Backend.reattach` finds it again."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait for the end (after all output was delivered); the exit code, negative
+        for a signal."""
+        ...
+
+    async def kill(self) -> None:
+        """Stop the job and everything it started; returns once it is stopped."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    async def launch(self, request: LaunchRequest, output: OutputSink) -> Run:
+        """Start the job and return once it runs. Raises OSError when it cannot start
+        (no such program, not executable), before anything runs."""
+        ...
+
+    async def list_runs(self) -> list[str]:
+        """The ids of the runs this backend started (in this life of the agent or an
+        earlier one) that it can still tell about: running, or ended and not yet waited
+        for. A backend whose runs die with the agent lists only its live ones."""
+        ...
+
+    async def reattach(self, run_id: str, output: OutputSink) -> Run:
+        """The run `run_id`, followed again: its output from where it was last delivered,
+        its end through `wait`. Raises CannotReattach (naming the run and why) when the
+        backend cannot, e.g. because the run died with the previous agent."""
+        ...
+
+
+def job_environment(request: LaunchRequest) -> dict[str, str]:
+    """What a job sees: the agent's PATH and the like, the spec's env, its devices."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ", "TMPDIR")}
+    env.update(request.env)
+    devices = ",".join(str(i) for i in request.device_indices)
+    env["ICX_DEVICES"] = devices
+    env["CUDA_VISIBLE_DEVICES"] = devices
+    env["ICX_JOB_ID"] = request.job_id
+    return env
