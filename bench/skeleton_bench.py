@@ -45,7 +45,8 @@ from typing import Any
 import grpc
 
 from bench._skeleton_roles import bench_center, trivial_spec
-from broker.store import SCHEMA, connect
+from broker import _sqlite_schema
+from broker.sqlite_store import connect
 from cli.federation import LocalFederation
 from icx.v1 import broker_pb2, broker_pb2_grpc
 
@@ -248,8 +249,8 @@ def sqlite_baseline(path: Path, seconds: float) -> Figure:
     """One commit per submit: the rows the broker writes for a submit (a job and its first
     event), each in its own transaction, WAL with synchronous=FULL, on the same disk."""
     conn = connect(path)
-    conn.executescript(SCHEMA)
-    spec = trivial_spec().SerializeToString()
+    _sqlite_schema.create(conn)
+    command = json.dumps(list(trivial_spec().command))
     n = 0
     started = time.perf_counter()
     end = started + seconds
@@ -258,9 +259,10 @@ def sqlite_baseline(path: Path, seconds: float) -> Figure:
         job_id = f"j-{n:012d}"
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "INSERT INTO jobs (job_id, tenant, request_id, spec, state, submitted_at_ms,"
-            " updated_at_ms) VALUES (?, 'default', NULL, ?, 'queued', 0, 0)",
-            (job_id, spec),
+            "INSERT INTO jobs (job_id, tenant, request_id, accelerator, devices, estimated_s,"
+            " command, submitted_at_ms, state, updated_at_ms)"
+            " VALUES (?, 'default', NULL, 'any', 1, 1, ?, 0, 'queued', 0)",
+            (job_id, command),
         )
         conn.execute(
             "INSERT INTO events (job_id, seq, at_ms, state, center_id, message)"

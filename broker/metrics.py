@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from core.errors import FailedPrecondition
 from core.states import JobState
 
 
@@ -49,13 +52,44 @@ class Metrics:
         self.round_solve_seconds = Gauge(
             "icx_match_solve_seconds", "Latest round: matcher time", registry=self.registry
         )
+        self.rounds = Counter("icx_match_rounds", "Matching rounds solved", registry=self.registry)
+        self.round_jobs = Gauge(
+            "icx_match_round_jobs", "Latest round: jobs considered", registry=self.registry
+        )
+        self.round_unplaced = Gauge(
+            "icx_match_round_unplaced",
+            "Latest round: jobs the matcher could not place",
+            registry=self.registry,
+        )
         self.placed = Counter(
             "icx_match_placed", "Jobs the matcher placed (before claims)", registry=self.registry
         )
         for state in JobState:
             self.jobs.labels(state=state.value).set(0)
 
+    def observe(
+        self,
+        *,
+        job_counts: Mapping[JobState, int],
+        centers_connected: Callable[[], int],
+        offers: Callable[[], int],
+    ) -> None:
+        """Gauges read from the broker's state when scraped, so they are never stale."""
+        for state in JobState:
+            self.jobs.labels(state=state.value).set_function(
+                lambda state=state: job_counts[state]  # type: ignore[misc]
+            )
+        self.queue_length.set_function(lambda: job_counts[JobState.QUEUED])
+        self.centers_connected.set_function(centers_connected)
+        self.offers.set_function(offers)
+
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve /metrics over HTTP; returns the bound port (pass 0 for any)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Serve /metrics over HTTP; returns the bound port (pass 0 for any). Unavailable
+        if the port is taken."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+            ) from exc
         return int(server.server_port)

@@ -15,10 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from broker.agent_link import AgentServicer
 from broker.core import Broker, BrokerConfig
 from broker.ledger import BrokerLedger
-from broker.service import AdminServicer, AgentServicer, BrokerServicer, LedgerServicer
-from broker.store import Store
+from broker.service import AdminServicer, BrokerServicer, LedgerServicer
+from broker.sqlite_store import SqliteStore
+from core.errors import FailedPrecondition
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -49,6 +51,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_concurrent_streams", 10_000),
+    # gRPC sets SO_REUSEPORT by default: a second broker on the same port would start and
+    # share it, and clients would land on either. A taken port must be an error.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -77,7 +82,7 @@ class BrokerServer:
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
-        self.store = Store(options.db)
+        self.store = SqliteStore(options.db)
         self.ledger = BrokerLedger(options.db, origin=options.name, witnesses=options.witnesses)
         self.broker = Broker(
             self.store,
@@ -105,9 +110,15 @@ class BrokerServer:
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(self.options.listen)
+        try:
+            self.port = self.server.add_insecure_port(self.options.listen)
+        except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+            raise FailedPrecondition(
+                f"cannot listen on {self.options.listen}: the port is in use or the address"
+                " is not this host's"
+            ) from exc
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.options.listen}")
+            raise FailedPrecondition(f"cannot listen on {self.options.listen}")
         await self.server.start()
         if self.options.metrics_port is not None:
             self.metrics_port = self.broker.metrics.serve(

@@ -1,13 +1,13 @@
-"""The broker's gRPC faces: BrokerService for users and AgentService for node agents.
+"""The broker's gRPC faces for users, the coordinator and auditors: BrokerService,
+AdminService and LedgerService (the agents' stream is broker.agent_link).
 
 Each method converts the request (core.wire), calls the Broker, converts back. One
-table maps the package's errors to status codes; anything else is logged and sent as a
-bare INTERNAL.
+table (core.status) maps the package's errors to status codes; anything else is logged
+and sent as a bare INTERNAL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -16,54 +16,34 @@ from typing import Any, TypeVar
 
 import grpc
 
-from broker.core import Broker, Session, now_ms
+from broker.core import Broker
 from broker.ledger import BrokerLedger
+from broker.rounds import QuotedPool
 from core import wire
 from core.errors import (
-    FailedPrecondition,
     IcxError,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
 )
-from core.types import JobId, LogChunk
+from core.status import status_for
+from core.types import JobId
+from core.views import QuoteLine
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
-    agent_pb2,
-    agent_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
 )
-from ledger import VerificationError
 from matcher import dump_problem, solution_to_json
 
 log = logging.getLogger("icx.broker.service")
 
-STATUS: dict[type[IcxError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    # A signature, proof or note that does not verify is bad input.
-    VerificationError: grpc.StatusCode.INVALID_ARGUMENT,
-}
 
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TENANT = "default"
 
 R = TypeVar("R")
-
-
-def status_for(exc: IcxError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return grpc.StatusCode.INTERNAL
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
@@ -123,7 +103,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             raise InvalidArgument(f"limit must be >= 0, got {request.limit}")
         states = [wire.state_from_proto(s) for s in request.states]
         jobs = self.broker.list_jobs(states, request.limit)
-        total = len(self.broker.list_jobs(states))
+        total = self.broker.count_jobs(states)
         return broker_pb2.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in jobs], total=total)
 
     @unary
@@ -167,45 +147,18 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     ) -> broker_pb2.QuoteJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required")
-        lines = self.broker.quote(wire.spec_from_proto(request.spec))
+        quoted = self.broker.quote(wire.spec_from_proto(request.spec))
         return broker_pb2.QuoteJobResponse(
-            lines=[
-                broker_pb2.QuoteLine(
-                    rank=q.rank,
-                    center_id=q.center_id,
-                    pool_id=q.pool_id.split("/", 1)[-1],
-                    region=q.region,
-                    accelerator=q.accelerator,
-                    price_minor_per_device_hour=q.price_minor_per_device_hour,
-                    charge_minor=q.charge_minor,
-                    rtt_ms=q.rtt_ms,
-                    transfer_ms=q.transfer_ms,
-                    energy_wh=q.energy_wh,
-                    carbon_g=q.carbon_g,
-                    has_capacity=q.has_capacity,
-                    feasible=q.feasible,
-                    reason=q.reason,
-                )
-                for q in lines
-            ]
+            lines=[wire.quote_line_to_proto(_quote_line(q)) for q in quoted]
         )
 
     @unary
     async def ListCenters(
         self, request: broker_pb2.ListCentersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.ListCentersResponse:
-        out = []
-        for view in self.broker.center_views():
-            status = broker_pb2.CenterStatus(
-                center=wire.center_to_proto(view.center),
-                connected=view.connected,
-                last_seen_ms=view.last_seen_ms,
-                jobs_running=view.jobs_running,
-            )
-            if view.offer is not None:
-                status.offer.CopyFrom(wire.offer_to_proto(view.offer))
-            out.append(status)
-        return broker_pb2.ListCentersResponse(centers=out)
+        return broker_pb2.ListCentersResponse(
+            centers=[wire.center_status_to_proto(v) for v in self.broker.center_views()]
+        )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -220,7 +173,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.current or last is None:
             problem = self.broker.current_problem()
             return admin_pb2.DumpRoundResponse(
-                round=0, at_ms=now_ms(), problem_json=json.dumps(dump_problem(problem), indent=1)
+                round=0,
+                at_ms=self.broker.clock.now_ms(),
+                problem_json=json.dumps(dump_problem(problem), indent=1),
             )
         return admin_pb2.DumpRoundResponse(
             round=last.number,
@@ -287,99 +242,21 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    """One stream per connected center: requests are handled in order; responses come
-    from the session's outbox."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-
-    async def Connect(
-        self,
-        request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
-        session: Session | None = None
-        reader: asyncio.Task[None] | None = None
-        try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None or first.WhichOneof("msg") != "hello":
-                raise InvalidArgument("the first message on a stream must be hello")
-            center = wire.center_from_proto(first.hello.center)
-            session, welcome = await self.broker.connect(
-                center, list(first.hello.held), first.hello.usage_key
-            )
-            yield agent_pb2.ConnectResponse(welcome=welcome)
-            reader = asyncio.create_task(self._read(session, request_iterator))
-            while True:
-                getter = asyncio.ensure_future(session.outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    exc = reader.exception()
-                    if exc is not None:
-                        raise exc
-                    return  # the agent closed its side
-                msg = getter.result()
-                if not session.connected or msg.WhichOneof("msg") is None:
-                    return  # replaced by a newer stream or taken out
-                yield msg
-        except IcxError as exc:
-            if session is not None:
-                log.warning("center %s: %s", session.center.center_id, exc)
-            await context.abort(status_for(exc), str(exc))
-        finally:
-            if reader is not None:
-                reader.cancel()
-            if session is not None:
-                self.broker.disconnect(session)
-
-    async def _read(
-        self, session: Session, requests: AsyncIterator[agent_pb2.ConnectRequest]
-    ) -> None:
-        # Usage records touch no job state: they are appended by the ledger's own thread
-        # while this stream goes on, and acknowledged by record id when done.
-        try:
-            async with asyncio.TaskGroup() as usage:
-                await self._read_in_order(session, requests, usage)
-        except ExceptionGroup as group:  # the stream's own error, as the handler expects it
-            raise group.exceptions[0] from None
-
-    async def _acknowledge_usage(self, session: Session, entry: bytes) -> None:
-        ack = await self.broker.on_usage(session, entry)
-        session.outbox.put_nowait(agent_pb2.ConnectResponse(usage_ack=ack))
-
-    async def _read_in_order(
-        self,
-        session: Session,
-        requests: AsyncIterator[agent_pb2.ConnectRequest],
-        usage: asyncio.TaskGroup,
-    ) -> None:
-        async for req in requests:
-            kind = req.WhichOneof("msg")
-            if kind == "heartbeat":
-                self.broker.heartbeat(session)
-                session.outbox.put_nowait(agent_pb2.ConnectResponse(heartbeat=req.heartbeat))
-            elif kind == "offer":
-                self.broker.on_offer(session, wire.offer_from_proto(req.offer))
-            elif kind == "claim_reply":
-                await self.broker.on_claim_reply(session, req.claim_reply)
-            elif kind == "job_update":
-                await self.broker.on_job_update(session, req.job_update)
-            elif kind == "log":
-                chunk = req.log
-                self.broker.on_log(
-                    session,
-                    LogChunk(
-                        job_id=JobId(chunk.job_id),
-                        seq=chunk.seq,
-                        stream=wire.log_stream_from_proto(chunk.stream),
-                        data=chunk.data,
-                    ),
-                )
-            elif kind == "usage":
-                usage.create_task(self._acknowledge_usage(session, req.usage.entry))
-            elif kind == "hello":
-                raise InvalidArgument("hello may only be the first message")
-            else:
-                raise InvalidArgument("empty message on the agent stream")
+def _quote_line(q: QuotedPool) -> QuoteLine:
+    line = q.line
+    return QuoteLine(
+        rank=line.rank,
+        center_id=q.ref.center_id,
+        pool_id=q.ref.pool_id,
+        region=line.region,
+        accelerator=line.accelerator,
+        price_minor_per_device_hour=line.price_minor_per_device_hour,
+        charge_minor=line.charge_minor,
+        rtt_ms=line.rtt_ms,
+        transfer_ms=line.transfer_ms,
+        energy_wh=line.energy_wh,
+        carbon_g=line.carbon_g,
+        has_capacity=line.has_capacity,
+        feasible=line.feasible,
+        reason=line.reason,
+    )

@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from cli.federation import LocalFederation
-from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, broker_pb2_grpc, types_pb2
+from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc, types_pb2
+from tests.agent_stream import converse
 from tests.conftest import FAST_BROKER, make_center
 
 
@@ -118,22 +119,9 @@ def test_unknown_job_is_not_found(stub: broker_pb2_grpc.BrokerServiceStub) -> No
         assert info.value.details() == "no job 'j-nope'"
 
 
-@pytest.fixture
-def agent_stub(federation: LocalFederation) -> Iterator[agent_pb2_grpc.AgentServiceStub]:
-    with grpc.insecure_channel(federation.address) as channel:
-        yield agent_pb2_grpc.AgentServiceStub(channel)
-
-
-def _stream(
-    agent_stub: agent_pb2_grpc.AgentServiceStub, *messages: agent_pb2.ConnectRequest
-) -> list[agent_pb2.ConnectResponse]:
-    """Send messages, keep the stream open briefly, return what came back."""
-
-    def requests() -> Iterator[agent_pb2.ConnectRequest]:
-        yield from messages
-        time.sleep(1.0)
-
-    return list(agent_stub.Connect(requests(), timeout=10))
+def _stream(federation: LocalFederation, *messages: agent_pb2.ConnectRequest) -> None:
+    """Send messages; the broker must end the stream (each test expects it to refuse)."""
+    converse(federation.address, *messages)
 
 
 def _hello(center_id: str = "CZ") -> agent_pb2.ConnectRequest:
@@ -181,31 +169,28 @@ def _offer(center_id: str = "CZ", free: int = 4, total: int = 8) -> agent_pb2.Co
 def test_impossible_offer_is_refused_and_not_believed(
     federation: LocalFederation,
     stub: broker_pb2_grpc.BrokerServiceStub,
-    agent_stub: agent_pb2_grpc.AgentServiceStub,
     free: int,
     total: int,
     message: str,
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _stream(agent_stub, _hello(), _offer(free=free, total=total))
+        _stream(federation, _hello(), _offer(free=free, total=total))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
     centers = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5).centers
     assert [c.HasField("offer") for c in centers] == [False]  # the bad offer was not kept
 
 
-def test_offer_for_another_center_is_permission_denied(
-    stub: broker_pb2_grpc.BrokerServiceStub, agent_stub: agent_pb2_grpc.AgentServiceStub
-) -> None:
+def test_offer_for_another_center_is_permission_denied(federation: LocalFederation) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _stream(agent_stub, _hello("CZ"), _offer(center_id="CY"))
+        _stream(federation, _hello("CZ"), _offer(center_id="CY"))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert info.value.details() == "center CZ cannot advertise for CY"
 
 
-def test_stream_must_start_with_hello(agent_stub: agent_pb2_grpc.AgentServiceStub) -> None:
+def test_stream_must_start_with_hello(federation: LocalFederation) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _stream(agent_stub, _offer())
+        _stream(federation, _offer())
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "the first message on a stream must be hello"
 

@@ -1,22 +1,27 @@
-"""The broker's state machine driven directly (a real Broker on a real SQLite store),
-for the edges that are slow to reach through processes: lapsed leases, refusals, and
-the retry limit when a center keeps getting lost."""
+"""The broker's state machine driven directly (a real Broker on a real SQLite store, time
+from a ManualClock the tests advance), for the edges that are slow to reach through
+processes: lapsed leases, refusals, the retry limit when a center keeps getting lost,
+duplicate submits, region checks, round logging and gauges."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.core import Broker, BrokerConfig, Session, now_ms
-from broker.store import Store
-from core import wire
+import pytest
+
+from broker.centers import Cancel, ClaimReply, Command, JobUpdate, Reserve, Session
+from broker.core import Broker, BrokerConfig
+from broker.sqlite_store import SqliteStore
+from core.clock import ManualClock
+from core.errors import FailedPrecondition, InvalidJobSpec
 from core.states import JobState
 from core.types import JobSpec, Offer
-from icx.v1 import agent_pb2
 from tests.conftest import make_center
 
 T = TypeVar("T")
@@ -26,8 +31,8 @@ SPEC = JobSpec(accelerator="ascend-910", devices=2, estimated_s=3600, command=("
 
 def run(tmp_path: Path, body: Callable[[Broker], Awaitable[T]], **config: Any) -> T:
     async def main() -> T:
-        store = Store(tmp_path / "broker.db")
-        broker = Broker(store, config=BrokerConfig(**config))
+        store = SqliteStore(tmp_path / "broker.db")
+        broker = Broker(store, config=BrokerConfig(**config), clock=ManualClock())
         broker.load()
         try:
             return await body(broker)
@@ -40,7 +45,7 @@ def run(tmp_path: Path, body: Callable[[Broker], Awaitable[T]], **config: Any) -
 async def join(broker: Broker, center_id: str) -> Session:
     center = make_center(center_id)
     session, _ = await broker.connect(center, [])
-    at = now_ms()
+    at = broker.clock.now_ms()
     broker.on_offer(
         session,
         Offer(
@@ -52,8 +57,14 @@ async def join(broker: Broker, center_id: str) -> Session:
     return session
 
 
-def sent(session: Session) -> list[agent_pb2.ConnectResponse]:
-    out = []
+def advance(broker: Broker, ms: int) -> None:
+    clock = broker.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(ms)
+
+
+def sent(session: Session) -> list[Command]:
+    out: list[Command] = []
     while not session.outbox.empty():
         out.append(session.outbox.get_nowait())
     return out
@@ -73,11 +84,14 @@ def test_unanswered_claim_lapses_and_the_job_is_placed_again(tmp_path: Path) -> 
         session = await join(broker, "CA")
         job = await broker.submit("t", SPEC)
         assert await broker.match_round() == 1
-        [reserve] = [m.reserve for m in sent(session) if m.HasField("reserve")]
-        await asyncio.sleep(0.15)  # the lease passes with no reply
+        [reserve] = [m for m in sent(session) if isinstance(m, Reserve)]
+        advance(broker, 99)
+        await broker.expire()
+        assert broker.get(job.job_id).state == JobState.CLAIMED  # the lease holds ...
+        advance(broker, 1)  # ... until it passes with no reply
         await broker.expire()
         assert broker.get(job.job_id).state == JobState.QUEUED
-        cancels = [m.cancel.claim_id for m in sent(session) if m.HasField("cancel")]
+        cancels = [m.claim_id for m in sent(session) if isinstance(m, Cancel)]
         assert cancels == [reserve.claim_id]  # released at the center too
         assert await broker.match_round() == 1
         return job.job_id, [reserve.claim_id, broker.get(job.job_id).claim_id or ""]
@@ -95,10 +109,10 @@ def test_refused_claim_requeues_without_counting_an_attempt(tmp_path: Path) -> N
         session = await join(broker, "CA")
         job = await broker.submit("t", SPEC)
         await broker.match_round()
-        [reserve] = [m.reserve for m in sent(session) if m.HasField("reserve")]
+        [reserve] = [m for m in sent(session) if isinstance(m, Reserve)]
         await broker.on_claim_reply(
             session,
-            agent_pb2.ClaimReply(
+            ClaimReply(
                 claim_id=reserve.claim_id, accepted=False, reason="only 1 of 2 devices free"
             ),
         )
@@ -116,22 +130,17 @@ def test_a_job_lost_max_attempts_times_fails_with_the_reason(tmp_path: Path) -> 
         for attempt in range(1, 4):
             session = await join(broker, f"C{attempt}")
             await broker.match_round()
-            [reserve] = [m.reserve for m in sent(session) if m.HasField("reserve")]
+            [reserve] = [m for m in sent(session) if isinstance(m, Reserve)]
             await broker.on_claim_reply(
                 session,
-                agent_pb2.ClaimReply(
-                    claim_id=reserve.claim_id, accepted=True, device_indices=[0, 1]
-                ),
+                ClaimReply(claim_id=reserve.claim_id, accepted=True, device_indices=(0, 1)),
             )
             await broker.on_job_update(
                 session,
-                agent_pb2.JobUpdate(
-                    claim_id=reserve.claim_id, job_id=job.job_id,
-                    state=wire.state_to_proto(JobState.RUNNING),
-                ),
-            )  # fmt: skip
+                JobUpdate(claim_id=reserve.claim_id, job_id=job.job_id, state=JobState.RUNNING),
+            )
             assert broker.get(job.job_id).attempts == attempt
-            await asyncio.sleep(0.12)  # the center goes silent past its expiry
+            advance(broker, 100)  # the center goes silent past its expiry
             await broker.expire()
         final = broker.get(job.job_id)
         assert final.state == JobState.FAILED
@@ -146,12 +155,9 @@ def test_update_for_a_claim_the_broker_gave_away_stops_it_there(tmp_path: Path) 
         session = await join(broker, "CA")
         job = await broker.submit("t", SPEC)
         await broker.on_job_update(
-            session,
-            agent_pb2.JobUpdate(
-                claim_id="c-stale", job_id=job.job_id, state=wire.state_to_proto(JobState.RUNNING)
-            ),
+            session, JobUpdate(claim_id="c-stale", job_id=job.job_id, state=JobState.RUNNING)
         )
-        [cancel] = [m.cancel for m in sent(session) if m.HasField("cancel")]
+        [cancel] = [m for m in sent(session) if isinstance(m, Cancel)]
         assert (cancel.claim_id, cancel.reason) == ("c-stale", "claim no longer valid")
         assert broker.get(job.job_id).state == JobState.QUEUED
 
@@ -169,9 +175,9 @@ def test_a_round_takes_what_could_run_and_skips_what_cannot(tmp_path: Path) -> N
             await broker.submit("t", big)
         small = [await broker.submit("t", SPEC) for _ in range(3)]
         assert await broker.match_round() == 3
-        claimed = {m.reserve.job_id for m in sent(session) if m.HasField("reserve")}
+        claimed = {m.job_id for m in sent(session) if isinstance(m, Reserve)}
         assert claimed == {j.job_id for j in small}
-        waiting = [j for j in broker.jobs.values() if j.state == JobState.QUEUED]
+        waiting = broker.list_jobs([JobState.QUEUED])
         explained = [j for j in waiting if j.explanation]
         assert 0 < len(explained) <= 64  # the head says why it waits ...
         return [j.explanation for j in explained]
@@ -180,3 +186,96 @@ def test_a_round_takes_what_could_run_and_skips_what_cannot(tmp_path: Path) -> N
     assert set(reasons) == {
         "no pool with 64 free devices of ascend-910 in any region (most free: 8)"
     }  # ... in words
+
+
+def test_a_duplicate_submit_answers_only_after_the_first_commit(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        first = asyncio.ensure_future(broker.submit("t", SPEC, request_id="r-1"))
+        await asyncio.sleep(0)  # the first is in memory, its commit not yet done
+        again = await broker.submit("t", SPEC, request_id="r-1")
+        assert first.done()  # the duplicate's answer came after the first's commit
+        assert again.job_id == (await first).job_id
+        on_disk = [r[0] for r in events(tmp_path / "broker.db", again.job_id)]
+        assert on_disk == ["queued"]
+
+    run(tmp_path, body)
+
+
+def test_the_same_request_id_with_another_spec_is_refused(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        job = await broker.submit("t", SPEC, request_id="r-1")
+        other = dataclasses.replace(SPEC, devices=1)
+        with pytest.raises(
+            FailedPrecondition, match=f"request_id 'r-1' was used for job {job.job_id}"
+        ):
+            await broker.submit("t", other, request_id="r-1")
+        assert [j.job_id for j in broker.list_jobs()] == [job.job_id]
+        # Another tenant's request ids are its own.
+        assert (await broker.submit("u", other, request_id="r-1")).job_id != job.job_id
+
+    run(tmp_path, body)
+
+
+def test_submit_refuses_a_region_no_center_or_policy_knows(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        await join(broker, "CA")  # region TF
+        for region in ("MARS", "tf"):
+            spec = dataclasses.replace(SPEC, allowed_regions=(region,))
+            with pytest.raises(InvalidJobSpec) as info:
+                await broker.submit("t", spec)
+            assert str(info.value) == (
+                f"region {region!r} is not known to this broker; known regions: TF"
+            )
+            with pytest.raises(InvalidJobSpec):
+                broker.quote(spec)
+        assert broker.list_jobs() == []
+        ok = await broker.submit("t", dataclasses.replace(SPEC, allowed_regions=("TF",)))
+        assert ok.state == JobState.QUEUED
+
+    run(tmp_path, body)
+
+
+def test_job_gauges_are_right_whenever_scraped(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        session = await join(broker, "CA")
+        job = await broker.submit("t", SPEC)
+        await broker.match_round()
+        [reserve] = [m for m in sent(session) if isinstance(m, Reserve)]
+        await broker.on_claim_reply(
+            session, ClaimReply(claim_id=reserve.claim_id, accepted=True, device_indices=(0, 1))
+        )
+        for state in (JobState.RUNNING, JobState.SUCCEEDED):
+            await broker.on_job_update(
+                session,
+                JobUpdate(claim_id=reserve.claim_id, job_id=job.job_id, state=state, exit_code=0),
+            )
+        value = broker.metrics.registry.get_sample_value
+        assert value("icx_jobs", {"state": "succeeded"}) == 1
+        assert value("icx_jobs", {"state": "claimed"}) == 0
+        assert value("icx_jobs", {"state": "running"}) == 0
+        assert value("icx_queue_length") == 0
+        assert value("icx_centers_connected") == 1
+        broker.disconnect(session)
+        assert value("icx_centers_connected") == 0
+
+    run(tmp_path, body)
+
+
+def test_a_round_is_logged_when_its_outcome_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(broker: Broker) -> None:
+        await join(broker, "CA")
+        await broker.submit("t", dataclasses.replace(SPEC, devices=64))  # cannot be placed
+        caplog.set_level(logging.INFO, logger="icx.broker")
+        for _ in range(20):
+            await broker.match_round()
+        assert len([r for r in caplog.records if r.message.startswith("round ")]) == 1
+        assert broker.metrics.registry.get_sample_value("icx_match_rounds_total") == 20
+        assert broker.metrics.registry.get_sample_value("icx_match_round_unplaced") == 1
+        await broker.submit("t", SPEC)  # this one can: a new outcome
+        await broker.match_round()
+        rounds = [r.message for r in caplog.records if r.message.startswith("round ")]
+        assert len(rounds) == 2 and "1 placed, 1 unplaced" in rounds[1]
+
+    run(tmp_path, body)

@@ -20,7 +20,6 @@ from cli.federation import LocalFederation
 from core import wire
 from icx.v1 import (
     agent_pb2,
-    agent_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     ledger_pb2,
@@ -30,6 +29,7 @@ from icx.v1 import (
 from ledger import SignedRecord, SignerKey, UsageRecord, sign_records, verify_statement
 from ledger.keys import VerifierKey
 from ledger.records import charge_minor
+from tests.agent_stream import converse
 from tests.conftest import make_center, wait_centers, wait_for
 
 TENANT = "lab-a"
@@ -148,16 +148,8 @@ def test_settlement_pays_the_centers_and_the_log_audits(
     assert audit.returncode == 0, audit.stderr
 
 
-def _raw_stream(
-    federation: LocalFederation, *messages: agent_pb2.ConnectRequest
-) -> list[agent_pb2.ConnectResponse]:
-    def requests() -> Iterator[agent_pb2.ConnectRequest]:
-        yield from messages
-        time.sleep(1.0)
-
-    with grpc.insecure_channel(federation.address) as channel:
-        stub = agent_pb2_grpc.AgentServiceStub(channel)
-        return list(stub.Connect(requests(), timeout=10))
+def _acks(replies: list[agent_pb2.ConnectResponse]) -> int:
+    return sum(1 for r in replies if r.HasField("usage_ack"))
 
 
 def test_a_center_cannot_bill_for_another_or_change_its_key(
@@ -182,12 +174,13 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
         entry = sign_records([record], signer)[0].entry()
         return agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=entry))
 
-    replies = _raw_stream(
-        federation,
+    replies = converse(
+        federation.address,
         hello,
         report("CY", TENANT, key),  # another center's name
         report("CZ", "lab-b", key),  # a tenant the job does not belong to
         report("CZ", TENANT, SignerKey.generate("CZ")),  # a key not admitted for CZ
+        until=lambda replies: _acks(replies) == 3,
     )
     acks = [r.usage_ack for r in replies if r.HasField("usage_ack")]
     assert [a.accepted for a in acks] == [False, False, False]
@@ -197,8 +190,8 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
 
     other = SignerKey.generate("CZ")
     with pytest.raises(grpc.RpcError) as info:
-        _raw_stream(
-            federation,
+        converse(
+            federation.address,
             agent_pb2.ConnectRequest(
                 hello=agent_pb2.Hello(
                     center=wire.center_to_proto(make_center("CZ")), usage_key=other.verifier.text()

@@ -1,0 +1,277 @@
+"""The SQLite store's schema, its version and its migrations.
+
+Version 0 is the schema from before versions: a job's spec and a center's descriptor were
+protobuf bytes. Version 1 keeps domain columns: the spec's fields in `jobs`, a center's
+attributes in `centers` and its pools in `pools`. The version lives in `schema_version`.
+Every migration runs in one transaction: it completes or leaves the file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+
+from broker.store import SCHEMA_VERSION
+from core.types import CenterDescriptor
+
+SPEC_COLUMNS = (
+    "name, accelerator, devices, estimated_s, allowed_regions, max_price_minor, deadline_ms,"
+    " priority, data_region, data_mb, command, env"
+)
+STATE_COLUMNS = (
+    "state, updated_at_ms, center_id, pool_id, claim_id, device_indices, attempts, exit_code,"
+    " reason, explanation"
+)
+
+_JOBS = """
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    request_id TEXT,
+    name TEXT NOT NULL DEFAULT '',
+    accelerator TEXT NOT NULL,
+    devices INTEGER NOT NULL,
+    estimated_s INTEGER NOT NULL,
+    allowed_regions TEXT NOT NULL DEFAULT '[]',   -- JSON array of region names
+    max_price_minor INTEGER,
+    deadline_ms INTEGER,
+    priority INTEGER NOT NULL DEFAULT 0,
+    data_region TEXT NOT NULL DEFAULT '',
+    data_mb INTEGER NOT NULL DEFAULT 0,
+    command TEXT NOT NULL,                        -- JSON array of arguments
+    env TEXT NOT NULL DEFAULT '[]',               -- JSON array of [name, value]
+    submitted_at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    center_id TEXT,
+    pool_id TEXT,
+    claim_id TEXT,
+    device_indices TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    explanation TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX jobs_request ON jobs(tenant, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX jobs_state ON jobs(state);
+"""
+
+_CENTERS = """
+CREATE TABLE centers (
+    center_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    latitude REAL NOT NULL DEFAULT 0,
+    longitude REAL NOT NULL DEFAULT 0,
+    pue_milli INTEGER NOT NULL,
+    grid_g_co2_per_kwh INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE pools (
+    center_id TEXT NOT NULL REFERENCES centers(center_id),
+    pool_id TEXT NOT NULL,
+    position INTEGER NOT NULL,                    -- order in the descriptor
+    accelerator TEXT NOT NULL,
+    devices_total INTEGER NOT NULL,
+    devices_free INTEGER NOT NULL,
+    memory_gb INTEGER NOT NULL,
+    fp16_tflops INTEGER NOT NULL,
+    power_w INTEGER NOT NULL,
+    price_minor_per_device_hour INTEGER NOT NULL,
+    PRIMARY KEY (center_id, pool_id)
+) WITHOUT ROWID;
+"""
+
+_EVENTS_AND_LOGS = """
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    center_id TEXT,
+    message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS logs (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+"""
+
+_VERSION = """
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+);
+"""
+
+
+def version(conn: sqlite3.Connection) -> int | None:
+    """The file's schema version: None for an empty file, 0 for one from before versions."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" in tables:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+    return 0 if "jobs" in tables else None
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """The current schema in an empty file."""
+    _in_transaction(conn, lambda: _create(conn))
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    for script in (_JOBS, _CENTERS, _EVENTS_AND_LOGS, _VERSION):
+        _run_script(conn, script)
+    _set_version(conn, SCHEMA_VERSION)
+
+
+def upgrade(conn: sqlite3.Connection, start: int) -> None:
+    """Apply the migrations after `start`, all in one transaction."""
+
+    def steps() -> None:
+        if start < 1:
+            _from_0_to_1(conn)
+            _set_version(conn, 1)
+
+    _in_transaction(conn, steps)
+
+
+def upsert_center(conn: sqlite3.Connection, center: CenterDescriptor, at_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO centers (center_id, name, region, latitude, longitude, pue_milli,"
+        " grid_g_co2_per_kwh, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(center_id) DO UPDATE SET name = excluded.name, region = excluded.region,"
+        " latitude = excluded.latitude, longitude = excluded.longitude,"
+        " pue_milli = excluded.pue_milli, grid_g_co2_per_kwh = excluded.grid_g_co2_per_kwh,"
+        " last_seen_ms = excluded.last_seen_ms",
+        (
+            center.center_id,
+            center.name,
+            center.region,
+            center.latitude,
+            center.longitude,
+            center.pue_milli,
+            center.grid_g_co2_per_kwh,
+            at_ms,
+            at_ms,
+        ),
+    )
+    conn.execute("DELETE FROM pools WHERE center_id = ?", (center.center_id,))
+    conn.executemany(
+        "INSERT INTO pools (center_id, pool_id, position, accelerator, devices_total,"
+        " devices_free, memory_gb, fp16_tflops, power_w, price_minor_per_device_hour)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                center.center_id,
+                p.pool_id,
+                i,
+                p.accelerator,
+                p.devices_total,
+                p.devices_free,
+                p.memory_gb,
+                p.fp16_tflops,
+                p.power_w,
+                p.price_minor_per_device_hour,
+            )
+            for i, p in enumerate(center.pools)
+        ],
+    )
+
+
+def _from_0_to_1(conn: sqlite3.Connection) -> None:
+    """Protobuf blobs to domain columns. The blobs are read with the wire format of the
+    release that wrote them (icx.v1 JobSpec and CenterDescriptor), once, here."""
+    from core import wire  # the legacy format; imported by this migration only
+    from icx.v1 import types_pb2
+
+    conn.execute("ALTER TABLE jobs RENAME TO jobs_v0")
+    conn.execute("ALTER TABLE centers RENAME TO centers_v0")
+    conn.execute("DROP INDEX IF EXISTS jobs_request")
+    conn.execute("DROP INDEX IF EXISTS jobs_state")
+    _run_script(conn, _JOBS)
+    _run_script(conn, _CENTERS)
+    _run_script(conn, _EVENTS_AND_LOGS)
+    _run_script(conn, _VERSION)
+    conn.row_factory = sqlite3.Row
+    try:
+        for row in conn.execute("SELECT * FROM jobs_v0").fetchall():
+            msg = types_pb2.JobSpec()
+            msg.ParseFromString(row["spec"])
+            spec = wire.spec_from_proto(msg)
+            conn.execute(
+                f"INSERT INTO jobs (job_id, tenant, request_id, {SPEC_COLUMNS}, submitted_at_ms,"
+                f" {STATE_COLUMNS}) VALUES ({', '.join('?' * 26)})",
+                (
+                    row["job_id"],
+                    row["tenant"],
+                    row["request_id"],
+                    spec.name,
+                    spec.accelerator,
+                    spec.devices,
+                    spec.estimated_s,
+                    json.dumps(list(spec.allowed_regions)),
+                    spec.max_price_minor,
+                    spec.deadline_ms,
+                    spec.priority,
+                    spec.data_region,
+                    spec.data_mb,
+                    json.dumps(list(spec.command)),
+                    json.dumps([list(kv) for kv in spec.env]),
+                    row["submitted_at_ms"],
+                    row["state"],
+                    row["updated_at_ms"],
+                    row["center_id"],
+                    row["pool_id"],
+                    row["claim_id"],
+                    row["device_indices"],
+                    row["attempts"],
+                    row["exit_code"],
+                    row["reason"],
+                    row["explanation"],
+                ),
+            )
+        for row in conn.execute("SELECT * FROM centers_v0").fetchall():
+            blob = types_pb2.CenterDescriptor()
+            blob.ParseFromString(row["descriptor"])
+            center = wire.center_from_proto(blob)
+            upsert_center(conn, center, row["last_seen_ms"])
+            conn.execute(
+                "UPDATE centers SET first_seen_ms = ? WHERE center_id = ?",
+                (row["first_seen_ms"], center.center_id),
+            )
+    finally:
+        conn.row_factory = None
+    conn.execute("DROP TABLE jobs_v0")
+    conn.execute("DROP TABLE centers_v0")
+
+
+def _set_version(conn: sqlite3.Connection, v: int) -> None:
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at_ms) VALUES (?, ?)",
+        (v, time.time_ns() // 1_000_000),
+    )
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would commit the open transaction; run statement by statement.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _in_transaction(conn: sqlite3.Connection, body: Callable[[], None]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        body()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

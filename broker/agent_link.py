@@ -1,0 +1,215 @@
+"""The agent stream: AgentService.Connect, one long-lived stream per connected center.
+
+The only module of the broker that reads and builds the stream's messages (icx.v1
+agent_pb2): it turns what a center says into domain values for the Broker, and the
+commands in a session's outbox into messages. Requests are handled in order; usage
+records are appended by the ledger's thread while the stream goes on and acknowledged by
+record id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from broker.centers import (
+    Cancel,
+    ClaimReply,
+    Close,
+    Command,
+    HeartbeatEcho,
+    HeldClaim,
+    JobUpdate,
+    Launch,
+    Reserve,
+    Session,
+    UsageAck,
+)
+from broker.core import Broker, Welcome
+from core import wire
+from core.errors import IcxError, InvalidArgument
+from core.status import status_for
+from core.types import JobId, LogChunk
+from icx.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger("icx.broker.agents")
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        session: Session | None = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("msg") != "hello":
+                raise InvalidArgument("the first message on a stream must be hello")
+            hello = first.hello
+            center = wire.center_from_proto(hello.center)
+            held = [_held_from_proto(h) for h in hello.held]
+            session, welcome = await self.broker.connect(center, held, hello.usage_key)
+            yield agent_pb2.ConnectResponse(welcome=_welcome_to_proto(welcome))
+            reader = asyncio.create_task(self._read(session, request_iterator))
+            while True:
+                getter = asyncio.ensure_future(session.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    exc = reader.exception()
+                    if exc is not None:
+                        raise exc
+                    return  # the agent closed its side
+                command = getter.result()
+                if not session.connected or isinstance(command, Close):
+                    return  # replaced by a newer stream or taken out
+                yield _command_to_proto(command)
+        except IcxError as exc:
+            if session is not None:
+                log.warning("center %s: %s", session.center_id, exc)
+            await context.abort(status_for(exc), str(exc))
+        except Exception as exc:  # CancelledError is not one: it passes through
+            log.error("agent stream failed", exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if session is not None:
+                self.broker.disconnect(session)
+
+    async def _read(
+        self, session: Session, requests: AsyncIterator[agent_pb2.ConnectRequest]
+    ) -> None:
+        try:
+            async with asyncio.TaskGroup() as usage:
+                await self._read_in_order(session, requests, usage)
+        except ExceptionGroup as group:  # the stream's own error, as the handler expects it
+            raise group.exceptions[0] from None
+
+    async def _acknowledge_usage(self, session: Session, entry: bytes) -> None:
+        session.send(await self.broker.on_usage(session, entry))
+
+    async def _read_in_order(
+        self,
+        session: Session,
+        requests: AsyncIterator[agent_pb2.ConnectRequest],
+        usage: asyncio.TaskGroup,
+    ) -> None:
+        broker = self.broker
+        async for req in requests:
+            kind = req.WhichOneof("msg")
+            if kind == "heartbeat":
+                broker.heartbeat(session)
+                session.send(HeartbeatEcho(sent_at_ms=req.heartbeat.sent_at_ms))
+            elif kind == "offer":
+                broker.on_offer(session, wire.offer_from_proto(req.offer))
+            elif kind == "claim_reply":
+                r = req.claim_reply
+                await broker.on_claim_reply(
+                    session,
+                    ClaimReply(
+                        claim_id=r.claim_id,
+                        accepted=r.accepted,
+                        reason=r.reason,
+                        device_indices=tuple(r.device_indices),
+                    ),
+                )
+            elif kind == "job_update":
+                u = req.job_update
+                await broker.on_job_update(
+                    session,
+                    JobUpdate(
+                        claim_id=u.claim_id,
+                        job_id=u.job_id,
+                        state=wire.state_from_proto(u.state),
+                        exit_code=u.exit_code if u.HasField("exit_code") else None,
+                        message=u.message,
+                    ),
+                )
+            elif kind == "log":
+                chunk = req.log
+                broker.on_log(
+                    session,
+                    LogChunk(
+                        job_id=JobId(chunk.job_id),
+                        seq=chunk.seq,
+                        stream=wire.log_stream_from_proto(chunk.stream),
+                        data=chunk.data,
+                    ),
+                )
+            elif kind == "usage":
+                usage.create_task(self._acknowledge_usage(session, req.usage.entry))
+            elif kind == "hello":
+                raise InvalidArgument("hello may only be the first message")
+            else:
+                raise InvalidArgument("empty message on the agent stream")
+
+
+def _held_from_proto(h: agent_pb2.HeldClaim) -> HeldClaim:
+    return HeldClaim(
+        claim_id=h.claim_id,
+        job_id=h.job_id,
+        state=wire.state_from_proto(h.state),
+        exit_code=h.exit_code if h.HasField("exit_code") else None,
+    )
+
+
+def _welcome_to_proto(w: Welcome) -> agent_pb2.Welcome:
+    return agent_pb2.Welcome(
+        heartbeat_interval_ms=w.heartbeat_interval_ms,
+        center_expiry_ms=w.center_expiry_ms,
+        stale_claim_ids=list(w.stale_claim_ids),
+    )
+
+
+def _command_to_proto(command: Command) -> agent_pb2.ConnectResponse:
+    match command:
+        case Reserve():
+            return agent_pb2.ConnectResponse(
+                reserve=agent_pb2.Reserve(
+                    claim_id=command.claim_id,
+                    job_id=command.job_id,
+                    pool_id=command.pool_id,
+                    devices=command.devices,
+                    lease_expires_at_ms=command.lease_expires_at_ms,
+                )
+            )
+        case Launch():
+            job = command.job
+            return agent_pb2.ConnectResponse(
+                launch=agent_pb2.Launch(
+                    claim_id=command.claim_id,
+                    job_id=job.job_id,
+                    spec=wire.spec_to_proto(job.spec),
+                    tenant=job.tenant,
+                )
+            )
+        case Cancel():
+            return agent_pb2.ConnectResponse(
+                cancel=agent_pb2.Cancel(
+                    claim_id=command.claim_id, job_id=command.job_id, reason=command.reason
+                )
+            )
+        case UsageAck():
+            return agent_pb2.ConnectResponse(
+                usage_ack=agent_pb2.UsageAck(
+                    record_id=command.record_id,
+                    accepted=command.accepted,
+                    index=command.index,
+                    reason=command.reason,
+                )
+            )
+        case HeartbeatEcho():
+            return agent_pb2.ConnectResponse(
+                heartbeat=agent_pb2.Heartbeat(sent_at_ms=command.sent_at_ms)
+            )
+    raise AssertionError(f"no message for {command!r}")

@@ -1,0 +1,123 @@
+"""The two seams between matching and the centers.
+
+Capacity reaches a round through `CapacitySource`s: what pools exist, where, at what
+price, and how many devices the broker may believe are free. A round's choice leaves
+through a `ClaimRoute`, chosen by the pool's broker. Today there is one of each, this
+broker's own centers (`LocalCenters`: offers from connected agents, a reserve sent on the
+agent's stream); a peer broker's gossiped summaries and a claim forwarded to that broker
+plug in beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.centers import Centers, Reserve
+from broker.claims import ClaimBook, PendingClaim
+from broker.jobs import JobBook
+from core.clock import Clock
+from core.states import JobState
+from core.types import LOCAL_BROKER, ClaimId, Job, Pool, PoolRef
+
+log = logging.getLogger("icx.broker")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolCapacity:
+    """One pool as a round sees it."""
+
+    ref: PoolRef
+    region: str
+    pool: Pool
+    free: int
+    pue_milli: int
+    grid_g_co2_per_kwh: int
+
+
+class CapacitySource(Protocol):
+    def capacity(self, at_ms: int, *, include_full: bool = False) -> Iterable[PoolCapacity]:
+        """Pools with a live offer; with `include_full`, also those with nothing free."""
+        ...
+
+
+class ClaimRoute(Protocol):
+    async def claim(self, job: Job, ref: PoolRef, explanation: str) -> bool:
+        """Claim `ref`'s devices for the queued `job` (the job becomes CLAIMED once the
+        claim is sent); False if the pool is no longer reachable."""
+        ...
+
+
+class LocalCenters:
+    """This broker's own connected centers, as a capacity source and a claim route."""
+
+    broker = LOCAL_BROKER
+
+    def __init__(
+        self, centers: Centers, claims: ClaimBook, jobs: JobBook, clock: Clock, lease_ms: int
+    ) -> None:
+        self.centers = centers
+        self.claims = claims
+        self.jobs = jobs
+        self.clock = clock
+        self.lease_ms = lease_ms
+
+    def capacity(self, at_ms: int, *, include_full: bool = False) -> Iterable[PoolCapacity]:
+        held = self.claims.held()
+        for session in self.centers.live_sessions():
+            offer = session.offer
+            if offer is None or offer.expires_at_ms <= at_ms:
+                continue
+            for pool in offer.pools:
+                ref = PoolRef(center_id=session.center_id, pool_id=pool.pool_id)
+                free = max(0, pool.devices_free - held.get(ref, 0))
+                if free == 0 and not include_full:
+                    continue
+                yield PoolCapacity(
+                    ref=ref,
+                    region=session.center.region,
+                    pool=pool,
+                    free=free,
+                    pue_milli=offer.pue_milli,
+                    grid_g_co2_per_kwh=offer.grid_g_co2_per_kwh,
+                )
+
+    async def claim(self, job: Job, ref: PoolRef, explanation: str) -> bool:
+        session = self.centers.live(ref.center_id)
+        if session is None or job.state != JobState.QUEUED:
+            return False
+        claim_id = ClaimId("c-" + secrets.token_hex(6))
+        lease_until = self.clock.now_ms() + self.lease_ms
+        # Held before the commit so that the next round already subtracts these devices.
+        self.claims.add(
+            PendingClaim(
+                claim_id=claim_id,
+                job_id=job.job_id,
+                pool=ref,
+                devices=job.spec.devices,
+                lease_expires_at_ms=lease_until,
+            )
+        )
+        await self.jobs.transition(
+            job,
+            JobState.CLAIMED,
+            f"claim {claim_id} at {ref}",
+            center_id=ref.center_id,
+            pool_id=ref.pool_id,
+            claim_id=claim_id,
+            device_indices=(),
+            explanation=explanation,
+        )
+        session.send(
+            Reserve(
+                claim_id=claim_id,
+                job_id=job.job_id,
+                pool_id=ref.pool_id,
+                devices=job.spec.devices,
+                lease_expires_at_ms=lease_until,
+            )
+        )
+        return True

@@ -1,0 +1,200 @@
+"""The job book: every job the broker accepted, its transitions and its events.
+
+Memory is the working copy, the store the truth: each change is applied here and handed
+to the store in the same step of the event loop, and whoever depends on it (a reply, a
+message to a center, a watcher) waits for the commit. Transitions follow the one table
+in core.states; each commits with its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Iterable
+
+from broker.store import Snapshot, Store
+from core.clock import Clock
+from core.errors import FailedPrecondition, NotFound
+from core.states import JobState, check_transition
+from core.types import Job, JobEvent, JobId, JobSpec, LogChunk
+
+log = logging.getLogger("icx.broker")
+
+ACTIVE = frozenset({JobState.CLAIMED, JobState.RUNNING})
+
+
+class JobBook:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.jobs: dict[JobId, Job] = {}
+        self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        self._requests: dict[tuple[str, str], JobId] = {}
+        self._event_seq: dict[JobId, int] = {}
+        self._log_seq: dict[JobId, int] = {}
+        self._changed: dict[JobId, asyncio.Event] = {}
+        # Submits not yet committed: a duplicate of one waits for the same commit.
+        self._accepting: dict[JobId, asyncio.Future[None]] = {}
+
+    def load(self, snapshot: Snapshot) -> None:
+        for stored in snapshot.jobs:
+            job = stored.job
+            self.jobs[job.job_id] = job
+            self.counts[job.state] += 1
+            if stored.request_id:
+                self._requests[(job.tenant, stored.request_id)] = job.job_id
+        self._event_seq.update(snapshot.event_seq)
+        self._log_seq.update(snapshot.log_seq)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(JobId(job_id))
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def find(self, job_id: str) -> Job | None:
+        return self.jobs.get(JobId(job_id))
+
+    def newest(self, states: Iterable[JobState] = (), limit: int = 0) -> list[Job]:
+        """Newest first; `limit` 0 for all."""
+        wanted = frozenset(states)
+        jobs = [j for j in self.jobs.values() if not wanted or j.state in wanted]
+        jobs.sort(key=lambda j: (j.submitted_at_ms, j.job_id), reverse=True)
+        return jobs[:limit] if limit > 0 else jobs
+
+    def count(self, states: Iterable[JobState] = ()) -> int:
+        wanted = frozenset(states) or frozenset(JobState)
+        return sum(n for state, n in self.counts.items() if state in wanted)
+
+    def in_state(self, state: JobState) -> list[Job]:
+        return [j for j in self.jobs.values() if j.state == state]
+
+    def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:
+        return self.store.events_after(job_id, seq)
+
+    def logs_after(self, job_id: JobId, seq: int) -> list[LogChunk]:
+        return self.store.logs_after(job_id, seq)
+
+    def change_event(self, job_id: JobId) -> asyncio.Event:
+        """An event set (and replaced) after each committed change to the job."""
+        event = self._changed.get(job_id)
+        if event is None:
+            event = self._changed[job_id] = asyncio.Event()
+        return event
+
+    # ----------------------------------------------------------------- writes
+
+    async def accept(self, tenant: str, spec: JobSpec, request_id: str = "") -> Job:
+        """A new queued job; returns once it is committed. A retry with the same
+        (tenant, request_id) gets the same job, also only once it is committed; the
+        same request id with another spec is refused."""
+        if request_id:
+            existing = self._requests.get((tenant, request_id))
+            if existing is not None:
+                job = self.jobs[existing]
+                if job.spec != spec:
+                    raise FailedPrecondition(
+                        f"request_id {request_id!r} was used for job {job.job_id} with "
+                        "another spec; use a new request id for a new job"
+                    )
+                pending = self._accepting.get(existing)
+                if pending is not None:
+                    await asyncio.shield(pending)
+                return job
+        at = self.clock.now_ms()
+        job = Job(
+            job_id=JobId("j-" + secrets.token_hex(6)),
+            tenant=tenant,
+            spec=spec,
+            state=JobState.QUEUED,
+            submitted_at_ms=at,
+            updated_at_ms=at,
+        )
+        self.jobs[job.job_id] = job
+        self.counts[JobState.QUEUED] += 1
+        if request_id:
+            self._requests[(tenant, request_id)] = job.job_id
+        commit = self.store.insert_job(job, self._next_event(job, "accepted"), request_id)
+        self._accepting[job.job_id] = commit
+        try:
+            await self._committed(job.job_id, commit)
+        finally:
+            self._accepting.pop(job.job_id, None)
+        return job
+
+    async def transition(self, job: Job, state: JobState, message: str, **changes: object) -> Job:
+        """old -> new in memory and in the store, with its event; returns after the
+        commit."""
+        check_transition(job.job_id, job.state, state)
+        new = dataclasses.replace(
+            job,
+            state=state,
+            updated_at_ms=self.clock.now_ms(),
+            reason=message,
+            **changes,  # type: ignore[arg-type]
+        )
+        self.jobs[job.job_id] = new
+        self.counts[job.state] -= 1
+        self.counts[state] += 1
+        log.info(
+            "job %s %s -> %s%s: %s",
+            job.job_id,
+            job.state,
+            state,
+            f" center={new.center_id}" if new.center_id else "",
+            message,
+        )
+        await self._committed(
+            job.job_id, self.store.update_job(new, self._next_event(new, message))
+        )
+        return new
+
+    async def amend(self, job: Job, **changes: object) -> Job:
+        """A change that is not a transition (devices granted, attempts); committed."""
+        new = dataclasses.replace(job, updated_at_ms=self.clock.now_ms(), **changes)  # type: ignore[arg-type]
+        self.jobs[job.job_id] = new
+        await self._committed(job.job_id, self.store.update_job(new))
+        return new
+
+    def explain(self, job: Job, explanation: str) -> None:
+        """Why a queued job waits: kept in memory only (the matcher says it every round)."""
+        if job.explanation != explanation:
+            self.jobs[job.job_id] = dataclasses.replace(job, explanation=explanation)
+
+    def append_log(self, chunk: LogChunk) -> None:
+        """A chunk of output; resends (seq already seen) are dropped. Not awaited: the
+        job's final update commits after it."""
+        if chunk.seq <= self._log_seq.get(chunk.job_id, 0):
+            return
+        self._log_seq[chunk.job_id] = chunk.seq
+        fut = self.store.insert_log(chunk)
+        fut.add_done_callback(lambda f: self._after_commit(chunk.job_id, f))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _next_event(self, job: Job, message: str) -> JobEvent:
+        seq = self._event_seq.get(job.job_id, 0) + 1
+        self._event_seq[job.job_id] = seq
+        return JobEvent(
+            job_id=job.job_id,
+            seq=seq,
+            at_ms=job.updated_at_ms,
+            state=job.state,
+            center_id=job.center_id,
+            message=message,
+        )
+
+    async def _committed(self, job_id: JobId, commit: asyncio.Future[None]) -> None:
+        commit.add_done_callback(lambda f: self._after_commit(job_id, f))
+        await commit
+
+    def _after_commit(self, job_id: JobId, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("store write for job %s failed: %s", job_id, fut.exception())
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()

@@ -1,0 +1,386 @@
+"""The embedded store: SQLite in WAL mode with synchronous=FULL, written by one thread that
+owns the only write connection and commits in groups.
+
+Each write is queued in the order the broker changed its memory; the writer runs a batch
+of them in one transaction (each under its own savepoint, so one failure does not undo
+the others), commits once, then resolves each caller's future. Many concurrent submits
+share one fsync (group commit), and nothing is acknowledged before it is on disk.
+Reads use a second connection on the caller's (the event loop's) thread and see only
+committed data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from broker import _sqlite_schema as schema
+from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
+from core.errors import FailedPrecondition, NotFound
+from core.states import JobState
+from core.types import (
+    CenterDescriptor,
+    CenterId,
+    ClaimId,
+    Job,
+    JobEvent,
+    JobId,
+    JobSpec,
+    LogChunk,
+    Pool,
+    PoolId,
+)
+
+log = logging.getLogger("icx.broker.store")
+
+_STOP = object()
+_MAX_BATCH = 512
+_Write = Callable[[sqlite3.Connection], None]
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives power loss, not only a process crash.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class SqliteStore:
+    """broker.store.Store on one SQLite file. Creates the schema in a new file; refuses a
+    file of another schema version (see `migrate`)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer = connect(self.path)
+        try:
+            version = schema.version(self._writer)
+            if version is None:
+                schema.create(self._writer)
+            elif version != SCHEMA_VERSION:
+                raise SchemaError(_version_message(self.path, version))
+        except BaseException:
+            self._writer.close()
+            raise
+        self._reader = connect(self.path)
+        self._reader.row_factory = sqlite3.Row
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="icx-store-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def schema_version(self) -> int:
+        return schema.version(self._reader) or 0
+
+    # ------------------------------------------------------------------- reads
+
+    def load(self) -> Snapshot:
+        db = self._reader
+        jobs = [
+            StoredJob(job=_job_from_row(r), request_id=r["request_id"] or "")
+            for r in db.execute("SELECT * FROM jobs")
+        ]
+        pools: dict[str, list[Pool]] = {}
+        for r in db.execute("SELECT * FROM pools ORDER BY center_id, position"):
+            pools.setdefault(r["center_id"], []).append(_pool_from_row(r))
+        centers = [
+            StoredCenter(
+                center=_center_from_row(r, pools.get(r["center_id"], [])),
+                first_seen_ms=r["first_seen_ms"],
+                last_seen_ms=r["last_seen_ms"],
+            )
+            for r in db.execute("SELECT * FROM centers")
+        ]
+        event_seq = {
+            JobId(j): s
+            for j, s in db.execute("SELECT job_id, MAX(seq) FROM events GROUP BY job_id")
+        }
+        log_seq = {
+            JobId(j): s for j, s in db.execute("SELECT job_id, MAX(seq) FROM logs GROUP BY job_id")
+        }
+        return Snapshot(jobs=jobs, centers=centers, event_seq=event_seq, log_seq=log_seq)
+
+    def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:
+        rows = self._reader.execute(
+            "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq)
+        )
+        return [
+            JobEvent(
+                job_id=JobId(r["job_id"]),
+                seq=r["seq"],
+                at_ms=r["at_ms"],
+                state=JobState(r["state"]),
+                center_id=CenterId(r["center_id"]) if r["center_id"] else None,
+                message=r["message"],
+            )
+            for r in rows
+        ]
+
+    def logs_after(self, job_id: JobId, seq: int) -> list[LogChunk]:
+        rows = self._reader.execute(
+            "SELECT * FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq)
+        )
+        return [
+            LogChunk(job_id=JobId(r["job_id"]), seq=r["seq"], stream=r["stream"], data=r["data"])
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ writes
+
+    def insert_job(self, job: Job, event: JobEvent, request_id: str = "") -> asyncio.Future[None]:
+        values = (job.job_id, job.tenant, request_id or None, *_spec_values(job.spec))
+        state = _state_values(job)
+
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO jobs (job_id, tenant, request_id, {schema.SPEC_COLUMNS},"
+                    f" submitted_at_ms, {schema.STATE_COLUMNS}) VALUES"
+                    f" ({', '.join('?' * (len(values) + 1 + len(state)))})",
+                    (*values, job.submitted_at_ms, *state),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise FailedPrecondition(
+                    f"job {job.job_id} or request {request_id!r} of tenant {job.tenant!r}"
+                    " is already stored"
+                ) from exc
+            _insert_event(conn, event)
+
+        return self._write(write)
+
+    def update_job(self, job: Job, event: JobEvent | None = None) -> asyncio.Future[None]:
+        state = _state_values(job)
+        assignments = ", ".join(f"{c.strip()} = ?" for c in schema.STATE_COLUMNS.split(","))
+
+        def write(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*state, job.job_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no job {job.job_id!r} in the store")
+            if event is not None:
+                _insert_event(conn, event)
+
+        return self._write(write)
+
+    def insert_log(self, chunk: LogChunk) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO logs (job_id, seq, stream, data) VALUES (?, ?, ?, ?)",
+                (chunk.job_id, chunk.seq, chunk.stream, chunk.data),
+            )
+
+        return self._write(write)
+
+    def upsert_center(self, center: CenterDescriptor, at_ms: int) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            schema.upsert_center(conn, center, at_ms)
+
+        return self._write(write)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._writer.close()
+        self._reader.close()
+
+    # ------------------------------------------------------------ the writer
+
+    def _write(self, fn: _Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        return fut
+
+    def _run(self) -> None:
+        conn = self._writer
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            results: list[BaseException | None] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, _, _ in batch:
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        fn(conn)
+                        conn.execute("RELEASE w")
+                        results.append(None)
+                    except Exception as exc:  # one bad write must not undo the batch
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                        results.append(exc)
+                conn.execute("COMMIT")
+            except Exception as exc:
+                log.exception("store commit failed")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                results = [exc] * len(batch)
+            for (_, fut, loop), error in zip(batch, results, strict=True):
+                loop.call_soon_threadsafe(_resolve, fut, error)
+            if stop:
+                return
+
+
+def migrate(path: Path | str) -> tuple[int, int]:
+    """Bring the SQLite store at `path` to SCHEMA_VERSION in one transaction; returns
+    (from, to). A new file gets the current schema; a newer schema is refused."""
+    conn = connect(path)
+    try:
+        before = schema.version(conn)
+        if before is None:
+            schema.create(conn)
+            return 0, SCHEMA_VERSION
+        if before > SCHEMA_VERSION:
+            raise SchemaError(_version_message(Path(path), before))
+        schema.upgrade(conn, before)
+        return before, SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def _version_message(path: Path, version: int) -> str:
+    if version > SCHEMA_VERSION:
+        return (
+            f"broker database {path} has schema version {version}, newer than this broker's "
+            f"{SCHEMA_VERSION}: run the icx release that wrote it, or a newer one"
+        )
+    return (
+        f"broker database {path} has schema version {version}; this broker uses "
+        f"{SCHEMA_VERSION}: back it up, then run `icx broker migrate --db {path}`"
+    )
+
+
+def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _spec_values(spec: JobSpec) -> tuple[Any, ...]:
+    return (
+        spec.name,
+        spec.accelerator,
+        spec.devices,
+        spec.estimated_s,
+        json.dumps(list(spec.allowed_regions)),
+        spec.max_price_minor,
+        spec.deadline_ms,
+        spec.priority,
+        spec.data_region,
+        spec.data_mb,
+        json.dumps(list(spec.command)),
+        json.dumps([list(kv) for kv in spec.env]),
+    )
+
+
+def _state_values(job: Job) -> tuple[Any, ...]:
+    return (
+        job.state.value,
+        job.updated_at_ms,
+        job.center_id,
+        job.pool_id,
+        job.claim_id,
+        ",".join(str(i) for i in job.device_indices),
+        job.attempts,
+        job.exit_code,
+        job.reason,
+        job.explanation,
+    )
+
+
+def _insert_event(conn: sqlite3.Connection, event: JobEvent) -> None:
+    conn.execute(
+        "INSERT INTO events (job_id, seq, at_ms, state, center_id, message)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (event.job_id, event.seq, event.at_ms, event.state.value, event.center_id, event.message),
+    )
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    indices = row["device_indices"]
+    spec = JobSpec(
+        name=row["name"],
+        accelerator=row["accelerator"],
+        devices=row["devices"],
+        estimated_s=row["estimated_s"],
+        allowed_regions=tuple(json.loads(row["allowed_regions"])),
+        max_price_minor=row["max_price_minor"],
+        deadline_ms=row["deadline_ms"],
+        priority=row["priority"],
+        data_region=row["data_region"],
+        data_mb=row["data_mb"],
+        command=tuple(json.loads(row["command"])),
+        env=tuple((k, v) for k, v in json.loads(row["env"])),
+    )
+    return Job(
+        job_id=JobId(row["job_id"]),
+        tenant=row["tenant"],
+        spec=spec,
+        state=JobState(row["state"]),
+        submitted_at_ms=row["submitted_at_ms"],
+        updated_at_ms=row["updated_at_ms"],
+        center_id=CenterId(row["center_id"]) if row["center_id"] else None,
+        pool_id=PoolId(row["pool_id"]) if row["pool_id"] else None,
+        claim_id=ClaimId(row["claim_id"]) if row["claim_id"] else None,
+        device_indices=tuple(int(i) for i in indices.split(",")) if indices else (),
+        attempts=row["attempts"],
+        exit_code=row["exit_code"],
+        reason=row["reason"],
+        explanation=row["explanation"],
+    )
+
+
+def _pool_from_row(row: sqlite3.Row) -> Pool:
+    return Pool(
+        pool_id=PoolId(row["pool_id"]),
+        accelerator=row["accelerator"],
+        devices_total=row["devices_total"],
+        devices_free=row["devices_free"],
+        memory_gb=row["memory_gb"],
+        fp16_tflops=row["fp16_tflops"],
+        power_w=row["power_w"],
+        price_minor_per_device_hour=row["price_minor_per_device_hour"],
+    )
+
+
+def _center_from_row(row: sqlite3.Row, pools: list[Pool]) -> CenterDescriptor:
+    return CenterDescriptor(
+        center_id=CenterId(row["center_id"]),
+        name=row["name"],
+        region=row["region"],
+        latitude=row["latitude"],
+        longitude=row["longitude"],
+        pue_milli=row["pue_milli"],
+        grid_g_co2_per_kwh=row["grid_g_co2_per_kwh"],
+        pools=tuple(pools),
+    )
