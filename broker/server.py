@@ -119,11 +119,11 @@ class BrokerServer:
             ) from exc
         if self.port == 0:
             raise FailedPrecondition(f"cannot listen on {self.options.listen}")
-        await self.server.start()
         if self.options.metrics_port is not None:
             self.metrics_port = self.broker.metrics.serve(
                 self.options.metrics_port, self.options.metrics_host
             )
+        await self.server.start()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.options.ready_file is not None:
@@ -172,7 +172,13 @@ class BrokerServer:
 async def serve(options: ServeOptions) -> None:
     """Serve until SIGINT or SIGTERM."""
     server = BrokerServer(options)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.server.stop(None)
+        server.ledger.close()
+        server.store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

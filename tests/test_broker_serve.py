@@ -1,0 +1,100 @@
+"""`icx broker serve` and `icx broker migrate` as an operator runs them: a taken port is
+one clear error and a non-zero exit, never a second broker sharing the port; a database
+from before schema versions is refused until migrated, then served with its jobs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.federation import LocalFederation
+
+FIXTURE = Path(__file__).parent / "fixtures" / "broker-schema0.db"
+
+
+def icx(*args: str, cwd: Path, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_a_second_broker_on_a_port_in_use_fails_and_says_so(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    listen = federation.address
+    out = icx("broker", "serve", "--listen", listen, "--db", str(tmp_path / "b.db"), cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (
+        f"icx: error: cannot listen on {listen}: the port is in use or the address is not "
+        "this host's"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path, taken_port: int) -> None:
+    out = icx(
+        "broker", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "b.db"),
+        "--metrics", str(taken_port), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (
+        f"icx: error: cannot serve metrics on 127.0.0.1:{taken_port}: Address already in use"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_an_old_database_is_refused_then_migrated_and_served(tmp_path: Path) -> None:
+    db = tmp_path / "broker.db"
+    shutil.copy(FIXTURE, db)
+    refused = icx("broker", "serve", "--listen", "127.0.0.1:0", "--db", str(db), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1].endswith(
+        f"back it up, then run `icx broker migrate --db {db}`"
+    )
+
+    migrated = icx("broker", "migrate", "--db", str(db), "--json", cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout) == {"db": str(db), "from": 0, "to": 1}
+    again = icx("broker", "migrate", "--db", str(db), cwd=tmp_path)
+    assert again.stdout.strip() == f"{db}: schema version 1, already current"
+
+    fed = LocalFederation(root=tmp_path / "fed")
+    fed.root.mkdir()
+    shutil.copy(db, fed.db)
+    try:
+        fed.start_broker(port=0)
+        jobs = icx("jobs", "--all", "--json", "--broker", fed.address, cwd=tmp_path)
+        assert jobs.returncode == 0, jobs.stderr
+        listed = json.loads(jobs.stdout)
+        rows = listed["jobs"] if isinstance(listed, dict) else listed
+        assert len(rows) == 42
+    finally:
+        fed.stop()
+
+
+def test_migrate_names_a_missing_database(tmp_path: Path) -> None:
+    out = icx("broker", "migrate", "--db", str(tmp_path / "nope.db"), cwd=tmp_path)
+    assert (out.returncode, out.stderr.strip()) == (
+        4,
+        f"icx: error: no database at {tmp_path / 'nope.db'}",
+    )
+    assert not (tmp_path / "nope.db").exists()
