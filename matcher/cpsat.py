@@ -59,6 +59,7 @@ from matcher import _flow, _grouped, _mip
 from matcher._candidates import Instance, Int64s, build
 from matcher._explain import to_solution
 from matcher._heuristics import better, empty, evaluate, fill, greedy, improve_cost
+from matcher.errors import InvalidSettings
 from matcher.model import Problem, Solution
 
 
@@ -100,9 +101,9 @@ class CpSatMatcher:
         seed: int = 0,
     ) -> None:
         if time_limit_s <= 0:
-            raise ValueError(f"time_limit_s must be > 0, got {time_limit_s}")
+            raise InvalidSettings(f"time_limit_s must be > 0, got {time_limit_s}")
         if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+            raise InvalidSettings(f"num_workers must be >= 1, got {num_workers}")
         self.time_limit_s = time_limit_s
         self.num_workers = num_workers
         self.top_k = top_k

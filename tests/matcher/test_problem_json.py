@@ -152,3 +152,14 @@ def test_icx_match_bad_problem_exits_2_with_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"icx: error: {message}\n"
+
+
+def test_a_matcher_with_unusable_settings_is_refused_by_name() -> None:
+    from core.errors import InvalidArgument
+    from matcher import CpSatMatcher
+    from matcher.errors import InvalidSettings
+
+    with pytest.raises(InvalidSettings, match=r"^time_limit_s must be > 0, got 0$"):
+        CpSatMatcher(time_limit_s=0)
+    with pytest.raises(InvalidArgument, match=r"^num_workers must be >= 1, got 0$"):
+        CpSatMatcher(num_workers=0)
