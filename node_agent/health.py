@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +32,7 @@ class HealthServer:
 async def start_health(agent: Agent, listen: str) -> HealthServer:
     """Serve health on `listen` (HOST:PORT) until `stop()`. Raises CannotListen when the
     address cannot be bound, or is already served (no port sharing)."""
+    _check_bindable(listen)
     # gRPC sets SO_REUSEPORT by default, so a second server on a port in use would
     # start and share it; refuse instead.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -38,12 +40,28 @@ async def start_health(agent: Agent, listen: str) -> HealthServer:
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     try:
         port = server.add_insecure_port(listen)
-    except RuntimeError as exc:
-        raise CannotListen(f"--health {listen}: cannot listen there ({exc})") from exc
+    except RuntimeError as exc:  # gRPC says only that it failed to bind
+        raise CannotListen(f"--health {listen}: address in use or not available") from exc
     if port == 0:
-        raise CannotListen(f"--health {listen}: cannot listen there")
+        raise CannotListen(f"--health {listen}: address in use or not available")
     await server.start()
     return HealthServer(server, asyncio.create_task(_watch(agent, servicer)))
+
+
+def _check_bindable(listen: str) -> None:
+    """Bind `listen` once with a plain socket, so that an address in use is refused with
+    the system's reason (gRPC would log its own lines and say only that it failed)."""
+    host, _, port = listen.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CannotListen(f"--health {listen}: {reason}") from exc
 
 
 async def _watch(agent: Agent, servicer: health.aio.HealthServicer) -> None:
