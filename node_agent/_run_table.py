@@ -86,11 +86,16 @@ class RunTable:
             raise InvalidConfig(f"cannot read the run table {self.path}: {exc}") from exc
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise InvalidConfig(f"run table {self.path}: expected version {VERSION}")
-        try:
-            rows = [_row_from_json(r) for r in data["runs"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidConfig(f"run table {self.path}: malformed row: {exc}") from exc
-        return {r.claim_id: r for r in rows}
+        rows: dict[str, RunRow] = {}
+        for i, raw in enumerate(data.get("runs", [])):
+            try:
+                row = _row_from_json(raw)
+            except KeyError as exc:
+                raise InvalidConfig(f"run table {self.path}: row {i} has no {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise InvalidConfig(f"run table {self.path}: row {i}: {exc}") from exc
+            rows[row.claim_id] = row
+        return rows
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,8 @@ class DetachedRun:
 
     async def wait(self) -> int:
         await self._follow
+        if self._proc is not None:
+            await self._proc.wait()  # the wrapper exits right after writing the code
         code = int((self._folder / "exit").read_text()) if self._ended() else -signal.SIGKILL
         (self._folder / "collected").touch()
         return code
