@@ -55,9 +55,10 @@ class RunEvents(Protocol):
         """The free devices changed: advertise again."""
         ...
 
-    def ended(self, run: RunFacts) -> None:
-        """A run that started has ended: meter it (called once per run, and again with
-        the same facts only if a restart came before its record was kept)."""
+    def ended(self, run: RunFacts) -> bool:
+        """A run that started has ended: meter it; True if a record was kept (called
+        once per run, and again with the same facts only if a restart came before the
+        run was marked metered)."""
         ...
 
 
@@ -419,7 +420,7 @@ class Runs:
     def _meter(self, task: _Task) -> None:
         row = task.row
         assert row is not None and row.ended
-        self.events.ended(
+        kept = self.events.ended(
             RunFacts(
                 claim_id=row.claim_id,
                 job_id=row.job_id,
@@ -430,8 +431,9 @@ class Runs:
                 ended_at_ms=row.ended_at_ms,
             )
         )
-        task.row = dataclasses.replace(row, metered=True)
-        self.table.put(task.row)
+        if kept:  # else there is nothing to meter (no key, no tenant), now or later
+            task.row = dataclasses.replace(row, metered=True)
+            self.table.put(task.row)
 
     def _forget(self, task: _Task) -> None:
         self.tasks.pop(task.claim_id, None)

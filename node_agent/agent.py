@@ -158,11 +158,13 @@ class Agent:
         assert self._tg is not None, "the agent is not running"
         return self._tg.create_task(coro)
 
-    def _meter(self, run: RunFacts) -> None:
-        """Sign what the run used and send it; kept until the broker acknowledges it."""
+    def _meter(self, run: RunFacts) -> bool:
+        """Sign what the run used and send it, kept until the broker acknowledges it;
+        False when the agent has no key or the run no tenant to bill."""
         if self.outbox is None or not run.tenant:
-            return
+            return False
         self.link.send_usage(self.outbox.add(usage_record(self.center, run)))
+        return True
 
 
 class _Events:
@@ -180,8 +182,8 @@ class _Events:
     def changed(self) -> None:
         self._agent._advertise()
 
-    def ended(self, run: RunFacts) -> None:
-        self._agent._meter(run)
+    def ended(self, run: RunFacts) -> bool:
+        return self._agent._meter(run)
 
 
 class _Handler:
