@@ -118,6 +118,37 @@ def test_a_cut_off_agent_stops_its_jobs_once_its_clock_passes_half_the_expiry(
     asyncio.run(scenario())
 
 
+def test_no_broker_listening_is_not_silence_and_stops_no_job(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """A dead broker refuses connections: nobody counts this center's silence, and a
+    restarted broker grants a full expiry, so the agent keeps its jobs (a stopped broker,
+    whose port still accepts, is silence: see the test above)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    clock = ManualClock()
+    broker = federation.broker
+    assert broker is not None
+
+    async def scenario() -> None:
+        async with (
+            running_agent(federation, tmp_path / "work", clock) as agent,
+            AsyncBrokerClient(federation.address) as client,
+        ):
+            await client.submit(gated(out))
+            await until(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            [pid] = started(out)
+            broker.kill()  # the port is closed: connections are refused
+            await until(lambda: not agent.connected.is_set(), 10, "the stream to break")
+            for _ in range(4):  # 4 s on the agent's clock, past the 1.5 s fence
+                clock.advance(1_000)
+                await until(lambda: agent.link.silent_ms() == 0, 10, "a refused reconnect")
+                await agent.tick()
+            assert alive(pid) and agent.runs.running() == 1
+
+    asyncio.run(scenario())
+
+
 def test_record_times_retention_and_offers_follow_the_agents_clock(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
