@@ -104,6 +104,28 @@ CREATE TABLE IF NOT EXISTS logs (
 ) WITHOUT ROWID;
 """
 
+_CLAIMS = """
+CREATE TABLE claims (
+    claim_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    broker TEXT NOT NULL DEFAULT '',
+    center_id TEXT NOT NULL,
+    pool_id TEXT NOT NULL,
+    accelerator TEXT NOT NULL,
+    devices INTEGER NOT NULL,
+    price_minor_per_device_hour INTEGER NOT NULL,
+    power_w INTEGER NOT NULL,
+    pue_milli INTEGER NOT NULL,
+    grid_g_co2_per_kwh INTEGER NOT NULL,
+    claimed_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    ended_at_ms INTEGER,
+    billed_record_id TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+CREATE INDEX claims_job ON claims(job_id);
+"""
+
 _VERSION = """
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -127,7 +149,7 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def _create(conn: sqlite3.Connection) -> None:
-    for script in (_JOBS, _CENTERS, _EVENTS_AND_LOGS, _VERSION):
+    for script in (_JOBS, _CENTERS, _EVENTS_AND_LOGS, _CLAIMS, _VERSION):
         _run_script(conn, script)
     _set_version(conn, SCHEMA_VERSION)
 
@@ -139,6 +161,9 @@ def upgrade(conn: sqlite3.Connection, start: int) -> None:
         if start < 1:
             _from_0_to_1(conn)
             _set_version(conn, 1)
+        if start < 2:
+            _from_1_to_2(conn)
+            _set_version(conn, 2)
 
     _in_transaction(conn, steps)
 
@@ -251,6 +276,34 @@ def _from_0_to_1(conn: sqlite3.Connection) -> None:
         conn.row_factory = None
     conn.execute("DROP TABLE jobs_v0")
     conn.execute("DROP TABLE centers_v0")
+
+
+def _from_1_to_2(conn: sqlite3.Connection) -> None:
+    """The claims table. Claims of jobs active at the upgrade get a record from what the
+    database knows (the pool's price and power, the claim's time as the job's last
+    update), so that their usage can still be checked and accepted."""
+    _run_script(conn, _CLAIMS)
+    conn.execute(
+        "INSERT INTO claims (claim_id, job_id, tenant, center_id, pool_id, accelerator,"
+        " devices, price_minor_per_device_hour, power_w, pue_milli, grid_g_co2_per_kwh,"
+        " claimed_at_ms, started_at_ms)"
+        " SELECT j.claim_id, j.job_id, j.tenant, j.center_id, j.pool_id, p.accelerator,"
+        " j.devices, p.price_minor_per_device_hour, p.power_w, c.pue_milli,"
+        " c.grid_g_co2_per_kwh, j.submitted_at_ms,"
+        " CASE WHEN j.state = 'running' THEN j.updated_at_ms END"
+        " FROM jobs j JOIN pools p ON p.center_id = j.center_id AND p.pool_id = j.pool_id"
+        " JOIN centers c ON c.center_id = j.center_id"
+        " WHERE j.claim_id IS NOT NULL AND j.state IN ('claimed', 'running')"
+    )
+
+
+def upsert_claim_sql() -> str:
+    return (
+        "INSERT OR REPLACE INTO claims (claim_id, job_id, tenant, broker, center_id, pool_id,"
+        " accelerator, devices, price_minor_per_device_hour, power_w, pue_milli,"
+        " grid_g_co2_per_kwh, claimed_at_ms, started_at_ms, ended_at_ms, billed_record_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
 
 
 def _set_version(conn: sqlite3.Connection, v: int) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.centers import Centers, Reserve
-from broker.claims import ClaimBook, PendingClaim
+from broker.claims import ClaimBook, ClaimRecord, PendingClaim
 from broker.jobs import JobBook
 from core.clock import Clock
 from core.states import JobState
@@ -89,8 +89,12 @@ class LocalCenters:
         session = self.centers.live(ref.center_id)
         if session is None or job.state != JobState.QUEUED:
             return False
+        pool = next((p for p in session.center.pools if p.pool_id == ref.pool_id), None)
+        if pool is None:
+            return False
         claim_id = ClaimId("c-" + secrets.token_hex(6))
-        lease_until = self.clock.now_ms() + self.lease_ms
+        at = self.clock.now_ms()
+        lease_until = at + self.lease_ms
         # Held before the commit so that the next round already subtracts these devices.
         self.claims.add(
             PendingClaim(
@@ -101,6 +105,24 @@ class LocalCenters:
                 lease_expires_at_ms=lease_until,
             )
         )
+        # What the broker saw of the claim, against which the center's bill is checked:
+        # the descriptor's price, power and site figures, as the center signs them.
+        record = self.claims.note(
+            ClaimRecord(
+                claim_id=claim_id,
+                job_id=job.job_id,
+                tenant=job.tenant,
+                pool=ref,
+                accelerator=pool.accelerator,
+                devices=job.spec.devices,
+                price_minor_per_device_hour=pool.price_minor_per_device_hour,
+                power_w=pool.power_w,
+                pue_milli=session.center.pue_milli,
+                grid_g_co2_per_kwh=session.center.grid_g_co2_per_kwh,
+                claimed_at_ms=at,
+            )
+        )
+        stored = self.jobs.store.put_claim(record)
         await self.jobs.transition(
             job,
             JobState.CLAIMED,
@@ -111,6 +133,7 @@ class LocalCenters:
             device_indices=(),
             explanation=explanation,
         )
+        await stored
         session.send(
             Reserve(
                 claim_id=claim_id,

@@ -7,6 +7,7 @@ again (invariant 1: the broker believes an offer minus its own unanswered claims
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.types import ClaimId, JobId, PoolRef
@@ -22,8 +23,22 @@ class PendingClaim:
 
 
 class ClaimBook:
+    """Pending claims (memory only: a restarted broker learns them again from the agents'
+    Hello) and the record of every claim made (kept in the store)."""
+
     def __init__(self) -> None:
         self._claims: dict[ClaimId, PendingClaim] = {}
+        self.records: dict[ClaimId, ClaimRecord] = {}
+
+    def load(self, records: Iterable[ClaimRecord]) -> None:
+        self.records.update((r.claim_id, r) for r in records)
+
+    def record(self, claim_id: str | None) -> ClaimRecord | None:
+        return self.records.get(ClaimId(claim_id)) if claim_id else None
+
+    def note(self, record: ClaimRecord) -> ClaimRecord:
+        self.records[record.claim_id] = record
+        return record
 
     def __contains__(self, claim_id: object) -> bool:
         return claim_id in self._claims
@@ -51,3 +66,26 @@ class ClaimBook:
         for c in gone:
             del self._claims[c.claim_id]
         return gone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRecord:
+    """What the broker itself saw of one claim, kept after it is answered: who holds it,
+    for whom, on which pool at which price and power, and when it was claimed, started
+    and ended as the broker observed. A center's usage record for the claim must agree
+    with it (broker.usage)."""
+
+    claim_id: ClaimId
+    job_id: JobId
+    tenant: str
+    pool: PoolRef
+    accelerator: str
+    devices: int
+    price_minor_per_device_hour: int
+    power_w: int
+    pue_milli: int
+    grid_g_co2_per_kwh: int
+    claimed_at_ms: int
+    started_at_ms: int | None = None
+    ended_at_ms: int | None = None
+    billed_record_id: str = ""

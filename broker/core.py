@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class Broker:
             template=self.config.round_template,
             max_jobs_per_round=self.config.max_jobs_per_round,
         )
-        self.usage = UsageIntake(self.jobs, ledger)
+        self.usage = UsageIntake(self.claims, store, clock, ledger, self.metrics)
         self._wake = asyncio.Event()
         self.metrics.observe(
             job_counts=self.jobs.counts,
@@ -132,6 +133,7 @@ class Broker:
         snapshot = self.store.load()
         self.jobs.load(snapshot)
         self.centers.load(snapshot)
+        self.claims.load(snapshot.claims)
         counts = self.jobs.counts
         log.info(
             "loaded %d jobs (%d queued, %d active) and %d centers from %s",
@@ -193,6 +195,7 @@ class Broker:
         self.claims.pop(claim_id)
         session = self.centers.live(job.center_id) if job.center_id else None
         job = await self.jobs.transition(job, JobState.CANCELLED, "cancelled by the user")
+        self._observe(claim_id, ended=True)
         if session is not None and claim_id:
             session.send(Cancel(claim_id=claim_id, job_id=job.job_id))
         return job
@@ -258,6 +261,7 @@ class Broker:
                 await self._finish(job, h.state, h.exit_code, "reported on reconnect")
             elif h.state == JobState.RUNNING and job.state == JobState.CLAIMED:
                 await self.jobs.transition(job, JobState.RUNNING, "running (reported on reconnect)")
+                self._observe(job.claim_id, started=True)
             elif h.state == JobState.CLAIMED and job.state == JobState.CLAIMED:
                 self.claims.pop(h.claim_id)
                 session.send(Launch(claim_id=ClaimId(h.claim_id), job=job))
@@ -279,6 +283,7 @@ class Broker:
 
     async def on_claim_reply(self, session: Session, reply: ClaimReply) -> None:
         self.centers.heard_from(session)
+        self._check_holder(session, reply.claim_id, "claim_reply")
         claim = self.claims.pop(reply.claim_id)
         job = self.jobs.find(claim.job_id) if claim else None
         if claim is None or job is None or job.claim_id != reply.claim_id:
@@ -305,6 +310,7 @@ class Broker:
 
     async def on_job_update(self, session: Session, update: JobUpdate) -> None:
         self.centers.heard_from(session)
+        self._check_holder(session, update.claim_id, "job_update")
         job = self.jobs.find(update.job_id)
         state = update.state
         if job is None or job.claim_id != update.claim_id or job.state in TERMINAL:
@@ -322,6 +328,7 @@ class Broker:
         elif state == JobState.RUNNING:
             if job.state == JobState.CLAIMED:
                 await self.jobs.transition(job, JobState.RUNNING, update.message or "started")
+                self._observe(job.claim_id, started=True)
         elif state in TERMINAL:
             await self._finish(job, state, update.exit_code, update.message)
 
@@ -380,7 +387,31 @@ class Broker:
 
     # ----------------------------------------------------------- transitions
 
+    def _check_holder(self, session: Session, claim_id: str, what: str) -> None:
+        """Only the center that holds a claim may speak of it (claim ids are not secret:
+        they appear in events)."""
+        record = self.claims.record(claim_id)
+        if record is not None and record.pool.center_id != session.center_id:
+            self.metrics.refused.labels(kind=what).inc()
+            raise PermissionDenied(f"center {session.center_id} does not hold claim {claim_id}")
+
+    def _observe(self, claim_id: str | None, *, started: bool = False, ended: bool = False) -> None:
+        """Note when the broker saw a claim's run start or end (the first time only)."""
+        record = self.claims.record(claim_id)
+        if record is None:
+            return
+        at = self.clock.now_ms()
+        changes: dict[str, int] = {}
+        if started and record.started_at_ms is None:
+            changes["started_at_ms"] = at
+        if ended and record.ended_at_ms is None:
+            changes["ended_at_ms"] = at
+        if changes:
+            updated = self.claims.note(dataclasses.replace(record, **changes))  # type: ignore[arg-type]
+            self.store.put_claim(updated).add_done_callback(_log_failure)
+
     async def _requeue(self, job: Job, reason: str, *, lost: bool = True) -> None:
+        self._observe(job.claim_id, ended=True)
         self.claims.pop(job.claim_id)
         if lost and job.attempts >= self.config.max_attempts:
             await self.jobs.transition(
@@ -400,9 +431,15 @@ class Broker:
         self._wake.set()
 
     async def _finish(self, job: Job, state: JobState, exit_code: int | None, message: str) -> None:
+        self._observe(job.claim_id, started=state != JobState.CANCELLED, ended=True)
         self.claims.pop(job.claim_id)
         if job.state == JobState.CLAIMED and state != JobState.CANCELLED:
             # It ran while the broker did not hear of the start (a restart in between).
             job = await self.jobs.transition(job, JobState.RUNNING, "started (reported late)")
         await self.jobs.transition(job, state, message or str(state), exit_code=exit_code)
         self._wake.set()
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("store write failed: %s", fut.exception())

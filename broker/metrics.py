@@ -25,6 +25,13 @@ class Metrics:
             "icx_claim_refusals", "Claims an agent refused", registry=self.registry
         )
         self.claims = Counter("icx_claims", "Claims sent to agents", registry=self.registry)
+        self.refused = Counter(
+            "icx_center_messages_refused",
+            "Messages from centers refused: claims they do not hold, usage that does not "
+            "match what the broker saw",
+            ["kind"],
+            registry=self.registry,
+        )
         self.requeues = Counter(
             "icx_requeues", "Jobs put back in the queue", registry=self.registry
         )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import _sqlite_schema as schema
+from broker.claims import ClaimRecord
 from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
 from core.errors import FailedPrecondition, NotFound
 from core.states import JobState
@@ -36,6 +37,7 @@ from core.types import (
     LogChunk,
     Pool,
     PoolId,
+    PoolRef,
 )
 
 log = logging.getLogger("icx.broker.store")
@@ -109,7 +111,10 @@ class SqliteStore:
         log_seq = {
             JobId(j): s for j, s in db.execute("SELECT job_id, MAX(seq) FROM logs GROUP BY job_id")
         }
-        return Snapshot(jobs=jobs, centers=centers, event_seq=event_seq, log_seq=log_seq)
+        claims = [_claim_from_row(r) for r in db.execute("SELECT * FROM claims")]
+        return Snapshot(
+            jobs=jobs, centers=centers, event_seq=event_seq, log_seq=log_seq, claims=claims
+        )
 
     def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:
         rows = self._reader.execute(
@@ -186,6 +191,31 @@ class SqliteStore:
     def upsert_center(self, center: CenterDescriptor, at_ms: int) -> asyncio.Future[None]:
         def write(conn: sqlite3.Connection) -> None:
             schema.upsert_center(conn, center, at_ms)
+
+        return self._write(write)
+
+    def put_claim(self, record: ClaimRecord) -> asyncio.Future[None]:
+        values = (
+            record.claim_id,
+            record.job_id,
+            record.tenant,
+            record.pool.broker,
+            record.pool.center_id,
+            record.pool.pool_id,
+            record.accelerator,
+            record.devices,
+            record.price_minor_per_device_hour,
+            record.power_w,
+            record.pue_milli,
+            record.grid_g_co2_per_kwh,
+            record.claimed_at_ms,
+            record.started_at_ms,
+            record.ended_at_ms,
+            record.billed_record_id,
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(schema.upsert_claim_sql(), values)
 
         return self._write(write)
 
@@ -357,6 +387,29 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         exit_code=row["exit_code"],
         reason=row["reason"],
         explanation=row["explanation"],
+    )
+
+
+def _claim_from_row(row: sqlite3.Row) -> ClaimRecord:
+    return ClaimRecord(
+        claim_id=ClaimId(row["claim_id"]),
+        job_id=JobId(row["job_id"]),
+        tenant=row["tenant"],
+        pool=PoolRef(
+            broker=row["broker"],
+            center_id=CenterId(row["center_id"]),
+            pool_id=PoolId(row["pool_id"]),
+        ),
+        accelerator=row["accelerator"],
+        devices=row["devices"],
+        price_minor_per_device_hour=row["price_minor_per_device_hour"],
+        power_w=row["power_w"],
+        pue_milli=row["pue_milli"],
+        grid_g_co2_per_kwh=row["grid_g_co2_per_kwh"],
+        claimed_at_ms=row["claimed_at_ms"],
+        started_at_ms=row["started_at_ms"],
+        ended_at_ms=row["ended_at_ms"],
+        billed_record_id=row["billed_record_id"],
     )
 
 

@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker.claims import ClaimRecord
 from core.errors import FailedPrecondition
 from core.types import CenterDescriptor, Job, JobEvent, JobId, LogChunk
 
 # The schema this code reads and writes. A store refuses a newer one, and an older one
 # until it is migrated (`icx broker migrate`).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaError(FailedPrecondition):
@@ -55,6 +56,7 @@ class Snapshot:
     # The last event and log sequence number of each job that has any.
     event_seq: dict[JobId, int] = field(default_factory=dict)
     log_seq: dict[JobId, int] = field(default_factory=dict)
+    claims: Sequence[ClaimRecord] = ()
 
 
 class Store(Protocol):
@@ -87,6 +89,10 @@ class Store(Protocol):
 
     def upsert_center(self, center: CenterDescriptor, at_ms: int) -> asyncio.Future[None]:
         """A center's descriptor as it last connected (first seen kept)."""
+        ...
+
+    def put_claim(self, record: ClaimRecord) -> asyncio.Future[None]:
+        """What the broker saw of a claim, as it last changed (keyed by claim id)."""
         ...
 
     def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]: ...

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.store import SCHEMA_VERSION
 from cli.federation import LocalFederation
 
 FIXTURE = Path(__file__).parent / "fixtures" / "broker-schema0.db"
@@ -73,9 +74,9 @@ def test_an_old_database_is_refused_then_migrated_and_served(tmp_path: Path) -> 
 
     migrated = icx("broker", "migrate", "--db", str(db), "--json", cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout) == {"db": str(db), "from": 0, "to": 1}
+    assert json.loads(migrated.stdout) == {"db": str(db), "from": 0, "to": SCHEMA_VERSION}
     again = icx("broker", "migrate", "--db", str(db), cwd=tmp_path)
-    assert again.stdout.strip() == f"{db}: schema version 1, already current"
+    assert again.stdout.strip() == f"{db}: schema version {SCHEMA_VERSION}, already current"
 
     fed = LocalFederation(root=tmp_path / "fed")
     fed.root.mkdir()

@@ -290,3 +290,24 @@ class StoreContract:
             assert [e.seq for e in store.events_after(latest.job_id, 0)] == list(range(1, 40))
 
         self.run(body)
+
+    def test_a_claim_record_is_kept_and_replaced_by_its_latest(self) -> None:
+        from broker.claims import ClaimRecord
+        from core.types import PoolRef
+
+        async def body(store: Store) -> None:
+            record = ClaimRecord(
+                claim_id=ClaimId("c-1"), job_id=JobId("j-1"), tenant="lab-a",
+                pool=PoolRef(center_id=CenterId("CN01"), pool_id=PoolId("a800")),
+                accelerator="nvidia-a800", devices=2, price_minor_per_device_hour=1_200,
+                power_w=400, pue_milli=1250, grid_g_co2_per_kwh=520, claimed_at_ms=1_000,
+            )  # fmt: skip
+            await store.put_claim(record)
+            assert list(store.load().claims) == [record]
+            ended = dataclasses.replace(
+                record, started_at_ms=2_000, ended_at_ms=9_000, billed_record_id="CN01/c-1"
+            )
+            await store.put_claim(ended)
+            assert list(store.load().claims) == [ended]
+
+        self.run(body)

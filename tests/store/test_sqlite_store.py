@@ -124,3 +124,33 @@ def test_the_schema_holds_no_protobuf_blobs(tmp_path: Path) -> None:
         for col in _rows(db, f"PRAGMA table_info({table})")
     }
     assert [c for c in columns if c[2] == "BLOB"] == [("logs", "data", "BLOB")]  # raw output
+
+
+def test_the_upgrade_keeps_what_an_active_claim_needs_to_be_billed(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    shutil.copy(FIXTURE, db)
+    with sqlite3.connect(db) as conn:  # a job running at the upgrade, in the old schema
+        job_id, center_id, pool_id = conn.execute(
+            "SELECT job_id, center_id, pool_id FROM jobs WHERE state = 'succeeded' LIMIT 1"
+        ).fetchone()
+        conn.execute(
+            "UPDATE jobs SET state = 'running', claim_id = 'c-live', updated_at_ms = 77"
+            " WHERE job_id = ?",
+            (job_id,),
+        )
+    migrate(db)
+    store = SqliteStore(db)
+    try:
+        [claim] = store.load().claims
+    finally:
+        store.close()
+    [(price, power)] = _rows(
+        db,
+        "SELECT price_minor_per_device_hour, power_w FROM pools"
+        f" WHERE center_id = '{center_id}' AND pool_id = '{pool_id}'",
+    )
+    assert (claim.claim_id, claim.job_id, claim.pool.center_id, claim.pool.pool_id) == (
+        "c-live", job_id, center_id, pool_id,
+    )  # fmt: skip
+    assert (claim.price_minor_per_device_hour, claim.power_w) == (price, power)
+    assert (claim.started_at_ms, claim.ended_at_ms, claim.billed_record_id) == (77, None, "")
