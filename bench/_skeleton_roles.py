@@ -32,8 +32,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from core.types import CenterDescriptor, CenterId, Pool, PoolId
-from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+from client import AsyncBrokerClient
+from core.errors import IcxError
+from core.types import CenterDescriptor, CenterId, JobSpec, Pool, PoolId
 from node_agent.agent import Agent
 
 # Regions of the East-Data-West-Computing hubs, for spreading the synthetic centers.
@@ -42,15 +43,9 @@ DEVICES_PER_CENTER = 8
 _PR_SET_PDEATHSIG = 1
 
 
-def trivial_spec() -> types_pb2.JobSpec:
+def trivial_spec() -> JobSpec:
     """A one-device job whose command does nothing: all cost is the exchange's own."""
-    return types_pb2.JobSpec(
-        name="bench",
-        accelerator="any",
-        devices=1,
-        estimated_seconds=60,
-        command=["true"],
-    )
+    return JobSpec(name="bench", accelerator="any", devices=1, estimated_s=60, command=("true",))
 
 
 def bench_center(index: int) -> CenterDescriptor:
@@ -107,19 +102,21 @@ async def submit_client(
     latencies_s: list[float] = []
     errors = 0
     extra = 0
-    async with grpc.aio.insecure_channel(address) as channel:
-        if call == "health":
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        AsyncBrokerClient(address, timeout_s=30) as client,
+    ):
+        if call == "health":  # not a broker call: the raw health stub
             check = health_pb2_grpc.HealthStub(channel).Check
             health_request = health_pb2.HealthCheckRequest()
 
             async def one() -> None:
                 await check(health_request, timeout=30)
         else:
-            submit = broker_pb2_grpc.BrokerServiceStub(channel).SubmitJob
-            submit_request = broker_pb2.SubmitJobRequest(spec=trivial_spec())
+            spec = trivial_spec()
 
             async def one() -> None:
-                await submit(submit_request, timeout=30)
+                await client.submit(spec)
 
         for _ in range(5):  # connect and warm up before the clock starts
             await one()
@@ -131,7 +128,7 @@ async def submit_client(
                 sent = time.perf_counter()
                 try:
                     await one()
-                except grpc.aio.AioRpcError:
+                except (grpc.aio.AioRpcError, IcxError):
                     errors += 1
                     continue
                 if time.time() <= end_at:

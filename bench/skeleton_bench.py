@@ -42,13 +42,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench._skeleton_roles import bench_center, trivial_spec
 from broker import _sqlite_schema
 from broker.sqlite_store import connect
 from cli.federation import LocalFederation
-from icx.v1 import broker_pb2, broker_pb2_grpc
+from client import AsyncBrokerClient, BrokerClient
 
 # What `icx broker serve` runs without --solver.
 DEFAULT_SOLVER = "auto"
@@ -236,10 +234,8 @@ def wait_until(
 
 
 def connected_centers(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        stub = broker_pb2_grpc.BrokerServiceStub(channel)
-        reply = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=30)
-    return sum(1 for c in reply.centers if c.connected and c.HasField("offer"))
+    with BrokerClient(address, timeout_s=30) as client:
+        return sum(1 for c in client.centers() if c.connected and c.offer is not None)
 
 
 # ------------------------------------------------------------ 1. submits
@@ -368,16 +364,15 @@ def grpc_ceiling(root: Path, plan: Plan, clients: int, window: int) -> Figure:
 
 
 async def submit_many(address: str, n: int, window: int = 32) -> None:
-    request = broker_pb2.SubmitJobRequest(spec=trivial_spec())
+    spec = trivial_spec()
     left = n
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = broker_pb2_grpc.BrokerServiceStub(channel)
+    async with AsyncBrokerClient(address, timeout_s=60) as client:
 
         async def worker() -> None:
             nonlocal left
             while left > 0:
                 left -= 1
-                await stub.SubmitJob(request, timeout=60)
+                await client.submit(spec)
 
         await asyncio.gather(*(worker() for _ in range(window)))
 

@@ -1,28 +1,40 @@
-"""A connection to a broker for the user commands."""
+"""Where a command finds its broker and who it acts as: the one place the CLI reads
+ICX_BROKER and ICX_TENANT, and the one place it opens a client."""
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import grpc
-
-from icx.v1 import broker_pb2_grpc
+if TYPE_CHECKING:  # the client pulls in gRPC: only the commands that call a broker load it
+    from client import BrokerClient
 
 DEFAULT_BROKER = "127.0.0.1:7700"
+DEFAULT_TENANT = "default"
+BROKER_HELP = f"broker address HOST:PORT (default: $ICX_BROKER or {DEFAULT_BROKER})"
 
 
 def broker_address(flag: str | None) -> str:
+    """--broker, else $ICX_BROKER, else the default."""
     return flag or os.environ.get("ICX_BROKER") or DEFAULT_BROKER
 
 
-def metadata(tenant: str | None) -> tuple[tuple[str, str], ...]:
-    tenant = tenant or os.environ.get("ICX_TENANT") or "default"
-    return (("x-icx-tenant", tenant),)
+def tenant(flag: str | None) -> str:
+    """--tenant, else $ICX_TENANT, else 'default'."""
+    return flag or os.environ.get("ICX_TENANT") or DEFAULT_TENANT
 
 
-@contextmanager
-def broker_stub(address: str) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
-    with grpc.insecure_channel(address) as channel:
-        yield broker_pb2_grpc.BrokerServiceStub(channel)
+def add_broker_flag(p: argparse.ArgumentParser, *, help: str = BROKER_HELP) -> None:
+    p.add_argument("--broker", metavar="HOST:PORT", help=help)
+
+
+def connect(args: argparse.Namespace, *, timeout_s: float = 10.0) -> BrokerClient:
+    """A client for the broker and tenant the command names (or the environment does)."""
+    from client import BrokerClient
+
+    return BrokerClient(
+        broker_address(getattr(args, "broker", None)),
+        tenant(getattr(args, "tenant", None)),
+        timeout_s=timeout_s,
+    )

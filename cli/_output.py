@@ -1,5 +1,6 @@
 """What every command shares: exit codes, the one place errors become a one-line reason,
-JSON and table printing."""
+JSON and table printing. Calls to a broker raise the error tree (the client translates
+gRPC's statuses), so no gRPC error reaches this module."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
-
 from core.errors import IcxError, InvalidArgument, NotFound, Unavailable
 
 EXIT_OK = 0
@@ -18,13 +17,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FOUND = 4
-
-_GRPC_EXIT = {
-    grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
-}
 
 
 def fail(message: str, code: int) -> int:
@@ -47,12 +39,13 @@ def command(fn: Callable[..., int]) -> Callable[..., int]:
             return fail(str(exc), EXIT_UNREACHABLE)
         except IcxError as exc:
             return fail(str(exc), EXIT_FAILED)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details() or code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
-                detail = f"broker unreachable: {detail}"
-            return fail(detail, _GRPC_EXIT.get(code, EXIT_FAILED))
+        except BrokenPipeError:
+            raise  # the reader went away: main ends quietly
+        except FileNotFoundError as exc:
+            return fail(f"no such file: {exc.filename}", EXIT_USAGE)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return fail(f"{where}{exc.strerror or exc}", EXIT_FAILED)
         except KeyboardInterrupt:
             return fail("interrupted", 130)
 

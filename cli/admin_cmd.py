@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from cli._client import broker_address, metadata
-from cli._output import EXIT_OK, command
-from icx.v1 import admin_pb2, admin_pb2_grpc
-
-RPC_TIMEOUT_S = 30.0
+from cli._client import add_broker_flag, connect
+from cli._output import EXIT_OK, command, print_json
 
 
 @command
 def dump_round(args: argparse.Namespace) -> int:
     """Write the broker's latest round as a problem file that `icx match` replays."""
-    import grpc
-
-    with grpc.insecure_channel(broker_address(args.broker)) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
-        reply = stub.DumpRound(
-            admin_pb2.DumpRoundRequest(current=args.current),
-            metadata=metadata(None),
-            timeout=RPC_TIMEOUT_S,
-        )
+    with connect(args, timeout_s=30.0) as client:
+        dump = client.dump_round(current=args.current)
     if args.out:
-        Path(args.out).write_text(reply.problem_json + "\n", encoding="utf-8")
-        if reply.solution_json and args.solution:
-            Path(args.solution).write_text(reply.solution_json + "\n", encoding="utf-8")
-        what = f"round {reply.round}" if reply.round else "the current queue"
+        Path(args.out).write_text(dump.problem_json + "\n", encoding="utf-8")
+        if dump.solution_json and args.solution:
+            Path(args.solution).write_text(dump.solution_json + "\n", encoding="utf-8")
+        what = f"round {dump.number}" if dump.number else "the current queue"
         print(f"wrote {what} to {args.out}", file=sys.stderr)
-    else:
-        print(reply.problem_json)
+    if args.json:
+        print_json(
+            {
+                "round": dump.number,
+                "at_ms": dump.at_ms,
+                "problem": json.loads(dump.problem_json),
+                "solution": json.loads(dump.solution_json) if dump.solution_json else None,
+            }
+        )
+    elif not args.out:
+        print(dump.problem_json)
     return EXIT_OK
 
 
@@ -45,8 +45,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Write the broker's latest matching round (or, with --current, the "
         "queue as it is now) as a problem file: replay it with `icx match --problem FILE`.",
     )
-    p.add_argument("--broker", help="broker address HOST:PORT (default: $ICX_BROKER)")
+    add_broker_flag(p)
     p.add_argument("--out", help="write the problem here (default: standard output)")
     p.add_argument("--solution", help="with --out: also write the broker's solution here")
     p.add_argument("--current", action="store_true", help="the queue now, not the last round")
+    p.add_argument(
+        "--json", action="store_true", help="print round, time, problem and solution as JSON"
+    )
     p.set_defaults(func=dump_round)

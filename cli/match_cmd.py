@@ -7,11 +7,17 @@ from __future__ import annotations
 import argparse
 
 from cli._output import EXIT_OK, command, print_json, print_table
-from matcher import SOLVERS, load_problem_file, make_matcher, solution_to_json
+from core.money import CURRENCY, MINOR_PER_MAJOR
+
+# matcher.SOLVERS, written out: importing the matcher here would load it (and numpy) for
+# every command. tests/test_cli.py checks the two agree.
+SOLVERS = ("auto", "greedy", "flow", "cpsat")
 
 
 @command
 def _match(args: argparse.Namespace) -> int:
+    from matcher import load_problem_file, make_matcher, solution_to_json
+
     problem = load_problem_file(args.problem)
     solution = make_matcher(args.solver, time_limit_s=args.time_limit).solve(problem)
     if args.json:
@@ -21,13 +27,13 @@ def _match(args: argparse.Namespace) -> int:
         [
             a.job_id,
             a.pool_id,
-            round(a.charge_minor / 100, 2),
+            round(a.charge_minor / MINOR_PER_MAJOR, 2),
             round(a.carbon_g / 1000, 1),
             a.explanation,
         ]
         for a in solution.assignments
     ]
-    print_table(["job", "pool", "charge_yuan", "carbon_kg", "why"], rows)
+    print_table(["job", "pool", f"charge_{CURRENCY.lower()}", "carbon_kg", "why"], rows)
     if solution.unplaced:
         print()
         print_table(["unplaced", "reason"], [[u.job_id, u.reason] for u in solution.unplaced])
@@ -38,7 +44,7 @@ def _match(args: argparse.Namespace) -> int:
         f"placed {len(solution.assignments)} of "
         f"{len(solution.assignments) + len(solution.unplaced)} jobs; "
         f"objective {solution.objective:,.2f} weighted device-hours (bound {bound}{gap}); "
-        f"cost {solution.cost_milli_minor / 100_000:,.2f} yuan-equivalent"
+        f"cost {solution.cost_milli_minor / (1000 * MINOR_PER_MAJOR):,.2f} {CURRENCY}-equivalent"
         f"{', proven optimal' if solution.optimal else ''}; "
         f"solver {solution.solver} in {solution.seconds:.2f} s"
     )

@@ -1,22 +1,20 @@
-"""The operators' commands: `icx broker serve` and `icx agent run`."""
+"""The operators' commands: `icx broker serve`, `icx agent init|run`, `icx health`.
+
+The broker and the agent (and through them gRPC and OR-Tools) are imported inside the
+commands that run them, so that every other command starts without them."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 
-from broker.core import BrokerConfig
-from broker.policy import load_policy
-from broker.server import ServeOptions, serve
-from cli._output import EXIT_OK, command
+from cli._client import add_broker_flag, broker_address
+from cli._output import EXIT_OK, command, print_json
 from core.errors import InvalidArgument
-from node_agent import Agent, serve_agent, serve_metrics
-from node_agent.config import load_center, load_usage_key, usage_key_path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -37,6 +35,12 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
 
 @command
 def broker_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from broker.core import BrokerConfig
+    from broker.policy import load_policy
+    from broker.server import ServeOptions, serve
+
     setup_logging(args.log_level)
     config = BrokerConfig(
         heartbeat_interval_ms=args.heartbeat_ms,
@@ -65,6 +69,11 @@ def broker_serve(args: argparse.Namespace) -> int:
 
 @command
 def agent_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from node_agent import Agent, serve_agent, serve_metrics
+    from node_agent.config import load_center, load_usage_key
+
     center = load_center(Path(args.config))
     usage_key = load_usage_key(Path(args.config))
     metrics = metrics_address(args.metrics)
@@ -73,7 +82,7 @@ def agent_run(args: argparse.Namespace) -> int:
     config = Path(args.config)
     workdir = Path(args.workdir) if args.workdir else config.parent / f"{center.center_id}.work"
     workdir.mkdir(parents=True, exist_ok=True)
-    agent = Agent(center, args.broker, workdir=workdir, usage_key=usage_key)
+    agent = Agent(center, broker_address(args.broker), workdir=workdir, usage_key=usage_key)
     if usage_key is None:
         logging.getLogger("icx.agent").warning(
             "no center.key_file in %s: usage will not be signed or logged", args.config
@@ -87,11 +96,14 @@ def agent_run(args: argparse.Namespace) -> int:
 @command
 def health(args: argparse.Namespace) -> int:
     """Exit 0 when the broker's gRPC health check says SERVING (for probes and scripts)."""
-    from cli._client import broker_address
     from cli.federation import wait_serving
 
-    wait_serving(broker_address(args.broker), timeout_s=args.timeout)
-    print("SERVING")
+    address = broker_address(args.broker)
+    wait_serving(address, timeout_s=args.timeout)
+    if args.json:
+        print_json({"address": address, "status": "SERVING"})
+    else:
+        print("SERVING")
     return EXIT_OK
 
 
@@ -100,6 +112,7 @@ def agent_init(args: argparse.Namespace) -> int:
     """Make the center's usage signing key (never overwriting one) and print its public
     half, which the broker admits for this center."""
     from ledger import SignerKey
+    from node_agent.config import load_center, usage_key_path
 
     config = Path(args.config)
     center = load_center(config)
@@ -117,7 +130,10 @@ def agent_init(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(key.text() + "\n")
         print(f"wrote {key_path} (keep it secret); its verifier key:", file=sys.stderr)
-    print(key.verifier.text())
+    if args.json:
+        print_json({"key_file": str(key_path), "verifier_key": key.verifier.text()})
+    else:
+        print(key.verifier.text())
     return EXIT_OK
 
 
@@ -176,8 +192,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "health",
         help="check a broker (or an agent's --health endpoint): SERVING exits 0, else 3",
     )
-    p.add_argument("--broker", help="broker address HOST:PORT (default: $ICX_BROKER)")
+    add_broker_flag(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=health)
 
     a = sub.add_parser("agent", help="run a center's node agent")
@@ -186,11 +203,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "init", help="make the center's usage signing key and print its verifier key"
     )
     p.add_argument("--config", required=True, help="center config (TOML) naming key_file")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=agent_init)
 
     p = asub.add_parser("run", help="connect to the broker and serve the center until SIGTERM")
     p.add_argument("--config", required=True, help="center config (TOML)")
-    p.add_argument("--broker", required=True, help="broker address HOST:PORT")
+    add_broker_flag(p)
     p.add_argument(
         "--workdir",
         help="where jobs run and undelivered usage records wait "

@@ -4,45 +4,42 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from cli._client import broker_address, broker_stub, metadata
+from cli._client import add_broker_flag, connect
 from cli._jobspec import hours_to_s, load_spec, parse_deadline, yuan_to_minor
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
-from core import wire
-from core.errors import InvalidJobSpec
+from core.errors import InvalidArgument, InvalidJobSpec
+from core.money import CURRENCY, format_major
 from core.states import JobState
-from core.types import JobSpec
-from icx.v1 import broker_pb2, types_pb2
-
-RPC_TIMEOUT_S = 10.0
+from core.types import Job, JobEvent, JobSpec, LogChunk
+from core.views import CenterStatus, QuoteLine
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--broker", help="broker address HOST:PORT (default: $ICX_BROKER or 127.0.0.1:7700)"
-    )
+    add_broker_flag(p)
     p.add_argument("--tenant", help="act as this tenant (default: $ICX_TENANT or 'default')")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
-def job_dict(job: types_pb2.Job) -> dict[str, Any]:
+def job_dict(job: Job) -> dict[str, Any]:
     spec = job.spec
     return {
         "job_id": job.job_id,
         "tenant": job.tenant,
         "name": spec.name,
-        "state": str(wire.state_from_proto(job.state)),
+        "state": str(job.state),
         "accelerator": spec.accelerator,
         "devices": spec.devices,
-        "estimated_seconds": spec.estimated_seconds,
-        "center_id": job.center_id or None,
-        "pool_id": job.pool_id or None,
+        "estimated_seconds": spec.estimated_s,
+        "center_id": job.center_id,
+        "pool_id": job.pool_id,
         "device_indices": list(job.device_indices),
         "attempts": job.attempts,
-        "exit_code": job.exit_code if job.HasField("exit_code") else None,
+        "exit_code": job.exit_code,
         "reason": job.reason,
         "explanation": job.explanation,
         "submitted_at_ms": job.submitted_at_ms,
@@ -86,18 +83,12 @@ def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpe
 @command
 def submit(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    with broker_stub(broker_address(args.broker)) as stub:
-        reply = stub.SubmitJob(
-            broker_pb2.SubmitJobRequest(
-                spec=wire.spec_to_proto(spec), request_id=args.request_id or ""
-            ),
-            metadata=metadata(args.tenant),
-            timeout=RPC_TIMEOUT_S,
-        )
+    with connect(args) as client:
+        job = client.submit(spec, request_id=args.request_id or "")
     if args.json:
-        print_json(job_dict(reply.job))
+        print_json(job_dict(job))
     else:
-        print(reply.job.job_id)
+        print(job.job_id)
     return EXIT_OK
 
 
@@ -106,12 +97,8 @@ def submit(args: argparse.Namespace) -> int:
 
 @command
 def status(args: argparse.Namespace) -> int:
-    with broker_stub(broker_address(args.broker)) as stub:
-        job = stub.GetJob(
-            broker_pb2.GetJobRequest(job_id=args.job),
-            metadata=metadata(args.tenant),
-            timeout=RPC_TIMEOUT_S,
-        ).job
+    with connect(args) as client:
+        job = client.get_job(args.job)
     d = job_dict(job)
     if args.json:
         print_json(d)
@@ -136,55 +123,54 @@ def status(args: argparse.Namespace) -> int:
 
 @command
 def jobs(args: argparse.Namespace) -> int:
-    states = [wire.state_to_proto(JobState(s)) for s in args.state or ()]
-    with broker_stub(broker_address(args.broker)) as stub:
-        reply = stub.ListJobs(
-            broker_pb2.ListJobsRequest(states=states, limit=args.limit),
-            metadata=metadata(args.tenant),
-            timeout=RPC_TIMEOUT_S,
-        )
-    items = [job_dict(j) for j in reply.jobs]
+    if args.limit < 0:
+        raise InvalidArgument(f"--limit must be >= 0 (0: all), got {args.limit}")
+    states = [JobState(s) for s in args.state or ()]
+    with connect(args) as client:
+        page = client.list_jobs(states, limit=0 if args.all else args.limit)
     if args.json:
-        print_json(items)
-        return EXIT_OK
-    print_table(
-        ["JOB", "STATE", "DEVICES", "ACCELERATOR", "CENTER", "ATTEMPTS", "NAME"],
-        [
-            (
-                j["job_id"],
-                j["state"],
-                j["devices"],
-                j["accelerator"],
-                j["center_id"] or "-",
-                j["attempts"],
-                j["name"],
-            )
-            for j in items
-        ],
-    )
+        print_json([job_dict(j) for j in page.jobs])
+    else:
+        print_table(
+            ["JOB", "STATE", "DEVICES", "ACCELERATOR", "CENTER", "ATTEMPTS", "NAME"],
+            [
+                (
+                    j.job_id,
+                    str(j.state),
+                    j.spec.devices,
+                    j.spec.accelerator,
+                    j.center_id or "-",
+                    j.attempts,
+                    j.spec.name,
+                )
+                for j in page.jobs
+            ],
+        )
+    if page.more:
+        # On stderr: what is on stdout stays the table (or the JSON) and nothing else.
+        print(
+            f"... {page.more} more of {page.total} jobs not shown (--limit N or --all)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 @command
 def cancel(args: argparse.Namespace) -> int:
-    with broker_stub(broker_address(args.broker)) as stub:
-        job = stub.CancelJob(
-            broker_pb2.CancelJobRequest(job_id=args.job),
-            metadata=metadata(args.tenant),
-            timeout=RPC_TIMEOUT_S,
-        ).job
+    with connect(args) as client:
+        job = client.cancel(args.job)
     if args.json:
         print_json(job_dict(job))
     else:
-        print(f"{job.job_id} {wire.state_from_proto(job.state)}")
+        print(f"{job.job_id} {job.state}")
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- centers
 
 
-def center_dict(c: broker_pb2.CenterStatus) -> dict[str, Any]:
-    pools = c.offer.pools if c.HasField("offer") else c.center.pools
+def center_dict(c: CenterStatus) -> dict[str, Any]:
+    pools = c.offer.pools if c.offer is not None else c.center.pools
     return {
         "center_id": c.center.center_id,
         "name": c.center.name,
@@ -199,8 +185,9 @@ def center_dict(c: broker_pb2.CenterStatus) -> dict[str, Any]:
                 "pool_id": p.pool_id,
                 "accelerator": p.accelerator,
                 "devices_total": p.devices_total,
-                "devices_free": p.devices_free if c.HasField("offer") else None,
+                "devices_free": p.devices_free if c.offer is not None else None,
                 "price_minor_per_device_hour": p.price_minor_per_device_hour,
+                "currency": CURRENCY,
             }
             for p in pools
         ],
@@ -209,11 +196,8 @@ def center_dict(c: broker_pb2.CenterStatus) -> dict[str, Any]:
 
 @command
 def centers(args: argparse.Namespace) -> int:
-    with broker_stub(broker_address(args.broker)) as stub:
-        reply = stub.ListCenters(
-            broker_pb2.ListCentersRequest(), metadata=metadata(args.tenant), timeout=RPC_TIMEOUT_S
-        )
-    items = [center_dict(c) for c in reply.centers]
+    with connect(args) as client:
+        items = [center_dict(c) for c in client.centers()]
     if args.json:
         print_json(items)
         return EXIT_OK
@@ -228,41 +212,56 @@ def centers(args: argparse.Namespace) -> int:
                     p["accelerator"],
                     "-" if p["devices_free"] is None else p["devices_free"],
                     p["devices_total"],
-                    f"{p['price_minor_per_device_hour'] / 100:.2f}",
+                    format_major(p["price_minor_per_device_hour"]),
                     c["jobs_running"],
                     c["name"],
                 )
             )
     print_table(
-        ["CENTER", "REGION", "LINK", "ACCELERATOR", "FREE", "TOTAL", "YUAN/DEV-H", "JOBS", "NAME"],
+        ["CENTER", "REGION", "LINK", "ACCELERATOR", "FREE", "TOTAL", f"{CURRENCY}/DEV-H", "JOBS",
+         "NAME"],
         rows,
-    )
+    )  # fmt: skip
     return EXIT_OK
 
 
 # ------------------------------------------------------------------- logs
 
 
+def _item_dict(item: JobEvent | LogChunk) -> dict[str, Any]:
+    if isinstance(item, LogChunk):
+        return {
+            "type": "log",
+            "seq": item.seq,
+            "stream": item.stream,
+            "data": item.data.decode("utf-8", errors="replace"),
+        }
+    return {
+        "type": "event",
+        "seq": item.seq,
+        "at_ms": item.at_ms,
+        "state": str(item.state),
+        "center_id": item.center_id,
+        "message": item.message,
+    }
+
+
 @command
 def logs(args: argparse.Namespace) -> int:
-    """Print a job's output; with --follow, until the job ends, then exit with its result."""
-    final = None
-    with broker_stub(broker_address(args.broker)) as stub:
-        stream = stub.WatchJob(
-            broker_pb2.WatchJobRequest(
-                job_id=args.job, include_logs=True, snapshot=not args.follow
-            ),
-            metadata=metadata(args.tenant),
-            timeout=None if args.follow else RPC_TIMEOUT_S,
-        )
-        for item in stream:
-            if item.HasField("log"):
-                out = sys.stdout if item.log.stream == types_pb2.LOG_STREAM_STDOUT else sys.stderr
-                out.buffer.write(item.log.data)
+    """Print a job's output (with --json: its events and output, one JSON object a line);
+    with --follow, until the job ends, then exit with its result."""
+    final: JobState | None = None
+    with connect(args) as client:
+        for item in client.watch(args.job, include_logs=True, follow=args.follow):
+            if args.json:
+                print(json.dumps(_item_dict(item)), flush=True)
+            elif isinstance(item, LogChunk):
+                out = sys.stdout if item.stream == "stdout" else sys.stderr
+                out.buffer.write(item.data)
                 out.flush()
-            elif wire.state_from_proto(item.event.state).terminal:
-                final = item.event.state
-    if args.follow and final is not None and final != types_pb2.JOB_STATE_SUCCEEDED:
+            if isinstance(item, JobEvent) and item.state.terminal:
+                final = item.state
+    if args.follow and final is not None and final != JobState.SUCCEEDED:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -270,48 +269,45 @@ def logs(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ quote
 
 
+def quote_dict(q: QuoteLine) -> dict[str, Any]:
+    return {
+        "rank": q.rank,
+        "center_id": q.center_id,
+        "pool_id": q.pool_id,
+        "region": q.region,
+        "accelerator": q.accelerator,
+        "price_minor_per_device_hour": q.price_minor_per_device_hour,
+        "charge_minor": q.charge_minor,
+        "currency": CURRENCY,
+        "rtt_ms": q.rtt_ms,
+        "transfer_ms": q.transfer_ms,
+        "energy_wh": q.energy_wh,
+        "carbon_g": q.carbon_g,
+        "has_capacity": q.has_capacity,
+        "feasible": q.feasible,
+        "reason": q.reason,
+    }
+
+
 @command
 def quote(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, quoting=True)
-    with broker_stub(broker_address(args.broker)) as stub:
-        reply = stub.QuoteJob(
-            broker_pb2.QuoteJobRequest(spec=wire.spec_to_proto(spec)),
-            metadata=metadata(args.tenant),
-            timeout=RPC_TIMEOUT_S,
-        )
-    lines = [
-        {
-            "rank": q.rank,
-            "center_id": q.center_id,
-            "pool_id": q.pool_id,
-            "region": q.region,
-            "accelerator": q.accelerator,
-            "price_minor_per_device_hour": q.price_minor_per_device_hour,
-            "charge_minor": q.charge_minor,
-            "rtt_ms": q.rtt_ms,
-            "transfer_ms": q.transfer_ms,
-            "energy_wh": q.energy_wh,
-            "carbon_g": q.carbon_g,
-            "has_capacity": q.has_capacity,
-            "feasible": q.feasible,
-            "reason": q.reason,
-        }
-        for q in reply.lines
-    ]
+    with connect(args) as client:
+        lines = client.quote(spec)
     if args.json:
-        print_json(lines)
+        print_json([quote_dict(q) for q in lines])
         return EXIT_OK
     if not lines:
         print(f"no center has {spec.accelerator} in the allowed regions")
         return EXIT_FAILED
     print_table(
-        ["#", "CENTER", "REGION", "ACCELERATOR", "YUAN/DEV-H", "CHARGE", "RTT MS", "KWH",
-         "CO2 KG", "NOW"],
+        ["#", "CENTER", "REGION", "ACCELERATOR", f"{CURRENCY}/DEV-H", f"CHARGE {CURRENCY}",
+         "RTT MS", "KWH", "CO2 KG", "NOW"],
         [
-            (q["rank"], q["center_id"], q["region"], q["accelerator"],
-             f"{q['price_minor_per_device_hour'] / 100:.2f}", f"{q['charge_minor'] / 100:,.2f}",
-             q["rtt_ms"], round(q["energy_wh"] / 1000, 1), round(q["carbon_g"] / 1000, 1),
-             "yes" if q["has_capacity"] and q["feasible"] else (q["reason"] or "no"))
+            (q.rank, q.center_id, q.region, q.accelerator,
+             format_major(q.price_minor_per_device_hour), format_major(q.charge_minor),
+             q.rtt_ms, round(q.energy_wh / 1000, 1), round(q.carbon_g / 1000, 1),
+             "yes" if q.placeable_now else (q.reason or "no"))
             for q in lines
         ],
     )  # fmt: skip
@@ -328,7 +324,9 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default="any", help="accelerator model id, or 'any' (default)")
     p.add_argument("--hours", type=float, help="estimated run time in hours")
     p.add_argument("--region", action="append", help="an allowed region (repeatable; default: any)")
-    p.add_argument("--max-price", type=float, help="budget for the whole job, yuan")
+    p.add_argument(
+        "--max-price", type=float, help=f"budget for the whole job, in {CURRENCY} (major units)"
+    )
     p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
     p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
     p.add_argument("--name", help="a name for humans")
@@ -374,7 +372,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=[s.value for s in JobState],
         help="only jobs in this state (repeatable)",
     )
-    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default 50)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--limit", type=int, default=50, help="at most this many (default 50; 0: all)"
+    )
+    shown.add_argument("--all", action="store_true", help="every job")
     _common(p)
     p.set_defaults(func=jobs)
 
@@ -387,7 +389,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(p)
     p.set_defaults(func=centers)
 
-    p = sub.add_parser("logs", help="print a job's output")
+    p = sub.add_parser(
+        "logs",
+        help="print a job's output",
+        description="Print a job's output as it ran (stdout to stdout, stderr to stderr). "
+        "With --json: its events and its output, one JSON object a line.",
+    )
     p.add_argument("job")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     _common(p)

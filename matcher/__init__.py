@@ -5,7 +5,8 @@
 writes the replayable problem file.
 """
 
-from matcher.cpsat import CpSatMatcher
+from typing import TYPE_CHECKING, Any
+
 from matcher.errors import InvalidProblem, MatcherError
 from matcher.greedy import GreedyMatcher
 from matcher.model import (
@@ -31,6 +32,9 @@ from matcher.model import (
 )
 from matcher.problem_json import dump_problem, load_problem, load_problem_file, solution_to_json
 from matcher.quote import QuoteLine, quote
+
+if TYPE_CHECKING:
+    from matcher.cpsat import CpSatMatcher
 
 __all__ = [
     "ANY",
@@ -69,6 +73,16 @@ __all__ = [
 SOLVERS = ("auto", "greedy", "flow", "cpsat")
 
 
+def __getattr__(name: str) -> Any:
+    # OR-Tools takes about a second to import: only what solves with it loads it, so that
+    # `icx` commands that never match start without it.
+    if name == "CpSatMatcher":
+        from matcher.cpsat import CpSatMatcher
+
+        return CpSatMatcher
+    raise AttributeError(f"module 'matcher' has no attribute {name!r}")
+
+
 def make_matcher(solver: str = "auto", *, time_limit_s: float = 2.0) -> Matcher:
     """The matcher named `solver`: "auto" (SCIP, else CP-SAT, where the model is small
     enough, the flow heuristic otherwise), "greedy", "flow" (no MIP or CP-SAT) or
@@ -77,5 +91,7 @@ def make_matcher(solver: str = "auto", *, time_limit_s: float = 2.0) -> Matcher:
         return GreedyMatcher()
     if solver not in SOLVERS:
         raise InvalidProblem(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    from matcher.cpsat import CpSatMatcher
+
     use = {"auto": None, "flow": False, "cpsat": True}[solver]
     return CpSatMatcher(time_limit_s=time_limit_s, use_cpsat=use)

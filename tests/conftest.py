@@ -14,9 +14,12 @@ import grpc
 import pytest
 
 from cli.federation import LocalFederation
+from client import BrokerClient
+from core import wire
 from core.errors import Unavailable
-from core.types import CenterDescriptor, CenterId, Pool, PoolId
-from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+from core.types import CenterDescriptor, CenterId, Job, JobId, JobSpec, Pool, PoolId
+from core.views import CenterStatus
+from icx.v1 import broker_pb2, broker_pb2_grpc
 
 RECORD_JOB = Path(__file__).parent / "jobs" / "record.py"
 
@@ -73,24 +76,29 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
 
 @pytest.fixture
 def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
+    """A raw stub, for tests of what the wire itself refuses (bad input)."""
     with grpc.insecure_channel(federation.address) as channel:
         yield broker_pb2_grpc.BrokerServiceStub(channel)
 
 
-def record_spec(
-    out: Path, seconds: float, devices: int = 1, exit_code: int = 0
-) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(
+@pytest.fixture
+def client(federation: LocalFederation) -> Iterator[BrokerClient]:
+    with BrokerClient(federation.address) as client:
+        yield client
+
+
+def record_spec(out: Path, seconds: float, devices: int = 1, exit_code: int = 0) -> JobSpec:
+    return JobSpec(
         accelerator="any",
         devices=devices,
         # An hour: long enough that prices, not rounding to whole fen, decide placement.
-        estimated_seconds=3600,
-        command=[sys.executable, str(RECORD_JOB), str(out), str(seconds), str(exit_code)],
+        estimated_s=3600,
+        command=(sys.executable, str(RECORD_JOB), str(out), str(seconds), str(exit_code)),
     )
 
 
-def submit(stub: broker_pb2_grpc.BrokerServiceStub, spec: types_pb2.JobSpec) -> str:
-    return str(stub.SubmitJob(broker_pb2.SubmitJobRequest(spec=spec), timeout=10).job.job_id)
+def submit(client: BrokerClient, spec: JobSpec) -> JobId:
+    return client.submit(spec).job_id
 
 
 def wait_for(
@@ -105,10 +113,21 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def wait_centers(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: float = 15) -> None:
+def _centers(source: BrokerClient | broker_pb2_grpc.BrokerServiceStub) -> list[CenterStatus]:
+    if isinstance(source, BrokerClient):
+        return source.centers()
+    reply = source.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
+    return [wire.center_status_from_proto(c) for c in reply.centers]
+
+
+def wait_centers(
+    source: BrokerClient | broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: float = 15
+) -> None:
+    """Until n centers are connected with an offer. Takes a client (or, for tests that
+    speak raw protobuf, a stub)."""
+
     def ready() -> bool:
-        reply = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
-        return sum(1 for c in reply.centers if c.connected and c.HasField("offer")) >= n
+        return sum(1 for c in _centers(source) if c.connected and c.offer is not None) >= n
 
     try:
         wait_for(ready, timeout_s, f"{n} connected centers")
@@ -116,9 +135,9 @@ def wait_centers(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: flo
         raise Unavailable(str(exc)) from exc
 
 
-def jobs_by_state(stub: broker_pb2_grpc.BrokerServiceStub) -> dict[str, types_pb2.Job]:
-    reply = stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=10)
-    return {j.job_id: j for j in reply.jobs}
+def jobs_by_id(client: BrokerClient) -> dict[str, Job]:
+    """Every job, by id."""
+    return {j.job_id: j for j in client.list_jobs().jobs}
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 from cli.federation import LocalFederation
-from icx.v1 import broker_pb2_grpc, types_pb2
+from client import BrokerClient
+from core.states import JobState
+from core.types import Job
 from tests.conftest import (
     assert_no_overlaps,
-    jobs_by_state,
+    jobs_by_id,
     make_center,
     read_records,
     record_spec,
@@ -20,23 +22,16 @@ from tests.conftest import (
     wait_for,
 )
 
-SUCCEEDED = types_pb2.JOB_STATE_SUCCEEDED
-TERMINAL = {
-    types_pb2.JOB_STATE_SUCCEEDED,
-    types_pb2.JOB_STATE_FAILED,
-    types_pb2.JOB_STATE_CANCELLED,
-}
+SUCCEEDED = JobState.SUCCEEDED
 
 
-def _all_done(
-    stub: broker_pb2_grpc.BrokerServiceStub, ids: list[str]
-) -> dict[str, types_pb2.Job] | None:
-    jobs = jobs_by_state(stub)
-    return jobs if all(jobs[i].state in TERMINAL for i in ids) else None
+def _all_done(client: BrokerClient, ids: list[str]) -> dict[str, Job] | None:
+    jobs = jobs_by_id(client)
+    return jobs if all(jobs[i].state.terminal for i in ids) else None
 
 
 def test_fifty_jobs_each_succeed_once_without_overcommitting_a_pool(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+    federation: LocalFederation, client: BrokerClient, tmp_path: Path
 ) -> None:
     centers = [
         make_center("CA", pools={"p": ("ascend-910", 4, 400)}),
@@ -45,12 +40,12 @@ def test_fifty_jobs_each_succeed_once_without_overcommitting_a_pool(
     ]
     for c in centers:
         federation.start_agent(c)
-    wait_centers(stub, 3)
+    wait_centers(client, 3)
     out = tmp_path / "runs"
     out.mkdir()
-    ids = [submit(stub, record_spec(out, 0.3, devices=1 + i % 3)) for i in range(50)]
+    ids = [submit(client, record_spec(out, 0.3, devices=1 + i % 3)) for i in range(50)]
 
-    jobs = wait_for(lambda: _all_done(stub, ids), 90, "50 jobs to end")
+    jobs = wait_for(lambda: _all_done(client, ids), 90, "50 jobs to end")
 
     assert {jobs[i].state for i in ids} == {SUCCEEDED}
     records = read_records(out)
@@ -67,7 +62,7 @@ def test_fifty_jobs_each_succeed_once_without_overcommitting_a_pool(
 
 
 def test_agent_killed_midjob_its_jobs_complete_elsewhere(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+    federation: LocalFederation, client: BrokerClient, tmp_path: Path
 ) -> None:
     # The cheapest center takes the first jobs; it is the one we kill.
     victim = make_center("CV", pools={"p": ("ascend-910", 4, 100)})
@@ -77,25 +72,25 @@ def test_agent_killed_midjob_its_jobs_complete_elsewhere(
     ]
     for c in (victim, *others):
         federation.start_agent(c)
-    wait_centers(stub, 3)
+    wait_centers(client, 3)
     out = tmp_path / "runs"
     out.mkdir()
-    ids = [submit(stub, record_spec(out, 3.0, devices=1)) for _ in range(8)]
+    ids = [submit(client, record_spec(out, 3.0, devices=1)) for _ in range(8)]
 
     def victim_running() -> list[str]:
         # Running at the broker and already recorded by the job itself.
-        jobs = jobs_by_state(stub)
+        jobs = jobs_by_id(client)
         started = {r["job"] for r in read_records(out)}
         return [
             i for i in ids
-            if jobs[i].center_id == "CV" and jobs[i].state == types_pb2.JOB_STATE_RUNNING
+            if jobs[i].center_id == "CV" and jobs[i].state == JobState.RUNNING
             and i in started
         ]  # fmt: skip
 
     on_victim = wait_for(victim_running, 20, "jobs running on the victim")
     federation.agents["CV"].kill()
 
-    jobs = wait_for(lambda: _all_done(stub, ids), 60, "every job to end")
+    jobs = wait_for(lambda: _all_done(client, ids), 60, "every job to end")
     assert {jobs[i].state for i in ids} == {SUCCEEDED}
     for i in on_victim:
         assert jobs[i].center_id in {"CX", "CY"}, f"{i} finished on {jobs[i].center_id}"
@@ -110,16 +105,16 @@ def test_agent_killed_midjob_its_jobs_complete_elsewhere(
 
 
 def test_broker_killed_and_restarted_loses_no_accepted_job(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+    federation: LocalFederation, client: BrokerClient, tmp_path: Path
 ) -> None:
     for c in (make_center("CA"), make_center("CB")):
         federation.start_agent(c)
-    wait_centers(stub, 2)
+    wait_centers(client, 2)
     out = tmp_path / "runs"
     out.mkdir()
-    ids = [submit(stub, record_spec(out, 1.0, devices=2)) for _ in range(30)]
+    ids = [submit(client, record_spec(out, 1.0, devices=2)) for _ in range(30)]
     wait_for(
-        lambda: any(j.state == types_pb2.JOB_STATE_RUNNING for j in jobs_by_state(stub).values()),
+        lambda: any(j.state == JobState.RUNNING for j in jobs_by_id(client).values()),
         20,
         "a running job",
     )
@@ -130,7 +125,7 @@ def test_broker_killed_and_restarted_loses_no_accepted_job(
     assert set(ids) <= on_disk  # every acknowledged submit was already committed
     federation.start_broker()
 
-    jobs = wait_for(lambda: _all_done(stub, ids), 90, "every job to end after the restart")
+    jobs = wait_for(lambda: _all_done(client, ids), 90, "every job to end after the restart")
     assert {jobs[i].state for i in ids} == {SUCCEEDED}
     records = read_records(out)
     assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)
@@ -138,17 +133,17 @@ def test_broker_killed_and_restarted_loses_no_accepted_job(
 
 
 def test_broker_frozen_past_expiry_jobs_stop_before_they_are_requeued(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
+    federation: LocalFederation, client: BrokerClient, tmp_path: Path
 ) -> None:
     """A broker that goes silent (SIGSTOP: no crash, no closed socket) for longer than the
     center expiry: the agents stop their jobs after half the expiry, the broker requeues
     them when it wakes, and no job ever runs twice at the same time."""
     for c in (make_center("CA"), make_center("CB")):
         federation.start_agent(c)
-    wait_centers(stub, 2)
+    wait_centers(client, 2)
     out = tmp_path / "runs"
     out.mkdir()
-    ids = [submit(stub, record_spec(out, 4.0, devices=2)) for _ in range(6)]
+    ids = [submit(client, record_spec(out, 4.0, devices=2)) for _ in range(6)]
     wait_for(lambda: len(read_records(out)) >= 4, 20, "jobs to start")
 
     broker = federation.broker
@@ -157,7 +152,7 @@ def test_broker_frozen_past_expiry_jobs_stop_before_they_are_requeued(
     time.sleep(4.0)  # past the 3 s expiry: the broker will find both centers silent
     broker.proc.send_signal(signal.SIGCONT)
 
-    jobs = wait_for(lambda: _all_done(stub, ids), 90, "every job to end")
+    jobs = wait_for(lambda: _all_done(client, ids), 90, "every job to end")
     assert {jobs[i].state for i in ids} == {SUCCEEDED}
     records = read_records(out)
     assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cli.federation import LocalFederation
-from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+from client import BrokerClient
+from core.states import JobState
+from core.types import Job, JobSpec
 from tests.conftest import FAST_BROKER, make_center, submit, wait_centers, wait_for
 
 # A cheap coal-fired center and a slightly dearer hydro one.
@@ -41,19 +42,16 @@ def test_carbon_weight_moves_the_job_to_the_clean_grid(
         fed.start_broker(port=0)
         for c in (COAL, HYDRO):
             fed.start_agent(c)
-        with grpc.insecure_channel(fed.address) as channel:
-            stub = broker_pb2_grpc.BrokerServiceStub(channel)
-            wait_centers(stub, 2)
-            spec = types_pb2.JobSpec(
-                accelerator="ascend-910", devices=4, estimated_seconds=3600, command=["true"]
-            )
-            ranked = stub.QuoteJob(broker_pb2.QuoteJobRequest(spec=spec), timeout=10).lines
+        with BrokerClient(fed.address) as client:
+            wait_centers(client, 2)
+            spec = JobSpec(accelerator="ascend-910", devices=4, estimated_s=3600, command=("true",))
+            ranked = client.quote(spec)
             assert ranked[0].center_id == winner
-            job_id = submit(stub, spec)
+            job_id = submit(client, spec)
 
-            def done() -> types_pb2.Job | None:
-                job = stub.GetJob(broker_pb2.GetJobRequest(job_id=job_id), timeout=5).job
-                return job if job.state == types_pb2.JOB_STATE_SUCCEEDED else None
+            def done() -> Job | None:
+                job = client.get_job(job_id)
+                return job if job.state == JobState.SUCCEEDED else None
 
             job = wait_for(done, 20, "the job")
             assert job.center_id == winner
