@@ -22,7 +22,7 @@ import pytest
 from cli.federation import Child, LocalFederation, center_toml
 from client import BrokerClient
 from core.states import JobState
-from core.types import CenterDescriptor, Job, JobSpec, LogChunk
+from core.types import CenterDescriptor, Job, JobEvent, JobSpec, LogChunk
 from icx.v1 import broker_pb2_grpc
 from ledger import SignedRecord, SignerKey, canonical
 from ledger.records import charge_minor
@@ -92,6 +92,22 @@ def alive(pid: int) -> bool:
 
 def started_pids(out: Path, job_id: str) -> list[int]:
     return sorted(int(p.name.split(".")[1]) for p in out.glob(f"{job_id}.*.started"))
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[LocalFederation]:
+    """A broker whose center expiry (15 s) outlasts an agent's restart by far, so that
+    what a test sees comes from the restarted agent's Hello, not from the expiry."""
+    fed = LocalFederation(
+        root=tmp_path / "fed",
+        broker_args=("--heartbeat-ms", "200", "--center-expiry-ms", "15000"),
+    )
+    fed.root.mkdir()
+    try:
+        fed.start_broker(port=0)
+        yield fed
+    finally:
+        fed.stop()
 
 
 @pytest.fixture
@@ -210,6 +226,9 @@ def test_a_restarted_agent_on_the_process_backend_reports_its_run_lost(
 
     job = wait_for(lambda: (j := client.get_job(job_id)).state.terminal and j, 20, "the job to end")
     assert (job.state, job.attempts) == (JobState.SUCCEEDED, 2)
+    # Requeued because the restarted agent's Hello did not hold it.
+    events = [i for i in client.watch(job_id, follow=False) if isinstance(i, JobEvent)]
+    assert "requeued: center CA no longer holds the job" in [e.message for e in events]
     [again] = run_table(federation, center)  # the lost run left the table
     assert again["backend_run_id"] != row["backend_run_id"]
     log = restarted.log_path.read_text()
