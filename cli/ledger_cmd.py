@@ -1,9 +1,13 @@
-"""`icx ledger ...` and `icx settle`: the ledger's tools, offline on a database file.
+"""`icx ledger ...` and `icx settle`: the ledger's tools.
 
-Each command opens the ledger file (`--db PATH`) and calls `ledger` directly; nothing
-here reaches the network. The log's signer key lives beside the file in `PATH.key`
-(written by `sample`, mode 0600) and is needed only by what signs: a new checkpoint and
-a settlement statement.
+Each command reads the ledger file (`--db PATH`) and calls `ledger` directly, offline,
+or asks a broker over gRPC (`--broker ADDR`, else $ICX_BROKER) through the client. The
+log's signer key lives beside the file in `PATH.key` (written by `sample`, mode 0600)
+and is needed only by what signs: a new checkpoint and a settlement statement.
+`icx ledger trust` writes the trust policy that `verify` checks against.
+
+Money is printed in major units of the settlement's currency with the currency named;
+JSON and CSV keep integer minor units (`*_minor`) beside a `currency` field.
 """
 
 from __future__ import annotations
@@ -13,23 +17,16 @@ import csv
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import witness_cmd
+from cli._client import DEFAULT_BROKER, connect
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
 from core.errors import InvalidArgument, NotFound
-from ledger import (
-    AuditError,
-    LedgerStore,
-    Log,
-    ProofBundle,
-    SignerKey,
-    TrustPolicy,
-    verify_bundle,
-    verify_checkpoint,
-)
-from ledger import sample as ledger_sample
-from ledger.settlement import period_bounds
+from core.money import format_major
+
+if TYPE_CHECKING:  # the ledger takes a quarter second to import: commands load it
+    from ledger import Log, TrustPolicy
 
 _DEFAULT_ORIGIN = "icx.local/ledger"
 
@@ -39,6 +36,8 @@ def _key_path(args: argparse.Namespace) -> Path:
 
 
 def _open(args: argparse.Namespace, *, signing: bool = False) -> Log:
+    from ledger import LedgerStore, Log, SignerKey
+
     path = Path(args.db)
     if not path.exists():
         raise NotFound(f"no ledger file at {path}")
@@ -51,24 +50,33 @@ def _open(args: argparse.Namespace, *, signing: bool = False) -> Log:
     return Log(LedgerStore(path), signer)
 
 
+def read_input(path_text: str, what: str, hint: str = "") -> str:
+    """A file the user named, or one line saying it is not there (exit 2)."""
+    path = Path(path_text)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidArgument(f"no {what} at {path}{hint}") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
 def _db_args(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
     if remote:
-        where = p.add_mutually_exclusive_group(required=True)
-        where.add_argument("--db", help="the ledger database file")
-        where.add_argument("--broker", help="ask this broker (HOST:PORT) over gRPC instead")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--db", help="the ledger database file (offline)")
+        where.add_argument(
+            "--broker",
+            metavar="HOST:PORT",
+            help=f"ask this broker over gRPC (without --db: $ICX_BROKER, else {DEFAULT_BROKER})",
+        )
     else:
         p.add_argument("--db", required=True, help="the ledger database file")
     p.add_argument("--key", help="the log's signer key file (default: DB.key)")
 
 
-def _ledger_stub(args: argparse.Namespace) -> Any:
-    """A LedgerService stub on the broker named by --broker (the caller closes nothing:
-    the channel lives as long as the command)."""
-    import grpc
-
-    from icx.v1 import ledger_pb2_grpc
-
-    return ledger_pb2_grpc.LedgerServiceStub(grpc.insecure_channel(args.broker))
+def _json_flag(p: argparse.ArgumentParser, what: str = "print JSON for scripts") -> None:
+    p.add_argument("--json", action="store_true", help=what)
 
 
 # ------------------------------------------------------------------ sample
@@ -76,6 +84,10 @@ def _ledger_stub(args: argparse.Namespace) -> Any:
 
 @command
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ledger import LedgerStore, Log, SignerKey, TrustPolicy
+    from ledger import sample as ledger_sample
+    from ledger.settlement import period_bounds
+
     path = Path(args.db)
     if path.exists():
         raise InvalidArgument(f"{path} already exists; sample fills a new ledger")
@@ -88,6 +100,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w") as f:
         f.write(signer.text() + "\n")
     store = LedgerStore(path)
+    policy_path = Path(f"{path}.policy.json")
     try:
         log = Log.create(store, signer)
         ledger_sample.fill(
@@ -101,43 +114,90 @@ def cmd_sample(args: argparse.Namespace) -> int:
             batch=args.batch,
         )
         log.checkpoint()
-        policy = TrustPolicy(log=signer.verifier)
-        Path(f"{path}.policy.json").write_text(policy.to_json())
+        policy_path.write_text(TrustPolicy(log=signer.verifier).to_json())
     finally:
         store.close()
+    if args.json:
+        print_json(
+            {
+                "db": str(path),
+                "records": args.records,
+                "centers": args.centers,
+                "size": log.size,
+                "key_file": str(key_path),
+                "policy_file": str(policy_path),
+            }
+        )
+        return EXIT_OK
     print(f"{path}: {args.records} records from {args.centers} centers, checkpoint at {log.size}")
-    print(f"signer key {key_path}, trust policy {path}.policy.json")
+    print(f"signer key {key_path}, trust policy {policy_path}")
     return EXIT_OK
 
 
-# ------------------------------------------------------------------ key, checkpoint
+# ------------------------------------------------------------------ key, checkpoint, trust
 
 
 @command
 def cmd_key(args: argparse.Namespace) -> int:
-    if getattr(args, "broker", None):
-        from icx.v1 import ledger_pb2
-
-        reply = _ledger_stub(args).GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=30)
-        print(reply.key)
-        return EXIT_OK
-    log = _open(args)
-    print(log.log_key.text())
+    if args.db:
+        key = _open(args).log_key
+    else:
+        with connect(args, timeout_s=30.0) as client:
+            key = client.log_key()
+    if args.json:
+        print_json({"key": key.text(), "name": key.name, "key_id": key.key_id})
+    else:
+        print(key.text())
     return EXIT_OK
 
 
 @command
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    if getattr(args, "broker", None):
-        from icx.v1 import ledger_pb2
+    if args.db:
+        log = _open(args, signing=args.new)
+        if args.new:
+            log.checkpoint()
+        note = log.latest_note()
+    else:
+        if args.new:
+            raise InvalidArgument(
+                "--new signs with the log's key: give --db (the broker signs its own)"
+            )
+        with connect(args, timeout_s=30.0) as client:
+            note = client.checkpoint()
+    if args.json:
+        origin, size, root = note.splitlines()[:3]
+        print_json({"origin": origin, "size": int(size), "root": root, "note": note})
+    else:
+        sys.stdout.write(note)
+    return EXIT_OK
 
-        reply = _ledger_stub(args).GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=30)
-        sys.stdout.write(reply.note)
-        return EXIT_OK
-    log = _open(args, signing=args.new)
-    if args.new:
-        log.checkpoint()
-    sys.stdout.write(log.latest_note())
+
+@command
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Write the trust policy that `icx ledger verify` checks against: the log's key (as
+    the broker or the ledger file names it), the witnesses' keys and the quorum."""
+    from ledger import TrustPolicy, VerifierKey
+
+    if args.db:
+        log_key = _open(args).log_key
+    else:
+        with connect(args, timeout_s=30.0) as client:
+            log_key = client.log_key()
+    witnesses = tuple(VerifierKey.parse(w) for w in args.witness or ())
+    quorum = len(witnesses) if args.quorum is None else args.quorum
+    policy = TrustPolicy(log=log_key, witnesses=witnesses, quorum=quorum)
+    text = policy.to_json()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: log key {log_key.key_id} ({log_key.name}), "
+            f"{len(witnesses)} witness(es), quorum {quorum}; check the key against the one "
+            "the broker's operator publishes",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -148,19 +208,12 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_prove(args: argparse.Namespace) -> int:
     if (args.record_id is None) == (args.index is None):
         raise InvalidArgument("give a RECORD_ID or --index N")
-    if getattr(args, "broker", None):
-        from icx.v1 import ledger_pb2
-
-        request = (
-            ledger_pb2.ProveRecordRequest(record_id=args.record_id)
-            if args.record_id is not None
-            else ledger_pb2.ProveRecordRequest(index=args.index)
-        )
-        text = _ledger_stub(args).ProveRecord(request, timeout=30).bundle_json
-        bundle = ProofBundle.from_json(text)
-    else:
+    if args.db:
         bundle = _open(args).prove(record_id=args.record_id, index=args.index)
-        text = bundle.to_json()
+    else:
+        with connect(args, timeout_s=30.0) as client:
+            bundle = client.prove(record_id=args.record_id, index=args.index)
+    text = bundle.to_json()
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote proof of entry {bundle.index} to {args.output}")
@@ -169,23 +222,31 @@ def cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_NO_POLICY_HINT = " (write one with: icx ledger trust --broker HOST:PORT -o FILE)"
+
+
 def _policy(args: argparse.Namespace) -> TrustPolicy:
+    from ledger import TrustPolicy
+
     if args.policy:
-        return TrustPolicy.from_json(Path(args.policy).read_text())
+        return TrustPolicy.from_json(read_input(args.policy, "trust policy", _NO_POLICY_HINT))
     if args.db:
         default = Path(f"{args.db}.policy.json")
         if default.exists():
             return TrustPolicy.from_json(default.read_text())
-    raise InvalidArgument("give --policy FILE (the trust policy: log key, witnesses, quorum)")
+    raise InvalidArgument(f"give --policy FILE (the log key, witnesses, quorum){_NO_POLICY_HINT}")
 
 
 @command
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ledger import ProofBundle, verify_bundle, verify_checkpoint
+
     if (args.bundle is None) == (args.db is None):
         raise InvalidArgument("give a BUNDLE file or --db PATH")
-    policy = _policy(args)
     if args.bundle is not None:
-        verified = verify_bundle(ProofBundle.from_json(Path(args.bundle).read_text()), policy)
+        text = read_input(args.bundle, "proof bundle", " (write one with: icx ledger prove)")
+        policy = _policy(args)
+        verified = verify_bundle(ProofBundle.from_json(text), policy)
         cp = verified.checkpoint
         result = {
             "ok": True,
@@ -198,12 +259,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             print(f"ok: entry {verified.index} is in {cp.origin} at size {cp.size}")
         return EXIT_OK
+    policy = _policy(args)
     log = _open(args)
     checkpoint = verify_checkpoint(log.latest_note(), policy)
     report = log.audit()
     if report.size < checkpoint.size or log.store.root_at(checkpoint.size) != checkpoint.root:
         return _audit_failed("the latest checkpoint does not match the entries")
-    print(f"ok: {args.db} verifies under the policy at size {checkpoint.size}")
+    if args.json:
+        print_json({"ok": True, "db": args.db, "size": checkpoint.size})
+    else:
+        print(f"ok: {args.db} verifies under the policy at size {checkpoint.size}")
     return EXIT_OK
 
 
@@ -214,6 +279,8 @@ def _audit_failed(message: str) -> int:
 
 @command
 def cmd_audit(args: argparse.Namespace) -> int:
+    from ledger import AuditError
+
     log = _open(args)
     try:
         report = log.audit()
@@ -243,73 +310,82 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ settle
 
+CSV_HEADERS = (
+    "kind", "party", "counterparty", "currency", "paid_minor", "received_minor", "net_minor",
+    "amount_minor", "energy_wh", "carbon_g",
+)  # fmt: skip
+
 
 @command
 def cmd_settle(args: argparse.Namespace) -> int:
-    if getattr(args, "broker", None):
-        return _settle_remote(args)
-    log = _open(args, signing=True)
-    settlement, _ = log.settle(args.period, args.currency)
-    body = settlement.to_json()
+    """Net positions and transfers for a period: from the ledger file (signing the
+    statement) or, by default, from the broker's signed statement, checked against its
+    log key."""
+    if args.db:
+        log = _open(args, signing=True)
+        settlement, _ = log.settle(args.period, args.currency)
+        body: dict[str, Any] = dict(settlement.to_json())
+        signed_by = f"checkpoint {settlement.checkpoint.origin} size {settlement.checkpoint.size}"
+    else:
+        from ledger import verify_statement
+
+        with connect(args, timeout_s=60.0) as client:
+            key = client.log_key()
+            statement = client.statement(args.period)
+        body = dict(verify_statement(statement, key))
+        if args.out:
+            Path(args.out).write_bytes(statement)
+        signed_by = f"statement signed by {key.key_id}"
     if args.json:
         print_json(body)
         return EXIT_OK
-    rows = [
-        (t.party, t.paid_minor, t.received_minor, t.net_minor, t.energy_wh, t.carbon_g)
-        for _, t in sorted(settlement.totals.items())
-    ]
-    headers = ("party", "paid_minor", "received_minor", "net_minor", "energy_wh", "carbon_g")
+    currency = str(body["currency"])
+    parties = [p for p in body["parties"] if isinstance(p, dict)]
+    transfers = [t for t in body["transfers"] if isinstance(t, dict)]
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(rows)
+        writer.writerow(CSV_HEADERS)
+        for p in parties:
+            writer.writerow(
+                ("position", p["party"], "", currency, p["paid_minor"], p["received_minor"],
+                 p["net_minor"], "", p["energy_wh"], p["carbon_g"])
+            )  # fmt: skip
+        for t in transfers:
+            writer.writerow(
+                ("transfer", t["payer"], t["payee"], currency, "", "", "", t["amount_minor"],
+                 "", "")
+            )  # fmt: skip
         return EXIT_OK
-    cp = settlement.checkpoint
-    print(
-        f"period {args.period} ({settlement.records} records), "
-        f"checkpoint {cp.origin} size {cp.size}"
-    )
-    print_table(headers, rows)
+    print(f"period {args.period} ({body['records']} records), {signed_by}")
+    print(f"amounts in {currency}, major units")
+    print_table(
+        ("PARTY", f"PAID {currency}", f"RECEIVED {currency}", f"NET {currency}", "ENERGY KWH",
+         "CARBON KG"),
+        [
+            (p["party"], _money(p["paid_minor"]), _money(p["received_minor"]),
+             _money(p["net_minor"]), _kilo(p["energy_wh"]), _kilo(p["carbon_g"]))
+            for p in parties
+        ],
+    )  # fmt: skip
     print()
     print_table(
-        ("payer", "payee", "amount_minor"),
-        [(t.payer, t.payee, t.amount_minor) for t in settlement.transfers],
+        ("PAYER", "PAYEE", f"AMOUNT {currency}"),
+        [(t["payer"], t["payee"], _money(t["amount_minor"])) for t in transfers],
     )
     return EXIT_OK
 
 
-def _settle_remote(args: argparse.Namespace) -> int:
-    """The broker's signed statement for the period, checked against its log key."""
-    from icx.v1 import ledger_pb2
-    from ledger import VerifierKey, verify_statement
+def _money(amount_minor: object) -> str:
+    assert isinstance(amount_minor, int)
+    return format_major(amount_minor)
 
-    stub = _ledger_stub(args)
-    key = VerifierKey.parse(stub.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=30).key)
-    reply = stub.GetStatement(ledger_pb2.GetStatementRequest(period=args.period), timeout=60)
-    body = verify_statement(reply.statement, key)
-    if args.out:
-        Path(args.out).write_bytes(reply.statement)
-    if args.json:
-        print_json(body)
-        return EXIT_OK
-    parties = body.get("parties")
-    transfers = body.get("transfers")
-    assert isinstance(parties, list) and isinstance(transfers, list)
-    headers = ("party", "paid_minor", "received_minor", "net_minor", "energy_wh", "carbon_g")
-    rows = [tuple(p[h] for h in headers) for p in parties if isinstance(p, dict)]
-    if args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(rows)
-        return EXIT_OK
-    print(f"period {args.period}, statement signed by {key.key_id}")
-    print_table(headers, rows)
-    print()
-    print_table(
-        ("payer", "payee", "amount_minor"),
-        [(t["payer"], t["payee"], t["amount_minor"]) for t in transfers if isinstance(t, dict)],
-    )
-    return EXIT_OK
+
+def _kilo(amount: object) -> str:
+    assert isinstance(amount, int)
+    return f"{amount / 1000:,.1f}"
+
+
+# ------------------------------------------------------------------ register
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -325,22 +401,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--period", default="2026-11", help="month the usage falls in (YYYY-MM)")
     p.add_argument("--origin", default=_DEFAULT_ORIGIN, help="the log's origin and key name")
+    _json_flag(p)
     p.set_defaults(func=cmd_sample)
 
     p = lsub.add_parser("key", help="print the log's verifier key (signed-note vkey format)")
     _db_args(p, remote=True)
+    _json_flag(p)
     p.set_defaults(func=cmd_key)
 
     p = lsub.add_parser("checkpoint", help="print the latest checkpoint as a signed note")
     _db_args(p, remote=True)
-    p.add_argument("--new", action="store_true", help="sign a checkpoint of the current tree")
+    p.add_argument("--new", action="store_true", help="with --db: sign a checkpoint of the tree")
+    _json_flag(p, "print origin, size, root and the note as JSON")
     p.set_defaults(func=cmd_checkpoint)
+
+    p = lsub.add_parser(
+        "trust",
+        help="write a trust policy (the log key, witnesses, quorum) for `verify`",
+        description="Write the trust policy that `icx ledger verify --policy FILE` checks "
+        "against: the log's verifier key as the broker (or the ledger file) names it, the "
+        "witnesses' cosignature keys and how many of them must cosign. Compare the log key "
+        "with the one the broker's operator publishes before relying on it.",
+    )
+    _db_args(p, remote=True)
+    p.add_argument(
+        "--witness",
+        action="append",
+        metavar="VKEY",
+        help="a witness's cosignature/v1 verifier key (repeatable)",
+    )
+    p.add_argument("--quorum", type=int, help="cosignatures required (default: every witness)")
+    p.add_argument("-o", "--output", help="write the policy here (default: standard output)")
+    _json_flag(p, "the policy is JSON (the default)")
+    p.set_defaults(func=cmd_trust)
 
     p = lsub.add_parser("prove", help="write a self-contained proof bundle for one entry")
     _db_args(p, remote=True)
     p.add_argument("record_id", nargs="?", metavar="RECORD_ID")
     p.add_argument("--index", type=int)
-    p.add_argument("--json", action="store_true", help="the bundle is JSON (the default)")
+    _json_flag(p, "the bundle is JSON (the default)")
     p.add_argument("-o", "--output", help="write the bundle to this file")
     p.set_defaults(func=cmd_prove)
 
@@ -348,23 +447,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("bundle", nargs="?", metavar="BUNDLE")
     p.add_argument("--db", help="verify this ledger file instead of a bundle")
     p.add_argument("--key", help=argparse.SUPPRESS)
-    p.add_argument("--policy", help="trust policy JSON (default with --db: DB.policy.json)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--policy",
+        help="trust policy JSON, from `icx ledger trust` (default with --db: DB.policy.json)",
+    )
+    _json_flag(p)
     p.set_defaults(func=cmd_verify)
 
     p = lsub.add_parser("audit", help="replay the whole ledger; name the first bad entry")
     _db_args(p)
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_audit)
 
     witness_cmd.register(lsub)
 
-    p = sub.add_parser("settle", help="settle a period: net positions and transfers")
+    p = sub.add_parser(
+        "settle",
+        help="settle a period: net positions and transfers",
+        description="Settle a month: each party's paid, received and net amounts and the "
+        "transfers that clear them, from the broker's signed statement (default) or a "
+        "ledger file (--db). Tables print major units of the named currency; --json and "
+        "--csv keep integer minor units (*_minor) with the currency beside them.",
+    )
     _db_args(p, remote=True)
-    p.add_argument("--out", help="with --broker: keep the signed statement in this file")
+    p.add_argument("--out", help="from a broker: keep the signed statement in this file")
     p.add_argument("--period", required=True, help="YYYY-MM")
-    p.add_argument("--currency", default="CNY")
+    p.add_argument("--currency", default="CNY", help="with --db: the statement's currency")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true")
+    out.add_argument("--csv", action="store_true", help="positions and transfers, one table")
     p.set_defaults(func=cmd_settle)

@@ -262,3 +262,170 @@ def test_a_command_that_cannot_start_fails_with_the_reason(fed: LocalFederation)
         "the job to fail",
     )
     assert status["reason"] == "cannot start 'no-such-program': not found on PATH"  # type: ignore[index]
+
+
+# ------------------------------------------------------------------ what a new user hit
+
+
+def test_no_arguments_prints_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main"], capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("usage: icx ")
+    assert "submit" in result.stdout and "ledger" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("jobs",), ("centers", "--json"), ("ledger", "checkpoint")])
+def test_a_closed_pipe_ends_quietly(fed: LocalFederation, args: tuple[str, ...]) -> None:
+    """`icx jobs | head`: the reader has gone before anything is written."""
+    env = {**os.environ, "ICX_BROKER": fed.address}
+    with subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    assert (code, err) == (141, b"")
+
+
+def test_jobs_says_how_many_more_and_takes_all(fed: LocalFederation) -> None:
+    for _ in range(3):
+        assert icx(fed, "submit", "--devices", "1", "--hours", "0.1", "--", "true").returncode == 0
+    total = len(icx_json(fed, "jobs", "--all"))  # type: ignore[arg-type]
+    assert total >= 3
+    two = icx(fed, "jobs", "--limit", "2")
+    assert two.returncode == 0
+    assert len(two.stdout.splitlines()) == 1 + 2  # the header, two rows
+    assert two.stderr == f"... {total - 2} more of {total} jobs not shown (--limit N or --all)\n"
+    every = icx(fed, "jobs", "--all")
+    assert (len(every.stdout.splitlines()), every.stderr) == (1 + total, "")
+    bad = icx(fed, "jobs", "--limit", "-1")
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "icx: error: --limit must be >= 0 (0: all), got -1\n",
+    )
+    both = icx(fed, "jobs", "--limit", "2", "--all")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_json_everywhere_and_icx_broker_honoured(fed: LocalFederation) -> None:
+    """ICX_BROKER (set by `icx()`) reaches health, the ledger commands and settle."""
+    health = icx_json(fed, "health")
+    assert health == {"address": fed.address, "status": "SERVING"}
+    checkpoint = icx_json(fed, "ledger", "checkpoint")
+    assert isinstance(checkpoint, dict)
+    assert checkpoint["origin"] == "icx.local/broker" and checkpoint["size"] >= 3
+    assert checkpoint["note"].startswith(f"icx.local/broker\n{checkpoint['size']}\n")
+    key = icx_json(fed, "ledger", "key")
+    assert isinstance(key, dict) and key["name"] == "icx.local/broker"
+
+    job_id = icx(fed, "submit", "--devices", "1", "--hours", "0.1", "--", "echo", "hi").stdout
+    lines = icx(fed, "logs", "--follow", "--json", job_id.strip()).stdout.splitlines()
+    items = [json.loads(line) for line in lines]
+    assert [i["state"] for i in items if i["type"] == "event"][-1] == "succeeded"
+    assert [(i["stream"], i["data"]) for i in items if i["type"] == "log"] == [("stdout", "hi\n")]
+
+
+def test_settle_names_the_currency_and_csv_keeps_the_transfers(fed: LocalFederation) -> None:
+    import datetime as dt
+
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    # A run of a whole second or more costs at least 1 fen: the tenant owes the center.
+    job = icx(fed, "submit", "--devices", "1", "--hours", "0.1", "--", "sleep", "1.2")
+    job_id = job.stdout.strip()
+    wait_for(lambda: icx_json(fed, "status", job_id)["state"] == "succeeded", 20, "the job")  # type: ignore[index]
+    # The center reports the run's usage just after it ends: a tenant then owes it.
+    body = wait_for(
+        lambda: (b := icx_json(fed, "settle", "--period", period))["transfers"] and b,  # type: ignore[index]
+        15,
+        "a transfer",
+    )
+    assert body["currency"] == "CNY"
+
+    table = icx(fed, "settle", "--period", period)
+    assert table.returncode == 0, table.stderr
+    out = table.stdout.splitlines()
+    assert out[1] == "amounts in CNY, major units"
+    assert out[2].split()[:4] == ["PARTY", "PAID", "CNY", "RECEIVED"]
+    assert any(line.split()[:4] == ["PAYER", "PAYEE", "AMOUNT", "CNY"] for line in out)
+
+    rows = icx(fed, "settle", "--period", period, "--csv").stdout.splitlines()
+    assert rows[0] == (
+        "kind,party,counterparty,currency,paid_minor,received_minor,net_minor,amount_minor,"
+        "energy_wh,carbon_g"
+    )
+    kinds = [r.split(",")[0] for r in rows[1:]]
+    assert kinds.count("transfer") == len(body["transfers"]) >= 1
+    assert kinds.count("position") == len(body["parties"])
+    first = body["transfers"][0]
+    assert f"transfer,{first['payer']},{first['payee']},CNY,,,,{first['amount_minor']},," in rows
+
+
+def test_the_readme_ledger_tour_runs(fed: LocalFederation, tmp_path: Path) -> None:
+    bundle, trust = tmp_path / "bundle.json", tmp_path / "trust.json"
+    missing = icx(fed, "ledger", "verify", str(bundle), "--policy", str(trust))
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        f"icx: error: no proof bundle at {bundle} (write one with: icx ledger prove)\n"
+    )
+    assert icx(fed, "ledger", "prove", "--index", "1", "-o", str(bundle)).returncode == 0
+    no_policy = icx(fed, "ledger", "verify", str(bundle), "--policy", str(trust))
+    assert (no_policy.returncode, no_policy.stderr) == (
+        2,
+        f"icx: error: no trust policy at {trust} "
+        "(write one with: icx ledger trust --broker HOST:PORT -o FILE)\n",
+    )
+    made = icx(fed, "ledger", "trust", "-o", str(trust))
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.startswith(f"wrote {trust}: log key ")
+    verified = icx(fed, "ledger", "verify", str(bundle), "--policy", str(trust))
+    assert (verified.returncode, verified.stderr) == (0, "")
+    assert verified.stdout.startswith("ok: entry 1 is in icx.local/broker at size ")
+
+
+def test_a_past_deadline_reads_as_a_utc_time(fed: LocalFederation) -> None:
+    result = icx(fed, "submit", "--devices", "1", "--hours", "1", "--deadline",
+                 "2001-01-01T00:00:00Z", "--", "true")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "icx: error: deadline_ms must be in the future, got 978307200000 "
+        "(2001-01-01T00:00:00Z; now 20"
+    )
+    assert result.stderr.endswith("Z)\n")
+
+
+def test_commands_that_do_not_solve_do_not_load_the_solver(fed: LocalFederation) -> None:
+    """The start-up of `icx jobs` and `icx --version` stays light (figures in
+    docs/benchmarks.md): neither loads OR-Tools, the ledger, the broker or the agent."""
+    heavy = ("ortools", "matcher", "ledger", "broker", "node_agent", "numpy")
+    script = (
+        "import sys; from cli.main import main; code = main(sys.argv[1:]); "
+        f"print(code, [m for m in {heavy!r} if m in sys.modules], file=sys.stderr)"
+    )
+    for args in (("jobs", "--broker", fed.address), ("status", "j-000000000000")):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=30,
+            env={**os.environ, "ICX_BROKER": fed.address},
+        )  # fmt: skip
+        assert result.stderr.splitlines()[-1] in ("0 []", "4 []"), result.stderr
+    # --version and --help build the whole parser: not even gRPC is loaded for them.
+    parser_only = (
+        "import sys; from cli.main import build_parser; build_parser(); "
+        f"print([m for m in {(*heavy, 'grpc')!r} if m in sys.modules])"
+    )
+    built = subprocess.run(
+        [sys.executable, "-c", parser_only], capture_output=True, text=True, timeout=30
+    )
+    assert (built.stdout, built.stderr) == ("[]\n", "")
+
+
+def test_match_offers_the_matchers_solvers() -> None:
+    from cli.match_cmd import SOLVERS
+    from matcher import SOLVERS as MATCHER_SOLVERS
+
+    assert SOLVERS == MATCHER_SOLVERS

@@ -9,11 +9,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cli.federation import LocalFederation
-from icx.v1 import broker_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from client import BrokerClient
 from tests.conftest import FAST_BROKER, make_center, record_spec, submit, wait_centers, wait_for
 
 
@@ -39,10 +38,8 @@ def witnessed(tmp_path: Path) -> Iterator[tuple[LocalFederation, str, Path]]:
 
 
 def _size(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        note = stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
-    return int(note.splitlines()[1])
+    with BrokerClient(address) as client:
+        return int(client.checkpoint().splitlines()[1])
 
 
 def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
@@ -57,13 +54,12 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
     assert json.loads(first.stdout)["kept"] == 1
 
     fed.start_agent(make_center("CA"))
-    with grpc.insecure_channel(fed.address) as channel:
-        stub = broker_pb2_grpc.BrokerServiceStub(channel)
-        wait_centers(stub, 1)
+    with BrokerClient(fed.address) as client:
+        wait_centers(client, 1)
         out = tmp_path / "runs"
         out.mkdir()
         for _ in range(2):
-            submit(stub, record_spec(out, 1.0))
+            submit(client, record_spec(out, 1.0))
     wait_for(lambda: _size(fed.address) >= 4, 30, "two usage records")  # key, CA, 2 usage
     second = icx(*cosign)  # checks a consistency proof from the first size
     assert second.returncode == 0, second.stderr
@@ -79,9 +75,15 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
     )
     log_key = icx("ledger", "key", "--broker", fed.address).stdout.strip()
     strict = tmp_path / "strict.json"
-    strict.write_text(json.dumps({"log": log_key, "witnesses": [vkey], "quorum": 1}))
+    trust = icx("ledger", "trust", "--broker", fed.address, "--witness", vkey, "-o", str(strict))
+    assert trust.returncode == 0, trust.stderr
+    assert json.loads(strict.read_text()) == {"log": log_key, "witnesses": [vkey], "quorum": 1}
     verified = icx("ledger", "verify", str(bundle), "--policy", str(strict))
     assert verified.returncode == 0, verified.stderr
+    # A quorum beyond the witnesses named is refused, and nothing is written.
+    lax = icx("ledger", "trust", "--broker", fed.address, "--witness", vkey, "--quorum", "2")
+    assert (lax.returncode, lax.stdout) == (2, "")
+    assert lax.stderr == "icx: error: policy: quorum must be 0..1 witnesses, got 2\n"
 
     # A witness the broker was not told to accept: its cosignature is not kept.
     other = tmp_path / "other.key"

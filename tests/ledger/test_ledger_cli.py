@@ -105,12 +105,23 @@ def test_settle_prints_positions_and_transfers(
     assert body["checkpoint"]["size"] == 211
     assert main(["settle", "--db", str(sampled), "--period", "2026-11", "--csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "party,paid_minor,received_minor,net_minor,energy_wh,carbon_g"
-    assert len(lines) == 1 + 10
+    assert lines[0] == (
+        "kind,party,counterparty,currency,paid_minor,received_minor,net_minor,amount_minor,"
+        "energy_wh,carbon_g"
+    )
+    kinds = [line.split(",")[0] for line in lines[1:]]
+    assert kinds == ["position"] * 10 + ["transfer"] * len(body["transfers"])
+    t = body["transfers"][0]
+    assert lines[11] == f"transfer,{t['payer']},{t['payee']},CNY,,,,{t['amount_minor']},,"
+    assert main(["settle", "--db", str(sampled), "--period", "2026-11"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1] == "amounts in CNY, major units"
+    assert table[2].split() == ["PARTY", "PAID", "CNY", "RECEIVED", "CNY", "NET", "CNY",
+                                "ENERGY", "KWH", "CARBON", "KG"]  # fmt: skip
     assert main(["settle", "--db", str(sampled), "--period", "2026-13"]) == 2
     assert "period must be YYYY-MM" in capsys.readouterr().err
     assert main(["ledger", "audit", "--db", str(sampled)]) == 0
-    assert "2 statements" in capsys.readouterr().out
+    assert "3 statements" in capsys.readouterr().out
 
 
 def test_missing_database_is_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
