@@ -131,7 +131,7 @@ class Agent:
         # Re-advertise on a change, and well before the last offer expires, so that an
         # idle center stays in matching.
         if self.runs.lapse(at) or at - self._advertised_at_ms > OFFER_TTL_MS // 3:
-            self._advertise()
+            self.advertise()
         self.link.send_heartbeat()
         if self.link.cut_off():
             silent_ms = self.link.silent_ms()
@@ -150,7 +150,8 @@ class Agent:
             await asyncio.sleep(self.link.heartbeat_s)
             await self.tick()
 
-    def _advertise(self) -> None:
+    def advertise(self) -> None:
+        """Send the current offer (on every change, and before the last one expires)."""
         self._advertised_at_ms = self.clock.now_ms()
         self.link.send_offer(self.offer())
 
@@ -158,7 +159,7 @@ class Agent:
         assert self._tg is not None, "the agent is not running"
         return self._tg.create_task(coro)
 
-    def _meter(self, run: RunFacts) -> bool:
+    def meter(self, run: RunFacts) -> bool:
         """Sign what the run used and send it, kept until the broker acknowledges it;
         False when the agent has no key or the run no tenant to bill."""
         if self.outbox is None or not run.tenant:
@@ -180,10 +181,10 @@ class _Events:
         self._agent.link.send_output(chunk)
 
     def changed(self) -> None:
-        self._agent._advertise()
+        self._agent.advertise()
 
     def ended(self, run: RunFacts) -> bool:
-        return self._agent._meter(run)
+        return self._agent.meter(run)
 
 
 class _Handler:
@@ -198,7 +199,7 @@ class _Handler:
     def welcomed(self, welcome: Welcome) -> None:
         agent = self._agent
         agent.runs.stale(welcome.stale_claim_ids)
-        agent._advertise()
+        agent.advertise()
         for entry in agent.outbox.pending() if agent.outbox else ():
             agent.link.send_usage(entry)
 
