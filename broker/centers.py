@@ -97,6 +97,25 @@ class JobUpdate:
     message: str = ""
 
 
+class TokenBucket:
+    """At most `rate_per_s` a second on average, `burst` at once."""
+
+    def __init__(self, *, rate_per_s: int, burst: int, now_ms: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at_ms = now_ms
+
+    def take(self, now_ms: int) -> bool:
+        elapsed = max(0, now_ms - self._at_ms)
+        self._at_ms = max(self._at_ms, now_ms)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate_per_s / 1000)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 @dataclass(slots=True, kw_only=True)
 class Session:
     """A connected node agent."""
@@ -105,6 +124,9 @@ class Session:
     outbox: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
     connected: bool = True
     offer: Offer | None = None
+    log_budget: TokenBucket = field(
+        default_factory=lambda: TokenBucket(rate_per_s=500, burst=1000, now_ms=0)
+    )
 
     @property
     def center_id(self) -> CenterId:

@@ -35,10 +35,11 @@ from broker.centers import (
     JobUpdate,
     Launch,
     Session,
+    TokenBucket,
     UsageAck,
 )
 from broker.claims import ClaimBook
-from broker.jobs import ACTIVE, JobBook
+from broker.jobs import ACTIVE, DEFAULT_MAX_LOG_BYTES, JobBook
 from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
 from broker.rounds import QuotedPool, Round, Rounds
@@ -78,6 +79,10 @@ class BrokerConfig:
     round_debounce_s: float = 0.025
     expiry_interval_s: float = 0.25
     max_jobs_per_round: int = 5_000
+    # Output kept per job (the center keeps all of it), and the output chunks a center may
+    # send per second (a burst of twice that); more are dropped and counted.
+    max_log_bytes_per_job: int = DEFAULT_MAX_LOG_BYTES
+    log_chunks_per_s: int = 500
     # The coordinator's policy and the network (latency, bandwidth) for every round: a
     # problem without pools or jobs, which each round fills in.
     round_template: Problem = field(default_factory=lambda: Problem(pools=(), jobs=()))
@@ -105,7 +110,7 @@ class Broker:
         self.config = config or BrokerConfig()
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.jobs = JobBook(store, clock)
+        self.jobs = JobBook(store, clock, self.config.max_log_bytes_per_job)
         self.centers = Centers(store, clock)
         self.claims = ClaimBook()
         self.local = LocalCenters(self.centers, self.claims, self.jobs, clock, self.config.lease_ms)
@@ -235,6 +240,11 @@ class Broker:
         """Register a (re)connecting agent and reconcile the claims it holds."""
         await self.usage.admit_center_key(center.center_id, usage_key)
         session = await self.centers.connect(center)
+        session.log_budget = TokenBucket(
+            rate_per_s=self.config.log_chunks_per_s,
+            burst=2 * self.config.log_chunks_per_s,
+            now_ms=self.clock.now_ms(),
+        )
         stale = await self._reconcile(session, list(held))
         welcome = Welcome(
             heartbeat_interval_ms=self.config.heartbeat_interval_ms,
@@ -340,7 +350,11 @@ class Broker:
         job = self.jobs.find(chunk.job_id)
         if job is None or job.center_id != session.center_id:
             return
-        self.jobs.append_log(chunk)
+        if not session.log_budget.take(self.clock.now_ms()):
+            self.metrics.log_chunks_dropped.labels(reason="rate").inc()
+            return
+        if not self.jobs.append_log(chunk):
+            self.metrics.log_chunks_dropped.labels(reason="cap").inc()
 
     # ---------------------------------------------------------------- loops
 

@@ -25,10 +25,18 @@ log = logging.getLogger("icx.broker")
 ACTIVE = frozenset({JobState.CLAIMED, JobState.RUNNING})
 
 
+# What the broker keeps of one job's output; the center keeps all of it in the job's folder.
+DEFAULT_MAX_LOG_BYTES = 1 << 20
+
+
 class JobBook:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.max_log_bytes = max_log_bytes
+        self._log_bytes: dict[JobId, int] = {}
         self.jobs: dict[JobId, Job] = {}
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self._requests: dict[tuple[str, str], JobId] = {}
@@ -47,6 +55,7 @@ class JobBook:
                 self._requests[(job.tenant, stored.request_id)] = job.job_id
         self._event_seq.update(snapshot.event_seq)
         self._log_seq.update(snapshot.log_seq)
+        self._log_bytes.update(snapshot.log_bytes)
 
     # ------------------------------------------------------------------ reads
 
@@ -165,14 +174,31 @@ class JobBook:
         if job.explanation != explanation:
             self.jobs[job.job_id] = dataclasses.replace(job, explanation=explanation)
 
-    def append_log(self, chunk: LogChunk) -> None:
-        """A chunk of output; resends (seq already seen) are dropped. Not awaited: the
-        job's final update commits after it."""
-        if chunk.seq <= self._log_seq.get(chunk.job_id, 0):
-            return
-        self._log_seq[chunk.job_id] = chunk.seq
+    def append_log(self, chunk: LogChunk) -> bool:
+        """A chunk of output; resends (seq already seen) are dropped. Keeps at most
+        `max_log_bytes` of a job's output: the chunk that crosses the cap is cut and
+        followed by a line saying so, later ones are dropped. False if the chunk was not
+        kept whole. Not awaited: the job's final update commits after it."""
+        job_id = chunk.job_id
+        if chunk.seq <= self._log_seq.get(job_id, 0):
+            return True
+        self._log_seq[job_id] = chunk.seq
+        kept = self._log_bytes.get(job_id, 0)
+        if kept >= self.max_log_bytes:
+            return False
+        room = self.max_log_bytes - kept
+        whole = len(chunk.data) <= room
+        if not whole:
+            note = (
+                f"\n[icx: output truncated at {self.max_log_bytes} bytes; the center keeps "
+                "all of it in the job's folder]\n"
+            ).encode()
+            chunk = dataclasses.replace(chunk, data=chunk.data[:room] + note)
+            log.warning("job %s: output past %d bytes is not kept", job_id, self.max_log_bytes)
+        self._log_bytes[job_id] = kept + len(chunk.data)
         fut = self.store.insert_log(chunk)
-        fut.add_done_callback(lambda f: self._after_commit(chunk.job_id, f))
+        fut.add_done_callback(lambda f: self._after_commit(job_id, f))
+        return whole
 
     # ---------------------------------------------------------------- helpers
 

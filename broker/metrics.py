@@ -32,6 +32,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.log_chunks_dropped = Counter(
+            "icx_log_chunks_dropped",
+            "Job output chunks not kept: past a job's cap, or over a center's rate",
+            ["reason"],
+            registry=self.registry,
+        )
         self.requeues = Counter(
             "icx_requeues", "Jobs put back in the queue", registry=self.registry
         )

@@ -108,12 +108,21 @@ class SqliteStore:
             JobId(j): s
             for j, s in db.execute("SELECT job_id, MAX(seq) FROM events GROUP BY job_id")
         }
-        log_seq = {
-            JobId(j): s for j, s in db.execute("SELECT job_id, MAX(seq) FROM logs GROUP BY job_id")
-        }
+        log_seq: dict[JobId, int] = {}
+        log_bytes: dict[JobId, int] = {}
+        for j, seq, size in db.execute(
+            "SELECT job_id, MAX(seq), SUM(LENGTH(data)) FROM logs GROUP BY job_id"
+        ):
+            log_seq[JobId(j)] = seq
+            log_bytes[JobId(j)] = size
         claims = [_claim_from_row(r) for r in db.execute("SELECT * FROM claims")]
         return Snapshot(
-            jobs=jobs, centers=centers, event_seq=event_seq, log_seq=log_seq, claims=claims
+            jobs=jobs,
+            centers=centers,
+            event_seq=event_seq,
+            log_seq=log_seq,
+            log_bytes=log_bytes,
+            claims=claims,
         )
 
     def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:

@@ -56,6 +56,8 @@ class Snapshot:
     # The last event and log sequence number of each job that has any.
     event_seq: dict[JobId, int] = field(default_factory=dict)
     log_seq: dict[JobId, int] = field(default_factory=dict)
+    # The bytes of output kept for each job that has any.
+    log_bytes: dict[JobId, int] = field(default_factory=dict)
     claims: Sequence[ClaimRecord] = ()
 
 

@@ -21,7 +21,7 @@ from broker.sqlite_store import SqliteStore
 from core.clock import ManualClock
 from core.errors import FailedPrecondition, InvalidJobSpec
 from core.states import JobState
-from core.types import JobSpec, Offer
+from core.types import JobSpec, LogChunk, Offer
 from tests.conftest import make_center
 
 T = TypeVar("T")
@@ -279,3 +279,45 @@ def test_a_round_is_logged_when_its_outcome_changes(
         assert len(rounds) == 2 and "1 placed, 1 unplaced" in rounds[1]
 
     run(tmp_path, body)
+
+
+def test_a_jobs_output_is_kept_up_to_its_cap_with_a_note(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> list[bytes]:
+        session = await join(broker, "CA")
+        job = await broker.submit("t", SPEC)
+        await broker.match_round()
+        for seq in range(1, 6):  # 5 x 400 bytes against a cap of 1,000
+            broker.on_log(
+                session, LogChunk(job_id=job.job_id, seq=seq, stream="stdout", data=b"x" * 400)
+            )
+        await broker.cancel("t", job.job_id)  # commits after the output
+        dropped = broker.metrics.registry.get_sample_value(
+            "icx_log_chunks_dropped_total", {"reason": "cap"}
+        )
+        assert dropped == 3  # the chunk cut at the cap, and the two after it
+        return [c.data for c in broker.logs_after(job.job_id, 0)]
+
+    chunks = run(tmp_path, body, max_log_bytes_per_job=1_000)
+    assert [len(c) for c in chunks[:2]] == [400, 400]
+    assert chunks[2].startswith(b"x" * 200 + b"\n[icx: output truncated at 1000 bytes")
+    assert len(chunks) == 3
+
+
+def test_a_center_sending_output_too_fast_has_the_excess_dropped(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> tuple[int, float | None]:
+        session = await join(broker, "CA")
+        job = await broker.submit("t", SPEC)
+        await broker.match_round()
+        for seq in range(1, 31):  # 30 chunks at once: a burst of 20 passes
+            broker.on_log(session, LogChunk(job_id=job.job_id, seq=seq, stream="stdout", data=b"y"))
+        advance(broker, 1_000)  # a second later, 10 more may pass
+        for seq in range(31, 51):
+            broker.on_log(session, LogChunk(job_id=job.job_id, seq=seq, stream="stdout", data=b"y"))
+        await broker.cancel("t", job.job_id)
+        dropped = broker.metrics.registry.get_sample_value(
+            "icx_log_chunks_dropped_total", {"reason": "rate"}
+        )
+        return len(broker.logs_after(job.job_id, 0)), dropped
+
+    kept, dropped = run(tmp_path, body, log_chunks_per_s=10)
+    assert (kept, dropped) == (30, 20)

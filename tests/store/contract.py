@@ -258,6 +258,7 @@ class StoreContract:
             assert store.logs_after(j.job_id, 0) == chunks
             assert store.logs_after(j.job_id, 1) == chunks[1:]
             assert store.load().log_seq == {"j-1": 2}
+            assert store.load().log_bytes == {"j-1": sum(len(c.data) for c in chunks)}
 
         self.run(body)
 
