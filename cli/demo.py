@@ -1,5 +1,6 @@
 """`icx demo`: a federation of the 17 reference centers on this machine, a Philly-shaped
-workload through it, live progress, and the allocation by hub and center."""
+workload through it, live progress, and the allocation by hub and center as the ledger
+recorded it."""
 
 from __future__ import annotations
 
@@ -8,24 +9,32 @@ import json
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
-from cli.federation import LocalFederation
-from core import wire
-from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+from core.money import CURRENCY, format_major
+from core.states import JobState
+from core.types import Job
+from core.views import CenterStatus
+
+if TYPE_CHECKING:
+    from cli.federation import LocalFederation
+    from client import BrokerClient
+    from ledger import UsageRecord
 
 STALL_S = 3.0
-TERMINAL = (
-    types_pb2.JOB_STATE_SUCCEEDED,
-    types_pb2.JOB_STATE_FAILED,
-    types_pb2.JOB_STATE_CANCELLED,
+FIGURES = (
+    f"Figures are the ledger's: each run as its center metered and signed it (real "
+    f"device-seconds at the pool's price, in {CURRENCY}). The demo runs the trace's jobs "
+    "shortened to 1-5 s, so they are seconds of work, not the trace's hours, which a quote "
+    "prices."
 )
+_SUMS = ("jobs", "runs", "device_s", "charge_minor", "energy_wh", "carbon_g")
 
 
 @dataclass(slots=True)
@@ -51,11 +60,10 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def _counts(jobs: list[types_pb2.Job]) -> dict[str, int]:
+def _counts(jobs: Iterable[Job]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for j in jobs:
-        name = str(wire.state_from_proto(j.state))
-        counts[name] = counts.get(name, 0) + 1
+        counts[str(j.state)] = counts.get(str(j.state), 0) + 1
     return counts
 
 
@@ -65,83 +73,78 @@ def _progress_line(elapsed: float, submitted: int, total: int, counts: dict[str,
     return f"[{elapsed:5.1f}s] submitted {submitted}/{total}  {parts}"
 
 
-def summarise(jobs: list[types_pb2.Job], centers: list[broker_pb2.CenterStatus]) -> dict[str, Any]:
-    """Allocation by center and hub: jobs, device-hours and charge at the pool's price
-    (trace hours), energy (devices x power x hours x PUE) and carbon (energy x grid)."""
-    from matcher import JobRequest, PoolSlot, carbon_g, energy_wh, job_charge_minor
+def _zero(**keys: Any) -> dict[str, Any]:
+    return {**keys, **dict.fromkeys(_SUMS, 0), "currency": CURRENCY}
 
-    info = {c.center.center_id: c.center for c in centers}
-    by_center: dict[str, dict[str, Any]] = {}
+
+def _total(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any]:
+    total = _zero(**keys)
+    for row in rows:
+        for key in _SUMS:
+            total[key] += row[key]
+    return total
+
+
+def summarise(
+    jobs: Sequence[Job], centers: Sequence[CenterStatus], records: Iterable[UsageRecord]
+) -> dict[str, Any]:
+    """Allocation by center and hub: every center (those that ran nothing too) and a
+    totals row. Jobs are the broker's succeeded jobs; runs, device-seconds, charge,
+    energy and carbon are the ledger's usage records, as the centers signed them."""
+    by_center: dict[str, dict[str, Any]] = {
+        c.center.center_id: _zero(center_id=c.center.center_id, hub=c.center.region,
+                                  name=c.center.name)
+        for c in centers
+    }  # fmt: skip
     for j in jobs:
-        if j.state != types_pb2.JOB_STATE_SUCCEEDED:
+        if j.state == JobState.SUCCEEDED and j.center_id in by_center:
+            by_center[j.center_id]["jobs"] += 1
+    for r in records:
+        row = by_center.get(r.producer)
+        if row is None:  # a center of an earlier run of this database
             continue
-        center = info[j.center_id]
-        pool = next(p for p in center.pools if p.pool_id == j.pool_id)
-        slot = PoolSlot(
-            pool_id=j.pool_id,
-            center_id=j.center_id,
-            region=center.region,
-            accelerator=pool.accelerator,
-            free=pool.devices_total,
-            memory_gb=pool.memory_gb_per_device,
-            tflops=pool.fp16_tflops_per_device,
-            power_w=pool.power_w_per_device,
-            pue_milli=center.pue_milli,
-            grid_g_per_kwh=center.grid_g_co2_per_kwh,
-            price_minor_per_device_hour=pool.price_minor_per_device_hour,
-        )
-        req = JobRequest(
-            job_id=j.job_id,
-            accelerator="any",
-            devices=j.spec.devices,
-            seconds=j.spec.estimated_seconds,
-        )
-        row = by_center.setdefault(
-            j.center_id,
-            {"center_id": j.center_id, "hub": center.region, "name": center.name, "jobs": 0,
-             "device_seconds": 0, "charge_minor": 0, "energy_wh": 0, "carbon_g": 0},
-        )  # fmt: skip
-        row["jobs"] += 1
-        row["device_seconds"] += j.spec.devices * j.spec.estimated_seconds
-        row["charge_minor"] += job_charge_minor(req, slot)
-        row["energy_wh"] += energy_wh(req, slot)
-        row["carbon_g"] += carbon_g(req, slot)
-    by_hub: dict[str, dict[str, Any]] = {}
+        row["runs"] += 1
+        row["device_s"] += r.device_s
+        row["charge_minor"] += r.charge_minor
+        row["energy_wh"] += r.energy_wh
+        row["carbon_g"] += r.carbon_g
+    hubs: dict[str, list[dict[str, Any]]] = {}
     for row in by_center.values():
-        hub = by_hub.setdefault(
-            row["hub"],
-            {"hub": row["hub"], "centers": 0, "jobs": 0, "device_seconds": 0, "charge_minor": 0,
-             "energy_wh": 0, "carbon_g": 0},
-        )  # fmt: skip
-        hub["centers"] += 1
-        for key in ("jobs", "device_seconds", "charge_minor", "energy_wh", "carbon_g"):
-            hub[key] += row[key]
-    for row in (*by_center.values(), *by_hub.values()):
-        row["device_hours"] = round(row.pop("device_seconds") / 3600, 2)
+        hubs.setdefault(row["hub"], []).append(row)
+    by_hub = [_total(rows, hub=hub, centers=len(rows)) for hub, rows in hubs.items()]
     counts = _counts(jobs)
     return {
         "jobs_submitted": len(jobs),
         "jobs_succeeded": counts.get("succeeded", 0),
         "jobs_failed": counts.get("failed", 0),
         "jobs_cancelled": counts.get("cancelled", 0),
-        "jobs_unplaced": sum(1 for j in jobs if j.state == types_pb2.JOB_STATE_QUEUED),
-        "jobs_unfinished": sum(
-            1 for j in jobs if j.state in (types_pb2.JOB_STATE_CLAIMED, types_pb2.JOB_STATE_RUNNING)
-        ),
+        "jobs_unplaced": counts.get("queued", 0),
+        "jobs_unfinished": counts.get("claimed", 0) + counts.get("running", 0),
         "unplaced": [
             {"job_id": j.job_id, "reason": j.explanation or j.reason}
             for j in jobs
-            if j.state == types_pb2.JOB_STATE_QUEUED
+            if j.state == JobState.QUEUED
         ],
-        "by_hub": sorted(by_hub.values(), key=lambda r: -r["device_hours"]),
+        "figures": FIGURES,
+        "by_hub": sorted(by_hub, key=lambda r: (-r["device_s"], r["hub"])),
         "by_center": sorted(by_center.values(), key=lambda r: r["center_id"]),
+        "totals": _total(list(by_center.values()), centers=len(by_center)),
     }
 
 
-def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
-    def yuan(fen: int) -> str:
-        return f"{fen / 100:,.0f}"
+def _allocation_rows(
+    rows: Sequence[dict[str, Any]], total: dict[str, Any], first: Sequence[str]
+) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for r in [*rows, total]:
+        out.append(
+            (*(r[k] for k in first), r["jobs"], r["runs"], r["device_s"],
+             format_major(r["charge_minor"]), r["energy_wh"], r["carbon_g"])
+        )  # fmt: skip
+    return out
 
+
+def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
     print()
     print(
         f"{summary['jobs_submitted']} jobs: {summary['jobs_succeeded']} succeeded, "
@@ -149,15 +152,15 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
         f"{summary['jobs_unfinished']} unfinished "
         f"(up in {seconds['up']:.1f} s, all done in {seconds['total']:.1f} s)"
     )
-    print("\nAllocation by hub (device-hours and charges at the trace's real durations):")
+    money = ["JOBS", "RUNS", "DEVICE-S", f"CHARGE {CURRENCY}", "ENERGY WH", "CARBON G"]
+    totals = summary["totals"]
+    print()
+    print(textwrap.fill(FIGURES, width=88))
+    print("\nAllocation by hub:")
     print_table(
-        ["HUB", "CENTERS", "JOBS", "DEVICE-H", "CHARGE YUAN", "ENERGY KWH", "CARBON KG"],
-        [
-            (h["hub"], h["centers"], h["jobs"], h["device_hours"], yuan(h["charge_minor"]),
-             round(h["energy_wh"] / 1000, 1), round(h["carbon_g"] / 1000, 1))
-            for h in summary["by_hub"]
-        ],
-    )  # fmt: skip
+        ["HUB", "CENTERS", *money],
+        _allocation_rows(summary["by_hub"], {**totals, "hub": "total"}, ("hub", "centers")),
+    )
     ledger = summary.get("ledger")
     if ledger:
         print(
@@ -174,17 +177,26 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
             print(f"  ... and {len(summary['unplaced']) - 8} more (icx jobs --state queued)")
     print("\nBy center:")
     print_table(
-        ["CENTER", "HUB", "JOBS", "DEVICE-H", "CHARGE YUAN", "CARBON KG", "NAME"],
+        ["CENTER", "HUB", *money, "NAME"],
         [
-            (c["center_id"], c["hub"], c["jobs"], c["device_hours"], yuan(c["charge_minor"]),
-             round(c["carbon_g"] / 1000, 1), c["name"])
-            for c in summary["by_center"]
+            (*row, name)
+            for row, name in zip(
+                _allocation_rows(
+                    summary["by_center"],
+                    {**totals, "center_id": "total", "hub": ""},
+                    ("center_id", "hub"),
+                ),
+                [*(c["name"] for c in summary["by_center"]), ""],
+                strict=True,
+            )
         ],
-    )  # fmt: skip
+    )
 
 
 @command
 def demo(args: argparse.Namespace) -> int:
+    from cli.federation import LocalFederation
+    from client import BrokerClient
     from scenario import demo_workload, load_centers, region_latency_ms
 
     progress = Progress(quiet=args.json and not args.keep)
@@ -213,9 +225,8 @@ def demo(args: argparse.Namespace) -> int:
         fed.start_broker(port=args.port)
         for center in centers:
             fed.start_agent(center)
-        with grpc.insecure_channel(fed.address) as channel:
-            stub = broker_pb2_grpc.BrokerServiceStub(channel)
-            _wait_connected(stub, len(centers), timeout_s=30)
+        with BrokerClient(fed.address) as client:
+            _wait_connected(client, len(centers), timeout_s=30)
             up_s = time.monotonic() - started
             progress.say(
                 f"federation up in {up_s:.1f} s: broker {fed.address}, {len(centers)} centers"
@@ -231,19 +242,15 @@ def demo(args: argparse.Namespace) -> int:
             ids: list[str] = []
             pending = list(workload)
             deadline = t0 + args.timeout
-            jobs: list[types_pb2.Job] = []
+            jobs: tuple[Job, ...] = ()
             last_change, last_counts = time.monotonic(), dict[str, int]()
             while time.monotonic() < deadline:
                 now = time.monotonic() - t0
                 while pending and pending[0].at_s <= now:
-                    item = pending.pop(0)
-                    reply = stub.SubmitJob(
-                        broker_pb2.SubmitJobRequest(spec=wire.spec_to_proto(item.spec)), timeout=10
-                    )
-                    ids.append(reply.job.job_id)
-                jobs = list(stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=10).jobs)
+                    ids.append(client.submit(pending.pop(0).spec).job_id)
+                jobs = client.list_jobs().jobs
                 counts = _counts(jobs)
-                done = sum(1 for j in jobs if j.state in TERMINAL)
+                done = sum(1 for j in jobs if j.state.terminal)
                 progress.update(
                     _progress_line(time.monotonic() - started, len(ids), len(workload), counts)
                 )
@@ -261,10 +268,10 @@ def demo(args: argparse.Namespace) -> int:
                 _progress_line(time.monotonic() - started, len(ids), len(workload), _counts(jobs)),
                 final=True,
             )
-            summary = summarise(
-                jobs, list(stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=10).centers)
-            )
-            summary["ledger"] = _ledger_summary(channel, fed, len(centers))
+            ran = sum(1 for j in jobs if j.state.terminal and j.center_id is not None)
+            ledger = _ledger_summary(client, fed, len(centers), ran)
+            summary = summarise(jobs, client.centers(), _ledger_records(Path(ledger["db"])))
+            summary["ledger"] = ledger
         total_s = time.monotonic() - started
         summary["seconds_up"] = round(up_s, 2)
         summary["seconds_total"] = round(total_s, 2)
@@ -285,39 +292,50 @@ def demo(args: argparse.Namespace) -> int:
             fed.stop()
 
 
-def _ledger_summary(channel: grpc.Channel, fed: LocalFederation, centers: int) -> dict[str, Any]:
-    """The signed usage log after the run: records are acknowledged just after each job
-    ends, so wait briefly for the last ones."""
+def _ledger_summary(
+    client: BrokerClient, fed: LocalFederation, centers: int, ran: int
+) -> dict[str, Any]:
+    """The signed usage log after the run. A center reports a run's usage just after the
+    run ends, so wait (up to 10 s) until the checkpoint holds a record for each of the
+    `ran` jobs that ended on a center."""
     from broker.ledger import ledger_paths
-    from icx.v1 import ledger_pb2, ledger_pb2_grpc
 
-    stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-    size, previous, deadline = 0, -1, time.monotonic() + 5
-    note = ""
-    while size != previous and time.monotonic() < deadline:
-        previous = size
-        time.sleep(0.5)
-        note = stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
-        size = int(note.splitlines()[1])
-    lines = note.splitlines()
+    def usage_records(size: int) -> int:
+        return size - 1 - centers  # less the log's own key and each center's
+
+    deadline = time.monotonic() + 10
+    while True:
+        lines = client.checkpoint().splitlines()
+        size = int(lines[1])
+        if usage_records(size) >= ran or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     return {
         "entries": size,
-        "usage_records": size - 1 - centers,  # less the log's own key and each center's
+        "usage_records": usage_records(size),
         "origin": lines[0],
         "root": lines[2],
         "db": str(ledger_paths(fed.db)[0]),
     }
 
 
-def _wait_connected(stub: broker_pb2_grpc.BrokerServiceStub, n: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        reply = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
-        if sum(1 for c in reply.centers if c.connected and c.HasField("offer")) >= n:
-            return
-        time.sleep(0.1)
+def _ledger_records(path: Path) -> list[UsageRecord]:
+    """The usage records in the broker's ledger file, read with the ledger library (the
+    broker keeps writing it; SQLite's WAL lets this read alongside)."""
+    from ledger import LedgerStore, Log
+
+    with LedgerStore(path) as store:
+        return [record for _, record in Log(store).records()]
+
+
+def _wait_connected(client: BrokerClient, n: int, timeout_s: float) -> None:
     from core.errors import Unavailable
 
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(1 for c in client.centers() if c.connected and c.offer is not None) >= n:
+            return
+        time.sleep(0.1)
     raise Unavailable(f"not all {n} centers connected within {timeout_s} s")
 
 
@@ -363,7 +381,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Start a broker and the 17 reference centers as local processes (SQLite in a "
             "temporary folder), submit a workload shaped like the Philly GPU trace, show "
-            "progress, print the allocation by hub and center, and stop."
+            "progress, print the allocation by hub and center as the broker's ledger "
+            "recorded it, and stop."
         ),
     )
     p.add_argument(

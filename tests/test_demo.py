@@ -24,8 +24,18 @@ def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None
     assert placed >= 30
     assert sum(c["jobs"] for c in summary["by_center"]) == placed
     assert sum(h["jobs"] for h in summary["by_hub"]) == placed
-    assert len(summary["by_center"]) >= 5  # the work spreads across the federation
+    assert len(summary["by_center"]) == 17  # every center, those that ran nothing too
+    assert sum(1 for c in summary["by_center"] if c["jobs"]) >= 5  # the work spreads
     assert summary["ledger"]["usage_records"] == placed  # one signed record per run
+    # The allocation is the ledger's: each run as its center signed it, in CNY.
+    totals = summary["totals"]
+    assert (totals["centers"], totals["jobs"], totals["currency"]) == (17, placed, "CNY")
+    assert totals["runs"] == summary["ledger"]["usage_records"]
+    for key in ("runs", "device_s", "charge_minor", "energy_wh", "carbon_g"):
+        assert sum(c[key] for c in summary["by_center"]) == totals[key]
+        assert sum(h[key] for h in summary["by_hub"]) == totals[key]
+    assert totals["charge_minor"] > 0
+    assert summary["figures"].startswith("Figures are the ledger's")
     for u in summary["unplaced"]:
         assert u["reason"]  # every job left in the queue says why
     # Shut down cleanly: nothing left running from this demo.
