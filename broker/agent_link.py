@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,12 +32,17 @@ from broker.centers import (
 )
 from broker.core import Broker, Welcome
 from core import wire
-from core.errors import IcxError, InvalidArgument
+from core.errors import IcxError, InvalidArgument, PermissionDenied
+from core.handshake import NONCE_BYTES, proof_message
 from core.status import status_for
 from core.types import JobId, LogChunk
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from ledger import VerifierKey
 
 log = logging.getLogger("icx.broker.agents")
+
+# How long a center has to answer the challenge.
+PROOF_TIMEOUT_S = 10.0
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -50,16 +56,22 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.ConnectResponse]:
         session: Session | None = None
         reader: asyncio.Task[None] | None = None
+        requests = aiter(request_iterator)
         try:
-            first = await anext(aiter(request_iterator), None)
+            first = await anext(requests, None)
             if first is None or first.WhichOneof("msg") != "hello":
                 raise InvalidArgument("the first message on a stream must be hello")
             hello = first.hello
             center = wire.center_from_proto(hello.center)
             held = [_held_from_proto(h) for h in hello.held]
+            key = await self.broker.usage.key_to_prove(center.center_id, hello.usage_key)
+            if key is not None:
+                nonce = os.urandom(NONCE_BYTES)
+                yield agent_pb2.ConnectResponse(challenge=agent_pb2.Challenge(nonce=nonce))
+                await _check_proof(requests, center.center_id, key, nonce)
             session, welcome = await self.broker.connect(center, held, hello.usage_key)
             yield agent_pb2.ConnectResponse(welcome=_welcome_to_proto(welcome))
-            reader = asyncio.create_task(self._read(session, request_iterator))
+            reader = asyncio.create_task(self._read(session, requests))
             while True:
                 getter = asyncio.ensure_future(session.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -152,6 +164,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 raise InvalidArgument("hello may only be the first message")
             else:
                 raise InvalidArgument("empty message on the agent stream")
+
+
+async def _check_proof(
+    requests: AsyncIterator[agent_pb2.ConnectRequest],
+    center_id: str,
+    key: VerifierKey,
+    nonce: bytes,
+) -> None:
+    """The agent's answer to the challenge must be a signature by `key` over the nonce."""
+    try:
+        answer = await asyncio.wait_for(anext(requests, None), PROOF_TIMEOUT_S)
+    except TimeoutError:
+        answer = None
+    if answer is None or answer.WhichOneof("msg") != "proof":
+        raise PermissionDenied(
+            f"center {center_id} must answer the challenge with a proof of key {key.key_id}"
+        )
+    if not key.verify(proof_message(center_id, nonce), answer.proof.signature):
+        raise PermissionDenied(
+            f"center {center_id}: the proof does not verify with key {key.key_id}"
+        )
 
 
 def _held_from_proto(h: agent_pb2.HeldClaim) -> HeldClaim:

@@ -86,6 +86,17 @@ class BrokerLedger:
 
         await self._run(admit)
 
+    async def admitted_key(self, center_id: str) -> VerifierKey | None:
+        """The center's live usage key, if one is admitted."""
+
+        def find(ledger: Log) -> VerifierKey | None:
+            live = [
+                e for e in ledger.keyring.entries() if e.party == center_id and e.revoked_at is None
+            ]
+            return live[0].key if live else None
+
+        return await self._run(find)
+
     async def append(self, signed: SignedRecord) -> int:
         """Verify, countersign and append one record; its index."""
         return (await self._run(lambda ledger: ledger.append([signed])))[0]

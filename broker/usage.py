@@ -21,9 +21,9 @@ from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
 from broker.store import Store
 from core.clock import Clock
-from core.errors import IcxError
+from core.errors import IcxError, PermissionDenied
 from core.types import CenterId
-from ledger import SignedRecord, UsageRecord
+from ledger import SignedRecord, UsageRecord, VerifierKey
 from ledger.records import RecordKind, carbon_g, energy_wh
 
 log = logging.getLogger("icx.broker")
@@ -50,6 +50,18 @@ class UsageIntake:
     async def admit_center_key(self, center_id: CenterId, key_text: str) -> None:
         if key_text and self.ledger is not None:
             await self.ledger.admit_center(center_id, key_text)
+
+    async def key_to_prove(self, center_id: CenterId, key_text: str) -> VerifierKey | None:
+        """The key a connecting center must prove it holds: its admitted key, else the
+        key it presents (admitted once proven); None for a center with neither."""
+        presented = VerifierKey.parse(key_text) if key_text else None
+        admitted = await self.ledger.admitted_key(center_id) if self.ledger is not None else None
+        if admitted is not None and presented is not None and presented != admitted:
+            raise PermissionDenied(
+                f"center {center_id} already signs with key {admitted.key_id}; "
+                f"refusing {presented.key_id} (revoke the old key first)"
+            )
+        return admitted or presented
 
     async def receive(self, center_id: CenterId, entry: bytes) -> UsageAck:
         try:

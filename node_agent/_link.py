@@ -17,8 +17,10 @@ import grpc
 
 from core import wire
 from core.clock import Clock
+from core.handshake import proof_message
 from core.types import CenterDescriptor, LogChunk, Offer
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from ledger import SignerKey
 from node_agent._messages import (
     CancelOrder,
     ClaimAnswer,
@@ -65,14 +67,15 @@ class LinkHandler(Protocol):
 
 class Link:
     def __init__(
-        self, center: CenterDescriptor, broker: str, *, usage_key: str, clock: Clock,
-        metrics: AgentMetrics,
+        self, center: CenterDescriptor, broker: str, *, usage_key: SignerKey | None,
+        clock: Clock, metrics: AgentMetrics,
     ) -> None:  # fmt: skip
         self.center = center
         self.broker = broker
         self.connected = asyncio.Event()
         self.heartbeat_s = 1.0
         self.fence_after_ms = 5_000
+        # Proves, on each new stream, that this agent holds the center's admitted key.
         self._usage_key = usage_key
         self._clock = clock
         self._metrics = metrics
@@ -191,7 +194,9 @@ class Link:
         async for msg in call:
             self._last_heard_ms = self._clock.now_ms()
             kind = msg.WhichOneof("msg")
-            if kind == "welcome":
+            if kind == "challenge":
+                out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
+            elif kind == "welcome":
                 self._welcome(msg.welcome, out, handler)
             elif kind == "reserve":
                 r = msg.reserve
@@ -243,8 +248,20 @@ class Link:
             center=wire.center_to_proto(self.center),
             agent_version=VERSION,
             held=claims,
-            usage_key=self._usage_key,
+            usage_key=self._usage_key.verifier.text() if self._usage_key else "",
         )
+
+    def _prove(self, nonce: bytes) -> agent_pb2.HelloProof:
+        if self._usage_key is None:  # the broker will refuse the stream: say why here
+            log.error(
+                "broker %s asks center %s to prove its key, and this agent has none "
+                "(center.key_file)",
+                self.broker,
+                self.center.center_id,
+            )
+            return agent_pb2.HelloProof()
+        message = proof_message(self.center.center_id, nonce)
+        return agent_pb2.HelloProof(signature=self._usage_key.sign(message))
 
     def _welcome(
         self,

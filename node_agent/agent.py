@@ -68,7 +68,7 @@ class Agent:
         self.link = Link(
             center,
             broker,
-            usage_key=usage_key.verifier.text() if usage_key else "",
+            usage_key=usage_key,
             clock=clock,
             metrics=self.metrics,
         )

@@ -1,33 +1,63 @@
-"""A hand-driven agent stream for tests that play a center: send messages, read the
-broker's answers until the test has what it waits for (or the broker ends the stream),
-then close. No fixed sleep: the stream stays open exactly as long as it is needed."""
+"""A hand-driven agent stream for tests that play a center: send messages, answer what
+the broker says (its challenge, say), read its answers until the test has what it waits
+for (or the broker ends the stream), then close. No fixed sleep: the stream stays open
+exactly as long as it is needed."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+import queue
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
+from core.handshake import proof_message
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from ledger import SignerKey
 
 Replies = list[agent_pb2.ConnectResponse]
+Respond = Callable[[agent_pb2.ConnectResponse], Sequence[agent_pb2.ConnectRequest]]
+_CLOSE = object()
+
+
+def no_answer(_: agent_pb2.ConnectResponse) -> Sequence[agent_pb2.ConnectRequest]:
+    return ()
+
+
+def prove_with(center_id: str, key: SignerKey) -> Respond:
+    """Answer the broker's challenge as the center holding `key` does."""
+
+    def respond(reply: agent_pb2.ConnectResponse) -> Sequence[agent_pb2.ConnectRequest]:
+        if reply.HasField("challenge"):
+            signature = key.sign(proof_message(center_id, reply.challenge.nonce))
+            return [agent_pb2.ConnectRequest(proof=agent_pb2.HelloProof(signature=signature))]
+        return ()
+
+    return respond
 
 
 def converse(
     address: str,
     *messages: agent_pb2.ConnectRequest,
+    respond: Respond = no_answer,
+    then: Sequence[agent_pb2.ConnectRequest] = (),
     until: Callable[[Replies], bool] = lambda _: False,
     timeout_s: float = 10,
 ) -> Replies:
-    """Send `messages` on one stream and return the replies, once `until(replies)` holds
-    (then our side closes and the broker ends the stream) or the broker ends it (an
-    abort raises grpc.RpcError, as the stub does). Times out after `timeout_s`."""
-    done = threading.Event()
+    """Send `messages` on one stream, answer each reply with `respond(reply)`, send
+    `then` once welcomed, and return the replies once `until(replies)` holds (then our
+    side closes and the broker ends the stream) or the broker ends it (an abort raises
+    grpc.RpcError, as the stub does). Times out after `timeout_s`."""
+    outgoing: queue.Queue[object] = queue.Queue()
+    for m in messages:
+        outgoing.put(m)
 
     def requests() -> Iterator[agent_pb2.ConnectRequest]:
-        yield from messages
-        done.wait(timeout_s)
+        while True:
+            item = outgoing.get(timeout=timeout_s)
+            if item is _CLOSE:
+                return
+            assert isinstance(item, agent_pb2.ConnectRequest)
+            yield item
 
     replies: Replies = []
     with grpc.insecure_channel(address) as channel:
@@ -35,8 +65,13 @@ def converse(
         try:
             for reply in call:
                 replies.append(reply)
+                for m in respond(reply):
+                    outgoing.put(m)
+                if reply.HasField("welcome"):
+                    for m in then:
+                        outgoing.put(m)
                 if until(replies):
-                    done.set()
+                    outgoing.put(_CLOSE)
         finally:
-            done.set()
+            outgoing.put(_CLOSE)
     return replies

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ from icx.v1 import (
 from ledger import SignedRecord, SignerKey, UsageRecord, sign_records, verify_statement
 from ledger.keys import VerifierKey
 from ledger.records import charge_minor
-from tests.agent_stream import converse
+from tests.agent_stream import converse, prove_with
 from tests.conftest import make_center, wait_centers, wait_for
 
 TENANT = "lab-a"
@@ -177,9 +178,12 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
     replies = converse(
         federation.address,
         hello,
-        report("CY", TENANT, key),  # another center's name
-        report("CZ", "lab-b", key),  # a job CZ holds no claim for, for another tenant
-        report("CZ", TENANT, SignerKey.generate("CZ")),  # ... and with a key not admitted
+        respond=prove_with("CZ", key),
+        then=[
+            report("CY", TENANT, key),  # another center's name
+            report("CZ", "lab-b", key),  # a job CZ holds no claim for, for another tenant
+            report("CZ", TENANT, SignerKey.generate("CZ")),  # ... and with a key not admitted
+        ],
         until=lambda replies: _acks(replies) == 3,
     )
     acks = [r.usage_ack for r in replies if r.HasField("usage_ack")]
@@ -240,3 +244,72 @@ def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
         bundle = json.loads(wait_for(proved, 30, "the record in the log"))
     assert bundle["index"] >= 2
     wait_for(lambda: not list(outbox.glob("*.entry")), 10, "the outbox to empty")
+
+
+def _hello(center_id: str, usage_key: str = "") -> agent_pb2.ConnectRequest:
+    return agent_pb2.ConnectRequest(
+        hello=agent_pb2.Hello(
+            center=wire.center_to_proto(make_center(center_id)), usage_key=usage_key
+        )
+    )
+
+
+def _heartbeat() -> agent_pb2.ConnectRequest:
+    return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(sent_at_ms=1))
+
+
+def test_a_center_id_cannot_be_taken_over_without_its_key(
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+) -> None:
+    key = SignerKey.generate("CT")
+    public = key.verifier.text()  # anyone can read it from the ledger
+    welcomed = converse(
+        federation.address,
+        _hello("CT", public),
+        respond=prove_with("CT", key),
+        until=lambda replies: any(r.HasField("welcome") for r in replies),
+    )
+    assert [r.WhichOneof("msg") for r in welcomed] == ["challenge", "welcome"]
+
+    attempts = {
+        "no key": converse_refused(federation, _hello("CT"), _heartbeat()),
+        "its public key, no proof": converse_refused(
+            federation, _hello("CT", public), _heartbeat()
+        ),
+        "its public key, a forged proof": converse_refused(
+            federation, _hello("CT", public), respond=prove_with("CT", SignerKey.generate("CT"))
+        ),
+        "a proof for another center": converse_refused(
+            federation, _hello("CT", public), respond=prove_with("CU", key)
+        ),
+    }
+    for what, (code, details) in attempts.items():
+        assert code == grpc.StatusCode.PERMISSION_DENIED, what
+        assert details.startswith("center CT"), (what, details)
+    assert attempts["no key"][1] == (
+        f"center CT must answer the challenge with a proof of key {key.verifier.key_id}"
+    )
+    assert attempts["its public key, a forged proof"][1] == (
+        f"center CT: the proof does not verify with key {key.verifier.key_id}"
+    )
+    # The real center is still the one the broker knows.
+    again = converse(
+        federation.address,
+        _hello("CT", public),
+        respond=prove_with("CT", key),
+        until=lambda replies: any(r.HasField("welcome") for r in replies),
+    )
+    assert again[-1].HasField("welcome")
+
+
+def converse_refused(
+    federation: LocalFederation,
+    *messages: agent_pb2.ConnectRequest,
+    respond: Any = None,
+) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        if respond is None:
+            converse(federation.address, *messages)
+        else:
+            converse(federation.address, *messages, respond=respond)
+    return info.value.code(), info.value.details() or ""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from icx.v1 import types_pb2 as icx_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icx/v1/agent.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"\x9a\x02\n\x0e\x43onnectRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.icx.v1.HelloH\x00\x12\x1e\n\x05offer\x18\x02 \x01(\x0b\x32\r.icx.v1.OfferH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.icx.v1.HeartbeatH\x00\x12)\n\x0b\x63laim_reply\x18\x04 \x01(\x0b\x32\x12.icx.v1.ClaimReplyH\x00\x12\'\n\njob_update\x18\x05 \x01(\x0b\x32\x11.icx.v1.JobUpdateH\x00\x12\x1f\n\x03log\x18\x06 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x12$\n\x05usage\x18\x07 \x01(\x0b\x32\x13.icx.v1.UsageReportH\x00\x42\x05\n\x03msg\"\xf3\x01\n\x0f\x43onnectResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.icx.v1.WelcomeH\x00\x12\"\n\x07reserve\x18\x02 \x01(\x0b\x32\x0f.icx.v1.ReserveH\x00\x12 \n\x06launch\x18\x03 \x01(\x0b\x32\x0e.icx.v1.LaunchH\x00\x12 \n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x0e.icx.v1.CancelH\x00\x12&\n\theartbeat\x18\x05 \x01(\x0b\x32\x11.icx.v1.HeartbeatH\x00\x12%\n\tusage_ack\x18\x06 \x01(\x0b\x32\x10.icx.v1.UsageAckH\x00\x42\x05\n\x03msg\"|\n\x05Hello\x12(\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x18.icx.v1.CenterDescriptor\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x1f\n\x04held\x18\x03 \x03(\x0b\x32\x11.icx.v1.HeldClaim\x12\x11\n\tusage_key\x18\x04 \x01(\t\"t\n\tHeldClaim\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.icx.v1.JobState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"[\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x63\x65nter_expiry_ms\x18\x02 \x01(\x03\x12\x17\n\x0fstale_claim_ids\x18\x03 \x03(\t\"\x1f\n\tHeartbeat\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\"j\n\x07Reserve\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\x1b\n\x13lease_expires_at_ms\x18\x05 \x01(\x03\"X\n\nClaimReply\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65vice_indices\x18\x04 \x03(\x05\"Y\n\x06Launch\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1d\n\x04spec\x18\x03 \x01(\x0b\x32\x0f.icx.v1.JobSpec\x12\x0e\n\x06tenant\x18\x04 \x01(\t\":\n\x06\x43\x61ncel\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x94\x01\n\tJobUpdate\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.icx.v1.JobState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\x42\x0c\n\n_exit_code\"\x1c\n\x0bUsageReport\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\"N\n\x08UsageAck\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t2N\n\x0c\x41gentService\x12>\n\x07\x43onnect\x12\x16.icx.v1.ConnectRequest\x1a\x17.icx.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icx/v1/agent.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"\xbf\x02\n\x0e\x43onnectRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.icx.v1.HelloH\x00\x12\x1e\n\x05offer\x18\x02 \x01(\x0b\x32\r.icx.v1.OfferH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.icx.v1.HeartbeatH\x00\x12)\n\x0b\x63laim_reply\x18\x04 \x01(\x0b\x32\x12.icx.v1.ClaimReplyH\x00\x12\'\n\njob_update\x18\x05 \x01(\x0b\x32\x11.icx.v1.JobUpdateH\x00\x12\x1f\n\x03log\x18\x06 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x12$\n\x05usage\x18\x07 \x01(\x0b\x32\x13.icx.v1.UsageReportH\x00\x12#\n\x05proof\x18\x08 \x01(\x0b\x32\x12.icx.v1.HelloProofH\x00\x42\x05\n\x03msg\"\x9b\x02\n\x0f\x43onnectResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.icx.v1.WelcomeH\x00\x12\"\n\x07reserve\x18\x02 \x01(\x0b\x32\x0f.icx.v1.ReserveH\x00\x12 \n\x06launch\x18\x03 \x01(\x0b\x32\x0e.icx.v1.LaunchH\x00\x12 \n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x0e.icx.v1.CancelH\x00\x12&\n\theartbeat\x18\x05 \x01(\x0b\x32\x11.icx.v1.HeartbeatH\x00\x12%\n\tusage_ack\x18\x06 \x01(\x0b\x32\x10.icx.v1.UsageAckH\x00\x12&\n\tchallenge\x18\x07 \x01(\x0b\x32\x11.icx.v1.ChallengeH\x00\x42\x05\n\x03msg\"|\n\x05Hello\x12(\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x18.icx.v1.CenterDescriptor\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x1f\n\x04held\x18\x03 \x03(\x0b\x32\x11.icx.v1.HeldClaim\x12\x11\n\tusage_key\x18\x04 \x01(\t\"\x1a\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1f\n\nHelloProof\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"t\n\tHeldClaim\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.icx.v1.JobState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"[\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x63\x65nter_expiry_ms\x18\x02 \x01(\x03\x12\x17\n\x0fstale_claim_ids\x18\x03 \x03(\t\"\x1f\n\tHeartbeat\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\"j\n\x07Reserve\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\x05\x12\x1b\n\x13lease_expires_at_ms\x18\x05 \x01(\x03\"X\n\nClaimReply\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65vice_indices\x18\x04 \x03(\x05\"Y\n\x06Launch\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1d\n\x04spec\x18\x03 \x01(\x0b\x32\x0f.icx.v1.JobSpec\x12\x0e\n\x06tenant\x18\x04 \x01(\t\":\n\x06\x43\x61ncel\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x94\x01\n\tJobUpdate\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1f\n\x05state\x18\x03 \x01(\x0e\x32\x10.icx.v1.JobState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\x42\x0c\n\n_exit_code\"\x1c\n\x0bUsageReport\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\"N\n\x08UsageAck\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t2N\n\x0c\x41gentService\x12>\n\x07\x43onnect\x12\x16.icx.v1.ConnectRequest\x1a\x17.icx.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'icx.v1.agent_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONNECTREQUEST']._serialized_start=51
-  _globals['_CONNECTREQUEST']._serialized_end=333
-  _globals['_CONNECTRESPONSE']._serialized_start=336
-  _globals['_CONNECTRESPONSE']._serialized_end=579
-  _globals['_HELLO']._serialized_start=581
-  _globals['_HELLO']._serialized_end=705
-  _globals['_HELDCLAIM']._serialized_start=707
-  _globals['_HELDCLAIM']._serialized_end=823
-  _globals['_WELCOME']._serialized_start=825
-  _globals['_WELCOME']._serialized_end=916
-  _globals['_HEARTBEAT']._serialized_start=918
-  _globals['_HEARTBEAT']._serialized_end=949
-  _globals['_RESERVE']._serialized_start=951
-  _globals['_RESERVE']._serialized_end=1057
-  _globals['_CLAIMREPLY']._serialized_start=1059
-  _globals['_CLAIMREPLY']._serialized_end=1147
-  _globals['_LAUNCH']._serialized_start=1149
-  _globals['_LAUNCH']._serialized_end=1238
-  _globals['_CANCEL']._serialized_start=1240
-  _globals['_CANCEL']._serialized_end=1298
-  _globals['_JOBUPDATE']._serialized_start=1301
-  _globals['_JOBUPDATE']._serialized_end=1449
-  _globals['_USAGEREPORT']._serialized_start=1451
-  _globals['_USAGEREPORT']._serialized_end=1479
-  _globals['_USAGEACK']._serialized_start=1481
-  _globals['_USAGEACK']._serialized_end=1559
-  _globals['_AGENTSERVICE']._serialized_start=1561
-  _globals['_AGENTSERVICE']._serialized_end=1639
+  _globals['_CONNECTREQUEST']._serialized_end=370
+  _globals['_CONNECTRESPONSE']._serialized_start=373
+  _globals['_CONNECTRESPONSE']._serialized_end=656
+  _globals['_HELLO']._serialized_start=658
+  _globals['_HELLO']._serialized_end=782
+  _globals['_CHALLENGE']._serialized_start=784
+  _globals['_CHALLENGE']._serialized_end=810
+  _globals['_HELLOPROOF']._serialized_start=812
+  _globals['_HELLOPROOF']._serialized_end=843
+  _globals['_HELDCLAIM']._serialized_start=845
+  _globals['_HELDCLAIM']._serialized_end=961
+  _globals['_WELCOME']._serialized_start=963
+  _globals['_WELCOME']._serialized_end=1054
+  _globals['_HEARTBEAT']._serialized_start=1056
+  _globals['_HEARTBEAT']._serialized_end=1087
+  _globals['_RESERVE']._serialized_start=1089
+  _globals['_RESERVE']._serialized_end=1195
+  _globals['_CLAIMREPLY']._serialized_start=1197
+  _globals['_CLAIMREPLY']._serialized_end=1285
+  _globals['_LAUNCH']._serialized_start=1287
+  _globals['_LAUNCH']._serialized_end=1376
+  _globals['_CANCEL']._serialized_start=1378
+  _globals['_CANCEL']._serialized_end=1436
+  _globals['_JOBUPDATE']._serialized_start=1439
+  _globals['_JOBUPDATE']._serialized_end=1587
+  _globals['_USAGEREPORT']._serialized_start=1589
+  _globals['_USAGEREPORT']._serialized_end=1617
+  _globals['_USAGEACK']._serialized_start=1619
+  _globals['_USAGEACK']._serialized_end=1697
+  _globals['_AGENTSERVICE']._serialized_start=1699
+  _globals['_AGENTSERVICE']._serialized_end=1777
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "offer", "heartbeat", "claim_reply", "job_update", "log", "usage")
+    __slots__ = ("hello", "offer", "heartbeat", "claim_reply", "job_update", "log", "usage", "proof")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ConnectRequest(_message.Message):
     JOB_UPDATE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     offer: _types_pb2.Offer
     heartbeat: Heartbeat
@@ -23,23 +24,26 @@ class ConnectRequest(_message.Message):
     job_update: JobUpdate
     log: _types_pb2.LogChunk
     usage: UsageReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., offer: _Optional[_Union[_types_pb2.Offer, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., claim_reply: _Optional[_Union[ClaimReply, _Mapping]] = ..., job_update: _Optional[_Union[JobUpdate, _Mapping]] = ..., log: _Optional[_Union[_types_pb2.LogChunk, _Mapping]] = ..., usage: _Optional[_Union[UsageReport, _Mapping]] = ...) -> None: ...
+    proof: HelloProof
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., offer: _Optional[_Union[_types_pb2.Offer, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., claim_reply: _Optional[_Union[ClaimReply, _Mapping]] = ..., job_update: _Optional[_Union[JobUpdate, _Mapping]] = ..., log: _Optional[_Union[_types_pb2.LogChunk, _Mapping]] = ..., usage: _Optional[_Union[UsageReport, _Mapping]] = ..., proof: _Optional[_Union[HelloProof, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "reserve", "launch", "cancel", "heartbeat", "usage_ack")
+    __slots__ = ("welcome", "reserve", "launch", "cancel", "heartbeat", "usage_ack", "challenge")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     LAUNCH_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     USAGE_ACK_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     reserve: Reserve
     launch: Launch
     cancel: Cancel
     heartbeat: Heartbeat
     usage_ack: UsageAck
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ...) -> None: ...
+    challenge: Challenge
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., reserve: _Optional[_Union[Reserve, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., usage_ack: _Optional[_Union[UsageAck, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("center", "agent_version", "held", "usage_key")
@@ -52,6 +56,18 @@ class Hello(_message.Message):
     held: _containers.RepeatedCompositeFieldContainer[HeldClaim]
     usage_key: str
     def __init__(self, center: _Optional[_Union[_types_pb2.CenterDescriptor, _Mapping]] = ..., agent_version: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldClaim, _Mapping]]] = ..., usage_key: _Optional[str] = ...) -> None: ...
+
+class Challenge(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class HelloProof(_message.Message):
+    __slots__ = ("signature",)
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
 
 class HeldClaim(_message.Message):
     __slots__ = ("claim_id", "job_id", "state", "exit_code")
