@@ -179,12 +179,12 @@ def cmd_trust(args: argparse.Namespace) -> int:
     the broker or the ledger file names it), the witnesses' keys and the quorum."""
     from ledger import TrustPolicy, VerifierKey
 
+    witnesses = tuple(VerifierKey.parse(w) for w in args.witness or ())  # bad input first
     if args.db:
         log_key = _open(args).log_key
     else:
         with connect(args, timeout_s=30.0) as client:
             log_key = client.log_key()
-    witnesses = tuple(VerifierKey.parse(w) for w in args.witness or ())
     quorum = len(witnesses) if args.quorum is None else args.quorum
     policy = TrustPolicy(log=log_key, witnesses=witnesses, quorum=quorum)
     text = policy.to_json()
