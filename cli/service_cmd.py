@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cli._client import add_broker_flag, broker_address
 from cli._output import EXIT_OK, command, print_json
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, NotFound
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -47,6 +47,7 @@ def broker_serve(args: argparse.Namespace) -> int:
         center_expiry_ms=args.center_expiry_ms,
         lease_ms=args.lease_ms,
         max_attempts=args.max_attempts,
+        max_log_bytes_per_job=args.max_log_bytes,
     )
     if args.policy:
         config = dataclasses.replace(config, round_template=load_policy(Path(args.policy)))
@@ -64,6 +65,23 @@ def broker_serve(args: argparse.Namespace) -> int:
         time_limit_s=args.time_limit,
     )
     asyncio.run(serve(options))
+    return EXIT_OK
+
+
+@command
+def broker_migrate(args: argparse.Namespace) -> int:
+    from broker.sqlite_store import migrate
+
+    path = Path(args.db)
+    if not path.exists():
+        raise NotFound(f"no database at {path}")
+    before, after = migrate(path)
+    if args.json:
+        print_json({"db": str(path), "from": before, "to": after})
+    elif before == after:
+        print(f"{path}: schema version {after}, already current")
+    else:
+        print(f"{path}: schema version {before} -> {after}")
     return EXIT_OK
 
 
@@ -183,10 +201,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-attempts", type=int, default=3, help="times a job may be lost before it fails"
     )
     p.add_argument(
+        "--max-log-bytes",
+        type=int,
+        default=1 << 20,
+        help="output kept per job (default 1 MiB; the center keeps all of it)",
+    )
+    p.add_argument(
         "--ready-file", help='write {"port", "metrics_port", "pid"} here (JSON) once serving'
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)
+
+    p = bsub.add_parser(
+        "migrate",
+        help="bring a broker database to this release's schema (back it up first)",
+        description="Bring the broker's store to the schema this release uses, in one "
+        "transaction: it completes or leaves the database as it was. A broker refuses to "
+        "serve a database of another schema version.",
+    )
+    p.add_argument("--db", required=True, help="SQLite database file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=broker_migrate)
 
     p = sub.add_parser(
         "health",
