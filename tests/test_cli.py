@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.federation import LocalFederation
-from tests.conftest import FAST_BROKER, make_center, wait_for
+from cli.federation import LocalFederation, center_toml
+from client import BrokerClient
+from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
 
 
 def _free_port() -> int:
@@ -429,3 +430,23 @@ def test_match_offers_the_matchers_solvers() -> None:
     from matcher import SOLVERS as MATCHER_SOLVERS
 
     assert SOLVERS == MATCHER_SOLVERS
+
+
+def test_agent_run_finds_its_broker_in_icx_broker(
+    federation: LocalFederation, client: BrokerClient
+) -> None:
+    config = federation.root / "CE.toml"
+    config.write_text(center_toml(make_center("CE")))
+    env = {**os.environ, "ICX_BROKER": federation.address}
+    with subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "agent", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    ) as agent:
+        try:
+            wait_centers(client, 1)
+            assert [c.center.center_id for c in client.centers()] == ["CE"]
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
