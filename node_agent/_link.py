@@ -67,9 +67,14 @@ class LinkHandler(Protocol):
 
 class Link:
     def __init__(
-        self, center: CenterDescriptor, broker: str, *, usage_key: SignerKey | None,
-        clock: Clock, metrics: AgentMetrics,
-    ) -> None:  # fmt: skip
+        self,
+        center: CenterDescriptor,
+        broker: str,
+        *,
+        usage_key: SignerKey | None,
+        clock: Clock,
+        metrics: AgentMetrics,
+    ) -> None:
         self.center = center
         self.broker = broker
         self.connected = asyncio.Event()
