@@ -26,7 +26,7 @@ def metadata(tenant: str) -> tuple[tuple[str, str], ...]:
 
 
 def check_tenant(tenant: str) -> str:
-    if not tenant or tenant.strip() != tenant:
+    if not tenant or any(c.isspace() for c in tenant):
         raise InvalidArgument(f"tenant must be a non-empty name without spaces, got {tenant!r}")
     return tenant
 
@@ -98,7 +98,7 @@ def dump_of(reply: admin_pb2.DumpRoundResponse) -> RoundDump:
 
 def prove_request(record_id: str | None, index: int | None) -> ledger_pb2.ProveRecordRequest:
     if (record_id is None) == (index is None):
-        raise InvalidArgument("name a record_id or an index, not both")
+        raise InvalidArgument("name exactly one of record_id and index")
     if record_id is not None:
         return ledger_pb2.ProveRecordRequest(record_id=record_id)
     return ledger_pb2.ProveRecordRequest(index=index)

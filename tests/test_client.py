@@ -228,9 +228,15 @@ def test_a_deadline_that_passes_is_unavailable(client: BrokerClient) -> None:
         client.cancel(job.job_id)
 
 
-def test_tenant_must_be_a_name(fed: LocalFederation) -> None:
-    with pytest.raises(InvalidArgument, match="tenant must be a non-empty name"):
-        BrokerClient(fed.address, "")
+def test_bad_arguments_are_refused_before_any_call(fed: LocalFederation) -> None:
+    for tenant in ("", "lab a"):
+        with pytest.raises(InvalidArgument, match=r"^tenant must be a non-empty name without"):
+            BrokerClient(fed.address, tenant)
+    with BrokerClient(_dead_address()) as client:  # nothing is sent: no Unavailable
+        with pytest.raises(InvalidArgument, match=r"^name exactly one of record_id and index$"):
+            client.prove()
+        with pytest.raises(InvalidArgument, match=r"^name exactly one of record_id and index$"):
+            client.prove(record_id="r", index=1)
 
 
 # ------------------------------------------------------------------ async
