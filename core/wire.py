@@ -9,7 +9,8 @@ fields (max_price_minor, deadline_ms, exit_code, a center's offer) use presence.
 
 from __future__ import annotations
 
-from core.errors import InvalidArgument, InvalidJobSpec
+from core.errors import InvalidArgument
+from core.ids import check_id
 from core.states import JobState
 from core.types import (
     CenterDescriptor,
@@ -38,6 +39,25 @@ _STATE_TO_PB = {
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 _STREAM_TO_PB = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 _STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
+
+
+def id_from_proto(field: str, value: str) -> str:
+    """An id a caller sent (a job id, a request id, a tenant): raises InvalidArgument
+    naming `field` unless it follows the id grammar (`core.ids`), quoting at most a short
+    prefix of it."""
+    check_id(field, value, InvalidArgument)
+    return value
+
+
+def job_id_from_proto(value: str) -> JobId:
+    """A request's job id; unlike a missing job (NOT_FOUND), a malformed one is refused
+    as INVALID_ARGUMENT without echoing it."""
+    return JobId(id_from_proto("job_id", value))
+
+
+def request_id_from_proto(value: str) -> str:
+    """A SubmitJob request id: empty (none) or an id."""
+    return value and id_from_proto("request_id", value)
 
 
 def state_to_proto(state: JobState) -> pb.JobState:
@@ -72,10 +92,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
 
 
 def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
-    """Raises InvalidJobSpec naming the first bad field."""
-    for key in msg.env:
-        if not key or "=" in key:
-            raise InvalidJobSpec(f"env names must be non-empty without '=', got {key!r}")
+    """Raises InvalidJobSpec naming the first bad field (`JobSpec` checks them all)."""
     return JobSpec(
         name=msg.name,
         accelerator=msg.accelerator,
