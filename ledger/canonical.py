@@ -15,7 +15,18 @@ from typing import Any
 
 from ledger.errors import InvalidRecord
 
-__all__ = ["MAX_SAFE_INT", "JsonValue", "decode", "encode", "encode_checked", "encode_string"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DIGITS",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_SAFE_INT",
+    "JsonValue",
+    "check_shape",
+    "decode",
+    "encode",
+    "encode_checked",
+    "encode_string",
+]
 
 MAX_SAFE_INT = (1 << 53) - 1
 
@@ -40,6 +51,17 @@ _SUSPECT = re.compile(r"true|false|null|[0-9]{16}")
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Bounds on what `decode` parses. Everything the ledger signs nests at most 4 deep and
+# its integers are within 2**53-1 (16 digits); a statement of a large federation is a
+# few MB.
+MAX_DEPTH = 32
+MAX_DIGITS = 16
+MAX_DOCUMENT_BYTES = 16 << 20
+_STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_LONG_NUMBER = re.compile(rb"[0-9]{%d,}" % (MAX_DIGITS + 1))
+_OPENERS = frozenset(b"[{")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def encode_string(s: str) -> str:
@@ -134,10 +156,37 @@ def _refuse_constant(text: str) -> Any:
     raise InvalidRecord(f"{text} is not allowed")
 
 
-def decode(data: bytes) -> JsonValue:
+def check_shape(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> None:
+    """Refuse, before any parser sees them, documents that no valid one resembles and
+    that would cost a parser dearly: more than `max_bytes`, nested deeper than
+    `MAX_DEPTH`, or holding a number of more than `MAX_DIGITS` digits (2**53-1 has 16;
+    Python's int() refuses 4301 and more with a ValueError, and a deep nest ends in a
+    RecursionError). Strings are skipped, so digits inside them do not count."""
+    if len(data) > max_bytes:
+        raise InvalidRecord(f"not canonical JSON: more than {max_bytes} bytes ({len(data)})")
+    skeleton = _STRING_BYTES.sub(b'""', data)
+    number = _LONG_NUMBER.search(skeleton)
+    if number is not None:
+        raise InvalidRecord(
+            f"not canonical JSON: a number of {len(number[0])} digits (at most {MAX_DIGITS})"
+        )
+    depth = 0
+    for bracket in skeleton.translate(None, _NOT_BRACKETS):
+        if bracket in _OPENERS:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InvalidRecord(f"not canonical JSON: nested deeper than {MAX_DEPTH}")
+        else:
+            depth -= 1
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> JsonValue:
     """Parse canonical bytes. Refuses anything `encode` would not have produced (other
     member order, whitespace, escapes, floats, booleans, null, duplicates), so that one
-    value has exactly one accepted encoding."""
+    value has exactly one accepted encoding; and, first, anything `check_shape` refuses
+    (too long, too deep, too many digits), so that hostile bytes cost a bounded effort
+    and end in InvalidRecord."""
+    check_shape(data, max_bytes)
     # Fast path, for ASCII text without literals or long digit runs: the C parser and
     # encoder round-trip it. Equal bytes mean canonical: duplicates, escapes, whitespace
     # or another member order would not survive the round trip, floats are refused while
@@ -155,10 +204,11 @@ def decode(data: bytes) -> JsonValue:
             else:
                 if _dumps(fast) == text:
                     return fast
-    return _decode_full(data)
+    return _decode_full(data, max_bytes)
 
 
-def _decode_full(data: bytes) -> JsonValue:
+def _decode_full(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> JsonValue:
+    check_shape(data, max_bytes)  # again: this path must refuse alone what decode refuses
     try:
         text = data.decode("utf-8")
         value = json.loads(

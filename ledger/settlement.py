@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.ids import shown
 from ledger import canonical
 from ledger.checkpoint import Checkpoint
 from ledger.errors import InvalidRecord, SignatureError
@@ -44,18 +45,24 @@ __all__ = [
 
 STATEMENT_PREFIX = b"icx/ledger/v1 statement\n"
 SCHEMA = "icx.statement/v1"
-_PERIOD = re.compile(r"(\d{4})-(\d{2})")
+_PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
+FIRST_YEAR, LAST_YEAR = 1970, 9999
 
 
 def period_bounds(period: str) -> tuple[int, int]:
-    """[t0, t1) in Unix ms UTC of a calendar month `YYYY-MM`."""
+    """[t0, t1) in Unix ms UTC of a calendar month `YYYY-MM`, from 1970-01 (usage is
+    timed in Unix ms, never negative) to 9999-12. Raises InvalidRecord naming `period`."""
     match = _PERIOD.fullmatch(period)
     if not match or not 1 <= int(match[2]) <= 12:
-        raise InvalidRecord(f"period must be YYYY-MM, got {period!r}")
+        raise InvalidRecord(f"period must be YYYY-MM, got {shown(period)}")
+    if not FIRST_YEAR <= int(match[1]) <= LAST_YEAR:
+        raise InvalidRecord(
+            f"period must be YYYY-MM with a year {FIRST_YEAR}..{LAST_YEAR}, got {shown(period)}"
+        )
     year, month = int(match[1]), int(match[2])
     t0 = calendar.timegm((year, month, 1, 0, 0, 0)) * 1000
-    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-    t1 = calendar.timegm((next_year, next_month, 1, 0, 0, 0)) * 1000
+    # The month's length, not the next month's start: 9999-12 has no next year to name.
+    t1 = t0 + calendar.monthrange(year, month)[1] * 86_400_000
     return t0, t1
 
 

@@ -43,6 +43,9 @@ __all__ = [
 PRODUCER_PREFIX = b"icx/ledger/v1 usage-producer\n"
 BROKER_PREFIX = b"icx/ledger/v1 usage-broker\n"
 MAX_BATCH = 1 << 20
+# A usage entry's bytes at most: a record of ids of at most 128 characters, its batch
+# proof (20 hashes at MAX_BATCH) and two signatures take under 4 KiB.
+MAX_ENTRY_BYTES = 64 << 10
 
 
 def _b64(data: bytes) -> str:
@@ -202,7 +205,8 @@ class SignedRecord:
 
     @classmethod
     def from_entry(cls, data: bytes) -> SignedRecord:
-        return cls.from_json(canonical.decode(data))
+        """A usage entry's bytes; refuses more than MAX_ENTRY_BYTES before parsing."""
+        return cls.from_json(canonical.decode(data, max_bytes=MAX_ENTRY_BYTES))
 
 
 def sign_records(records: Sequence[UsageRecord], producer: SignerKey) -> list[SignedRecord]:
