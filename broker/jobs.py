@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from broker.store import Snapshot, Store
 from core.clock import Clock
@@ -37,6 +37,10 @@ class JobBook:
         self.clock = clock
         self.max_log_bytes = max_log_bytes
         self._log_bytes: dict[JobId, int] = {}
+        # Every job in the order it was accepted, and each one's place in it: pages are
+        # read from the end without sorting.
+        self._order: list[JobId] = []
+        self._place: dict[JobId, int] = {}
         self.jobs: dict[JobId, Job] = {}
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self._requests: dict[tuple[str, str], JobId] = {}
@@ -47,9 +51,10 @@ class JobBook:
         self._accepting: dict[JobId, asyncio.Future[None]] = {}
 
     def load(self, snapshot: Snapshot) -> None:
-        for stored in snapshot.jobs:
+        for stored in sorted(snapshot.jobs, key=lambda s: (s.job.submitted_at_ms, s.job.job_id)):
             job = stored.job
             self.jobs[job.job_id] = job
+            self._remember(job.job_id)
             self.counts[job.state] += 1
             if stored.request_id:
                 self._requests[(job.tenant, stored.request_id)] = job.job_id
@@ -69,11 +74,32 @@ class JobBook:
         return self.jobs.get(JobId(job_id))
 
     def newest(self, states: Iterable[JobState] = (), limit: int = 0) -> list[Job]:
-        """Newest first; `limit` 0 for all."""
+        """Newest first (in the order accepted); `limit` 0 for all."""
+        out = []
+        for job in self.page(states):
+            out.append(job)
+            if len(out) == limit:
+                break
+        return out
+
+    def page(self, states: Iterable[JobState] = (), after: str = "") -> Iterator[Job]:
+        """Jobs in `states` (all if empty), newest first, starting after the job `after`
+        (from the newest if empty). NotFound if `after` names no job."""
         wanted = frozenset(states)
-        jobs = [j for j in self.jobs.values() if not wanted or j.state in wanted]
-        jobs.sort(key=lambda j: (j.submitted_at_ms, j.job_id), reverse=True)
-        return jobs[:limit] if limit > 0 else jobs
+        if after:
+            place = self._place.get(JobId(after))
+            if place is None:
+                raise NotFound(f"no job {after!r} to continue after")
+            start = place - 1
+        else:
+            start = len(self._order) - 1
+        return self._walk(start, wanted)
+
+    def _walk(self, start: int, wanted: frozenset[JobState]) -> Iterator[Job]:
+        for i in range(start, -1, -1):
+            job = self.jobs[self._order[i]]
+            if not wanted or job.state in wanted:
+                yield job
 
     def count(self, states: Iterable[JobState] = ()) -> int:
         wanted = frozenset(states) or frozenset(JobState)
@@ -124,6 +150,7 @@ class JobBook:
             updated_at_ms=at,
         )
         self.jobs[job.job_id] = job
+        self._remember(job.job_id)
         self.counts[JobState.QUEUED] += 1
         if request_id:
             self._requests[(tenant, request_id)] = job.job_id
@@ -201,6 +228,10 @@ class JobBook:
         return whole
 
     # ---------------------------------------------------------------- helpers
+
+    def _remember(self, job_id: JobId) -> None:
+        self._place[job_id] = len(self._order)
+        self._order.append(job_id)
 
     def _next_event(self, job: Job, message: str) -> JobEvent:
         seq = self._event_seq.get(job.job_id, 0) + 1

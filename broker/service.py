@@ -20,10 +20,7 @@ from broker.core import Broker
 from broker.ledger import BrokerLedger
 from broker.rounds import QuotedPool
 from core import wire
-from core.errors import (
-    IcxError,
-    InvalidArgument,
-)
+from core.errors import IcxError, InvalidArgument, NotFound
 from core.status import status_for
 from core.types import JobId
 from core.views import QuoteLine
@@ -39,6 +36,12 @@ from matcher import dump_problem, solution_to_json
 
 log = logging.getLogger("icx.broker.service")
 
+
+# A page of jobs: the default and the most a caller may ask for; and the size at which a
+# page stops early (under gRPC's 4 MiB default message limit).
+DEFAULT_PAGE = 100
+MAX_PAGE = 1_000
+MAX_PAGE_BYTES = 3 << 20
 
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TENANT = "default"
@@ -99,12 +102,26 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def ListJobs(
         self, request: broker_pb2.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.ListJobsResponse:
-        if request.limit < 0:
-            raise InvalidArgument(f"limit must be >= 0, got {request.limit}")
+        if not 0 <= request.limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be 0..{MAX_PAGE}, got {request.limit}")
+        if len(request.page_token) > 64:
+            raise InvalidArgument("page_token is not one this broker gave")
+        limit = request.limit or DEFAULT_PAGE
         states = [wire.state_from_proto(s) for s in request.states]
-        jobs = self.broker.list_jobs(states, request.limit)
-        total = self.broker.count_jobs(states)
-        return broker_pb2.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in jobs], total=total)
+        try:
+            jobs = self.broker.jobs.page(states, request.page_token)
+        except NotFound as exc:
+            raise InvalidArgument(f"page_token is not one this broker gave: {exc}") from exc
+        reply = broker_pb2.ListJobsResponse(total=self.broker.count_jobs(states))
+        size = 0
+        for job in jobs:
+            if len(reply.jobs) == limit or size > MAX_PAGE_BYTES:
+                reply.next_page_token = reply.jobs[-1].job_id
+                break
+            msg = wire.job_to_proto(job)
+            size += msg.ByteSize()
+            reply.jobs.append(msg)
+        return reply
 
     @unary
     async def CancelJob(

@@ -54,14 +54,38 @@ def job_of(reply: broker_pb2.SubmitJobResponse | broker_pb2.GetJobResponse) -> J
     return wire.job_from_proto(reply.job)
 
 
-def list_request(states: Iterable[JobState], limit: int) -> broker_pb2.ListJobsRequest:
+# The most jobs the broker gives in one page.
+MAX_PAGE = 1_000
+
+
+def list_request(
+    states: Iterable[JobState], limit: int, got: int = 0, page_token: str = ""
+) -> broker_pb2.ListJobsRequest:
+    """The request for the next page, `got` jobs already in hand of `limit` (0: all)."""
     if limit < 0:
         raise InvalidArgument(f"limit must be >= 0 (0: all), got {limit}")
-    return broker_pb2.ListJobsRequest(states=[wire.state_to_proto(s) for s in states], limit=limit)
+    size = MAX_PAGE if limit == 0 else min(MAX_PAGE, limit - got)
+    return broker_pb2.ListJobsRequest(
+        states=[wire.state_to_proto(s) for s in states], limit=size, page_token=page_token
+    )
 
 
 def page_of(reply: broker_pb2.ListJobsResponse) -> JobPage:
     return wire.job_page_from_proto(reply)
+
+
+def gathered(pages: list[JobPage], limit: int) -> JobPage:
+    """The pages as one, at most `limit` jobs (0: all). Jobs may change state between
+    pages; the total is the latest page's, never less than the jobs in hand."""
+    jobs = [j for p in pages for j in p.jobs]
+    if limit:
+        jobs = jobs[:limit]
+    total = max(pages[-1].total, len(jobs)) if pages else 0
+    return JobPage(jobs=tuple(jobs), total=total)
+
+
+def more_pages(reply: broker_pb2.ListJobsResponse, limit: int, got: int) -> bool:
+    return bool(reply.next_page_token) and (limit == 0 or got < limit)
 
 
 def watch_request(job_id: str, *, include_logs: bool, snapshot: bool) -> broker_pb2.WatchJobRequest:

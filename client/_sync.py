@@ -91,9 +91,19 @@ class BrokerClient:
     def list_jobs(
         self, states: Iterable[JobState] = (), *, limit: int = 0, timeout_s: float | None = None
     ) -> JobPage:
-        """Newest first, only in `states` (all when empty), at most `limit` (0: all)."""
-        reply = self._unary(self._broker.ListJobs, _calls.list_request(states, limit), timeout_s)
-        return _calls.page_of(reply)
+        """Newest first, only in `states` (all when empty), at most `limit` (0: all),
+        following the broker's pages."""
+        states = tuple(states)
+        pages: list[JobPage] = []
+        got, token = 0, ""
+        while True:
+            request = _calls.list_request(states, limit, got, token)
+            reply = self._unary(self._broker.ListJobs, request, timeout_s)
+            pages.append(_calls.page_of(reply))
+            got += len(reply.jobs)
+            token = reply.next_page_token
+            if not _calls.more_pages(reply, limit, got):
+                return _calls.gathered(pages, limit)
 
     def cancel(self, job_id: str, *, timeout_s: float | None = None) -> Job:
         reply = self._unary(

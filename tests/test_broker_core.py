@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from broker.centers import Cancel, ClaimReply, Command, JobUpdate, Reserve, Sess
 from broker.core import Broker, BrokerConfig
 from broker.sqlite_store import SqliteStore
 from core.clock import ManualClock
-from core.errors import FailedPrecondition, InvalidJobSpec
+from core.errors import FailedPrecondition, InvalidJobSpec, NotFound
 from core.states import JobState
 from core.types import JobSpec, LogChunk, Offer
 from tests.conftest import make_center
@@ -321,3 +322,28 @@ def test_a_center_sending_output_too_fast_has_the_excess_dropped(tmp_path: Path)
 
     kept, dropped = run(tmp_path, body, log_chunks_per_s=10)
     assert (kept, dropped) == (30, 20)
+
+
+def test_pages_of_jobs_walk_newest_first_without_gaps_or_repeats(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        ids = []
+        for _ in range(25):
+            ids.append((await broker.submit("t", SPEC)).job_id)
+            advance(broker, 1)
+        cancelled = {ids[i] for i in range(0, 25, 3)}
+        for job_id in cancelled:
+            await broker.cancel("t", job_id)
+        seen: list[str] = []
+        after = ""
+        while True:
+            page = list(itertools.islice(broker.jobs.page([JobState.QUEUED], after), 4))
+            if not page:
+                break
+            seen += [j.job_id for j in page]
+            after = page[-1].job_id
+        assert seen == [i for i in reversed(ids) if i not in cancelled]
+        assert broker.count_jobs([JobState.QUEUED]) == len(seen)
+        with pytest.raises(NotFound, match="no job 'j-nope' to continue after"):
+            broker.jobs.page([], "j-nope")
+
+    run(tmp_path, body)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from icx.v1 import types_pb2 as icx_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/broker.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"E\n\x10SubmitJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.icx.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"-\n\x11SubmitJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x0eGetJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"B\n\x0fListJobsRequest\x12 \n\x06states\x18\x01 \x03(\x0e\x32\x10.icx.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\"<\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.icx.v1.Job\x12\r\n\x05total\x18\x02 \x01(\x05\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x11\x43\x61ncelJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_logs\x18\x02 \x01(\x08\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\"^\n\x10WatchJobResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.icx.v1.JobEventH\x00\x12\x1f\n\x03log\x18\x02 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x42\x06\n\x04item\"\x14\n\x12ListCentersRequest\"\x95\x01\n\x0c\x43\x65nterStatus\x12(\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x18.icx.v1.CenterDescriptor\x12\x1c\n\x05offer\x18\x02 \x01(\x0b\x32\r.icx.v1.Offer\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\x12\x14\n\x0cjobs_running\x18\x05 \x01(\x05\"<\n\x13ListCentersResponse\x12%\n\x07\x63\x65nters\x18\x01 \x03(\x0b\x32\x14.icx.v1.CenterStatus\"0\n\x0fQuoteJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.icx.v1.JobSpec\"\x9f\x02\n\tQuoteLine\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x11\n\tcenter_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x05 \x01(\t\x12#\n\x1bprice_minor_per_device_hour\x18\x06 \x01(\x03\x12\x14\n\x0c\x63harge_minor\x18\x07 \x01(\x03\x12\x0e\n\x06rtt_ms\x18\x08 \x01(\x03\x12\x13\n\x0btransfer_ms\x18\t \x01(\x03\x12\x11\n\tenergy_wh\x18\n \x01(\x03\x12\x10\n\x08\x63\x61rbon_g\x18\x0b \x01(\x03\x12\x14\n\x0chas_capacity\x18\x0c \x01(\x08\x12\x10\n\x08\x66\x65\x61sible\x18\r \x01(\x08\x12\x0e\n\x06reason\x18\x0e \x01(\t\"4\n\x10QuoteJobResponse\x12 \n\x05lines\x18\x01 \x03(\x0b\x32\x11.icx.v1.QuoteLine2\xd3\x03\n\rBrokerService\x12@\n\tSubmitJob\x12\x18.icx.v1.SubmitJobRequest\x1a\x19.icx.v1.SubmitJobResponse\x12\x37\n\x06GetJob\x12\x15.icx.v1.GetJobRequest\x1a\x16.icx.v1.GetJobResponse\x12=\n\x08ListJobs\x12\x17.icx.v1.ListJobsRequest\x1a\x18.icx.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x18.icx.v1.CancelJobRequest\x1a\x19.icx.v1.CancelJobResponse\x12?\n\x08WatchJob\x12\x17.icx.v1.WatchJobRequest\x1a\x18.icx.v1.WatchJobResponse0\x01\x12\x46\n\x0bListCenters\x12\x1a.icx.v1.ListCentersRequest\x1a\x1b.icx.v1.ListCentersResponse\x12=\n\x08QuoteJob\x12\x17.icx.v1.QuoteJobRequest\x1a\x18.icx.v1.QuoteJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/broker.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"E\n\x10SubmitJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.icx.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"-\n\x11SubmitJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x0eGetJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"V\n\x0fListJobsRequest\x12 \n\x06states\x18\x01 \x03(\x0e\x32\x10.icx.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.icx.v1.Job\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x11\x43\x61ncelJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_logs\x18\x02 \x01(\x08\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\"^\n\x10WatchJobResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.icx.v1.JobEventH\x00\x12\x1f\n\x03log\x18\x02 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x42\x06\n\x04item\"\x14\n\x12ListCentersRequest\"\x95\x01\n\x0c\x43\x65nterStatus\x12(\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x18.icx.v1.CenterDescriptor\x12\x1c\n\x05offer\x18\x02 \x01(\x0b\x32\r.icx.v1.Offer\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\x12\x14\n\x0cjobs_running\x18\x05 \x01(\x05\"<\n\x13ListCentersResponse\x12%\n\x07\x63\x65nters\x18\x01 \x03(\x0b\x32\x14.icx.v1.CenterStatus\"0\n\x0fQuoteJobRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.icx.v1.JobSpec\"\x9f\x02\n\tQuoteLine\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x11\n\tcenter_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x05 \x01(\t\x12#\n\x1bprice_minor_per_device_hour\x18\x06 \x01(\x03\x12\x14\n\x0c\x63harge_minor\x18\x07 \x01(\x03\x12\x0e\n\x06rtt_ms\x18\x08 \x01(\x03\x12\x13\n\x0btransfer_ms\x18\t \x01(\x03\x12\x11\n\tenergy_wh\x18\n \x01(\x03\x12\x10\n\x08\x63\x61rbon_g\x18\x0b \x01(\x03\x12\x14\n\x0chas_capacity\x18\x0c \x01(\x08\x12\x10\n\x08\x66\x65\x61sible\x18\r \x01(\x08\x12\x0e\n\x06reason\x18\x0e \x01(\t\"4\n\x10QuoteJobResponse\x12 \n\x05lines\x18\x01 \x03(\x0b\x32\x11.icx.v1.QuoteLine2\xd3\x03\n\rBrokerService\x12@\n\tSubmitJob\x12\x18.icx.v1.SubmitJobRequest\x1a\x19.icx.v1.SubmitJobResponse\x12\x37\n\x06GetJob\x12\x15.icx.v1.GetJobRequest\x1a\x16.icx.v1.GetJobResponse\x12=\n\x08ListJobs\x12\x17.icx.v1.ListJobsRequest\x1a\x18.icx.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x18.icx.v1.CancelJobRequest\x1a\x19.icx.v1.CancelJobResponse\x12?\n\x08WatchJob\x12\x17.icx.v1.WatchJobRequest\x1a\x18.icx.v1.WatchJobResponse0\x01\x12\x46\n\x0bListCenters\x12\x1a.icx.v1.ListCentersRequest\x1a\x1b.icx.v1.ListCentersResponse\x12=\n\x08QuoteJob\x12\x17.icx.v1.QuoteJobRequest\x1a\x18.icx.v1.QuoteJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBRESPONSE']._serialized_start=202
   _globals['_GETJOBRESPONSE']._serialized_end=244
   _globals['_LISTJOBSREQUEST']._serialized_start=246
-  _globals['_LISTJOBSREQUEST']._serialized_end=312
-  _globals['_LISTJOBSRESPONSE']._serialized_start=314
-  _globals['_LISTJOBSRESPONSE']._serialized_end=374
-  _globals['_CANCELJOBREQUEST']._serialized_start=376
-  _globals['_CANCELJOBREQUEST']._serialized_end=410
-  _globals['_CANCELJOBRESPONSE']._serialized_start=412
-  _globals['_CANCELJOBRESPONSE']._serialized_end=457
-  _globals['_WATCHJOBREQUEST']._serialized_start=459
-  _globals['_WATCHJOBREQUEST']._serialized_end=532
-  _globals['_WATCHJOBRESPONSE']._serialized_start=534
-  _globals['_WATCHJOBRESPONSE']._serialized_end=628
-  _globals['_LISTCENTERSREQUEST']._serialized_start=630
-  _globals['_LISTCENTERSREQUEST']._serialized_end=650
-  _globals['_CENTERSTATUS']._serialized_start=653
-  _globals['_CENTERSTATUS']._serialized_end=802
-  _globals['_LISTCENTERSRESPONSE']._serialized_start=804
-  _globals['_LISTCENTERSRESPONSE']._serialized_end=864
-  _globals['_QUOTEJOBREQUEST']._serialized_start=866
-  _globals['_QUOTEJOBREQUEST']._serialized_end=914
-  _globals['_QUOTELINE']._serialized_start=917
-  _globals['_QUOTELINE']._serialized_end=1204
-  _globals['_QUOTEJOBRESPONSE']._serialized_start=1206
-  _globals['_QUOTEJOBRESPONSE']._serialized_end=1258
-  _globals['_BROKERSERVICE']._serialized_start=1261
-  _globals['_BROKERSERVICE']._serialized_end=1728
+  _globals['_LISTJOBSREQUEST']._serialized_end=332
+  _globals['_LISTJOBSRESPONSE']._serialized_start=334
+  _globals['_LISTJOBSRESPONSE']._serialized_end=419
+  _globals['_CANCELJOBREQUEST']._serialized_start=421
+  _globals['_CANCELJOBREQUEST']._serialized_end=455
+  _globals['_CANCELJOBRESPONSE']._serialized_start=457
+  _globals['_CANCELJOBRESPONSE']._serialized_end=502
+  _globals['_WATCHJOBREQUEST']._serialized_start=504
+  _globals['_WATCHJOBREQUEST']._serialized_end=577
+  _globals['_WATCHJOBRESPONSE']._serialized_start=579
+  _globals['_WATCHJOBRESPONSE']._serialized_end=673
+  _globals['_LISTCENTERSREQUEST']._serialized_start=675
+  _globals['_LISTCENTERSREQUEST']._serialized_end=695
+  _globals['_CENTERSTATUS']._serialized_start=698
+  _globals['_CENTERSTATUS']._serialized_end=847
+  _globals['_LISTCENTERSRESPONSE']._serialized_start=849
+  _globals['_LISTCENTERSRESPONSE']._serialized_end=909
+  _globals['_QUOTEJOBREQUEST']._serialized_start=911
+  _globals['_QUOTEJOBREQUEST']._serialized_end=959
+  _globals['_QUOTELINE']._serialized_start=962
+  _globals['_QUOTELINE']._serialized_end=1249
+  _globals['_QUOTEJOBRESPONSE']._serialized_start=1251
+  _globals['_QUOTEJOBRESPONSE']._serialized_end=1303
+  _globals['_BROKERSERVICE']._serialized_start=1306
+  _globals['_BROKERSERVICE']._serialized_end=1773
 # @@protoc_insertion_point(module_scope)
