@@ -176,6 +176,9 @@ class Broker:
 
     async def submit(self, tenant: str, spec: JobSpec, request_id: str = "") -> Job:
         """Accept a job; returns once it is committed to the store."""
+        if tenant in self.centers.descriptors:
+            # Tenants and centers are parties of one ledger: one name, one party.
+            raise PermissionDenied(f"tenant {tenant!r} is the name of a center")
         self.check_spec(spec)
         job = await self.jobs.accept(tenant, spec, request_id)
         self._wake.set()
@@ -238,6 +241,10 @@ class Broker:
         self, center: CenterDescriptor, held: Iterable[HeldClaim], usage_key: str = ""
     ) -> tuple[Session, Welcome]:
         """Register a (re)connecting agent and reconcile the claims it holds."""
+        if center.center_id not in self.centers.descriptors and self.jobs.has_tenant(
+            center.center_id
+        ):
+            raise PermissionDenied(f"center id {center.center_id!r} is the name of a tenant")
         await self.usage.admit_center_key(center.center_id, usage_key)
         session = await self.centers.connect(center)
         session.log_budget = TokenBucket(

@@ -44,6 +44,7 @@ class JobBook:
         self.jobs: dict[JobId, Job] = {}
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self._requests: dict[tuple[str, str], JobId] = {}
+        self._tenants: set[str] = set()
         self._event_seq: dict[JobId, int] = {}
         self._log_seq: dict[JobId, int] = {}
         self._changed: dict[JobId, asyncio.Event] = {}
@@ -55,6 +56,7 @@ class JobBook:
             job = stored.job
             self.jobs[job.job_id] = job
             self._remember(job.job_id)
+            self._tenants.add(job.tenant)
             self.counts[job.state] += 1
             if stored.request_id:
                 self._requests[(job.tenant, stored.request_id)] = job.job_id
@@ -105,6 +107,9 @@ class JobBook:
         wanted = frozenset(states) or frozenset(JobState)
         return sum(n for state, n in self.counts.items() if state in wanted)
 
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
     def in_state(self, state: JobState) -> list[Job]:
         return [j for j in self.jobs.values() if j.state == state]
 
@@ -151,6 +156,7 @@ class JobBook:
         )
         self.jobs[job.job_id] = job
         self._remember(job.job_id)
+        self._tenants.add(tenant)
         self.counts[JobState.QUEUED] += 1
         if request_id:
             self._requests[(tenant, request_id)] = job.job_id

@@ -20,7 +20,7 @@ from broker.centers import Cancel, ClaimReply, Command, JobUpdate, Reserve, Sess
 from broker.core import Broker, BrokerConfig
 from broker.sqlite_store import SqliteStore
 from core.clock import ManualClock
-from core.errors import FailedPrecondition, InvalidJobSpec, NotFound
+from core.errors import FailedPrecondition, InvalidJobSpec, NotFound, PermissionDenied
 from core.states import JobState
 from core.types import JobSpec, LogChunk, Offer
 from tests.conftest import make_center
@@ -345,5 +345,19 @@ def test_pages_of_jobs_walk_newest_first_without_gaps_or_repeats(tmp_path: Path)
         assert broker.count_jobs([JobState.QUEUED]) == len(seen)
         with pytest.raises(NotFound, match="no job 'j-nope' to continue after"):
             broker.jobs.page([], "j-nope")
+
+    run(tmp_path, body)
+
+
+def test_a_tenant_and_a_center_never_share_a_name(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> None:
+        await join(broker, "CA")
+        with pytest.raises(PermissionDenied, match=r"^tenant 'CA' is the name of a center$"):
+            await broker.submit("CA", SPEC)
+        await broker.submit("lab-x", SPEC)
+        with pytest.raises(PermissionDenied, match=r"^center id 'lab-x' is the name of a tenant$"):
+            await broker.connect(make_center("lab-x"), [])
+        assert sorted(broker.centers.descriptors) == ["CA"]
+        assert [j.tenant for j in broker.list_jobs()] == ["lab-x"]
 
     run(tmp_path, body)
