@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from broker.store import SCHEMA_VERSION
-from core.types import CenterDescriptor
+from core.types import CenterDescriptor, JobSpec
 
 SPEC_COLUMNS = (
     "name, accelerator, devices, estimated_s, allowed_regions, max_price_minor, deadline_ms,"
@@ -134,6 +134,24 @@ CREATE TABLE schema_version (
 """
 
 
+def spec_values(spec: JobSpec) -> tuple[object, ...]:
+    """A spec's fields in the order of SPEC_COLUMNS."""
+    return (
+        spec.name,
+        spec.accelerator,
+        spec.devices,
+        spec.estimated_s,
+        json.dumps(list(spec.allowed_regions)),
+        spec.max_price_minor,
+        spec.deadline_ms,
+        spec.priority,
+        spec.data_region,
+        spec.data_mb,
+        json.dumps(list(spec.command)),
+        json.dumps([list(kv) for kv in spec.env]),
+    )
+
+
 def version(conn: sqlite3.Connection) -> int | None:
     """The file's schema version: None for an empty file, 0 for one from before versions."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -238,29 +256,9 @@ def _from_0_to_1(conn: sqlite3.Connection) -> None:
                     row["job_id"],
                     row["tenant"],
                     row["request_id"],
-                    spec.name,
-                    spec.accelerator,
-                    spec.devices,
-                    spec.estimated_s,
-                    json.dumps(list(spec.allowed_regions)),
-                    spec.max_price_minor,
-                    spec.deadline_ms,
-                    spec.priority,
-                    spec.data_region,
-                    spec.data_mb,
-                    json.dumps(list(spec.command)),
-                    json.dumps([list(kv) for kv in spec.env]),
+                    *spec_values(spec),
                     row["submitted_at_ms"],
-                    row["state"],
-                    row["updated_at_ms"],
-                    row["center_id"],
-                    row["pool_id"],
-                    row["claim_id"],
-                    row["device_indices"],
-                    row["attempts"],
-                    row["exit_code"],
-                    row["reason"],
-                    row["explanation"],
+                    *(row[c.strip()] for c in STATE_COLUMNS.split(",")),
                 ),
             )
         for row in conn.execute("SELECT * FROM centers_v0").fetchall():

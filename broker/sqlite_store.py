@@ -153,7 +153,7 @@ class SqliteStore:
     # ------------------------------------------------------------------ writes
 
     def insert_job(self, job: Job, event: JobEvent, request_id: str = "") -> asyncio.Future[None]:
-        values = (job.job_id, job.tenant, request_id or None, *_spec_values(job.spec))
+        values = (job.job_id, job.tenant, request_id or None, *schema.spec_values(job.spec))
         state = _state_values(job)
 
         def write(conn: sqlite3.Connection) -> None:
@@ -323,23 +323,6 @@ def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 # ---------------------------------------------------------------- rows
-
-
-def _spec_values(spec: JobSpec) -> tuple[Any, ...]:
-    return (
-        spec.name,
-        spec.accelerator,
-        spec.devices,
-        spec.estimated_s,
-        json.dumps(list(spec.allowed_regions)),
-        spec.max_price_minor,
-        spec.deadline_ms,
-        spec.priority,
-        spec.data_region,
-        spec.data_mb,
-        json.dumps(list(spec.command)),
-        json.dumps([list(kv) for kv in spec.env]),
-    )
 
 
 def _state_values(job: Job) -> tuple[Any, ...]:
