@@ -11,6 +11,7 @@ scalar helpers in `matcher.model`, vectorised: the tests check that they agree.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,12 @@ from matcher.model import (
     PoolSlot,
     Problem,
     bandwidth_mbps,
+    budget_of,
     compatible,
+    deadline_of,
     effective_priority,
+    moving_ms,
+    on_time,
     rtt_ms,
 )
 
@@ -30,6 +35,15 @@ Int64s = npt.NDArray[np.int64]
 Int32s = npt.NDArray[np.int32]
 
 BIG = np.int64(2**62)
+
+
+def exact_dot(n: Int64s, weights: Int64s) -> int:
+    """sum(n[i] x weights[i]) in Python integers, over the nonzero n[i]: a round's totals
+    (placed value, cost) sum many jobs, and int64 would wrap where Python is exact."""
+    nz = np.flatnonzero(n)
+    return sum(map(operator.mul, n[nz].tolist(), weights[nz].tolist()))
+
+
 _CHUNK_CELLS = 2_000_000  # (class x pool) cells per vectorised block: bounds memory
 
 
@@ -193,12 +207,8 @@ def build(problem: Problem) -> Instance:
     devices = np.array([j.devices for j in reps], dtype=np.int64)
     seconds = np.array([j.seconds for j in reps], dtype=np.int64)
     eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
-    budget = np.array(
-        [BIG if j.max_price_minor is None else j.max_price_minor for j in reps], dtype=np.int64
-    )
-    deadline_ms = np.array(
-        [BIG if j.deadline_s is None else j.deadline_s * 1000 for j in reps], dtype=np.int64
-    )
+    budget = np.array([budget_of(j) for j in reps], dtype=np.int64)
+    deadline = np.array([deadline_of(j) for j in reps], dtype=np.int64)
     data_mb = np.array([j.data_mb for j in reps], dtype=np.int64)
 
     diag = ClassDiagnostics(
@@ -254,10 +264,10 @@ def build(problem: Problem) -> Instance:
             charge = -(-(price[pool_ix][None, :] * d * s) // 3600)
             in_budget = fits & (charge <= budget[cls][:, None])
             transfer = np.where(
-                moves[None, :], rtt[None, :] + -(-(data_mb[cls][:, None] * 8000) // mbps), 0
+                moves[None, :], moving_ms(data_mb[cls][:, None], mbps[None, :], rtt[None, :]), 0
             )
             finish = s * 1000 + transfer
-            ok = in_budget & (finish <= deadline_ms[cls][:, None])
+            ok = in_budget & on_time(s, transfer, deadline[cls][:, None])
             milli_wh = d * power[pool_ix][None, :] * s * pue[pool_ix][None, :] // 3600
             wh = (milli_wh + 500) // 1000
             carbon = (wh * grid[pool_ix][None, :] + 500) // 1000

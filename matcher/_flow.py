@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
-from matcher._candidates import Instance, Int64s
+from matcher._candidates import Instance, Int64s, exact_dot
 
 _TIE_STEPS = 1024  # cost tie-break resolution per unit of value density
 
@@ -80,6 +80,20 @@ def network(
     return flows[:n_cls].astype(np.int64), flows[n_cls:].astype(np.int64)
 
 
+def ties(per_device: Int64s, steps: int) -> Int64s:
+    """Each cost scaled into 0..steps-1 between the least and the greatest:
+    (c - lo) x (steps - 1) // (hi - lo), exact. In int64 where the product fits; in
+    Python integers where costs span more than 2**63 / steps (prices near the bound)."""
+    lo, hi = int(per_device.min()), int(per_device.max())
+    span = hi - lo
+    if span == 0:
+        return np.zeros(len(per_device), dtype=np.int64)
+    if span * (steps - 1) < 1 << 63:
+        out: Int64s = (per_device - lo) * (steps - 1) // span
+        return out
+    return np.array([(c - lo) * (steps - 1) // span for c in per_device.tolist()], dtype=np.int64)
+
+
 def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, Int64s] | None:
     """The per-pool network."""
     cls = np.repeat(np.arange(len(inst.classes), dtype=np.int64), np.diff(inst.ptr))
@@ -100,7 +114,7 @@ def _solve(inst: Instance, value_scale: int, arc_cost: Int64s) -> tuple[Int64s, 
 
 def _trivial(inst: Instance) -> int:
     has = np.diff(inst.ptr) > 0
-    return int((inst.value * inst.count)[has].sum())
+    return exact_dot(inst.count * has, inst.value)
 
 
 def lp_bound(inst: Instance) -> int:
@@ -111,7 +125,7 @@ def lp_bound(inst: Instance) -> int:
     if solved is None:
         return _trivial(inst)
     to_class, _ = solved
-    return int((to_class * inst.density).sum())
+    return exact_dot(to_class, inst.density)
 
 
 def aggregated_bound(inst: Instance) -> int:
@@ -140,7 +154,7 @@ def aggregated_bound(inst: Instance) -> int:
     if solved is None:
         return _trivial(inst)
     to_class, _ = solved
-    return int((to_class * inst.density).sum())
+    return exact_dot(to_class, inst.density)
 
 
 def primal(inst: Instance) -> Int64s | None:
@@ -151,10 +165,8 @@ def primal(inst: Instance) -> Int64s | None:
         return None
     cls = np.repeat(np.arange(len(inst.classes), dtype=np.int64), np.diff(inst.ptr))
     per_device = inst.cost // inst.devices[cls]
-    lo, hi = int(per_device.min()), int(per_device.max())
-    if hi > lo:
-        ties = (per_device - lo) * (_TIE_STEPS - 1) // (hi - lo)
-        solved = _solve(inst, _TIE_STEPS, ties.astype(np.int64))
+    if int(per_device.max()) > int(per_device.min()):
+        solved = _solve(inst, _TIE_STEPS, ties(per_device, _TIE_STEPS))
     else:
         solved = None
     if solved is None:

@@ -34,7 +34,17 @@ from matcher._candidates import (
     Int64s,
     classes_of,
 )
-from matcher.model import Problem, bandwidth_mbps, compatible, effective_priority, rtt_ms
+from matcher.model import (
+    Problem,
+    bandwidth_mbps,
+    budget_of,
+    compatible,
+    deadline_of,
+    effective_priority,
+    moving_ms,
+    on_time,
+    rtt_ms,
+)
 
 Placement = dict[tuple[int, int], int]  # (class, pool) -> jobs
 
@@ -94,12 +104,8 @@ class Grouped:
         self.count = np.array([len(m) for m in class_jobs], dtype=np.int64)
         eff = np.array([effective_priority(j, policy) for j in reps], dtype=np.int64)
         self.value = eff * self.devices * self.seconds
-        self.budget = np.array(
-            [BIG if j.max_price_minor is None else j.max_price_minor for j in reps], dtype=np.int64
-        )
-        deadline_ms = np.array(
-            [BIG if j.deadline_s is None else j.deadline_s * 1000 for j in reps], dtype=np.int64
-        )
+        self.budget = np.array([budget_of(j) for j in reps], dtype=np.int64)
+        deadline = np.array([deadline_of(j) for j in reps], dtype=np.int64)
         data_mb = np.array([j.data_mb for j in reps], dtype=np.int64)
 
         # Per (class, group): compatibility, transfer, and every cost term but the charge.
@@ -116,10 +122,10 @@ class Grouped:
                 if rep.data_region and rep.data_region != pool.region:
                     mbps = bandwidth_mbps(problem, rep.data_region, pool.region)
                     rtt = rtt_ms(problem, rep.data_region, pool.region)
-                    transfer[rows, g] = rtt + -(-(data_mb[rows] * 8000) // mbps)
+                    transfer[rows, g] = moving_ms(data_mb[rows], mbps, rtt)
         self.compat = compat
         self.finish_ms = self.seconds[:, None] * 1000 + transfer
-        self.ok = compat & (self.finish_ms <= deadline_ms[:, None])
+        self.ok = compat & on_time(self.seconds[:, None], transfer, deadline[:, None])
         rp = list(rep_pool)
         power = np.array([pools[i].power_w for i in rp], dtype=np.int64)
         pue = np.array([pools[i].pue_milli for i in rp], dtype=np.int64)
@@ -335,9 +341,8 @@ def guided(gr: Grouped) -> Placement:
         return {}
     d = gr.devices
     per_device = gr.cost(first_cls, first_pool) // d[first_cls]
-    lo, hi = int(per_device.min()), int(per_device.max())
-    scale = _TIE_STEPS if hi > lo else 1
-    ties = (per_device - lo) * (scale - 1) // max(1, hi - lo)
+    scale = _TIE_STEPS if int(per_device.max()) > int(per_device.min()) else 1
+    ties = _flow.ties(per_device, scale)
     n_g = gr.n_groups
     group_free = np.bincount(gr.group_of_pool, weights=gr.free, minlength=n_g).astype(np.int64)
     solved = _flow.network(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher._candidates import BIG, Instance, Int64s
+from matcher._candidates import BIG, Instance, Int64s, exact_dot
 from matcher.model import Problem
 
 
@@ -31,7 +31,7 @@ def region_used(inst: Instance, n: Int64s) -> Int64s:
 def evaluate(inst: Instance, n: Int64s) -> tuple[int, int]:
     """(placed value, cost in milli-minor units) of `n`."""
     v = np.repeat(inst.value, np.diff(inst.ptr))
-    return int((n * v).sum()), int((n * inst.cost).sum())
+    return exact_dot(n, v), exact_dot(n, inst.cost)
 
 
 def better(a: tuple[int, int], b: tuple[int, int]) -> bool:

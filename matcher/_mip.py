@@ -18,7 +18,7 @@ import time
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from matcher._candidates import Instance, Int64s
+from matcher._candidates import Instance, Int64s, exact_dot
 from matcher._heuristics import pool_used, region_used
 
 
@@ -103,9 +103,9 @@ def solve(
     # allowing SCIP's relative epsilon (1e-9).
     best_bound = objective.BestBound()
     value_bound = math.floor(best_bound + 1e-9 * abs(best_bound) + 1e-6)
-    placed = int(np.dot(n, value))
-    if placed < int(np.dot(hint, value)):
-        n, placed = hint, int(np.dot(hint, value))
+    placed = exact_dot(n, value)
+    if placed < exact_dot(hint, value):
+        n, placed = hint, exact_dot(hint, value)
     stage1_proven = status == pywraplp.Solver.OPTIMAL and value_bound <= placed
     cost = inst.cost
     value_row = solver.Constraint(float(placed), solver.infinity())
@@ -118,11 +118,11 @@ def solve(
     status, m = run(0.9)
     cost_bound: int | None = None
     optimal = False
-    if m is not None and int(np.dot(m, value)) >= placed:
-        if int(np.dot(m, cost)) < int(np.dot(n, cost)):
+    if m is not None and exact_dot(m, value) >= placed:
+        if exact_dot(m, cost) < exact_dot(n, cost):
             n = m
         if stage1_proven:
             low = objective.BestBound()
             cost_bound = math.ceil(low - 1e-9 * abs(low) - 1e-6)
-            optimal = status == pywraplp.Solver.OPTIMAL and cost_bound >= int(np.dot(n, cost))
+            optimal = status == pywraplp.Solver.OPTIMAL and cost_bound >= exact_dot(n, cost)
     return n, value_bound, cost_bound, optimal

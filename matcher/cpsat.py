@@ -56,7 +56,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from matcher import _flow, _grouped, _mip
-from matcher._candidates import Instance, Int64s, build
+from matcher._candidates import Instance, Int64s, build, exact_dot
 from matcher._explain import to_solution
 from matcher._heuristics import better, empty, evaluate, fill, greedy, improve_cost
 from matcher.errors import InvalidSettings
@@ -319,7 +319,7 @@ class CpSatMatcher:
             model.clear_hints()  # type: ignore[no-untyped-call]
             for a, var in enumerate(x):
                 model.add_hint(var, int(current[a]))
-        placed = int(np.dot(current, inst.value[cls]))
+        placed = exact_dot(current, inst.value[cls])
         left = self.time_limit_s - (time.perf_counter() - started)
         cost_bound: int | None = None
         optimal = False

@@ -19,15 +19,44 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, overload
 
+import numpy as np
+import numpy.typing as npt
+
+from core import types as limits
+from core.ids import shown
 from core.money import charge_minor
 from matcher.errors import InvalidProblem
 
 ANY = "any"
 
+Int64s = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
 DEFAULT_BANDWIDTH_MBPS = 100_000  # 100 Gbit/s per inter-hub tenant slice (SOURCES.md 5.4)
 DEFAULT_AGING_S = 3600  # one priority step per hour waited
+
+# The matcher's own bounds, beside the edge's (`core.types`, which the broker's values
+# already meet): problem files and callers of the library are held to the same numbers,
+# so that the int64 figures of `matcher._candidates` cannot overflow.
+MAX_DEADLINE_S = limits.MAX_TIME_MS // 1000
+MAX_AGING_STEPS = 10_000  # priority steps a job can gain by waiting (13.7 months at 1 h)
+MAX_RTT_MS = 1_000_000  # between two regions: 1000 s
+MAX_BANDWIDTH_MBPS = 10**9  # 1 Pbit/s
+MAX_QUOTA_DEVICES = 10**12
+MAX_WEIGHT = 10**6
+# The most one job's objective cost, and each product inside it, may reach at the
+# bounds (`worst_cost_milli_minor`): a quarter of int64, so sums of a few terms fit.
+COST_LIMIT = 1 << 61
+# Feasibility's stand-ins for "none": larger than any bound, and x 1000 still in int64.
+NO_BUDGET_MINOR = 1 << 62
+NO_DEADLINE_S = (1 << 62) // 1000
+
+
+def _check_range(where: str, name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise InvalidProblem(f"{where}: {name} must be {lo}..{hi}, got {value}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,20 +78,17 @@ class PoolSlot:
     def __post_init__(self) -> None:
         if not self.pool_id:
             raise InvalidProblem("pool_id must not be empty")
-        for name in ("free", "memory_gb", "tflops", "power_w", "grid_g_per_kwh"):
-            if getattr(self, name) < 0:
-                raise InvalidProblem(
-                    f"pool {self.pool_id}: {name} must be >= 0, got {getattr(self, name)}"
-                )
-        if self.pue_milli < 1000:
-            raise InvalidProblem(
-                f"pool {self.pool_id}: pue_milli must be >= 1000, got {self.pue_milli}"
-            )
-        if self.price_minor_per_device_hour < 0:
-            raise InvalidProblem(
-                f"pool {self.pool_id}: price_minor_per_device_hour must be >= 0, "
-                f"got {self.price_minor_per_device_hour}"
-            )
+        where = f"pool {shown(self.pool_id)}"
+        for name, most in (
+            ("free", limits.MAX_POOL_DEVICES),
+            ("memory_gb", limits.MAX_MEMORY_GB),
+            ("tflops", limits.MAX_FP16_TFLOPS),
+            ("power_w", limits.MAX_POWER_W),
+            ("grid_g_per_kwh", limits.MAX_GRID_G_CO2_PER_KWH),
+            ("price_minor_per_device_hour", limits.MAX_PRICE_MINOR_PER_DEVICE_HOUR),
+        ):
+            _check_range(where, name, getattr(self, name), 0, most)
+        _check_range(where, "pue_milli", self.pue_milli, 1000, limits.MAX_PUE_MILLI)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,22 +111,24 @@ class JobRequest:
     min_tflops: int = 0  # FP16 per device; matters for accelerator "any"
 
     def __post_init__(self) -> None:
-        where = f"job {self.job_id}"
         if not self.job_id:
             raise InvalidProblem("job_id must not be empty")
-        if self.devices < 1:
-            raise InvalidProblem(f"{where}: devices must be >= 1, got {self.devices}")
-        if self.seconds < 1:
-            raise InvalidProblem(f"{where}: seconds must be >= 1, got {self.seconds}")
-        for name in ("data_mb", "priority", "waited_s", "min_memory_gb", "min_tflops"):
-            if getattr(self, name) < 0:
-                raise InvalidProblem(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
-        if self.max_price_minor is not None and self.max_price_minor < 0:
-            raise InvalidProblem(
-                f"{where}: max_price_minor must be >= 0, got {self.max_price_minor}"
-            )
-        if self.deadline_s is not None and self.deadline_s < 0:
-            raise InvalidProblem(f"{where}: deadline_s must be >= 0, got {self.deadline_s}")
+        where = f"job {shown(self.job_id)}"
+        _check_range(where, "devices", self.devices, 1, limits.MAX_GANG)
+        _check_range(where, "seconds", self.seconds, 1, limits.MAX_ESTIMATED_S)
+        for name, most in (
+            ("data_mb", limits.MAX_DATA_MB),
+            ("priority", limits.MAX_PRIORITY),
+            ("min_memory_gb", limits.MAX_MEMORY_GB),
+            ("min_tflops", limits.MAX_FP16_TFLOPS),
+        ):
+            _check_range(where, name, getattr(self, name), 0, most)
+        if self.waited_s < 0:
+            raise InvalidProblem(f"{where}: waited_s must be >= 0, got {self.waited_s}")
+        if self.max_price_minor is not None:
+            _check_range(where, "max_price_minor", self.max_price_minor, 0, limits.MAX_BUDGET_MINOR)
+        if self.deadline_s is not None:
+            _check_range(where, "deadline_s", self.deadline_s, 0, MAX_DEADLINE_S)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,17 +156,24 @@ class Policy:
 
     def __post_init__(self) -> None:
         for name in ("w_cost", "w_carbon", "w_latency", "carbon_price_minor_per_tonne"):
-            if getattr(self, name) < 0:
-                raise InvalidProblem(f"policy: {name} must be >= 0, got {getattr(self, name)}")
+            _check_range("policy", name, getattr(self, name), 0, MAX_WEIGHT)
         if self.aging_s < 1:
             raise InvalidProblem(f"policy: aging_s must be >= 1, got {self.aging_s}")
         for region, quota in self.quota_devices.items():
-            if quota < 0:
-                raise InvalidProblem(f"policy: quota_devices[{region}] must be >= 0, got {quota}")
-        if self.incentive_minor_per_device_hour < 0:
+            _check_range("policy", f"quota_devices[{region}]", quota, 0, MAX_QUOTA_DEVICES)
+        _check_range(
+            "policy",
+            "incentive_minor_per_device_hour",
+            self.incentive_minor_per_device_hour,
+            0,
+            limits.MAX_PRICE_MINOR_PER_DEVICE_HOUR,
+        )
+        worst = worst_cost_milli_minor(self)
+        if worst > COST_LIMIT:
             raise InvalidProblem(
-                "policy: incentive_minor_per_device_hour must be >= 0, "
-                f"got {self.incentive_minor_per_device_hour}"
+                f"policy: a job's objective cost could reach {worst:.3g} milli-minor units at "
+                "the bounds, above 2**61; lower w_cost, w_carbon, w_latency or "
+                "carbon_price_minor_per_tonne"
             )
 
 
@@ -165,18 +200,17 @@ class Problem:
         jids = [j.job_id for j in self.jobs]
         if len(set(jids)) != len(jids):
             raise InvalidProblem("job ids must be unique")
-        if self.default_bandwidth_mbps < 1:
-            raise InvalidProblem(
-                f"default_bandwidth_mbps must be >= 1, got {self.default_bandwidth_mbps}"
-            )
+        _check_range(
+            "problem", "default_bandwidth_mbps", self.default_bandwidth_mbps, 1, MAX_BANDWIDTH_MBPS
+        )
         for a, row in self.latency_ms.items():
             for b, ms in row.items():
-                if not ms >= 0:
-                    raise InvalidProblem(f"latency_ms[{a}][{b}] must be >= 0, got {ms}")
+                # `not <=` also refuses NaN; infinity is out of range.
+                if not 0 <= ms <= MAX_RTT_MS:
+                    raise InvalidProblem(f"latency_ms[{a}][{b}] must be 0..{MAX_RTT_MS}, got {ms}")
         for a, brow in self.bandwidth_mbps.items():
             for b, mbps in brow.items():
-                if mbps < 1:
-                    raise InvalidProblem(f"bandwidth_mbps[{a}][{b}] must be >= 1, got {mbps}")
+                _check_range("problem", f"bandwidth_mbps[{a}][{b}]", mbps, 1, MAX_BANDWIDTH_MBPS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,8 +289,9 @@ def carbon_g(job: JobRequest, pool: PoolSlot) -> int:
 
 
 def effective_priority(job: JobRequest, policy: Policy) -> int:
-    """1 + priority + one step per `policy.aging_s` waited (>= 1, so every job counts)."""
-    return 1 + job.priority + job.waited_s // policy.aging_s
+    """1 + priority + one step per `policy.aging_s` waited, at most `MAX_AGING_STEPS`
+    steps (>= 1, so every job counts; bounded, so value stays well inside int64)."""
+    return 1 + job.priority + min(job.waited_s // policy.aging_s, MAX_AGING_STEPS)
 
 
 def value(job: JobRequest, policy: Policy) -> int:
@@ -293,7 +328,58 @@ def transfer_ms(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
     if not job.data_region or job.data_region == pool.region:
         return 0
     mbps = bandwidth_mbps(problem, job.data_region, pool.region)
-    return rtt_ms(problem, job.data_region, pool.region) + -(-job.data_mb * 8000 // mbps)
+    return moving_ms(job.data_mb, mbps, rtt_ms(problem, job.data_region, pool.region))
+
+
+@overload
+def moving_ms(data_mb: int, mbps: int, rtt: int) -> int: ...
+@overload
+def moving_ms(data_mb: Int64s, mbps: Int64s | int, rtt: Int64s | int) -> Int64s: ...
+def moving_ms(data_mb: int | Int64s, mbps: int | Int64s, rtt: int | Int64s) -> int | Int64s:
+    """RTT + data_mb x 8000 / Mbit/s, rounded up: the ms to move data between two
+    regions. Elementwise on int64 arrays (the round's candidates) as on ints (quotes and
+    the greedy baseline), so that all of them time a transfer alike; in range at the
+    bounds (10^8 MB x 8000 = 8e11)."""
+    return rtt + -(-(data_mb * 8000) // mbps)
+
+
+@overload
+def on_time(seconds: int, transfer: int, deadline_s: int) -> bool: ...
+@overload
+def on_time(seconds: Int64s, transfer: Int64s, deadline_s: Int64s) -> Bools: ...
+def on_time(
+    seconds: int | Int64s, transfer: int | Int64s, deadline_s: int | Int64s
+) -> bool | Bools:
+    """The deadline constraint: transfer + run, in ms, within the deadline
+    (`NO_DEADLINE_S` for none). The one test of it, for the quote, the greedy baseline
+    and the optimising matcher's candidates (elementwise on int64 arrays)."""
+    return seconds * 1000 + transfer <= deadline_s * 1000
+
+
+def deadline_of(job: JobRequest) -> int:
+    """The job's deadline in s from now, or `NO_DEADLINE_S` for none."""
+    return NO_DEADLINE_S if job.deadline_s is None else job.deadline_s
+
+
+def budget_of(job: JobRequest) -> int:
+    """The job's budget in minor units, or `NO_BUDGET_MINOR` for none."""
+    return NO_BUDGET_MINOR if job.max_price_minor is None else job.max_price_minor
+
+
+def worst_cost_milli_minor(policy: Policy) -> int:
+    """The largest of one job's objective cost (`cost_milli_minor`) and of each product
+    formed on the way to it, at the bounds of `core.types` and this module: a gang of
+    MAX_GANG for MAX_ESTIMATED_S at the highest price, power, PUE and grid factor,
+    moving MAX_DATA_MB at 1 Mbit/s over MAX_RTT_MS. In Python integers."""
+    g, s = limits.MAX_GANG, limits.MAX_ESTIMATED_S
+    charge = charge_minor(g * s, limits.MAX_PRICE_MINOR_PER_DEVICE_HOUR)
+    milli_wh = g * limits.MAX_POWER_W * s * limits.MAX_PUE_MILLI // 3600
+    carbon = (((milli_wh + 500) // 1000) * limits.MAX_GRID_G_CO2_PER_KWH + 500) // 1000
+    carbon_product = policy.w_carbon * carbon * policy.carbon_price_minor_per_tonne + 500
+    transfer = MAX_RTT_MS + limits.MAX_DATA_MB * 8000
+    total = policy.w_cost * charge * 1000 + carbon_product // 1000 + policy.w_latency * g * transfer
+    incentive_product = policy.incentive_minor_per_device_hour * g * s * 10
+    return max(total, carbon_product, incentive_product)
 
 
 def cost_milli_minor(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
@@ -324,11 +410,18 @@ def compatible(job: JobRequest, pool: PoolSlot) -> bool:
     return job.regions is None or pool.region in job.regions
 
 
+def admissible(job: JobRequest, pool: PoolSlot, transfer: int = 0) -> bool:
+    """Every hard constraint of one job on one pool but capacity, the data arriving
+    after `transfer` ms: compatible, the charge within the budget, on time. What a
+    quote calls feasible."""
+    return (
+        compatible(job, pool)
+        and job_charge_minor(job, pool) <= budget_of(job)
+        and on_time(job.seconds, transfer, deadline_of(job))
+    )
+
+
 def feasible(job: JobRequest, pool: PoolSlot, free: int, transfer: int = 0) -> bool:
     """Every hard constraint of one job on one pool with `free` devices left, the data
     arriving after `transfer` ms (quotas, which span pools, are the caller's)."""
-    if not compatible(job, pool) or job.devices > free:
-        return False
-    if job.max_price_minor is not None and job_charge_minor(job, pool) > job.max_price_minor:
-        return False
-    return job.deadline_s is None or job.seconds * 1000 + transfer <= job.deadline_s * 1000
+    return job.devices <= free and admissible(job, pool, transfer)

@@ -9,11 +9,14 @@ from dataclasses import dataclass, replace
 from matcher.model import (
     JobRequest,
     Problem,
+    admissible,
     carbon_g,
     compatible,
     cost_milli_minor,
+    deadline_of,
     energy_wh,
     job_charge_minor,
+    on_time,
     rtt_ms,
     transfer_ms,
 )
@@ -56,7 +59,7 @@ def quote(job: JobRequest, problem: Problem) -> tuple[QuoteLine, ...]:
             reasons.append(
                 f"charge {charge / 100:,.2f} yuan > budget {job.max_price_minor / 100:,.2f} yuan"
             )
-        if job.deadline_s is not None and job.seconds * 1000 + transfer > job.deadline_s * 1000:
+        if not on_time(job.seconds, transfer, deadline_of(job)):
             reasons.append(
                 f"transfer + run {(job.seconds * 1000 + transfer) / 1000:,.1f} s > "
                 f"deadline {job.deadline_s} s"
@@ -64,7 +67,7 @@ def quote(job: JobRequest, problem: Problem) -> tuple[QuoteLine, ...]:
         has_capacity = pool.free >= job.devices
         if not has_capacity:
             reasons.append(f"{pool.free} devices free now, {job.devices} needed")
-        feasible = len(reasons) == (0 if has_capacity else 1)
+        feasible = admissible(job, pool, transfer)
         cost = cost_milli_minor(job, pool, problem)
         line = QuoteLine(
             rank=0,

@@ -126,8 +126,13 @@ def test_unreadable_and_non_json_files(tmp_path: Path) -> None:
 
 
 def test_unplaceable_is_not_invalid() -> None:
-    problem = load_problem(_mutate("jobs[1].devices", 100_000))
-    assert problem.jobs[1].devices == 100_000
+    problem = load_problem(_mutate("jobs[1].devices", 4096))
+    assert problem.jobs[1].devices == 4096
+
+
+def test_a_gang_beyond_the_bound_is_invalid() -> None:
+    with pytest.raises(InvalidProblem, match=r"^job 'j-train': devices must be 1\.\.4096, got 4097$"):
+        load_problem(_mutate("jobs[0].devices", 4097))
 
 
 def test_icx_match_prints_the_solution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
