@@ -18,7 +18,7 @@ docs/limits.md):
     devices x power x seconds x PUE     4096 x 10^4 x 2,592,000 x 3000   = 3.19e17
     energy x grid (carbon x 1000)       8.85e10 Wh x 2000               = 1.77e14
     devices x transfer                  4096 x (10^8 MB x 8000 + 10^6)   = 3.28e15
-    priority x devices x seconds        10,101 x 4096 x 2,592,000       = 1.07e17
+    priority x devices x seconds        10,101 x 4096 x 2,592,000       = 1.07e14
     deadline x 1000                     MAX_TIME_MS                     = 2.53e14
 
 each below 2^63 - 1 = 9.22e18 by at least an order of magnitude; the policy's weights
