@@ -75,7 +75,7 @@ def test_a_price_beyond_the_bound_is_refused(price: int) -> None:
 )  # fmt: skip
 def test_job_figures_beyond_the_bounds_are_refused(field: str, value: int, message: str) -> None:
     with pytest.raises(InvalidProblem, match=f"^{re.escape(message)}$"):
-        _job(**{field: value})
+        _job("j", **{field: value})
 
 
 def test_network_figures_must_be_finite_and_bounded() -> None:
