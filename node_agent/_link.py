@@ -3,6 +3,12 @@ reads the stream's messages (`agent_pb2`). It dials out, says Hello, reconnects 
 capped exponential back-off and jitter, turns each message from the broker into a domain
 value for its handler and each domain value to send into a message, and keeps the time
 the broker was last heard from, which decides fencing.
+
+One message never ends the stream: a message the agent cannot handle is logged and
+counted (`icx_agent_faults{where="message"}`) and the stream goes on; a launch whose
+spec does not check is handed to the agent as a refusal, so that the job fails with the
+reason and its devices are freed. Launches and cancels run in the background, so the
+stream keeps reading (and hearing the broker) while a backend starts or stops a job.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from node_agent._messages import (
     HeldClaim,
     JobUpdate,
     LaunchOrder,
+    LaunchRefusal,
     ReserveOrder,
     UsageAck,
     Welcome,
@@ -45,6 +52,7 @@ CHANNEL_OPTIONS = [
 _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
 _PROBE_S = 1.0
+_MAX_HEARTBEAT_S = 60.0
 
 
 class LinkHandler(Protocol):
@@ -58,9 +66,15 @@ class LinkHandler(Protocol):
 
     def reserve(self, order: ReserveOrder) -> ClaimAnswer: ...
 
-    async def launch(self, order: LaunchOrder) -> None: ...
+    def launch(self, order: LaunchOrder) -> None:
+        """Start the launch; returns at once."""
+        ...
 
-    async def cancel(self, order: CancelOrder) -> None: ...
+    def launch_refused(self, refusal: LaunchRefusal) -> None: ...
+
+    def cancel(self, order: CancelOrder) -> None:
+        """Start the cancel; returns at once."""
+        ...
 
     def usage_acknowledged(self, ack: UsageAck) -> None: ...
 
@@ -199,46 +213,63 @@ class Link:
         async for msg in call:
             self._last_heard_ms = self._clock.now_ms()
             kind = msg.WhichOneof("msg")
-            if kind == "challenge":
-                out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
-            elif kind == "welcome":
-                self._welcome(msg.welcome, out, handler)
-            elif kind == "reserve":
-                r = msg.reserve
-                answer = handler.reserve(
-                    ReserveOrder(
-                        claim_id=r.claim_id,
-                        job_id=r.job_id,
-                        pool_id=r.pool_id,
-                        devices=r.devices,
-                        lease_expires_at_ms=r.lease_expires_at_ms,
-                    )
+            try:
+                self._handle(kind, msg, out, handler)
+            except Exception:
+                log.exception(
+                    "broker %s: cannot handle its %s message; going on", self.broker, kind
                 )
-                self.send_claim_answer(answer)
-            elif kind == "launch":
-                launch = msg.launch
-                await handler.launch(
-                    LaunchOrder(
-                        claim_id=launch.claim_id,
-                        job_id=launch.job_id,
-                        spec=wire.spec_from_proto(launch.spec),
-                        tenant=launch.tenant,
-                    )
+                self._metrics.faults.labels(where="message").inc()
+
+    def _handle(
+        self,
+        kind: str | None,
+        msg: agent_pb2.ConnectResponse,
+        out: asyncio.Queue[agent_pb2.ConnectRequest],
+        handler: LinkHandler,
+    ) -> None:
+        if kind == "challenge":
+            out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
+        elif kind == "welcome":
+            self._welcome(msg.welcome, out, handler)
+        elif kind == "reserve":
+            r = msg.reserve
+            answer = handler.reserve(
+                ReserveOrder(
+                    claim_id=r.claim_id,
+                    job_id=r.job_id,
+                    pool_id=r.pool_id,
+                    devices=r.devices,
+                    lease_expires_at_ms=r.lease_expires_at_ms,
                 )
-            elif kind == "cancel":
-                await handler.cancel(
-                    CancelOrder(claim_id=msg.cancel.claim_id, reason=msg.cancel.reason)
+            )
+            self.send_claim_answer(answer)
+        elif kind == "launch":
+            launch = msg.launch
+            try:
+                spec = wire.spec_from_proto(launch.spec)
+            except Exception as exc:  # whatever the spec holds, only this job fails
+                handler.launch_refused(
+                    LaunchRefusal(claim_id=launch.claim_id, job_id=launch.job_id, reason=str(exc))
                 )
-            elif kind == "usage_ack":
-                ack = msg.usage_ack
-                handler.usage_acknowledged(
-                    UsageAck(
-                        record_id=ack.record_id,
-                        accepted=ack.accepted,
-                        index=ack.index,
-                        reason=ack.reason,
-                    )
+                return
+            handler.launch(
+                LaunchOrder(
+                    claim_id=launch.claim_id, job_id=launch.job_id, spec=spec, tenant=launch.tenant
                 )
+            )
+        elif kind == "cancel":
+            handler.cancel(CancelOrder(claim_id=msg.cancel.claim_id, reason=msg.cancel.reason))
+        elif kind == "usage_ack":
+            ack = msg.usage_ack
+            handler.usage_acknowledged(
+                UsageAck(
+                    record_id=ack.record_id,
+                    accepted=ack.accepted,
+                    index=ack.index,
+                    reason=ack.reason,
+                )
+            )
 
     def _hello(self, held: list[HeldClaim]) -> agent_pb2.Hello:
         claims = []
@@ -274,7 +305,7 @@ class Link:
         out: asyncio.Queue[agent_pb2.ConnectRequest],
         handler: LinkHandler,
     ) -> None:
-        self.heartbeat_s = max(0.05, welcome.heartbeat_interval_ms / 1000)
+        self.heartbeat_s = min(max(0.05, welcome.heartbeat_interval_ms / 1000), _MAX_HEARTBEAT_S)
         self.fence_after_ms = welcome.center_expiry_ms // 2
         self._out = out
         self.connected.set()

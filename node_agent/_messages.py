@@ -42,6 +42,15 @@ class LaunchOrder:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchRefusal:
+    """A launch the link could not read (its spec does not check): `reason` says why."""
+
+    claim_id: str
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CancelOrder:
     claim_id: str
     reason: str = ""

@@ -4,6 +4,13 @@ restarted agent re-attach to what it launched.
 
 Takes and returns domain values; what it has to say goes to `RunEvents`, which the agent
 forwards to the broker.
+
+One job or one order never stops the agent: a launch that fails in any way (a spec exec
+cannot carry, a program that does not exist, a backend error, a run table that cannot
+be written) fails that job with the reason and frees its devices; a cancel frees the
+devices whatever state the run is in; every task spawned here contains its own errors,
+logs them and counts them (`icx_agent_faults`), so the agent's task group never ends
+because of one job.
 """
 
 from __future__ import annotations
@@ -11,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from core.clock import Clock
-from core.states import JobState
+from core.errors import InvalidArgument
+from core.ids import check_id, shown
+from core.states import TERMINAL, JobState
 from core.types import CenterDescriptor, JobId, LogChunk
 from node_agent._messages import (
     CancelOrder,
@@ -28,8 +38,9 @@ from node_agent._messages import (
     ReserveOrder,
 )
 from node_agent._metering import RunFacts
+from node_agent._output import STREAM_MAX_BYTES, JobOutput, Pace
 from node_agent._run_table import RunRow, RunTable
-from node_agent.backends import Backend, LaunchRequest, OutputSink, Run
+from node_agent.backends import Backend, LaunchRequest, Run
 from node_agent.devices import DeviceBook
 from node_agent.errors import CannotReattach, Refused
 from node_agent.metrics import AgentMetrics
@@ -40,6 +51,14 @@ FINISHED_RETENTION_MS = 10 * 60_000
 """How long an ended run stays in the Hello's held claims (and the run table)."""
 
 _EPOCH_SHIFT = 32  # output sequence numbers: (agent lives that followed the run) << 32 | n
+
+CANCEL_SETTLE_S = 10.0
+"""How long a cancel waits, after stopping a run, for the run's end before it ends the
+job itself and frees the devices (a backend that cannot stop the run, or never reports
+its end)."""
+
+REASON_CHARS = 200
+"""The longest reason the agent reports for a job's end (it may quote what it was sent)."""
 
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
@@ -78,6 +97,14 @@ class _Task:
     # Stopped because the broker went silent: given back (or left out of the next Hello)
     # so that the broker requeues it.
     fenced: bool = False
+    output: JobOutput | None = None
+    # Set once the job has ended here (or was given back): a cancel waits for it.
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def launching(self) -> bool:
+        """Launched by the broker, and the backend has not yet returned the run."""
+        return self.state == JobState.RUNNING and self.run is None
 
 
 class Runs:
@@ -91,6 +118,8 @@ class Runs:
         clock: Clock,
         events: RunEvents,
         metrics: AgentMetrics,
+        pace: Pace | None = None,
+        stream_max_bytes: int = STREAM_MAX_BYTES,
     ) -> None:
         self.center = center
         self.backend = backend
@@ -101,6 +130,8 @@ class Runs:
         self.events = events
         self.metrics = metrics
         self.tasks: dict[str, _Task] = {}
+        self.pace = pace or Pace()
+        self.stream_max_bytes = stream_max_bytes
         self._spawn: Spawn | None = None
 
     # ------------------------------------------------------------- the broker's orders
@@ -133,7 +164,31 @@ class Runs:
         self.events.changed()
         return ClaimAnswer(claim_id=order.claim_id, accepted=True, device_indices=holding.indices)
 
+    def start_launch(self, order: LaunchOrder) -> None:
+        """Launch in the background: the stream goes on reading (heartbeats, a cancel for
+        this very claim) while the backend starts the job."""
+        self._spawning(self.launch(order), "launch")
+
+    def start_cancel(self, order: CancelOrder) -> None:
+        self._spawning(self.cancel(order), "cancel")
+
+    def refuse_launch(self, claim_id: str, job_id: str, reason: str) -> None:
+        """A launch the agent cannot even read (a spec that does not check): the job
+        fails with `reason` and the claim's devices are free again."""
+        reason = _cut(f"cannot start the job: {reason}")
+        log.error("claim %s (job %s): %s", claim_id, shown(job_id), reason)
+        task = self.tasks.get(claim_id)
+        if task is not None:
+            if task.state == JobState.CLAIMED:
+                self._end(task, JobState.FAILED, None, reason)
+            return  # launched already: this was a resend, and the run goes on
+        if self.book.release(claim_id) is not None:
+            self.events.changed()
+        self._update(claim_id, job_id, JobState.FAILED, message=reason)
+
     async def launch(self, order: LaunchOrder) -> None:
+        """Start the claim's job. Never raises: whatever goes wrong fails this job alone,
+        with the reason, and frees its devices."""
         task = self.tasks.get(order.claim_id)
         holding = self.book.holdings.get(order.claim_id)
         if task is None or holding is None:
@@ -148,34 +203,23 @@ class Runs:
         if task.state != JobState.CLAIMED:
             return  # already launched (a resent launch after reconnect)
         self.book.launch(order.claim_id)
-        request = LaunchRequest(
-            claim_id=order.claim_id,
-            job_id=order.job_id,
-            command=order.spec.command,
-            env={
-                **dict(order.spec.env),
-                "ICX_CENTER_ID": self.center.center_id,
-                "ICX_POOL_ID": holding.pool_id,
-                "ICX_CLAIM_ID": holding.claim_id,
-            },
-            device_indices=holding.indices,
-            workdir=self.workdir / order.job_id,
-        )
-        task.state = JobState.RUNNING
+        task.state = JobState.RUNNING  # launching: no run yet
         started_at_ms = self.clock.now_ms()
         try:
-            run = await self.backend.launch(request, self._sink(task))
-        except OSError as exc:
-            self._end(
-                task,
-                JobState.FAILED,
-                None,
-                f"cannot start {order.spec.command[0]!r}: {exc.strerror}",
-            )
+            request = self._request(order, holding.pool_id, holding.indices)
+            task.output = self._output(task, request.workdir)
+            run = await self.backend.launch(request, task.output.write)
+        except Exception as exc:
+            if not isinstance(exc, OSError | InvalidArgument):  # those say why themselves
+                log.exception("job %s: the backend failed to launch it", shown(order.job_id))
+                self.metrics.faults.labels(where="launch").inc()
+            if task.output is not None:
+                task.output.close()
+            self._end(task, JobState.FAILED, None, _launch_failure(order, exc))
             return
         task.run = run
         # On disk before the launch is reported: a restarted agent finds the run.
-        task.row = RunRow(
+        row = RunRow(
             claim_id=task.claim_id,
             job_id=task.job_id,
             pool_id=holding.pool_id,
@@ -186,29 +230,95 @@ class Runs:
             started_at_ms=started_at_ms,
             state=JobState.RUNNING,
         )
-        self.table.put(task.row)
+        try:
+            self.table.put(row)
+        except Exception as exc:
+            # A run the table does not hold would be lost to a restart: stop it now.
+            log.exception("job %s: cannot write the run table", task.job_id)
+            self.metrics.faults.labels(where="run_table").inc()
+            await self._kill(task)
+            if task.output is not None:
+                task.output.close()
+            self._end(
+                task, JobState.FAILED, None, _cut(f"cannot record the run at this center: {exc}")
+            )
+            return
+        task.row = row
         log.info(
             "job %s running on %s devices %s", task.job_id, holding.pool_id, list(holding.indices)
         )
+        self._start_supervising(task)
+        if task.cancelled:  # while the backend was starting it
+            await self._stop(task, "cancelled while launching")
+            return
         self._update(
             task.claim_id, task.job_id, JobState.RUNNING, message=f"started on {holding.pool_id}"
         )
-        self._start_supervising(task)
+
+    def _request(self, order: LaunchOrder, pool_id: str, indices: tuple[int, ...]) -> LaunchRequest:
+        # The job id names the job's folder: one path component, never `..` or a `/`.
+        check_id("job_id", order.job_id, InvalidArgument)
+        return LaunchRequest(
+            claim_id=order.claim_id,
+            job_id=order.job_id,
+            command=order.spec.command,
+            env={
+                **dict(order.spec.env),
+                "ICX_CENTER_ID": self.center.center_id,
+                "ICX_POOL_ID": pool_id,
+                "ICX_CLAIM_ID": order.claim_id,
+            },
+            device_indices=indices,
+            workdir=self.workdir / order.job_id,
+        )
 
     async def cancel(self, order: CancelOrder) -> None:
+        """Stop the claim's job and free its devices, whatever state it is in: a
+        reservation at once; a launching job as soon as the backend returns its run; a
+        running or ending one once it is stopped, or after `CANCEL_SETTLE_S` if its
+        backend cannot stop it or never reports the end."""
         task = self.tasks.get(order.claim_id)
         if task is None:
-            self.book.release(order.claim_id)
+            if self.book.release(order.claim_id) is not None:
+                self.events.changed()
             return
         if task.state == JobState.CLAIMED:
             self.book.release(task.claim_id)
             self.tasks.pop(task.claim_id, None)
+            task.done.set()
             self.events.changed()
             return
-        if task.state == JobState.RUNNING and task.run is not None:
-            log.info("job %s: stopping (%s)", task.job_id, order.reason or "cancelled")
-            task.cancelled = True
+        if task.state != JobState.RUNNING or task.fenced:
+            return  # ended (its devices are free) or being given back
+        task.cancelled = True
+        if task.run is None:
+            log.info("job %s: cancelled while launching; stopped once started", task.job_id)
+            return
+        await self._stop(task, order.reason or "cancelled")
+
+    async def _stop(self, task: _Task, why: str) -> None:
+        log.info("job %s: stopping (%s)", task.job_id, why)
+        await self._kill(task)
+        try:
+            await asyncio.wait_for(task.done.wait(), CANCEL_SETTLE_S)
+        except TimeoutError:
+            log.error(
+                "job %s: no end reported %.0f s after it was stopped; freeing its devices",
+                task.job_id,
+                CANCEL_SETTLE_S,
+            )
+            self.metrics.faults.labels(where="cancel").inc()
+            self._end(task, JobState.CANCELLED, None, "cancelled (the run did not report its end)")
+
+    async def _kill(self, task: _Task) -> None:
+        """Stop the task's run; a backend error is logged and counted, not raised."""
+        if task.run is None:
+            return
+        try:
             await task.run.kill()
+        except Exception:
+            log.exception("job %s: stopping its run failed", task.job_id)
+            self.metrics.faults.labels(where="kill").inc()
 
     def stale(self, claim_ids: tuple[str, ...]) -> None:
         """Claims the broker no longer gives this center: stop the live ones, forget the
@@ -219,7 +329,7 @@ class Runs:
                 log.info(
                     "claim %s (job %s) is stale at the broker: stopping", claim_id, task.job_id
                 )
-                self._spawning(self.cancel(CancelOrder(claim_id=claim_id, reason="stale")))
+                self.start_cancel(CancelOrder(claim_id=claim_id, reason="stale"))
             elif task is not None:
                 self._forget(task)
 
@@ -261,7 +371,10 @@ class Runs:
         for task in live:
             if task.state == JobState.RUNNING and task.run is not None:
                 task.fenced = True
-                kills.append(task.run.kill())
+                kills.append(self._kill(task))
+            elif task.state == JobState.RUNNING:
+                task.fenced = True  # launching: launch() stops it once started
+                task.cancelled = True
             else:
                 self.book.release(task.claim_id)
                 self.tasks.pop(task.claim_id, None)
@@ -272,7 +385,7 @@ class Runs:
         """Stop every running job (the agent is shutting down)."""
         await asyncio.gather(
             *(
-                t.run.kill()
+                self._kill(t)
                 for t in self.tasks.values()
                 if t.run is not None and t.state == JobState.RUNNING
             )
@@ -309,10 +422,9 @@ class Runs:
             log.warning("backend run %s is in no claim: stopping it", run_id)
             try:
                 run = await self.backend.reattach(run_id, _discard)
-            except CannotReattach as exc:
+                await run.kill()
+            except Exception as exc:
                 log.warning("cannot stop backend run %s: %s", run_id, exc)
-                continue
-            await run.kill()
 
     async def _reattach(self, row: RunRow) -> None:
         # A new epoch before any output arrives: sequence numbers above the last life's.
@@ -335,20 +447,26 @@ class Runs:
                 indices=row.device_indices,
             )
             try:
-                task.run = await self.backend.reattach(row.backend_run_id, self._sink(task))
-            except CannotReattach:
+                task.output = self._output(task, self.workdir / row.job_id)
+                task.run = await self.backend.reattach(row.backend_run_id, task.output.write)
+            except Exception:
                 self.book.release(row.claim_id)
+                if task.output is not None:
+                    task.output.close()
                 raise
-        except (CannotReattach, Refused) as exc:
+        except Exception as exc:
             # Left out of the Hello: the broker requeues the job, as for any job the
             # center no longer holds.
             log.warning(
                 "job %s lost across the restart (claim %s): %s", row.job_id, row.claim_id, exc
             )
-            self.table.drop(row.claim_id)
+            self._drop_row(row.claim_id)
             return
         assert task.row is not None
-        self.table.put(task.row)
+        try:
+            self.table.put(task.row)
+        except OSError as exc:
+            log.error("job %s: cannot write the run table: %s", row.job_id, exc)
         self.tasks[row.claim_id] = task
         log.info("job %s re-attached (backend run %s)", row.job_id, row.backend_run_id)
         self._start_supervising(task)
@@ -356,14 +474,23 @@ class Runs:
     # ------------------------------------------------------------------- internals
 
     def _start_supervising(self, task: _Task) -> None:
-        self._spawning(self._supervise(task))
+        self._spawning(self._supervise(task), "supervise")
 
-    def _spawning(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawning(self, coro: Coroutine[Any, Any, None], where: str) -> None:
         assert self._spawn is not None, "restore() first: the runs have no task group"
-        self._spawn(coro)
+        self._spawn(self._contained(coro, where))
 
-    def _sink(self, task: _Task) -> OutputSink:
-        async def sink(stream: str, data: bytes) -> None:
+    async def _contained(self, coro: Coroutine[Any, Any, None], where: str) -> None:
+        """Run `coro` in the agent's task group without ever ending it: an error is one
+        job's or one order's, logged and counted."""
+        try:
+            await coro
+        except Exception:
+            log.exception("%s failed; the agent goes on", where)
+            self.metrics.faults.labels(where=where).inc()
+
+    def _output(self, task: _Task, folder: Path) -> JobOutput:
+        def send(stream: str, data: bytes) -> None:
             task.log_seq += 1
             epoch = task.row.log_epoch if task.row is not None else 0
             self.events.output(
@@ -375,17 +502,37 @@ class Runs:
                 )
             )
 
-        return sink
+        return JobOutput(
+            folder,
+            job_id=task.job_id,
+            send=send,
+            pace=self.pace,
+            stream_max_bytes=self.stream_max_bytes,
+        )
 
     async def _supervise(self, task: _Task) -> None:
         assert task.run is not None
-        code = await task.run.wait()
+        lost = ""
+        code: int | None
+        try:
+            code = await task.run.wait()
+        except Exception as exc:
+            log.exception("job %s: its backend lost track of the run", task.job_id)
+            self.metrics.faults.labels(where="wait").inc()
+            code, lost = None, _cut(f"the center lost track of the run: {exc}")
+            await self._kill(task)
+        finally:
+            if task.output is not None:
+                task.output.close()
+        if task.state in TERMINAL:
+            return  # a cancel ended it already
         if task.fenced and code == 0:
             task.fenced = False  # it finished on its own before the stop took effect
         if task.fenced:
             self.book.release(task.claim_id)
             self.tasks.pop(task.claim_id, None)
-            self.table.drop(task.claim_id)
+            self._drop_row(task.claim_id)
+            task.done.set()
             log.info("job %s stopped while cut off (exit %s): giving it back", task.job_id, code)
             # If the stream is back by now, say so; if not, the next Hello will not list
             # the job and the broker requeues it then.
@@ -395,22 +542,34 @@ class Runs:
             self.events.changed()
         elif task.cancelled:
             self._end(task, JobState.CANCELLED, code, "cancelled")
+        elif lost:
+            self._end(task, JobState.FAILED, code, lost)
         elif code == 0:
             self._end(task, JobState.SUCCEEDED, code, "exit 0")
         else:
-            self._end(task, JobState.FAILED, code, f"exit {code}")
+            self._end(task, JobState.FAILED, code, _exit_reason(code))
 
     def _end(self, task: _Task, state: JobState, code: int | None, message: str) -> None:
+        """End the job here: on disk, its devices free, reported, metered. Once only."""
+        if task.state in TERMINAL:
+            return
         at = self.clock.now_ms()
+        if task.row is not None:
+            at = max(at, task.row.started_at_ms)  # a clock stepped back ends no run early
         task.state = state
         task.exit_code = code
         task.ended_at_ms = at
         if task.row is not None:
             # The end is on disk before it is metered: a restart meters these facts.
             task.row = dataclasses.replace(task.row, state=state, exit_code=code, ended_at_ms=at)
-            self.table.put(task.row)
+            try:
+                self.table.put(task.row)
+            except OSError as exc:
+                log.error("job %s: cannot write its end to the run table: %s", task.job_id, exc)
+                self.metrics.faults.labels(where="run_table").inc()
         self.metrics.jobs_ended.labels(state=state.value).inc()
         self.book.release(task.claim_id)
+        task.done.set()
         log.info("job %s %s (%s)", task.job_id, state, message)
         self._update(task.claim_id, task.job_id, state, exit_code=code, message=message)
         self.events.changed()
@@ -431,13 +590,23 @@ class Runs:
                 ended_at_ms=row.ended_at_ms,
             )
         )
-        if kept:  # else there is nothing to meter (no key, no tenant), now or later
+        if kept:  # else nothing to meter (no key, no tenant) or metering failed (logged)
             task.row = dataclasses.replace(row, metered=True)
-            self.table.put(task.row)
+            try:
+                self.table.put(task.row)
+            except OSError as exc:
+                log.error("job %s: cannot mark it metered: %s", task.job_id, exc)
 
     def _forget(self, task: _Task) -> None:
         self.tasks.pop(task.claim_id, None)
-        self.table.drop(task.claim_id)
+        self._drop_row(task.claim_id)
+
+    def _drop_row(self, claim_id: str) -> None:
+        try:
+            self.table.drop(claim_id)
+        except OSError as exc:
+            log.error("claim %s: cannot write the run table: %s", claim_id, exc)
+            self.metrics.faults.labels(where="run_table").inc()
 
     def _update(
         self,
@@ -462,3 +631,25 @@ class Runs:
 
 async def _discard(stream: str, data: bytes) -> None:
     """Output of a run being stopped: nobody reads it."""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
+def _launch_failure(order: LaunchOrder, exc: Exception) -> str:
+    """Why the launch failed, for the job's reason: short, quoting at most a little of
+    what the broker sent."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return _cut(f"cannot start {shown(order.spec.command[0])}: {exc.strerror}")
+    return _cut(f"cannot start the job: {str(exc) or type(exc).__name__}")
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit {code}"

@@ -3,6 +3,10 @@ stream to the broker, `_link`), the runs (claims, launches, supervision, fencing
 `_runs`), metering (`_metering`) and the usage outbox (`_outbox`), and paces them: one
 housekeeping tick per heartbeat.
 
+One bad job or one bad message never stops the agent: the runs contain a job's failures
+(`_runs`), the link a message's (`_link`), metering a record's (`meter`), and the
+housekeeping tick its own; each is logged and counted in the agent's metrics.
+
 The agent is the authority on its free devices (DeviceBook). If it is cut off from the
 broker for half the center expiry the broker announced, it stops its jobs: by the time
 the broker gives up on the center and requeues them, they are no longer running here.
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.clock import SYSTEM, Clock
+from core.ids import shown
 from core.types import CenterDescriptor, LogChunk, Offer
 from ledger import SignerKey
 from node_agent._link import Link
@@ -27,12 +32,14 @@ from node_agent._messages import (
     HeldClaim,
     JobUpdate,
     LaunchOrder,
+    LaunchRefusal,
     ReserveOrder,
     UsageAck,
     Welcome,
 )
 from node_agent._metering import RunFacts, usage_record
 from node_agent._outbox import Outbox
+from node_agent._output import STREAM_MAX_BYTES
 from node_agent._run_table import RunTable
 from node_agent._runs import Runs
 from node_agent.backends import Backend, ProcessBackend
@@ -58,7 +65,10 @@ class Agent:
         backend: Backend | None = None,
         usage_key: SignerKey | None = None,
         clock: Clock = SYSTEM,
+        stream_max_bytes: int = STREAM_MAX_BYTES,
     ) -> None:
+        """`stream_max_bytes`: how much of each job's output goes to the broker (all of
+        it stays in the job's folder)."""
         self.center = center
         self.workdir = workdir
         self.clock = clock
@@ -82,6 +92,7 @@ class Agent:
             clock=clock,
             events=_Events(self),
             metrics=self.metrics,
+            stream_max_bytes=stream_max_bytes,
         )
         self._seq = 0
         self._advertised_at_ms = 0
@@ -148,7 +159,13 @@ class Agent:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(self.link.heartbeat_s)
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:
+                # A failing tick (a run table on a full disk, say) must not end the agent:
+                # the next one tries again.
+                log.exception("housekeeping failed; the agent goes on")
+                self.metrics.faults.labels(where="housekeeping").inc()
 
     def advertise(self) -> None:
         """Send the current offer (on every change, and before the last one expires)."""
@@ -161,10 +178,25 @@ class Agent:
 
     def meter(self, run: RunFacts) -> bool:
         """Sign what the run used and send it, kept until the broker acknowledges it;
-        False when the agent has no key or the run no tenant to bill."""
+        False when the agent has no key or the run no tenant to bill, or when the record
+        cannot be made, signed or kept (a tenant that is no ledger id or is this center's
+        own id, a full disk): that is logged and counted (`icx_agent_metering_failures`),
+        and the run's end stands. Never raises."""
         if self.outbox is None or not run.tenant:
             return False
-        self.link.send_usage(self.outbox.add(usage_record(self.center, run)))
+        try:
+            entry = self.outbox.add(usage_record(self.center, run))
+        except Exception as exc:
+            self.metrics.metering_failures.inc()
+            log.error(
+                "job %s (claim %s, tenant %s): cannot meter the run: %s",
+                run.job_id,
+                run.claim_id,
+                shown(run.tenant),
+                exc,
+            )
+            return False
+        self.link.send_usage(entry)
         return True
 
 
@@ -206,11 +238,14 @@ class _Handler:
     def reserve(self, order: ReserveOrder) -> ClaimAnswer:
         return self._agent.runs.reserve(order)
 
-    async def launch(self, order: LaunchOrder) -> None:
-        await self._agent.runs.launch(order)
+    def launch(self, order: LaunchOrder) -> None:
+        self._agent.runs.start_launch(order)
 
-    async def cancel(self, order: CancelOrder) -> None:
-        await self._agent.runs.cancel(order)
+    def launch_refused(self, refusal: LaunchRefusal) -> None:
+        self._agent.runs.refuse_launch(refusal.claim_id, refusal.job_id, refusal.reason)
+
+    def cancel(self, order: CancelOrder) -> None:
+        self._agent.runs.start_cancel(order)
 
     def usage_acknowledged(self, ack: UsageAck) -> None:
         outbox = self._agent.outbox

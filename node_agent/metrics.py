@@ -26,6 +26,17 @@ class AgentMetrics:
         self.jobs_ended = Counter(
             "icx_agent_jobs_ended", "Jobs ended by state", ["state"], registry=self.registry
         )
+        self.metering_failures = Counter(
+            "icx_agent_metering_failures",
+            "Ended runs whose usage record could not be made, signed or kept",
+            registry=self.registry,
+        )
+        self.faults = Counter(
+            "icx_agent_faults",
+            "Errors contained to one job or one message of the broker, by where they arose",
+            ["where"],
+            registry=self.registry,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         server, _ = start_http_server(port, addr=host, registry=self.registry)

@@ -20,6 +20,10 @@ from node_agent.errors import CannotReattach
 
 _PR_SET_PDEATHSIG = 1
 _KILL_GRACE_S = 2.0
+# After the job's process ended, how long its output may still drain: a process that
+# left the job's group (setsid) can hold the pipes open for ever, and the job's end
+# (and its devices) must not wait for it.
+_DRAIN_S = 2.0
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -39,8 +43,19 @@ class ProcessRun:
         return str(self.proc.pid)
 
     async def wait(self) -> int:
-        await asyncio.gather(*self._pumps)
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        # The job is over: what it left running in its group goes too, so that nothing
+        # of it still holds the devices when they are given to the next job.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        _, pending = await asyncio.wait(self._pumps, timeout=_DRAIN_S)
+        for pump in pending:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for pump in self._pumps:
+            if not pump.cancelled() and pump.exception() is not None:
+                raise RuntimeError("the job's output could not be delivered") from pump.exception()
+        return code
 
     async def kill(self) -> None:
         if self.proc.returncode is not None:

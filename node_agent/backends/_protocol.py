@@ -36,8 +36,9 @@ class Run(Protocol):
         ...
 
     async def wait(self) -> int:
-        """Wait for the end (after all output was delivered); the exit code, negative
-        for a signal."""
+        """Wait for the end (after the output was delivered, or a bounded time for it);
+        the exit code, negative for a signal. Raising means the run is lost: the agent
+        stops it and fails the job."""
         ...
 
     async def kill(self) -> None:
@@ -50,7 +51,8 @@ class Backend(Protocol):
 
     async def launch(self, request: LaunchRequest, output: OutputSink) -> Run:
         """Start the job and return once it runs. Raises OSError when it cannot start
-        (no such program, not executable), before anything runs."""
+        (no such program, not executable), before anything runs; the agent takes any
+        other exception as a failed launch too (the job fails with its message)."""
         ...
 
     async def list_runs(self) -> list[str]:
