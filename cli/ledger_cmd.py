@@ -280,13 +280,18 @@ def _audit_failed(message: str) -> int:
 @command
 def cmd_audit(args: argparse.Namespace) -> int:
     from ledger import AuditError
+    from ledger.log import UsageRuleViolation
 
     log = _open(args)
     try:
         report = log.audit()
     except AuditError as exc:
         if args.json:
-            print_json({"ok": False, "first_bad_index": exc.index, "reason": str(exc)})
+            # `rule` names the usage rule broken (docs/ledger.md), null for any other failure.
+            rule = str(exc.rule) if isinstance(exc, UsageRuleViolation) else None
+            print_json(
+                {"ok": False, "first_bad_index": exc.index, "rule": rule, "reason": str(exc)}
+            )
         return _audit_failed(str(exc))
     result = {
         "ok": True,

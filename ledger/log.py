@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ledger import canonical, merkle
+from ledger._audit_rules import Rule, UsageRules, UsageRuleViolation
 from ledger._pool import VerifyPool
 from ledger.bundle import ProofBundle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -45,7 +46,7 @@ from ledger.signing import (
 )
 from ledger.store import LedgerStore
 
-__all__ = ["AuditReport", "Log"]
+__all__ = ["AuditReport", "Log", "Rule", "UsageRuleViolation"]
 
 _PRODUCER_ROLES = {
     RecordKind.USAGE: frozenset({Role.CENTER}),
@@ -402,9 +403,11 @@ class Log:
 
     def audit(self) -> AuditReport:
         """Replay the whole store: every index present once and in order, every leaf
-        hash as stored, every key event and signature valid at its position, every
-        correction's reference, every checkpoint's signature and root. Raises
-        AuditError naming the first bad index."""
+        hash as stored, every key event and signature valid at its position, the usage
+        rules over every record (`ledger._audit_rules`: ids in the producer's name
+        space, references, no run billed twice), every checkpoint's signature and root.
+        Raises AuditError naming the first bad index (UsageRuleViolation, naming the
+        rule too, for a broken usage rule)."""
         keyring = KeyRing()
         cache = SignatureCache()
         frontier = merkle.Frontier()
@@ -412,7 +415,8 @@ class Log:
         roots: dict[int, bytes] = {}
         if 0 in checkpoints:
             roots[0] = frontier.root()
-        records: dict[str, UsageRecord] = {}
+        records: set[str] = set()
+        rules = UsageRules()
         counts = {"usage": 0, "key": 0}
         expected = 0
         candidates: dict[str, VerifierKey] = {}
@@ -469,10 +473,11 @@ class Log:
                         cache.check_broker(item, broker)
                         if record.record_id in records:
                             raise VerificationError(f"record id {record.record_id!r} appears twice")
-                        if record.kind is not RecordKind.USAGE:
-                            _check_refs(record, records.get(record.refs))
-                        records[record.record_id] = record
+                        rules.check(idx, record)
+                        records.add(record.record_id)
                         counts["usage"] += 1
+                except UsageRuleViolation:
+                    raise
                 except LedgerError as exc:
                     raise AuditError(str(exc), index=idx) from exc
                 frontier.append(leaf_hash)

@@ -122,6 +122,7 @@ def test_corrections_and_acks_must_match_their_original(log: Log, parties: Parti
     fix = usage(
         "center/wuhan/u1-fix", kind=RecordKind.CORRECTION, refs="center/wuhan/u1", devices=4
     )
+    fix = dataclasses.replace(fix, job_id="job-u1")  # a correction is of the same job
     log.append(sign_records([fix], parties.wuhan))
     stray = usage("center/wuhan/u2-fix", kind=RecordKind.CORRECTION, refs="center/wuhan/none")
     with pytest.raises(InvalidRecord, match=r"refs 'center/wuhan/none' is not in the log"):
