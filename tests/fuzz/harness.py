@@ -1,0 +1,652 @@
+"""The world the fuzz harness runs against: a real broker process and real node agents on
+loopback, and the invariants it checks after every example.
+
+Invariants (each broken one is a `Broken` with the name below):
+
+- `alive`: no broker or agent process died.
+- `status`: no call or stream ends with UNKNOWN or INTERNAL (INTERNAL is a bug).
+- `unchanged`: a refused request leaves the store (`broker.db`) and the ledger
+  (`broker.db.ledger`) as they were, read through SQL (`fingerprint`).
+- `health`: grpc.health.v1 answers within 1 s, polled throughout by a thread.
+- `devices`: no device is held by a job that is not live (centers' offers against the
+  jobs the broker says are claimed or running), and a cancelled job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cli.federation import LocalFederation
+from core.types import CenterDescriptor
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    types_pb2,
+)
+from ledger import SignerKey
+from tests.conftest import FAST_BROKER, make_center
+
+TENANT_METADATA = "x-icx-tenant"
+HEALTH_LIMIT_S = 1.0
+CALL_TIMEOUT_S = 10.0
+# A server stream that follows a live job never ends by itself: read it this long.
+WATCH_TIMEOUT_S = 1.0
+SETTLE_TIMEOUT_S = 15.0
+BAD_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
+LIVE = (types_pb2.JOB_STATE_QUEUED, types_pb2.JOB_STATE_CLAIMED, types_pb2.JOB_STATE_RUNNING)
+HOLDING = (types_pb2.JOB_STATE_CLAIMED, types_pb2.JOB_STATE_RUNNING)
+
+# Columns that change without any request: heartbeats, offers, each round's explanation.
+VOLATILE_COLUMNS = frozenset({"updated_at_ms", "last_seen_ms", "devices_free", "explanation"})
+# Tables that follow from others (a checkpoint is signed whenever the log grew).
+VOLATILE_TABLES = frozenset({"checkpoints", "sqlite_sequence"})
+# Tables whose rows belong to a job (by its job_id column).
+JOB_TABLES = frozenset({"jobs", "events", "logs", "claims"})
+
+# The real centers: one with a pool the fuzzer's jobs fit, one with another accelerator.
+CENTERS: tuple[CenterDescriptor, ...] = (
+    make_center("FA", pools={"main": ("ascend-910", 4, 500)}),
+    make_center("FB", region="YRD", pools={"h": ("nvidia-h800", 2, 2000)}),
+)
+
+
+class Broken(AssertionError):
+    """An invariant broke: `invariant` names it, the message says how."""
+
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"[{invariant}] {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """One unary or server-streaming method of a service, as the generated stub has it."""
+
+    service: str
+    name: str
+    request: type[Any]
+    server_streaming: bool
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.service}.{self.name}"
+
+
+def _rpcs(module: Any, service: str) -> list[Rpc]:
+    methods = module.DESCRIPTOR.services_by_name[service].methods
+    return [
+        Rpc(
+            service=service,
+            name=m.name,
+            request=getattr(module, m.input_type.name),
+            server_streaming=m.server_streaming,
+        )
+        for m in methods
+    ]
+
+
+RPCS: tuple[Rpc, ...] = (
+    *_rpcs(broker_pb2, "BrokerService"),
+    *_rpcs(admin_pb2, "AdminService"),
+    *_rpcs(ledger_pb2, "LedgerService"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    job_id: str
+    center_id: str
+    claim_id: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a call gave: OK, or the status that refused it."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    reply: Any = None
+
+    @property
+    def refused(self) -> bool:
+        return self.code != grpc.StatusCode.OK
+
+
+Fingerprint = dict[str, tuple[int, str]]
+
+
+def _digest(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    for row in sorted(repr(r) for r in rows):
+        h.update(row.encode("utf-8", "backslashreplace") + b"\n")
+        n += 1
+    return n, h.hexdigest()[:16]
+
+
+def _read_tables(
+    path: Path, prefix: str, skip_jobs: frozenset[str], skip_claims: frozenset[str]
+) -> Iterator[tuple[str, tuple[int, str]]]:
+    if not path.exists():
+        return
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        with conn:  # one read transaction: every table from the same snapshot
+            conn.execute("BEGIN")
+            tables = [
+                r[0]
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if r[0] not in VOLATILE_TABLES
+            ]
+            for table in sorted(tables):
+                columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+                kept = [c for c in columns if c not in VOLATILE_COLUMNS]
+                select = ", ".join(f'"{c}"' for c in kept)
+                rows = conn.execute(f'SELECT {select} FROM "{table}"').fetchall()
+                if table in JOB_TABLES and "job_id" in kept and skip_jobs:
+                    at = kept.index("job_id")
+                    rows = [r for r in rows if r[at] not in skip_jobs]
+                if "record_id" in kept and skip_claims:
+                    at = kept.index("record_id")
+                    rows = [
+                        r for r in rows if not any(str(r[at]).endswith(c) for c in skip_claims if c)
+                    ]
+                yield f"{prefix}{table}", _digest(rows)
+    finally:
+        conn.close()
+
+
+def diff(before: Fingerprint, after: Fingerprint) -> str:
+    """The tables that differ, with their row counts."""
+    changed = [
+        f"{t}: {before.get(t, (0, ''))[0]} -> {after.get(t, (0, ''))[0]} rows"
+        for t in sorted(set(before) | set(after))
+        if before.get(t) != after.get(t)
+    ]
+    return "; ".join(changed)
+
+
+class HealthWatch:
+    """Asks the broker's health service every 100 ms, each with a 1 s deadline, on its own
+    thread; `take()` returns what went wrong since the last call."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._problems: list[str] = []
+        self.checks = 0
+        self.worst_s = 0.0
+        self._paused = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fuzz-health", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """While the harness restarts a process it killed itself."""
+        self._paused.set()
+        try:
+            yield
+        finally:
+            self._paused.clear()
+
+    def take(self) -> list[str]:
+        with self._lock:
+            out, self._problems = self._problems, []
+        return out
+
+    def _run(self) -> None:
+        channel = grpc.insecure_channel(self._address)
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            while not self._stop.wait(0.1):
+                if self._paused.is_set():
+                    continue
+                t0 = time.monotonic()
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_LIMIT_S)
+                    problem = (
+                        None
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING
+                        else f"health said {reply.status}"
+                    )
+                except grpc.RpcError as exc:
+                    problem = f"health check failed: {exc.code().name}"
+                took = time.monotonic() - t0
+                if self._paused.is_set():
+                    continue
+                self.checks += 1
+                self.worst_s = max(self.worst_s, took)
+                if problem is None and took > HEALTH_LIMIT_S:
+                    problem = f"health answered in {took:.2f} s"
+                if problem is not None:
+                    with self._lock:
+                        self._problems.append(problem)
+        finally:
+            channel.close()
+
+
+@dataclass(slots=True, repr=False)
+class Harness:
+    """A broker and the agents of CENTERS, started once and repaired (restarted) when an
+    example killed one, so that the next example and hypothesis's shrinking start alive."""
+
+    root: Path
+    fed: LocalFederation = field(init=False)
+    channel: grpc.Channel = field(init=False)
+    broker: broker_pb2_grpc.BrokerServiceStub = field(init=False)
+    health: HealthWatch = field(init=False)
+    stubs: dict[str, Any] = field(init=False)
+    keys: dict[str, SignerKey] = field(default_factory=dict)
+    examples: int = 0
+    calls: int = 0
+    refusals: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sample_details: dict[str, str] = field(default_factory=dict)
+    # Runs that ended and were never billed, as of the last settle.
+    _unbilled_baseline: int = 0
+    _seq: int = 0
+    victim: Victim | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fed = LocalFederation(root=self.root / "fed", broker_args=FAST_BROKER)
+        self.fed.root.mkdir()
+        self.fed.start_broker(port=0)
+        for center in CENTERS:
+            self.fed.start_agent(center)
+        self.channel = grpc.insecure_channel(self.fed.address)
+        self.broker = broker_pb2_grpc.BrokerServiceStub(self.channel)
+        self.stubs = {
+            "BrokerService": self.broker,
+            "AdminService": admin_pb2_grpc.AdminServiceStub(self.channel),
+            "LedgerService": ledger_pb2_grpc.LedgerServiceStub(self.channel),
+        }
+        self.wait_centers()
+        self.health = HealthWatch(self.fed.address)
+        self.health.start()
+
+    def __repr__(self) -> str:
+        return f"Harness(root={str(self.root)!r})"
+
+    def summary(self) -> str:
+        """What the harness did: examples, calls, refusals, outcomes by kind."""
+        lines = [
+            f"{self.examples} examples, {self.calls} calls and stream messages,"
+            f" {self.refusals} refused; health checked {self.health.checks} times,"
+            f" worst {self.health.worst_s * 1000:.0f} ms"
+        ]
+        for k, n in sorted(self.outcomes.items()):
+            lines.append(f"  {n:5d}  {k}")
+            if k in self.sample_details:
+                lines.append(f"         e.g. {self.sample_details[k]!r}")
+        return "\n".join(lines)
+
+    def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.health.stop()
+        with contextlib.suppress(AttributeError):
+            self.channel.close()
+        with contextlib.suppress(AttributeError):
+            self.fed.stop()
+
+    @property
+    def address(self) -> str:
+        return self.fed.address
+
+    @property
+    def db(self) -> Path:
+        return self.fed.db
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.fed.db.with_name(self.fed.db.name + ".ledger")
+
+    # -- the world ---------------------------------------------------------------------
+
+    def dead(self) -> list[str]:
+        out = []
+        if self.fed.broker is None or not self.fed.broker.alive():
+            out.append("broker")
+        out += [f"agent {c}" for c, child in self.fed.agents.items() if not child.alive()]
+        return out
+
+    def repair(self) -> None:
+        """Restart whatever died (the broker on its database and port) and wait until the
+        real centers are connected again."""
+        dead = self.dead()
+        if not dead:
+            return
+        with self.health.paused():
+            if "broker" in dead:
+                assert self.fed.broker is not None
+                self.fed.broker.stop()
+                self.fed.start_broker()
+            for center in CENTERS:
+                child = self.fed.agents.get(center.center_id)
+                if child is not None and not child.alive():
+                    child.stop()
+                    self.fed.start_agent(center)
+            self.wait_centers()
+        self.health.take()
+
+    def wait_centers(self, timeout_s: float = 20) -> None:
+        wanted = {c.center_id for c in CENTERS}
+
+        def ready() -> bool:
+            try:
+                reply = self.broker.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+            up = {c.center.center_id for c in reply.centers if c.connected and c.HasField("offer")}
+            return wanted <= up
+
+        wait_until(ready, timeout_s, "the real centers connected with offers")
+
+    def center_key(self, center_id: str) -> SignerKey:
+        """The key a fuzzing center signs with: the first one made for its id is the one
+        the broker admits."""
+        if center_id not in self.keys:
+            self.keys[center_id] = SignerKey.generate(center_id)
+        return self.keys[center_id]
+
+    def agent_key(self, center_id: str) -> SignerKey:
+        """A real agent's own key (its file), for tests of what only it may do."""
+        path = self.fed.root / "centers" / f"{center_id}.key"
+        return SignerKey.parse(path.read_text().strip())
+
+    # -- what the harness reads --------------------------------------------------------
+
+    def fingerprint(
+        self, skip_jobs: frozenset[str] = frozenset(), skip_claims: frozenset[str] = frozenset()
+    ) -> Fingerprint:
+        """Every table of the store and the ledger, less what changes on its own and less
+        the rows of `skip_jobs` (accepted during this example, so still moving)."""
+        out: Fingerprint = {}
+        out.update(_read_tables(self.db, "", skip_jobs, skip_claims))
+        out.update(_read_tables(self.ledger_db, "ledger.", skip_jobs, skip_claims))
+        return out
+
+    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(query, args).fetchall()
+        finally:
+            conn.close()
+
+    def job_ids(self) -> list[str]:
+        return [r[0] for r in self.sql("SELECT job_id FROM jobs ORDER BY submitted_at_ms DESC")]
+
+    def claim_ids(self) -> list[str]:
+        return [r[0] for r in self.sql("SELECT claim_id FROM claims ORDER BY claimed_at_ms DESC")]
+
+    def record_ids(self) -> list[str]:
+        conn = sqlite3.connect(f"file:{self.ledger_db}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT record_id FROM entries WHERE record_id IS NOT NULL ORDER BY idx DESC"
+            ).fetchall()
+        finally:
+            conn.close()
+        return [r[0] for r in rows]
+
+    def checkpoint_note(self) -> str:
+        try:
+            reply = self.stubs["LedgerService"].GetCheckpoint(
+                ledger_pb2.GetCheckpointRequest(), timeout=5
+            )
+        except grpc.RpcError:
+            return ""
+        return str(reply.note)
+
+    def next_seq(self) -> int:
+        """A fresh offer sequence number (above any a fuzzing center used before)."""
+        self._seq += 1
+        return self._seq
+
+    def claims_of(self, job_ids: Iterable[str]) -> frozenset[str]:
+        ids = list(job_ids)
+        if not ids:
+            return frozenset()
+        marks = ", ".join("?" for _ in ids)
+        rows = self.sql(f"SELECT claim_id FROM claims WHERE job_id IN ({marks})", *ids)
+        return frozenset(r[0] for r in rows)
+
+    def live_jobs(self) -> list[types_pb2.Job]:
+        reply = self.broker.ListJobs(broker_pb2.ListJobsRequest(states=LIVE), timeout=10)
+        return list(reply.jobs)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def call(self, rpc: Rpc, request: Any, tenant: str | None = None) -> Outcome:
+        """Call `rpc` with `request` on the raw stub, as `tenant` if given; the status,
+        never an exception."""
+        self.calls += 1
+        method = getattr(self.stubs[rpc.service], rpc.name)
+        metadata = () if tenant is None else ((TENANT_METADATA, tenant),)
+        try:
+            if rpc.server_streaming:
+                items = []
+                stream = method(request, timeout=WATCH_TIMEOUT_S, metadata=metadata)
+                try:
+                    for item in stream:
+                        items.append(item)
+                except grpc.RpcError as exc:
+                    # Following a live job: the stream outlives our deadline, by design.
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and items:
+                        return Outcome(grpc.StatusCode.OK, reply=items)
+                    raise
+                return Outcome(grpc.StatusCode.OK, reply=items)
+            reply = method(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+            return Outcome(grpc.StatusCode.OK, reply=reply)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            return Outcome(code, exc.details() or "")
+
+    # -- the invariants ----------------------------------------------------------------
+
+    def check_status(self, what: str, outcome: Outcome) -> None:
+        key = f"{what} {outcome.code.name}"
+        self.outcomes[key] += 1
+        if outcome.details:
+            self.sample_details.setdefault(key, outcome.details[:120])
+        if outcome.code in BAD_CODES:
+            raise Broken("status", f"{what} gave {outcome.code.name}: {outcome.details[:300]!r}")
+
+    def check_unchanged(self, what: str, before: Fingerprint, after: Fingerprint) -> None:
+        if before != after:
+            raise Broken("unchanged", f"{what} was refused but changed {diff(before, after)}")
+
+    def check_alive(self) -> None:
+        dead = self.dead()
+        if dead:
+            raise Broken("alive", f"died: {', '.join(dead)} (logs in {self.fed.root / 'logs'})")
+
+    def check_health(self) -> None:
+        problems = self.health.take()
+        if problems:
+            raise Broken("health", f"{len(problems)} slow or failed checks: {problems[:3]}")
+
+    def device_problems(self) -> list[str]:
+        """Pools whose offer holds more devices than the broker's live jobs there."""
+        centers = self.broker.ListCenters(broker_pb2.ListCentersRequest(), timeout=10).centers
+        held_by_jobs: dict[tuple[str, str], int] = {}
+        for job in self.broker.ListJobs(
+            broker_pb2.ListJobsRequest(states=HOLDING), timeout=10
+        ).jobs:
+            key = (job.center_id, job.pool_id)
+            held_by_jobs[key] = held_by_jobs.get(key, 0) + job.spec.devices
+        real = {c.center_id for c in CENTERS}
+        problems = []
+        for c in centers:
+            if c.center.center_id not in real or not c.HasField("offer"):
+                continue
+            for pool in c.offer.pools:
+                held = pool.devices_total - pool.devices_free
+                live = held_by_jobs.get((c.center.center_id, pool.pool_id), 0)
+                if held > live:
+                    problems.append(
+                        f"{c.center.center_id}/{pool.pool_id} holds {held} devices,"
+                        f" live jobs there hold {live}"
+                    )
+        return problems
+
+    def check_devices(self, timeout_s: float = 10) -> None:
+        """A freed device reaches the offer a heartbeat or so later: wait for it."""
+        problems: list[str] = []
+
+        def fine() -> bool:
+            nonlocal problems
+            problems = self.device_problems()
+            return not problems
+
+        if not poll(fine, timeout_s):
+            raise Broken("devices", "; ".join(problems))
+
+    def let_run(self, job_ids: Iterable[str], timeout_s: float = 3) -> None:
+        """Wait (a bounded time: some jobs fit no pool) until the jobs were placed and
+        started or ended, so that their runs, their launch failures and their usage
+        records happen before the example ends."""
+        ids = list(job_ids)
+        marks = ", ".join("?" for _ in ids)
+
+        def moved() -> bool:
+            rows = self.sql(
+                f"SELECT COUNT(*) FROM jobs WHERE job_id IN ({marks})"
+                " AND state IN ('queued', 'claimed')",
+                *ids,
+            )
+            return int(rows[0][0]) == 0
+
+        poll(moved, timeout_s)
+
+    def settle(self, keep: frozenset[str] = frozenset()) -> None:
+        """Cancel every live job (but `keep`), wait until each has ended and every run
+        that started is billed or given up on, so the next example starts quiet."""
+        for job in self.live_jobs():
+            if job.job_id not in keep:
+                with contextlib.suppress(grpc.RpcError):
+                    self.broker.CancelJob(
+                        broker_pb2.CancelJobRequest(job_id=job.job_id),
+                        timeout=10,
+                        metadata=((TENANT_METADATA, job.tenant),),
+                    )
+        stuck: list[str] = []
+
+        def ended() -> bool:
+            nonlocal stuck
+            stuck = [f"{j.job_id} ({j.state})" for j in self.live_jobs() if j.job_id not in keep]
+            return not stuck
+
+        if not poll(ended, SETTLE_TIMEOUT_S):
+            raise Broken("devices", f"cancelled jobs did not end: {', '.join(stuck)}")
+
+        # A run's usage record comes after its end; a run never billed is not our concern
+        # here, so this waits a bounded time and then goes on.
+        def billed() -> bool:
+            rows = self.sql(
+                "SELECT COUNT(*) FROM claims WHERE started_at_ms IS NOT NULL"
+                " AND ended_at_ms IS NOT NULL AND billed_record_id = ''"
+            )
+            return int(rows[0][0]) <= self._unbilled_baseline
+
+        poll(billed, 5)
+        self._unbilled_baseline = int(
+            self.sql(
+                "SELECT COUNT(*) FROM claims WHERE started_at_ms IS NOT NULL"
+                " AND ended_at_ms IS NOT NULL AND billed_record_id = ''"
+            )[0][0]
+        )
+
+    # -- the victim: a real center's running job that hostile centers go after ---------
+
+    def ensure_victim(self) -> Victim:
+        """The victim job, running on FB (submitted again if an example ended it)."""
+        from tests.fuzz.properties import submit_victim
+
+        if self.victim is not None and self._victim_now() == self.victim:
+            return self.victim
+        if self.victim is not None:
+            with contextlib.suppress(grpc.RpcError):
+                self.broker.CancelJob(
+                    broker_pb2.CancelJobRequest(job_id=self.victim.job_id), timeout=10
+                )
+        job_id = submit_victim(self)
+        self.victim = None
+        found: Victim | None = None
+
+        def running() -> bool:
+            nonlocal found
+            found = self._victim_now(job_id)
+            return found is not None
+
+        wait_until(running, 30, f"victim job {job_id} running")
+        assert found is not None
+        self.victim = found
+        return found
+
+    def _victim_now(self, job_id: str | None = None) -> Victim | None:
+        job_id = job_id or (self.victim.job_id if self.victim else None)
+        if job_id is None:
+            return None
+        rows = self.sql(
+            "SELECT state, center_id, claim_id, attempts FROM jobs WHERE job_id = ?", job_id
+        )
+        if not rows or rows[0][0] != "running":
+            return None
+        _state, center, claim, attempts = rows[0]
+        return Victim(job_id=job_id, center_id=center, claim_id=claim, attempts=attempts)
+
+    def check_victim(self, victim: Victim) -> None:
+        now = self._victim_now(victim.job_id)
+        if now != victim:
+            raise Broken("foreign", f"another center's running job changed: {victim} is now {now}")
+
+    def kept_jobs(self) -> frozenset[str]:
+        return frozenset({self.victim.job_id}) if self.victim else frozenset()
+
+    def check_world(self) -> None:
+        """The invariants that hold between examples."""
+        self.check_alive()
+        self.check_health()
+        self.check_devices()
+
+
+def poll(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
+    """Whether `predicate` came true within `timeout_s` (asked every `every_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every_s)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    if not poll(predicate, timeout_s):
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

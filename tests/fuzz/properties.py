@@ -1,0 +1,213 @@
+"""The two properties the harness checks, as plain functions of a `Harness` and
+hypothesis's `data`, so that the bounded tests and the soak (`python -m bench fuzz`) run
+the same code:
+
+- `rpc_example`: one to three generated requests to any RPC of BrokerService,
+  AdminService and LedgerService;
+- `stream_example`: one hand-driven agent stream (a `StreamPlan`).
+
+After each, the world's invariants (harness.py) must hold.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from hypothesis import note
+from hypothesis import strategies as st
+
+from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, types_pb2
+from tests.fuzz.harness import RPCS, Broken, Harness, Outcome
+from tests.fuzz.strategies import SLEEPER, Messages, StreamPlan, stream_plans
+
+REPLY_TIMEOUT_S = 10.0
+# Submits make the state the other calls then work on: drawn three times as often.
+WEIGHTED_RPCS = (*RPCS, *[r for r in RPCS if r.name == "SubmitJob"] * 2)
+# Declared tenants (the x-icx-tenant header): ids, not ids, another center's id.
+TENANTS = ("lab-a", "lab-b", "bad tenant", "FA", "ZA", "a" * 200, "", "a/b", "-x")
+
+
+def rpc_example(h: Harness, data: st.DataObject) -> None:
+    h.repair()
+    h.examples += 1
+    messages = Messages(h)
+    accepted: set[str] = set()
+    for _ in range(data.draw(st.integers(1, 3), label="calls")):
+        rpc = data.draw(st.sampled_from(WEIGHTED_RPCS), label="rpc")
+        request = data.draw(messages.of(rpc.request), label=rpc.full_name)
+        tenant = data.draw(st.one_of(st.none(), st.sampled_from(TENANTS)), label="tenant")
+        skip_jobs = frozenset(accepted)
+        skip_claims = h.claims_of(skip_jobs)
+        before = h.fingerprint(skip_jobs, skip_claims)
+        outcome = h.call(rpc, request, tenant)
+        note(f"{rpc.full_name} -> {outcome.code.name} {outcome.details[:200]!r}")
+        h.check_status(rpc.full_name, outcome)
+        if outcome.refused:
+            h.refusals += 1
+            after = h.fingerprint(skip_jobs, skip_claims | h.claims_of(skip_jobs))
+            h.check_unchanged(rpc.full_name, before, after)
+        elif rpc.name == "SubmitJob":
+            accepted.add(outcome.reply.job.job_id)
+        h.check_alive()
+    if accepted and data.draw(st.booleans(), label="let the jobs run"):
+        h.let_run(accepted)
+    h.check_alive()
+    h.settle(keep=h.kept_jobs())
+    h.check_world()
+
+
+class AgentStream:
+    """One agent stream driven by hand: `send` puts a message up; replies (and the end of
+    the stream, with its status) arrive on a reader thread and are taken with `take`."""
+
+    def __init__(self, address: str) -> None:
+        self._out: queue.Queue[agent_pb2.ConnectRequest | None] = queue.Queue()
+        self._in: queue.Queue[agent_pb2.ConnectResponse | Outcome] = queue.Queue()
+        self._channel = grpc.insecure_channel(address)
+        self._call = agent_pb2_grpc.AgentServiceStub(self._channel).Connect(
+            self._requests(), timeout=120
+        )
+        self._reader = threading.Thread(target=self._read, name="fuzz-stream", daemon=True)
+        self._reader.start()
+        self.end: Outcome | None = None
+        self._marker = 0
+
+    def _requests(self) -> Iterator[agent_pb2.ConnectRequest]:
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._in.put(reply)
+            self._in.put(Outcome(grpc.StatusCode.OK))
+        except grpc.RpcError as exc:
+            self._in.put(Outcome(exc.code(), exc.details() or ""))
+
+    def send(self, message: agent_pb2.ConnectRequest) -> None:
+        self._out.put(message)
+
+    def take(self) -> agent_pb2.ConnectResponse | None:
+        """The next reply, or None once the stream has ended (`self.end` says how)."""
+        if self.end is not None:
+            return None
+        try:
+            item = self._in.get(timeout=REPLY_TIMEOUT_S)
+        except queue.Empty:
+            raise Broken("health", f"no reply on the agent stream in {REPLY_TIMEOUT_S} s") from None
+        if isinstance(item, Outcome):
+            self.end = item
+            return None
+        return item
+
+    def barrier(self, want_ack: bool) -> agent_pb2.UsageAck | None:
+        """Send a heartbeat and wait for its echo: the broker has read what came before.
+        With `want_ack`, also wait for the usage acknowledgement. None if the stream
+        ended first."""
+        self._marker += 1
+        marker = self._marker
+        self.send(agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(sent_at_ms=marker)))
+        echoed = False
+        ack: agent_pb2.UsageAck | None = None
+        while not echoed or (want_ack and ack is None):
+            reply = self.take()
+            if reply is None:
+                return ack
+            if reply.HasField("heartbeat") and reply.heartbeat.sent_at_ms == marker:
+                echoed = True
+            elif reply.HasField("usage_ack") and want_ack:
+                ack = reply.usage_ack
+        return ack
+
+    def close_side(self) -> None:
+        """End our side of the stream (the broker sees the stream end)."""
+        self._out.put(None)
+
+    def close(self) -> None:
+        self._out.put(None)
+        self._call.cancel()
+        self._reader.join(timeout=REPLY_TIMEOUT_S)
+        self._channel.close()
+
+
+def _kind(message: agent_pb2.ConnectRequest) -> str:
+    return message.WhichOneof("msg") or "empty"
+
+
+def stream_example(h: Harness, data: st.DataObject) -> None:
+    h.repair()
+    h.examples += 1
+    victim = h.ensure_victim()
+    plan: StreamPlan = data.draw(stream_plans(h), label="stream")
+    h.outcomes[f"stream plan: {plan.kind}"] += 1
+    run_stream(h, plan)
+    h.check_alive()
+    h.check_victim(victim)
+    h.settle(keep=h.kept_jobs())
+    h.check_world()
+
+
+def run_stream(h: Harness, plan: StreamPlan) -> None:
+    stream = AgentStream(h.address)
+    try:
+        before = h.fingerprint()
+        stream.send(plan.hello)
+        reply = stream.take()
+        if reply is not None and reply.HasField("challenge"):
+            proof = plan.proof_for(h, reply.challenge.nonce)
+            if proof is None:
+                stream.close_side()
+            else:
+                stream.send(proof)
+            reply = stream.take()
+        if reply is None or not reply.HasField("welcome"):
+            _refused(h, stream, "Hello", before)
+            return
+        h.calls += 1
+        for message in plan.tail:
+            kind = _kind(message)
+            before = h.fingerprint()
+            h.calls += 1
+            stream.send(message)
+            ack = stream.barrier(want_ack=kind == "usage")
+            if stream.end is not None:
+                _refused(h, stream, kind, before)
+                return
+            note(f"{kind} -> read" + (f", ack {ack}" if ack is not None else ""))
+            verdict = "read" if ack is None else ("accepted" if ack.accepted else "refused")
+            h.outcomes[f"agent stream, {kind} {verdict}"] += 1
+            if ack is not None and not ack.accepted:
+                h.refusals += 1
+                h.check_unchanged(f"usage ({ack.reason[:200]!r})", before, h.fingerprint())
+    finally:
+        stream.close()
+
+
+def _refused(h: Harness, stream: AgentStream, what: str, before: Any) -> None:
+    end = stream.end or Outcome(grpc.StatusCode.UNKNOWN, "the stream went on unwelcomed")
+    note(f"{what} -> {end.code.name} {end.details[:200]!r}")
+    h.check_status(f"agent stream, {what}", end)
+    if end.refused:
+        h.refusals += 1
+        h.check_unchanged(f"agent stream, {what}", before, h.fingerprint())
+
+
+def victim_spec() -> types_pb2.JobSpec:
+    """A job that runs until cancelled on the real center FB: the claim the hostile
+    centers try to answer, update and bill."""
+    return types_pb2.JobSpec(
+        name="victim", accelerator="nvidia-h800", devices=1, estimated_seconds=3600,
+        command=list(SLEEPER),
+    )  # fmt: skip
+
+
+def submit_victim(h: Harness) -> str:
+    reply = h.broker.SubmitJob(broker_pb2.SubmitJobRequest(spec=victim_spec()), timeout=10)
+    return str(reply.job.job_id)
