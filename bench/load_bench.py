@@ -82,6 +82,7 @@ class Plan:
     backlog: int
     phase_s: float
     probe_every_s: float
+    reads: tuple[str, ...] = READ_KINDS
 
 
 QUICK = Plan(backlog=5_000, phase_s=6.0, probe_every_s=0.01)
@@ -168,11 +169,14 @@ def run_probe(address: str, start_file: Path, seconds: float, every_s: float, ou
     write_json(out, summary(latencies, errors))
 
 
-def run_reader(address: str, start_file: Path, seconds: float, seed: int, out: Path) -> None:
-    """Flood reads, one call in flight, round-robin over READ_KINDS, until the end."""
+def run_reader(
+    address: str, start_file: Path, seconds: float, seed: int, kinds: Sequence[str], out: Path
+) -> None:
+    """Flood reads, one call in flight, round-robin over `kinds` (of READ_KINDS), until
+    the end."""
     rng = random.Random(seed)
-    latencies: dict[str, list[float]] = {k: [] for k in READ_KINDS}
-    errors = dict.fromkeys(READ_KINDS, 0)
+    latencies: dict[str, list[float]] = {k: [] for k in kinds}
+    errors = dict.fromkeys(kinds, 0)
     with (
         BrokerClient(address, timeout_s=60) as client,
         grpc.insecure_channel(address) as channel,
@@ -197,10 +201,10 @@ def run_reader(address: str, start_file: Path, seconds: float, seed: int, out: P
             "get": lambda: client.get_job(rng.choice(ids)),
             "watch": lambda: list(client.watch(rng.choice(ids), follow=False)),
         }
-        for kind in READ_KINDS:  # warm up every call
+        for kind in kinds:  # warm up every call
             calls[kind]()
         end_at = wait_start(out, start_file) + seconds
-        for kind in itertools.cycle(READ_KINDS):
+        for kind in itertools.cycle(kinds):
             if time.time() >= end_at:
                 break
             sent = time.perf_counter()
@@ -210,7 +214,7 @@ def run_reader(address: str, start_file: Path, seconds: float, seed: int, out: P
                 errors[kind] += 1
                 continue
             latencies[kind].append(time.perf_counter() - sent)
-    write_json(out, {k: summary(latencies[k], errors[k]) for k in READ_KINDS})
+    write_json(out, {k: summary(latencies[k], errors[k]) for k in kinds})
 
 
 def role_main(argv: Sequence[str]) -> int:
@@ -221,6 +225,7 @@ def role_main(argv: Sequence[str]) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--every", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reads", default=",".join(READ_KINDS))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
@@ -229,7 +234,8 @@ def role_main(argv: Sequence[str]) -> int:
     elif args.role == "probe":
         run_probe(args.broker, args.start_file, args.seconds, args.every, args.out)
     else:
-        run_reader(args.broker, args.start_file, args.seconds, args.seed, args.out)
+        kinds = args.reads.split(",")
+        run_reader(args.broker, args.start_file, args.seconds, args.seed, kinds, args.out)
     return 0
 
 
@@ -313,7 +319,11 @@ def phase(
     ]
     for i, out in enumerate(reader_outs):
         procs.append(
-            spawn("reader", [*common, "--seed", str(i), "--out", str(out)], folder / f"r{i}.log")
+            spawn(
+                "reader",
+                [*common, "--seed", str(i), "--reads", ",".join(plan.reads), "--out", str(out)],
+                folder / f"r{i}.log",
+            )
         )
     profiler: subprocess.Popen[bytes] | None = None
     outs = [submitter_out, probe_out, *reader_outs]
@@ -391,7 +401,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Measured {result['when']} on {result['machine']}, {result['revision']}, with"
         f" `{result['command']}`; backlog {result['backlog']:,} queued jobs before the first"
-        f" phase, {result['phase_s']:.0f} s per phase.",
+        f" phase, {result['phase_s']:.0f} s per phase; the readers call"
+        f" {', '.join(result['reads'])} in turn.",
         "",
         "| figure | unloaded (before) | loaded: 4 readers | unloaded (after) | loaded / unloaded"
         " | goal | met |",
@@ -419,7 +430,7 @@ def markdown(result: dict[str, Any]) -> str:
         f" {fmt_ms(loaded['health']['max_ms'])} | {fmt_ms(after['health']['max_ms'])} | | | |"
     )
     lines.append(f"| reads answered (all kinds) | | {loaded['reads_per_s']:,.0f}/s | | | | |")
-    for kind in READ_KINDS:
+    for kind in (k for k in READ_KINDS if k in loaded["reads"]):
         r = loaded["reads"][kind]
         lines.append(
             f"| read `{kind}` p50 / p99 (worst reader) | | {fmt_ms(r['p50_ms'])} /"
@@ -449,6 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, help="queued jobs before the first phase")
     parser.add_argument("--seconds", type=float, help="length of each phase")
     parser.add_argument(
+        "--reads",
+        default=",".join(READ_KINDS),
+        help=f"the readers' calls, comma-separated (default: all of {','.join(READ_KINDS)})",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy collapsed stacks of the broker in the loaded phase"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
@@ -459,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog=args.backlog if args.backlog is not None else plan.backlog,
         phase_s=args.seconds if args.seconds is not None else plan.phase_s,
         probe_every_s=plan.probe_every_s,
+        reads=tuple(args.reads.split(",")),
     )
+    if not plan.reads or not set(plan.reads) <= set(READ_KINDS):
+        parser.error(f"--reads takes some of {','.join(READ_KINDS)}, got {args.reads!r}")
     command = "python -m bench.load_bench" + " ".join(
         [""] + [a for a in argv if a not in ("--keep",)]
     )
@@ -506,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backlog": plan.backlog,
         "phase_s": plan.phase_s,
         "probe_every_s": plan.probe_every_s,
+        "reads": list(plan.reads),
         "phases": phases,
         "unloaded_submit_rate": unloaded_rate,
         "submit_ratio": loaded["submit"]["rate"] / unloaded_rate,
