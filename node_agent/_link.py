@@ -212,26 +212,36 @@ class Link:
     ) -> None:
         async for msg in call:
             self._last_heard_ms = self._clock.now_ms()
-            kind = msg.WhichOneof("msg")
-            try:
-                self._handle(kind, msg, out, handler)
-            except Exception:
-                log.exception(
-                    "broker %s: cannot handle its %s message; going on", self.broker, kind
-                )
-                self._metrics.faults.labels(where="message").inc()
+            if msg.WhichOneof("msg") == "challenge":
+                out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
+            elif msg.WhichOneof("msg") == "welcome":
+                self._welcome(msg.welcome, out)
+                self.receive(msg, handler)  # what the agent does once welcomed
+            else:
+                self.receive(msg, handler)
+
+    def receive(self, msg: agent_pb2.ConnectResponse, handler: LinkHandler) -> None:
+        """Hand one message from the broker to `handler` as the stream does, after the
+        handshake: an error is logged and counted, never raised."""
+        kind = msg.WhichOneof("msg")
+        try:
+            self._handle(kind, msg, handler)
+        except Exception:
+            log.exception("broker %s: cannot handle its %s message; going on", self.broker, kind)
+            self._metrics.faults.labels(where="message").inc()
 
     def _handle(
-        self,
-        kind: str | None,
-        msg: agent_pb2.ConnectResponse,
-        out: asyncio.Queue[agent_pb2.ConnectRequest],
-        handler: LinkHandler,
+        self, kind: str | None, msg: agent_pb2.ConnectResponse, handler: LinkHandler
     ) -> None:
-        if kind == "challenge":
-            out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
-        elif kind == "welcome":
-            self._welcome(msg.welcome, out, handler)
+        if kind == "welcome":
+            w = msg.welcome
+            handler.welcomed(
+                Welcome(
+                    heartbeat_interval_ms=w.heartbeat_interval_ms,
+                    center_expiry_ms=w.center_expiry_ms,
+                    stale_claim_ids=tuple(w.stale_claim_ids),
+                )
+            )
         elif kind == "reserve":
             r = msg.reserve
             answer = handler.reserve(
@@ -300,10 +310,7 @@ class Link:
         return agent_pb2.HelloProof(signature=self._usage_key.sign(message))
 
     def _welcome(
-        self,
-        welcome: agent_pb2.Welcome,
-        out: asyncio.Queue[agent_pb2.ConnectRequest],
-        handler: LinkHandler,
+        self, welcome: agent_pb2.Welcome, out: asyncio.Queue[agent_pb2.ConnectRequest]
     ) -> None:
         self.heartbeat_s = min(max(0.05, welcome.heartbeat_interval_ms / 1000), _MAX_HEARTBEAT_S)
         self.fence_after_ms = welcome.center_expiry_ms // 2
@@ -311,13 +318,6 @@ class Link:
         self.connected.set()
         self._metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
-        handler.welcomed(
-            Welcome(
-                heartbeat_interval_ms=welcome.heartbeat_interval_ms,
-                center_expiry_ms=welcome.center_expiry_ms,
-                stale_claim_ids=tuple(welcome.stale_claim_ids),
-            )
-        )
 
 
 async def _nobody_listens(address: str) -> bool:

@@ -92,6 +92,7 @@ class _Task:
     run: Run | None = None
     exit_code: int | None = None
     ended_at_ms: int = 0
+    reason: str = ""  # why it ended, as reported to the broker
     log_seq: int = 0
     cancelled: bool = False
     # Stopped because the broker went silent: given back (or left out of the next Hello)
@@ -131,6 +132,7 @@ class Runs:
         self.metrics = metrics
         self.tasks: dict[str, _Task] = {}
         self.pace = pace or Pace()
+        self.cancel_settle_s = CANCEL_SETTLE_S
         self.stream_max_bytes = stream_max_bytes
         self._spawn: Spawn | None = None
 
@@ -300,12 +302,12 @@ class Runs:
         log.info("job %s: stopping (%s)", task.job_id, why)
         await self._kill(task)
         try:
-            await asyncio.wait_for(task.done.wait(), CANCEL_SETTLE_S)
+            await asyncio.wait_for(task.done.wait(), self.cancel_settle_s)
         except TimeoutError:
             log.error(
-                "job %s: no end reported %.0f s after it was stopped; freeing its devices",
+                "job %s: no end reported %.1f s after it was stopped; freeing its devices",
                 task.job_id,
-                CANCEL_SETTLE_S,
+                self.cancel_settle_s,
             )
             self.metrics.faults.labels(where="cancel").inc()
             self._end(task, JobState.CANCELLED, None, "cancelled (the run did not report its end)")
@@ -559,6 +561,7 @@ class Runs:
         task.state = state
         task.exit_code = code
         task.ended_at_ms = at
+        task.reason = message
         if task.row is not None:
             # The end is on disk before it is metered: a restart meters these facts.
             task.row = dataclasses.replace(task.row, state=state, exit_code=code, ended_at_ms=at)

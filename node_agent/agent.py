@@ -24,6 +24,7 @@ from typing import Any
 from core.clock import SYSTEM, Clock
 from core.ids import shown
 from core.types import CenterDescriptor, LogChunk, Offer
+from icx.v1 import agent_pb2
 from ledger import SignerKey
 from node_agent._link import Link
 from node_agent._messages import (
@@ -97,6 +98,7 @@ class Agent:
         self._seq = 0
         self._advertised_at_ms = 0
         self._tg: asyncio.TaskGroup | None = None
+        self._handler = _Handler(self)
 
     @property
     def connected(self) -> asyncio.Event:
@@ -109,7 +111,7 @@ class Agent:
             self._tg = tg
             await self.runs.restore(self._spawn)
             tg.create_task(self._housekeeping())
-            tg.create_task(self.link.run(_Handler(self)))
+            tg.create_task(self.link.run(self._handler))
 
     async def stop(self) -> None:
         """Stop the jobs (the agent is shutting down; with the process backend they
@@ -171,6 +173,11 @@ class Agent:
         """Send the current offer (on every change, and before the last one expires)."""
         self._advertised_at_ms = self.clock.now_ms()
         self.link.send_offer(self.offer())
+
+    def receive(self, msg: agent_pb2.ConnectResponse) -> None:
+        """Take one message as if the broker had sent it on the stream (a test sends
+        what a real broker refuses at its edge). Requires a running agent."""
+        self.link.receive(msg, self._handler)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None, "the agent is not running"
