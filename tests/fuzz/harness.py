@@ -56,6 +56,12 @@ HOLDING = (types_pb2.JOB_STATE_CLAIMED, types_pb2.JOB_STATE_RUNNING)
 VOLATILE_COLUMNS = frozenset({"updated_at_ms", "last_seen_ms", "devices_free", "explanation"})
 # Tables that follow from others (a checkpoint is signed whenever the log grew).
 VOLATILE_TABLES = frozenset({"checkpoints", "sqlite_sequence"})
+# Runs of the real agents that ended and are not billed yet (fuzzing centers bill, or
+# not, within their own stream).
+UNBILLED = (
+    "SELECT COUNT(*) FROM claims WHERE started_at_ms IS NOT NULL AND ended_at_ms IS NOT NULL"
+    " AND billed_record_id = '' AND center_id IN ('FA', 'FB')"
+)
 # Tables whose rows belong to a job (by its job_id column).
 JOB_TABLES = frozenset({"jobs", "events", "logs", "claims"})
 
@@ -263,6 +269,8 @@ class Harness:
     stubs: dict[str, Any] = field(init=False)
     keys: dict[str, SignerKey] = field(default_factory=dict)
     examples: int = 0
+    runs: int = 0
+    dirty: bool = False
     calls: int = 0
     refusals: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -273,8 +281,9 @@ class Harness:
     victim: Victim | None = None
 
     def start(self) -> None:
+        self.runs += 1
         self.root.mkdir(parents=True, exist_ok=True)
-        self.fed = LocalFederation(root=self.root / "fed", broker_args=FAST_BROKER)
+        self.fed = LocalFederation(root=self.root / f"fed-{self.runs}", broker_args=FAST_BROKER)
         self.fed.root.mkdir()
         self.fed.start_broker(port=0)
         for center in CENTERS:
@@ -289,6 +298,30 @@ class Harness:
         self.wait_centers()
         self.health = HealthWatch(self.fed.address)
         self.health.start()
+
+    def reset(self) -> None:
+        """A fresh world (broker, database, ledger, agents) after an example broke this
+        one: what it left (a stuck job, a held device) must not fail the next example,
+        or hypothesis would shrink to an example that did nothing."""
+        self.stop()
+        self.victim = None
+        self._unbilled_baseline = 0
+        self.dirty = False
+        self.start()
+
+    @contextlib.contextmanager
+    def example(self) -> Iterator[None]:
+        """Around one example: start from a live (or, after a failure, fresh) world."""
+        if self.dirty:
+            self.reset()
+        else:
+            self.repair()
+        self.examples += 1
+        try:
+            yield
+        except Exception:
+            self.dirty = True
+            raise
 
     def __repr__(self) -> str:
         return f"Harness(root={str(self.root)!r})"
@@ -568,19 +601,11 @@ class Harness:
         # A run's usage record comes after its end; a run never billed is not our concern
         # here, so this waits a bounded time and then goes on.
         def billed() -> bool:
-            rows = self.sql(
-                "SELECT COUNT(*) FROM claims WHERE started_at_ms IS NOT NULL"
-                " AND ended_at_ms IS NOT NULL AND billed_record_id = ''"
-            )
+            rows = self.sql(UNBILLED)
             return int(rows[0][0]) <= self._unbilled_baseline
 
         poll(billed, 5)
-        self._unbilled_baseline = int(
-            self.sql(
-                "SELECT COUNT(*) FROM claims WHERE started_at_ms IS NOT NULL"
-                " AND ended_at_ms IS NOT NULL AND billed_record_id = ''"
-            )[0][0]
-        )
+        self._unbilled_baseline = int(self.sql(UNBILLED)[0][0])
 
     # -- the victim: a real center's running job that hostile centers go after ---------
 

@@ -11,8 +11,10 @@ After each, the world's invariants (harness.py) must hold.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +23,18 @@ from hypothesis import note
 from hypothesis import strategies as st
 
 from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, types_pb2
-from tests.fuzz.harness import RPCS, Broken, Harness, Outcome
-from tests.fuzz.strategies import SLEEPER, Messages, StreamPlan, stream_plans
+from tests.fuzz.harness import RPCS, TENANT_METADATA, Broken, Harness, Outcome
+from tests.fuzz.strategies import (
+    BAIT_ACCELERATOR,
+    BAIT_TENANT,
+    SLEEPER,
+    BaitRun,
+    Messages,
+    StreamPlan,
+    now_ms,
+    resolve,
+    stream_plans,
+)
 
 REPLY_TIMEOUT_S = 10.0
 # Submits make the state the other calls then work on: drawn three times as often.
@@ -32,8 +44,11 @@ TENANTS = ("lab-a", "lab-b", "bad tenant", "FA", "ZA", "a" * 200, "", "a/b", "-x
 
 
 def rpc_example(h: Harness, data: st.DataObject) -> None:
-    h.repair()
-    h.examples += 1
+    with h.example():
+        _rpc_example(h, data)
+
+
+def _rpc_example(h: Harness, data: st.DataObject) -> None:
     messages = Messages(h)
     accepted: set[str] = set()
     for _ in range(data.draw(st.integers(1, 3), label="calls")):
@@ -74,6 +89,7 @@ class AgentStream:
         self._reader = threading.Thread(target=self._read, name="fuzz-stream", daemon=True)
         self._reader.start()
         self.end: Outcome | None = None
+        self.reserves: list[agent_pb2.Reserve] = []
         self._marker = 0
 
     def _requests(self) -> Iterator[agent_pb2.ConnectRequest]:
@@ -105,7 +121,26 @@ class AgentStream:
         if isinstance(item, Outcome):
             self.end = item
             return None
+        if item.HasField("reserve"):
+            self.reserves.append(item.reserve)
         return item
+
+    def wait_reserve(self, timeout_s: float) -> agent_pb2.Reserve | None:
+        """The first Reserve the broker sent, waiting up to `timeout_s` for it."""
+        deadline = time.monotonic() + timeout_s
+        while not self.reserves and self.end is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                item = self._in.get(timeout=left)
+            except queue.Empty:
+                return None
+            if isinstance(item, Outcome):
+                self.end = item
+            elif item.HasField("reserve"):
+                self.reserves.append(item.reserve)
+        return self.reserves[0] if self.reserves else None
 
     def barrier(self, want_ack: bool) -> agent_pb2.UsageAck | None:
         """Send a heartbeat and wait for its echo: the broker has read what came before.
@@ -142,8 +177,11 @@ def _kind(message: agent_pb2.ConnectRequest) -> str:
 
 
 def stream_example(h: Harness, data: st.DataObject) -> None:
-    h.repair()
-    h.examples += 1
+    with h.example():
+        _stream_example(h, data)
+
+
+def _stream_example(h: Harness, data: st.DataObject) -> None:
     victim = h.ensure_victim()
     plan: StreamPlan = data.draw(stream_plans(h), label="stream")
     h.outcomes[f"stream plan: {plan.kind}"] += 1
@@ -171,32 +209,63 @@ def run_stream(h: Harness, plan: StreamPlan) -> None:
             _refused(h, stream, "Hello", before)
             return
         h.calls += 1
-        for message in plan.tail:
+        run: BaitRun | None = None
+        skip: frozenset[str] = frozenset()
+        for i, planned in enumerate(plan.tail):
+            message = resolve(planned, h, plan.center_id, run)
             kind = _kind(message)
-            before = h.fingerprint()
+            before = h.fingerprint(skip)
             h.calls += 1
             stream.send(message)
             ack = stream.barrier(want_ack=kind == "usage")
             if stream.end is not None:
-                _refused(h, stream, kind, before)
+                _refused(h, stream, kind, before, skip)
                 return
             note(f"{kind} -> read" + (f", ack {ack}" if ack is not None else ""))
             verdict = "read" if ack is None else ("accepted" if ack.accepted else "refused")
             h.outcomes[f"agent stream, {kind} {verdict}"] += 1
+            if ack is not None and ack.reason:
+                h.sample_details.setdefault(f"agent stream, {kind} {verdict}", ack.reason[:120])
             if ack is not None and not ack.accepted:
                 h.refusals += 1
-                h.check_unchanged(f"usage ({ack.reason[:200]!r})", before, h.fingerprint())
+                h.check_unchanged(f"usage ({ack.reason[:200]!r})", before, h.fingerprint(skip))
+            if kind == "job_update" and run is not None:
+                run = _observed(run, message.job_update)
+            if i == 0 and plan.bait:
+                # The offer is in: now the bait, which only this center can take.
+                job_id = submit_bait(h)
+                skip = frozenset({job_id})
+                reserve = stream.wait_reserve(REPLY_TIMEOUT_S)
+                note(f"bait {job_id}: {'reserved' if reserve else 'no reserve'}")
+                h.outcomes[f"bait {'reserved' if reserve else 'not reserved'}"] += 1
+                if reserve is not None:
+                    run = BaitRun(
+                        claim_id=reserve.claim_id, job_id=reserve.job_id, devices=reserve.devices
+                    )
     finally:
         stream.close()
 
 
-def _refused(h: Harness, stream: AgentStream, what: str, before: Any) -> None:
+def _observed(run: BaitRun, update: agent_pb2.JobUpdate) -> BaitRun:
+    """The run's start and end as the broker saw them (when we reported them)."""
+    if update.claim_id != run.claim_id:
+        return run
+    if update.state == types_pb2.JOB_STATE_RUNNING:
+        return dataclasses.replace(run, started_at_ms=now_ms())
+    if update.state in (types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED):
+        return dataclasses.replace(run, ended_at_ms=now_ms())
+    return run
+
+
+def _refused(
+    h: Harness, stream: AgentStream, what: str, before: Any, skip: frozenset[str] = frozenset()
+) -> None:
     end = stream.end or Outcome(grpc.StatusCode.UNKNOWN, "the stream went on unwelcomed")
     note(f"{what} -> {end.code.name} {end.details[:200]!r}")
     h.check_status(f"agent stream, {what}", end)
     if end.refused:
         h.refusals += 1
-        h.check_unchanged(f"agent stream, {what}", before, h.fingerprint())
+        h.check_unchanged(f"agent stream, {what}", before, h.fingerprint(skip))
 
 
 def victim_spec() -> types_pb2.JobSpec:
@@ -206,6 +275,20 @@ def victim_spec() -> types_pb2.JobSpec:
         name="victim", accelerator="nvidia-h800", devices=1, estimated_seconds=3600,
         command=list(SLEEPER),
     )  # fmt: skip
+
+
+def submit_bait(h: Harness) -> str:
+    """A job only a fuzzing center's pool fits."""
+    spec = types_pb2.JobSpec(
+        name="bait", accelerator=BAIT_ACCELERATOR, devices=1, estimated_seconds=60,
+        command=list(SLEEPER),
+    )  # fmt: skip
+    reply = h.broker.SubmitJob(
+        broker_pb2.SubmitJobRequest(spec=spec),
+        timeout=10,
+        metadata=((TENANT_METADATA, BAIT_TENANT),),
+    )
+    return str(reply.job.job_id)
 
 
 def submit_victim(h: Harness) -> str:

@@ -75,6 +75,18 @@ INT_EDGES = (
     2**62, 2**63 - 1, -(2**63), 2**64 - 1,
 )  # fmt: skip
 FUZZ_CENTERS = ("ZA", "ZB", "ZC")
+# Only fuzzing centers offer this accelerator: a job asking for it (the bait) is claimed
+# by the fuzzing center, which then answers, updates and bills its own claim (or lies).
+BAIT_ACCELERATOR = "enflame-s60"
+BAIT_TENANT = "lab-a"
+# Placeholders the stream driver replaces once the broker has sent the bait's Reserve.
+CLAIM = "@claim"
+JOB = "@job"
+RECORD = b"@record:"
+RECORD_VARIANTS = (
+    "honest", "devices", "price", "long", "early", "consumer", "record_id", "producer",
+    "stranger",
+)  # fmt: skip
 REAL_CENTERS = ("FA", "FB")
 REGIONS = ("TF", "YRD", "ZZ")
 ACCELERATORS = ("any", *CATALOGUE)
@@ -186,8 +198,8 @@ def near_valid_specs(draw: st.DrawFn, world: World) -> types_pb2.JobSpec:
 def _overrides(world: World) -> dict[str, st.SearchStrategy[Any]]:
     """Field name -> a strategy leaning to values the broker may accept."""
     return {
-        "job_id": st.one_of(_pick(world.job_ids), strings()),
-        "claim_id": st.one_of(_pick(world.claim_ids), strings()),
+        "job_id": st.one_of(_pick(world.job_ids), st.just(JOB), strings()),
+        "claim_id": st.one_of(_pick(world.claim_ids), st.just(CLAIM), strings()),
         "record_id": st.one_of(_pick(world.record_ids), strings()),
         "center_id": st.one_of(st.sampled_from(REAL_CENTERS + FUZZ_CENTERS), strings()),
         "accelerator": st.one_of(st.sampled_from(ACCELERATORS), strings()),
@@ -343,6 +355,7 @@ class StreamPlan:
     center_id: str
     hello: agent_pb2.ConnectRequest
     proof: str
+    bait: bool
     tail: tuple[agent_pb2.ConnectRequest, ...]
 
     def proof_for(self, world: World, nonce: bytes) -> agent_pb2.ConnectRequest | None:
@@ -360,7 +373,7 @@ class StreamPlan:
 
 def fuzz_center(center_id: str) -> types_pb2.CenterDescriptor:
     """A proper descriptor under any id (built as protobuf: the id need not be valid)."""
-    proper = wire.center_to_proto(make_center("X", pools={"p": ("ascend-910", 2, 500)}))
+    proper = wire.center_to_proto(make_center("X", pools={"p": (BAIT_ACCELERATOR, 2, 500)}))
     proper.center_id = center_id
     return proper
 
@@ -425,6 +438,89 @@ def signed_entries(draw: st.DrawFn, world: World, center_id: str) -> bytes:
     return sign_records([record], key)[0].entry()
 
 
+@dataclass(frozen=True, slots=True)
+class BaitRun:
+    """What the driver knows of the bait's claim when it resolves placeholders."""
+
+    claim_id: str
+    job_id: str
+    devices: int
+    started_at_ms: int | None = None
+    ended_at_ms: int | None = None
+
+
+def bait_record(world: World, center_id: str, run: BaitRun, variant: str) -> bytes:
+    """The usage record for the bait's run, honest or with one lie (its derived figures
+    made consistent again, as a careful liar would)."""
+    start = run.started_at_ms or now_ms()
+    end = max(run.ended_at_ms or now_ms(), start)
+    devices, price, consumer = run.devices, 500, BAIT_TENANT
+    record_id, producer, key = f"{center_id}/{run.claim_id}", center_id, None
+    if variant == "devices":
+        devices += 1
+    elif variant == "price":
+        price *= 10
+    elif variant == "long":
+        end += 10 * 86_400_000
+    elif variant == "early":
+        start -= 3_600_000
+    elif variant == "consumer":
+        consumer = "lab-b"
+    elif variant == "record_id":
+        record_id += "-again"
+    elif variant == "producer":
+        producer = "FA"
+        record_id = f"FA/{run.claim_id}"
+    elif variant == "stranger":
+        key = SignerKey.generate(center_id)
+    wall = (end - start) // 1000
+    device_s = devices * wall
+    energy = energy_wh(devices, 300, wall, 1250)
+    try:
+        record = UsageRecord(
+            record_id=record_id, producer=producer, consumer=consumer, job_id=run.job_id,
+            start_ms=start, end_ms=end, wall_s=wall, devices=devices, device_s=device_s,
+            accelerator=BAIT_ACCELERATOR, energy_wh=energy, carbon_g=carbon_g(energy, 500),
+            unit_price_minor=price, charge_minor=charge_minor(device_s, price),
+        )  # fmt: skip
+    except InvalidRecord:
+        return b"{}"
+    return sign_records([record], key or world.center_key(center_id))[0].entry()
+
+
+def resolve(
+    message: agent_pb2.ConnectRequest, world: World, center_id: str, run: BaitRun | None
+) -> agent_pb2.ConnectRequest:
+    """`message` with the placeholders (CLAIM, JOB, RECORD) replaced by the bait's claim,
+    job and usage record; left as they are when there is no bait."""
+    if run is None:
+        return message
+    out = agent_pb2.ConnectRequest()
+    out.CopyFrom(message)
+    _replace(out, {CLAIM: run.claim_id, JOB: run.job_id})
+    if out.HasField("usage") and out.usage.entry.startswith(RECORD):
+        variant = out.usage.entry[len(RECORD) :].decode()
+        out.usage.entry = bait_record(world, center_id, run, variant)
+    return out
+
+
+def _replace(msg: Message, values: dict[str, str]) -> None:
+    for f, value in msg.ListFields():
+        if f.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+            if f.message_type.GetOptions().map_entry:
+                continue
+            items = value if f.label == FieldDescriptor.LABEL_REPEATED else [value]
+            for item in items:
+                _replace(item, values)
+        elif f.cpp_type == FieldDescriptor.CPPTYPE_STRING and f.type != FieldDescriptor.TYPE_BYTES:
+            if f.label == FieldDescriptor.LABEL_REPEATED:
+                target = getattr(msg, f.name)
+                for i, v in enumerate(target):
+                    target[i] = values.get(v, v)
+            elif value in values:
+                setattr(msg, f.name, values[value])
+
+
 def stream_messages(world: World, center_id: str) -> st.SearchStrategy[agent_pb2.ConnectRequest]:
     """Anything an agent may send after its Hello, leaning hostile."""
     generic = Messages(world)
@@ -432,6 +528,7 @@ def stream_messages(world: World, center_id: str) -> st.SearchStrategy[agent_pb2
         _sampled(GARBAGE_ENTRIES),
         st.binary(max_size=64),
         signed_entries(world, center_id),
+        st.sampled_from(RECORD_VARIANTS).map(lambda v: RECORD + v.encode()),
     ).map(lambda e: agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=e)))
     offers = st.one_of(
         st.builds(lambda f: valid_offer(center_id, world.next_seq(), f), st.integers(-1, 3)),
@@ -453,6 +550,62 @@ def stream_messages(world: World, center_id: str) -> st.SearchStrategy[agent_pb2
     )
 
 
+def held_claims(world: World) -> st.SearchStrategy[agent_pb2.HeldClaim]:
+    """Claims a center says it holds at connect: often real ones (another center's),
+    in a plausible state; sometimes anything."""
+    plausible = st.builds(
+        lambda claim, job, state, code: agent_pb2.HeldClaim(
+            claim_id=claim, job_id=job, state=state, exit_code=code
+        ),
+        st.one_of(_pick(world.claim_ids), strings()),
+        st.one_of(_pick(world.job_ids), strings()),
+        st.sampled_from(
+            [
+                types_pb2.JOB_STATE_CLAIMED,
+                types_pb2.JOB_STATE_RUNNING,
+                types_pb2.JOB_STATE_SUCCEEDED,
+                types_pb2.JOB_STATE_FAILED,
+                types_pb2.JOB_STATE_CANCELLED,
+            ]
+        ),
+        st.one_of(st.none(), st.integers(-1, 255)),
+    )
+    return st.one_of(plausible, Messages(world).of(agent_pb2.HeldClaim))  # type: ignore[arg-type]
+
+
+def honest_run() -> st.SearchStrategy[list[agent_pb2.ConnectRequest]]:
+    """What an honest center does with the bait's claim (accept, run, end, bill with a
+    record that is honest or one lie), cut short anywhere."""
+
+    def run(cut: int, exit_code: int, variant: str) -> list[agent_pb2.ConnectRequest]:
+        steps = [
+            agent_pb2.ConnectRequest(
+                claim_reply=agent_pb2.ClaimReply(claim_id=CLAIM, accepted=True, device_indices=[0])
+            ),
+            agent_pb2.ConnectRequest(
+                job_update=agent_pb2.JobUpdate(
+                    claim_id=CLAIM, job_id=JOB, state=types_pb2.JOB_STATE_RUNNING
+                )
+            ),
+            agent_pb2.ConnectRequest(
+                job_update=agent_pb2.JobUpdate(
+                    claim_id=CLAIM,
+                    job_id=JOB,
+                    state=types_pb2.JOB_STATE_SUCCEEDED
+                    if exit_code == 0
+                    else types_pb2.JOB_STATE_FAILED,
+                    exit_code=exit_code,
+                )
+            ),
+            agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=RECORD + variant.encode())),
+        ]
+        return steps[:cut]
+
+    return st.builds(
+        run, st.integers(1, 4), st.sampled_from([0, 1]), st.sampled_from(RECORD_VARIANTS)
+    )
+
+
 @st.composite
 def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
     """A valid prefix (a proper Hello, the right proof, perhaps an offer) then hostile
@@ -462,10 +615,12 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
         kind = draw(st.sampled_from(["takeover", "random"]))
     if kind == "proper":
         center_id = draw(st.sampled_from(FUZZ_CENTERS))
+        held = draw(st.one_of(st.just([]), st.lists(held_claims(world), max_size=2)), label="held")
         hello = agent_pb2.Hello(
             center=fuzz_center(center_id),
             agent_version="fuzz",
             usage_key=world.center_key(center_id).verifier.text(),
+            held=held,
         )
         proof = "right"
     elif kind == "takeover":
@@ -483,13 +638,17 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
         center_id = hello.center.center_id
         proof = draw(st.sampled_from(["right", "wrong", "none"]))
     prefix: list[agent_pb2.ConnectRequest] = []
-    if kind == "proper" and draw(st.booleans()):
+    bait = kind == "proper" and draw(st.booleans(), label="bait")
+    if bait or (kind == "proper" and draw(st.booleans())):
         prefix.append(valid_offer(center_id, world.next_seq()))
-    tail = draw(st.lists(stream_messages(world, center_id), min_size=1, max_size=4))
+    if bait:
+        prefix += draw(honest_run(), label="run")
+    tail = draw(st.lists(stream_messages(world, center_id), min_size=0 if bait else 1, max_size=4))
     return StreamPlan(
         kind=kind,
         center_id=center_id,
         hello=agent_pb2.ConnectRequest(hello=hello),
         proof=proof,
+        bait=bait,
         tail=(*prefix, *tail),
     )
