@@ -2,7 +2,9 @@
 
 Each benchmark is a module `bench.NAME` that runs on its own as `python -m bench.NAME`;
 this runs each in its own process so that one's imports and children never touch the
-next one's figures. `--quick` is passed to the benchmarks that take it.
+next one's figures. `--quick` is passed to the benchmarks that take it; options this
+does not know go to the benchmarks named: `python -m bench fuzz --minutes 30` soaks the
+fuzz harness (not run by default: it runs for as long as it is given).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs where supported")
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: {' '.join(BENCHES)}")
-    args = parser.parse_args(argv)
+    # Options the top level does not know go to the benchmarks named (`fuzz --minutes 30`).
+    args, passed = parser.parse_known_args(argv)
     failed = []
     for name in args.names or BENCHES:
         if importlib.util.find_spec(f"bench.{name}") is None:
@@ -36,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         extra = ["--quick"] if args.quick and takes_quick(name) else []
         print(f"== python -m bench.{name} {' '.join(extra)}".rstrip(), flush=True)
+        extra += passed
         if subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], check=False).returncode:
             failed.append(name)
     if failed:
