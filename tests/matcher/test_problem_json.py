@@ -131,7 +131,9 @@ def test_unplaceable_is_not_invalid() -> None:
 
 
 def test_a_gang_beyond_the_bound_is_invalid() -> None:
-    with pytest.raises(InvalidProblem, match=r"^job 'j-train': devices must be 1\.\.4096, got 4097$"):
+    with pytest.raises(
+        InvalidProblem, match=r"^job 'j-train': devices must be 1\.\.4096, got 4097$"
+    ):
         load_problem(_mutate("jobs[0].devices", 4097))
 
 
