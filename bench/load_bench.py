@@ -253,9 +253,12 @@ def spawn(role: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+def profile_start(
+    pid: int, seconds: float, out: Path, native: bool = False
+) -> subprocess.Popen[bytes] | None:
     """py-spy on the broker for the loaded phase, as collapsed stacks (one line a stack,
-    then its sample count); None when py-spy is not installed."""
+    then its sample count); None when py-spy is not installed. `native`: with the C and
+    Cython frames (gRPC's own work), sampling only the thread that holds the GIL."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("py-spy is not installed; no profile", flush=True)
@@ -264,6 +267,7 @@ def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
         [
             py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
             "--rate", "100", "--format", "raw", "-o", str(out),
+            *(["--native", "--gil"] if native else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -298,7 +302,7 @@ def profile_top(collapsed: Path, n: int = 25) -> str:
 
 def phase(
     name: str, fed_address: str, broker_pid: int, plan: Plan, root: Path, readers: int,
-    profile: Path | None = None,
+    profile: Path | None = None, native: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """One measured window: a submitter, a probe and `readers` readers, all started at
     the same instant after they have connected and warmed up."""
@@ -345,7 +349,7 @@ def phase(
         broker_meter = CpuMeter([broker_pid])
         clients_meter = CpuMeter([p.pid for p in procs])
         if profile is not None:
-            profiler = profile_start(broker_pid, plan.phase_s, profile)
+            profiler = profile_start(broker_pid, plan.phase_s, profile, native=native)
         time.sleep(plan.phase_s)
         broker_cpu_s = broker_meter.used_s()
         clients_cpu_s = clients_meter.used_s()
@@ -467,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy collapsed stacks of the broker in the loaded phase"
     )
+    parser.add_argument(
+        "--native", action="store_true", help="profile C and Cython frames, GIL holder only"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args(argv)
@@ -498,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 queued = count_jobs(fed.address)
                 p = phase(
                     name, fed.address, fed.broker.pid, plan, root, readers,
-                    profile=args.profile if readers else None,
+                    profile=args.profile if readers else None, native=args.native,
                 )  # fmt: skip
                 p["queued_at_start"] = queued
                 phases.append(p)
