@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ from node_agent import (
     RunTable,
     usage_record,
 )
+from node_agent._output import CHUNK_BYTES, JobOutput, Pace
 from node_agent.backends import Backend, LaunchRequest, ProcessBackend
 from tests.agents.detached import DetachedTestBackend
 from tests.conftest import make_center
@@ -267,3 +270,64 @@ def test_a_refused_claim_is_in_the_error_tree() -> None:
     assert isinstance(caught.value, AgentError)
     assert isinstance(caught.value, FailedPrecondition)
     assert isinstance(caught.value, IcxError)
+
+
+def test_the_process_backend_ends_a_run_with_its_process(tmp_path: Path) -> None:
+    """What the job left running in its group is stopped at its end; a process that
+    left the group and holds the output open delays the end only by a bounded drain."""
+    script = (
+        "import subprocess\n"
+        "left = subprocess.Popen(['sleep', '60'])\n"
+        "escaped = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        "print(left.pid, escaped.pid, flush=True)\n"
+    )
+
+    async def scenario() -> None:
+        out = Output()
+        run = await ProcessBackend().launch(request(tmp_path, script), out)
+        assert await run.wait() == 0
+        left, escaped = map(int, out.text("stdout").split())
+        try:
+            assert not alive(left)
+            assert alive(escaped)  # out of reach of the job's group, as documented
+        finally:
+            os.kill(escaped, signal.SIGKILL)
+
+    asyncio.run(scenario())
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_jobs_output_is_all_on_disk_and_a_bounded_part_forwarded(tmp_path: Path) -> None:
+    sent: list[tuple[str, bytes]] = []
+    data = bytes(range(256)) * 1000
+
+    async def scenario() -> None:
+        output = JobOutput(
+            tmp_path / "j-1",
+            job_id="j-1",
+            send=lambda stream, piece: sent.append((stream, piece)),
+            pace=Pace(),
+            stream_max_bytes=100_000,
+        )
+        await output.write("stdout", data)
+        await output.write("stderr", b"err\n")
+        output.close()
+
+    asyncio.run(scenario())
+    assert (tmp_path / "j-1" / "icx-stdout.log").read_bytes() == data
+    assert (tmp_path / "j-1" / "icx-stderr.log").read_bytes() == b"err\n"
+    assert all(len(piece) <= CHUNK_BYTES for _, piece in sent)
+    assert {stream for stream, _ in sent} == {"stdout"}
+    note = (
+        b"\n[icx agent: output past 100000 bytes is not forwarded; the center keeps all of "
+        b"it in the job's folder, icx-stdout.log and icx-stderr.log]\n"
+    )
+    assert b"".join(piece for _, piece in sent) == data[:100_000] + note

@@ -24,6 +24,7 @@ _KILL_GRACE_S = 2.0
 # left the job's group (setsid) can hold the pipes open for ever, and the job's end
 # (and its devices) must not wait for it.
 _DRAIN_S = 2.0
+_READ_BYTES = 65536
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -33,17 +34,43 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own protocol for `create_subprocess_exec`, which also says when the
+    process exited. `Process.wait()` returns only once the pipes are closed as well,
+    and a process the job left behind can hold them open for ever."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
 class ProcessRun:
-    def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        transport: asyncio.SubprocessTransport,
+        protocol: _Protocol,
+        pumps: list[asyncio.Task[None]],
+    ) -> None:
         self.proc = proc
+        self._transport = transport
+        self._protocol = protocol
         self._pumps = pumps
 
     @property
     def run_id(self) -> str:
         return str(self.proc.pid)
 
+    @property
+    def exited(self) -> bool:
+        return self._protocol.exited.is_set()
+
     async def wait(self) -> int:
-        code = await self.proc.wait()
+        await self._protocol.exited.wait()
         # The job is over: what it left running in its group goes too, so that nothing
         # of it still holds the devices when they are given to the next job.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -52,22 +79,25 @@ class ProcessRun:
         for pump in pending:
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._transport.close()  # our ends of the pipes, whoever holds the others
         for pump in self._pumps:
             if not pump.cancelled() and pump.exception() is not None:
                 raise RuntimeError("the job's output could not be delivered") from pump.exception()
+        code = self._transport.get_returncode()
+        assert code is not None
         return code
 
     async def kill(self) -> None:
-        if self.proc.returncode is not None:
+        if self._protocol.exited.is_set():
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), _KILL_GRACE_S)
+            await asyncio.wait_for(self._protocol.exited.wait(), _KILL_GRACE_S)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
+            await self._protocol.exited.wait()
 
 
 def resolve_program(command: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
@@ -109,7 +139,10 @@ class ProcessBackend:
             argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
         else:
             hook = _die_with_parent
-        proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        # What asyncio.create_subprocess_exec does, with a protocol that tells the exit.
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(limit=_READ_BYTES, loop=loop),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -119,17 +152,18 @@ class ProcessBackend:
             start_new_session=True,
             preexec_fn=hook,
         )
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(_pump(proc.stdout, "stdout", output)),
             asyncio.create_task(_pump(proc.stderr, "stderr", output)),
         ]
-        run = ProcessRun(proc, pumps)
+        run = ProcessRun(proc, transport, protocol, pumps)
         self._live[run.run_id] = run
         return run
 
     async def list_runs(self) -> list[str]:
-        for run_id in [i for i, r in self._live.items() if r.proc.returncode is not None]:
+        for run_id in [i for i, r in self._live.items() if r.exited]:
             del self._live[run_id]
         return sorted(self._live)
 
@@ -141,7 +175,7 @@ class ProcessBackend:
 
 async def _pump(reader: asyncio.StreamReader, stream: str, output: OutputSink) -> None:
     while True:
-        data = await reader.read(65536)
+        data = await reader.read(_READ_BYTES)
         if not data:
             return
         await output(stream, data)
