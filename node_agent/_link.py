@@ -312,8 +312,20 @@ class Link:
     def _welcome(
         self, welcome: agent_pb2.Welcome, out: asyncio.Queue[agent_pb2.ConnectRequest]
     ) -> None:
-        self.heartbeat_s = min(max(0.05, welcome.heartbeat_interval_ms / 1000), _MAX_HEARTBEAT_S)
-        self.fence_after_ms = welcome.center_expiry_ms // 2
+        # A period the broker leaves unsaid (zero) keeps the agent's own: an expiry of
+        # zero would fence every job at every tick.
+        if welcome.heartbeat_interval_ms > 0:
+            self.heartbeat_s = min(
+                max(0.05, welcome.heartbeat_interval_ms / 1000), _MAX_HEARTBEAT_S
+            )
+        if welcome.center_expiry_ms > 0:
+            self.fence_after_ms = welcome.center_expiry_ms // 2
+        else:
+            log.warning(
+                "broker %s announced no center expiry: fencing after %d ms",
+                self.broker,
+                self.fence_after_ms,
+            )
         self._out = out
         self.connected.set()
         self._metrics.connected.set(1)
