@@ -48,13 +48,19 @@ SHOWN_CHARS = 40
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Co"})
 
 
-def shown(value: str) -> str:
+def shown(value: object) -> str:
     """`value` as an error message quotes it: its repr, cut to `SHOWN_CHARS` characters
     with the full length named when longer. shown('x' * 10**6) ->
-    "'xxxx…' (1000000 chars)"."""
-    if len(value) <= SHOWN_CHARS:
-        return repr(value)
-    return f"{value[:SHOWN_CHARS]!r}… ({len(value)} chars)"
+    "'xxxx…' (1000000 chars)". An integer too long to print whole (Python refuses
+    more than 4300 digits) is named by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}… ({len(value)} chars)"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text)} chars)"
 
 
 def check_id(field: str, value: str, error: type[Exception]) -> None:

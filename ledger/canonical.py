@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from core.ids import shown
 from ledger.errors import InvalidRecord
 
 __all__ = [
@@ -68,7 +69,7 @@ def encode_string(s: str) -> str:
     """One string as canonical JSON text. Raises InvalidRecord on a lone surrogate."""
     match = _SURROGATE.search(s)
     if match:
-        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {s!r}")
+        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {shown(s)}")
     result: str = _encode_string(s)
     return result
 
@@ -79,13 +80,13 @@ def _string(s: str, out: list[str]) -> None:
     # \u00xx (lowercase) for the other controls, everything else as itself.
     match = _SURROGATE.search(s)
     if match:
-        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {s!r}")
+        raise InvalidRecord(f"string holds a lone surrogate U+{ord(match[0]):04X}: {shown(s)}")
     out.append(_encode_string(s))
 
 
 def _value(value: object, out: list[str], path: str) -> None:
     if isinstance(value, bool) or value is None or isinstance(value, float):
-        raise InvalidRecord(f"{path}: only integers and strings may be signed, got {value!r}")
+        raise InvalidRecord(f"{path}: only integers and strings may be signed, got {shown(value)}")
     if isinstance(value, int):
         if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
             raise InvalidRecord(f"{path}: integer must be within +-(2**53-1), got {value}")
@@ -104,7 +105,7 @@ def _value(value: object, out: list[str], path: str) -> None:
         keys = list(value)
         for key in keys:
             if not isinstance(key, str):
-                raise InvalidRecord(f"{path}: object keys must be strings, got {key!r}")
+                raise InvalidRecord(f"{path}: object keys must be strings, got {shown(key)}")
         # Code point order is UTF-16 order for ASCII; only wider names need re-encoding.
         if all(k.isascii() for k in keys):
             keys.sort()
@@ -143,7 +144,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, val in pairs:
         if key in result:
-            raise InvalidRecord(f"duplicate member {key!r}")
+            raise InvalidRecord(f"duplicate member {shown(key)}")
         result[key] = val
     return result
 

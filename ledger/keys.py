@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from core.ids import shown
 from ledger.errors import InvalidRecord
 
 __all__ = ["ALG_COSIGNATURE_V1", "ALG_ED25519", "SignerKey", "VerifierKey", "key_hash"]
@@ -33,9 +34,9 @@ _ALGS = (ALG_ED25519, ALG_COSIGNATURE_V1)
 def check_name(name: str) -> str:
     """Key names are non-empty and hold no Unicode space and no plus."""
     if not name or "+" in name or any(ch.isspace() for ch in name):
-        raise InvalidRecord(f"key name must be non-empty without spaces or '+', got {name!r}")
+        raise InvalidRecord(f"key name must be non-empty without spaces or '+', got {shown(name)}")
     if any(ord(ch) < 0x20 for ch in name):
-        raise InvalidRecord(f"key name must not hold control characters, got {name!r}")
+        raise InvalidRecord(f"key name must not hold control characters, got {shown(name)}")
     return name
 
 
@@ -76,7 +77,7 @@ class VerifierKey:
         """Read `<name>+<hex id>+<base64(type || key)>`; the id must match the key."""
         parts = text.split("+", 2)
         if len(parts) != 3:
-            raise InvalidRecord(f"verifier key must be <name>+<hash>+<base64>, got {text!r}")
+            raise InvalidRecord(f"verifier key must be <name>+<hash>+<base64>, got {shown(text)}")
         name, hex_id, b64 = parts
         if len(hex_id) != 8 or hex_id != hex_id.lower():
             raise InvalidRecord(f"verifier key {name}: hash must be 8 lowercase hex digits")

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from core.ids import shown
 from core.money import charge_minor
 from ledger import canonical
 from ledger.errors import InvalidRecord
@@ -77,18 +78,19 @@ class UsageRecord:
     _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        where = f"record {self.record_id!r}"
+        where = f"record {shown(self.record_id)}"
         for name in ("record_id", "producer", "consumer"):
             value = getattr(self, name)
             if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
                 raise InvalidRecord(
-                    f"{where}: {name} must be 1..128 of [A-Za-z0-9._:/@-], got {value!r}"
+                    f"{where}: {name} must be 1..128 of [A-Za-z0-9._:/@-], got {shown(value)}"
                 )
         for name in ("refs", "job_id", "accelerator"):
             value = getattr(self, name)
             if not isinstance(value, str) or (value and not ID_PATTERN.fullmatch(value)):
                 raise InvalidRecord(
-                    f"{where}: {name} must be empty or 1..128 of [A-Za-z0-9._:/@-], got {value!r}"
+                    f"{where}: {name} must be empty or 1..128 of [A-Za-z0-9._:/@-], "
+                    f"got {shown(value)}"
                 )
         for name in (
             "start_ms",
@@ -103,21 +105,23 @@ class UsageRecord:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidRecord(f"{where}: {name} must be an integer, got {value!r}")
+                raise InvalidRecord(f"{where}: {name} must be an integer, got {shown(value)}")
             if not 0 <= value <= canonical.MAX_SAFE_INT:
                 raise InvalidRecord(f"{where}: {name} must be 0..2**53-1, got {value}")
         try:
             object.__setattr__(self, "kind", RecordKind(self.kind))
         except ValueError as exc:
             kinds = ", ".join(k.value for k in RecordKind)
-            raise InvalidRecord(f"{where}: kind must be one of {kinds}, got {self.kind!r}") from exc
+            raise InvalidRecord(
+                f"{where}: kind must be one of {kinds}, got {shown(self.kind)}"
+            ) from exc
         if not _CURRENCY.fullmatch(self.currency):
             raise InvalidRecord(
-                f"{where}: currency must be ISO 4217 (3 letters), got {self.currency!r}"
+                f"{where}: currency must be ISO 4217 (3 letters), got {shown(self.currency)}"
             )
         if self.producer == self.consumer:
             raise InvalidRecord(
-                f"{where}: producer and consumer must differ, both {self.producer!r}"
+                f"{where}: producer and consumer must differ, both {shown(self.producer)}"
             )
         if self.end_ms < self.start_ms:
             raise InvalidRecord(
@@ -125,7 +129,7 @@ class UsageRecord:
             )
         if self.kind is RecordKind.USAGE and self.refs:
             raise InvalidRecord(
-                f"{where}: a usage record must not reference another, got {self.refs!r}"
+                f"{where}: a usage record must not reference another, got {shown(self.refs)}"
             )
         if self.kind is not RecordKind.USAGE and not self.refs:
             raise InvalidRecord(f"{where}: a {self.kind} must name the record it is about in refs")
@@ -189,7 +193,7 @@ class UsageRecord:
         fields = dict(data)
         schema = fields.pop("schema", None)
         if schema != SCHEMA:
-            raise InvalidRecord(f"record schema must be {SCHEMA!r}, got {schema!r}")
+            raise InvalidRecord(f"record schema must be {SCHEMA!r}, got {shown(schema)}")
         try:
             return cls(**fields)
         except TypeError as exc:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.ids import shown
 from ledger import canonical, merkle
 from ledger.errors import InvalidRecord, ProofError, SignatureError
 from ledger.keys import SignerKey, VerifierKey
@@ -54,7 +55,7 @@ def _b64(data: bytes) -> str:
 
 def _unb64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
-        raise InvalidRecord(f"{what} must be a base64 string, got {value!r}")
+        raise InvalidRecord(f"{what} must be a base64 string, got {shown(value)}")
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
@@ -95,7 +96,7 @@ class SignedRecord:
         for name in ("batch_size", "batch_index"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidRecord(f"{where}: {name} must be an integer, got {value!r}")
+                raise InvalidRecord(f"{where}: {name} must be an integer, got {shown(value)}")
         for name in ("producer_key", "broker_key"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidRecord(f"{where}: {name} must be a key id string")

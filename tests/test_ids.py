@@ -38,6 +38,9 @@ def test_shown_cuts_long_values_and_names_their_length() -> None:
     assert shown("abc") == "'abc'"
     assert shown("x" * MB) == f"'{'x' * 40}'… ({MB} chars)"
     assert shown("\u202e" * 41) == "'" + "\\u202e" * 40 + "'… (41 chars)"
+    assert shown(10**5000) == "an integer of 16610 bits"
+    assert shown(2**63 - 1) == "9223372036854775807"
+    assert shown([0] * 100) == f"{str([0] * 100)[:40]}… (300 chars)"
 
 
 @given(st.text(max_size=80))

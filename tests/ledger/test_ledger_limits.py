@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ledger import Log, canonical
+from ledger import Log, UsageRecord, canonical
 from ledger.errors import InvalidRecord
 from ledger.settlement import period_bounds
 from ledger.signing import MAX_ENTRY_BYTES, SignedRecord, sign_records
@@ -91,3 +91,15 @@ def test_usage_entries_are_bounded(parties: Parties) -> None:
         SignedRecord.from_entry(padded)
     with pytest.raises(InvalidRecord, match=r"^not canonical JSON: nested deeper than 32$"):
         SignedRecord.from_entry(b"[" * 20_000 + b"]" * 20_000)
+
+
+def test_a_record_quotes_at_most_a_prefix_of_a_bad_id() -> None:
+    record = usage("center/wuhan/1").to_json()
+    record["record_id"] = "r" * 1_000_000
+    record["start_ms"] = 10**5000
+    with pytest.raises(InvalidRecord) as info:
+        UsageRecord.from_json(record)
+    assert str(info.value) == (
+        f"record '{'r' * 40}'… (1000000 chars): record_id must be 1..128 of "
+        f"[A-Za-z0-9._:/@-], got '{'r' * 40}'… (1000000 chars)"
+    )
