@@ -238,9 +238,11 @@ def _check_site(where: str, pue_milli: int, grid_g_co2_per_kwh: int) -> None:
 def _check_pools(where: str, pools: tuple[Pool, ...]) -> None:
     if len(pools) > MAX_POOLS:
         raise InvalidOffer(f"{where}: at most {MAX_POOLS} pools, got {len(pools)}")
-    ids = [p.pool_id for p in pools]
-    if len(set(ids)) != len(ids):
-        raise InvalidOffer(f"{where}: pool ids must be unique, got {ids}")
+    seen: set[str] = set()
+    for pool in pools:
+        if pool.pool_id in seen:
+            raise InvalidOffer(f"{where}: pool ids must be unique, got {pool.pool_id!r} twice")
+        seen.add(pool.pool_id)
 
 
 def _check_time(where: str, name: str, at_ms: int) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.ids import SHOWN_CHARS, shown
 from matcher.errors import InvalidProblem
 from matcher.model import (
     DEFAULT_AGING_S,
@@ -78,7 +79,10 @@ _TOP_FIELDS = {
 
 
 def _bad(path: str, expected: str, got: object) -> InvalidProblem:
-    return InvalidProblem(f"{path}: expected {expected}, got {json.dumps(got, default=str)}")
+    text = json.dumps(got, default=str)
+    if len(text) > SHOWN_CHARS:
+        text = f"{text[:SHOWN_CHARS]}… ({len(text)} chars)"
+    return InvalidProblem(f"{path}: expected {expected}, got {text}")
 
 
 def _obj(value: object, path: str, allowed: set[str]) -> Mapping[str, Any]:
@@ -87,7 +91,8 @@ def _obj(value: object, path: str, allowed: set[str]) -> Mapping[str, Any]:
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise InvalidProblem(
-            f"{path}: unknown field {unknown[0]!r} (expected one of {', '.join(sorted(allowed))})"
+            f"{path}: unknown field {shown(unknown[0])} "
+            f"(expected one of {', '.join(sorted(allowed))})"
         )
     return value
 
@@ -191,14 +196,14 @@ def _matrix(raw: object, path: str, known: set[str], scale: float) -> dict[str, 
     out: dict[str, dict[str, float]] = {}
     for a, row in raw.items():
         if a not in known:
-            raise InvalidProblem(f"{path}.{a}: unknown region {a!r} (known: {_names(known)})")
+            raise InvalidProblem(f"{path}.{a}: unknown region {shown(a)} (known: {_names(known)})")
         if not isinstance(row, dict):
             raise _bad(f"{path}.{a}", "an object (region -> number)", row)
         out[a] = {}
         for b, v in row.items():
             if b not in known:
                 raise InvalidProblem(
-                    f"{path}.{a}.{b}: unknown region {b!r} (known: {_names(known)})"
+                    f"{path}.{a}.{b}: unknown region {shown(b)} (known: {_names(known)})"
                 )
             out[a][b] = _num(v, f"{path}.{a}.{b}", 0.0, strict=scale != 1.0) * scale
     return out
@@ -257,7 +262,7 @@ def load_problem(data: object) -> Problem:
         for i, p in enumerate(pools):
             if p.region not in known:
                 raise InvalidProblem(
-                    f"pools[{i}].region: unknown region {p.region!r} (known: {_names(known)})"
+                    f"pools[{i}].region: unknown region {shown(p.region)} (known: {_names(known)})"
                 )
     else:
         known = {p.region for p in pools} | {j.data_region for j in jobs if j.data_region}
@@ -288,7 +293,7 @@ def _unique(ids: Sequence[str], path: str) -> None:
     seen: set[str] = set()
     for i, x in enumerate(ids):
         if x in seen:
-            raise InvalidProblem(f"{path}[{i}].id: duplicate id {x!r}")
+            raise InvalidProblem(f"{path}[{i}].id: duplicate id {shown(x)}")
         seen.add(x)
 
 
