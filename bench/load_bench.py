@@ -83,6 +83,7 @@ class Plan:
     phase_s: float
     probe_every_s: float
     reads: tuple[str, ...] = READ_KINDS
+    readers_nice: int = 0
 
 
 QUICK = Plan(backlog=5_000, phase_s=6.0, probe_every_s=0.01)
@@ -242,11 +243,12 @@ def role_main(argv: Sequence[str]) -> int:
 # ------------------------------------------------------------------ the run
 
 
-def spawn(role: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(role: str, args: list[str], log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
+    niced = ["nice", "-n", str(nice)] if nice else []
     with log.open("ab") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "bench.load_bench", "role", role, *args],
+            [*niced, sys.executable, "-m", "bench.load_bench", "role", role, *args],
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -327,6 +329,7 @@ def phase(
                 "reader",
                 [*common, "--seed", str(i), "--reads", ",".join(plan.reads), "--out", str(out)],
                 folder / f"r{i}.log",
+                nice=plan.readers_nice,
             )
         )
     profiler: subprocess.Popen[bytes] | None = None
@@ -406,7 +409,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Measured {result['when']} on {result['machine']}, {result['revision']}, with"
         f" `{result['command']}`; backlog {result['backlog']:,} queued jobs before the first"
         f" phase, {result['phase_s']:.0f} s per phase; the readers call"
-        f" {', '.join(result['reads'])} in turn.",
+        f" {', '.join(result['reads'])} in turn"
+        + (f", at niceness {result['readers_nice']}." if result["readers_nice"] else "."),
         "",
         "| figure | unloaded (before) | loaded: 4 readers | unloaded (after) | loaded / unloaded"
         " | goal | met |",
@@ -472,6 +476,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", type=Path, help="py-spy collapsed stacks of the broker in the loaded phase"
     )
     parser.add_argument(
+        "--nice-readers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the readers at this niceness (1-19): the broker and the submitter get the"
+        " CPU first, which separates the broker's limits from the machine's",
+    )
+    parser.add_argument(
         "--native", action="store_true", help="profile C and Cython frames, GIL holder only"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
@@ -483,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phase_s=args.seconds if args.seconds is not None else plan.phase_s,
         probe_every_s=plan.probe_every_s,
         reads=tuple(args.reads.split(",")),
+        readers_nice=args.nice_readers,
     )
     if not plan.reads or not set(plan.reads) <= set(READ_KINDS):
         parser.error(f"--reads takes some of {','.join(READ_KINDS)}, got {args.reads!r}")
@@ -533,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phase_s": plan.phase_s,
         "probe_every_s": plan.probe_every_s,
         "reads": list(plan.reads),
+        "readers_nice": plan.readers_nice,
         "phases": phases,
         "unloaded_submit_rate": unloaded_rate,
         "submit_ratio": loaded["submit"]["rate"] / unloaded_rate,
