@@ -83,16 +83,19 @@ class UsageRules:
     def check(self, index: int, record: UsageRecord) -> None:
         """Raise UsageRuleViolation if `record`, at `index`, breaks a rule given every
         record checked before it; otherwise remember it."""
-        where = f"record {record.record_id!r}"
-        prefix = f"{record.producer}/"
-        if not record.record_id.startswith(prefix) or record.record_id == prefix:
+        record_id, producer = record.record_id, record.producer
+        cut = len(producer)
+        # Messages are built only on failure: an audit checks every record of the log.
+        if not (
+            len(record_id) > cut + 1 and record_id[cut] == "/" and record_id.startswith(producer)
+        ):
             raise UsageRuleViolation(
                 Rule.RECORD_ID_NAMESPACE,
-                f"{where} must be named {prefix}..., in its producer's name space",
+                f"record {record_id!r} must be named {producer}/..., in its producer's name space",
                 index=index,
             )
         if record.kind is RecordKind.USAGE:
-            self._bill(index, record, record.record_id)
+            self._bill(index, record, record_id)
         else:
             original = self._original(index, record)
             if record.kind is RecordKind.CORRECTION:
@@ -103,8 +106,9 @@ class UsageRules:
                 ):
                     raise UsageRuleViolation(
                         Rule.CORRECTION_SAME_PRODUCER_AND_JOB,
-                        f"{where} corrects {record.refs!r} (producer {original.producer!r},"
-                        f" consumer {original.consumer!r}, job {original.job_id!r}) but names"
+                        f"record {record_id!r} corrects {record.refs!r} (producer"
+                        f" {original.producer!r}, consumer {original.consumer!r}, job"
+                        f" {original.job_id!r}) but names"
                         f" producer {record.producer!r}, consumer {record.consumer!r}, job"
                         f" {record.job_id!r}",
                         index=index,
@@ -113,12 +117,12 @@ class UsageRules:
             elif (original.consumer, original.producer) != (record.producer, record.consumer):
                 raise UsageRuleViolation(
                     Rule.ANSWER_FROM_CONSUMER,
-                    f"{where}: only {original.consumer!r}, the consumer of {record.refs!r}, may"
-                    f" {record.kind} it (to {original.producer!r}); signed by"
+                    f"record {record_id!r}: only {original.consumer!r}, the consumer of"
+                    f" {record.refs!r}, may {record.kind} it (to {original.producer!r}); signed by"
                     f" {record.producer!r} to {record.consumer!r}",
                     index=index,
                 )
-        self._records[record.record_id] = record
+        self._records[record_id] = record
 
     def _original(self, index: int, record: UsageRecord) -> UsageRecord:
         where = f"record {record.record_id!r}"
@@ -139,7 +143,12 @@ class UsageRules:
     def _bill(self, index: int, record: UsageRecord, chain: str) -> None:
         """Put `record` in force for `chain` and check it against the producer's other
         runs of the same job."""
-        runs = self._runs.setdefault((record.producer, record.job_id), [])
+        key = (record.producer, record.job_id)
+        runs = self._runs.get(key)
+        if runs is None:  # the common case: a job's first run at this producer
+            self._runs[key] = [_Run(chain=chain, latest=record, index=index)]
+            self._chain_of[record.record_id] = chain
+            return
         mine: _Run | None = None
         for run in runs:
             if run.chain == chain:
