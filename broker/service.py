@@ -43,6 +43,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 MAX_PAGE_BYTES = 3 << 20
 
+MAX_RECORD_ID = 128
+
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TENANT = "default"
 
@@ -71,10 +73,11 @@ def unary(
 
 
 def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's tenant. Until user authentication lands this is a declared name."""
+    """The caller's tenant. Until user authentication lands this is a declared name, which
+    must follow the id grammar (it names a party of the ledger)."""
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_METADATA and value:
-            return str(value)
+            return wire.id_from_proto("tenant", str(value))
     return DEFAULT_TENANT
 
 
@@ -89,14 +92,17 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required")
         spec = wire.spec_from_proto(request.spec)
-        job = await self.broker.submit(tenant_of(context), spec, request.request_id)
+        job = await self.broker.submit(
+            tenant_of(context), spec, wire.request_id_from_proto(request.request_id)
+        )
         return broker_pb2.SubmitJobResponse(job=wire.job_to_proto(job))
 
     @unary
     async def GetJob(
         self, request: broker_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.GetJobResponse:
-        return broker_pb2.GetJobResponse(job=wire.job_to_proto(self.broker.get(request.job_id)))
+        job = self.broker.get(wire.job_id_from_proto(request.job_id))
+        return broker_pb2.GetJobResponse(job=wire.job_to_proto(job))
 
     @unary
     async def ListJobs(
@@ -127,14 +133,14 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def CancelJob(
         self, request: broker_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.CancelJobResponse:
-        job = await self.broker.cancel(tenant_of(context), request.job_id)
+        job = await self.broker.cancel(tenant_of(context), wire.job_id_from_proto(request.job_id))
         return broker_pb2.CancelJobResponse(job=wire.job_to_proto(job))
 
     async def WatchJob(
         self, request: broker_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[broker_pb2.WatchJobResponse]:
         try:
-            job = self.broker.get(request.job_id)
+            job = self.broker.get(wire.job_id_from_proto(request.job_id))
         except IcxError as exc:
             await abort(context, exc)
             return
@@ -224,6 +230,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.ProveRecordResponse:
         which = request.WhichOneof("entry")
         if which == "record_id":
+            if len(request.record_id) > MAX_RECORD_ID:  # the ledger's own bound
+                raise InvalidArgument(f"record_id must be at most {MAX_RECORD_ID} characters")
             text = await self.ledger.prove(record_id=request.record_id)
         elif which == "index":
             if request.index < 0:

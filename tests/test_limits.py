@@ -278,11 +278,6 @@ def test_hostile_usage_entries_are_refused_and_the_stream_lives(
     assert _checkpoint_size(channel) == size
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/service.py must check request ids with core.wire.job_id_from_proto "
-    "(GetJob, CancelJob, WatchJob); it echoes the 1 MB id in NOT_FOUND today",
-)
 def test_a_1mb_job_id_is_not_echoed(stub: broker_pb2_grpc.BrokerServiceStub) -> None:
     details = _refused(stub.GetJob, broker_pb2.GetJobRequest(job_id="j" * MB))
     assert details == f"job_id {ID_RULE}, got '{'j' * 40}'… ({MB} chars)"
