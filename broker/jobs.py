@@ -9,7 +9,9 @@ in core.states; each commits with its event.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
+import heapq
 import logging
 import secrets
 from collections.abc import Iterable, Iterator
@@ -41,6 +43,9 @@ class JobBook:
         # read from the end without sorting.
         self._order: list[JobId] = []
         self._place: dict[JobId, int] = {}
+        # Each state's jobs as sorted places in `_order`: a page of some states merges
+        # these from their ends, so it costs the page, not every job.
+        self._in_state: dict[JobState, list[int]] = {s: [] for s in JobState}
         self.jobs: dict[JobId, Job] = {}
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self._requests: dict[tuple[str, str], JobId] = {}
@@ -55,7 +60,7 @@ class JobBook:
         for stored in sorted(snapshot.jobs, key=lambda s: (s.job.submitted_at_ms, s.job.job_id)):
             job = stored.job
             self.jobs[job.job_id] = job
-            self._remember(job.job_id)
+            self._remember(job)
             self._tenants.add(job.tenant)
             self.counts[job.state] += 1
             if stored.request_id:
@@ -92,16 +97,14 @@ class JobBook:
             place = self._place.get(JobId(after))
             if place is None:
                 raise NotFound(f"no job {after!r} to continue after")
-            start = place - 1
+            end = place
         else:
-            start = len(self._order) - 1
-        return self._walk(start, wanted)
-
-    def _walk(self, start: int, wanted: frozenset[JobState]) -> Iterator[Job]:
-        for i in range(start, -1, -1):
-            job = self.jobs[self._order[i]]
-            if not wanted or job.state in wanted:
-                yield job
+            end = len(self._order)
+        if not wanted or wanted == frozenset(JobState):
+            return (self.jobs[self._order[i]] for i in range(end - 1, -1, -1))
+        lists = [self._in_state[s] for s in wanted]
+        places = heapq.merge(*(_before(lst, end) for lst in lists), reverse=True)
+        return (self.jobs[self._order[i]] for i in places)
 
     def count(self, states: Iterable[JobState] = ()) -> int:
         wanted = frozenset(states) or frozenset(JobState)
@@ -155,7 +158,7 @@ class JobBook:
             updated_at_ms=at,
         )
         self.jobs[job.job_id] = job
-        self._remember(job.job_id)
+        self._remember(job)
         self._tenants.add(tenant)
         self.counts[JobState.QUEUED] += 1
         if request_id:
@@ -182,6 +185,11 @@ class JobBook:
         self.jobs[job.job_id] = new
         self.counts[job.state] -= 1
         self.counts[state] += 1
+        if state != job.state:
+            place = self._place[job.job_id]
+            old = self._in_state[job.state]
+            del old[bisect.bisect_left(old, place)]
+            bisect.insort(self._in_state[state], place)
         log.info(
             "job %s %s -> %s%s: %s",
             job.job_id,
@@ -235,9 +243,12 @@ class JobBook:
 
     # ---------------------------------------------------------------- helpers
 
-    def _remember(self, job_id: JobId) -> None:
-        self._place[job_id] = len(self._order)
-        self._order.append(job_id)
+    def _remember(self, job: Job) -> None:
+        """A job new to the book, placed after every other."""
+        place = len(self._order)
+        self._place[job.job_id] = place
+        self._order.append(job.job_id)
+        self._in_state[job.state].append(place)  # the largest place: still sorted
 
     def _next_event(self, job: Job, message: str) -> JobEvent:
         seq = self._event_seq.get(job.job_id, 0) + 1
@@ -261,3 +272,9 @@ class JobBook:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
+
+
+def _before(places: list[int], end: int) -> Iterator[int]:
+    """The sorted `places` below `end`, largest first."""
+    for i in range(bisect.bisect_left(places, end) - 1, -1, -1):
+        yield places[i]

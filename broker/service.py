@@ -8,7 +8,9 @@ and sent as a bare INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +44,7 @@ log = logging.getLogger("icx.broker.service")
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 MAX_PAGE_BYTES = 3 << 20
+PAGE_STEP = 20
 
 MAX_RECORD_ID = 128
 
@@ -119,14 +122,20 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         except NotFound as exc:
             raise InvalidArgument(f"page_token is not one this broker gave: {exc}") from exc
         reply = broker_pb2.ListJobsResponse(total=self.broker.count_jobs(states))
+        # The page is taken at once (a walk of the page, not of every job), then built a
+        # few jobs per turn of the loop, so that a flood of reads leaves room for the rest.
+        page = list(itertools.islice(jobs, limit + 1))
         size = 0
-        for job in jobs:
-            if len(reply.jobs) == limit or size > MAX_PAGE_BYTES:
-                reply.next_page_token = reply.jobs[-1].job_id
+        for n, job in enumerate(page[:limit]):
+            if size > MAX_PAGE_BYTES:
                 break
+            if n and n % PAGE_STEP == 0:
+                await asyncio.sleep(0)
             msg = wire.job_to_proto(job)
             size += msg.ByteSize()
             reply.jobs.append(msg)
+        if len(reply.jobs) < len(page):
+            reply.next_page_token = reply.jobs[-1].job_id
         return reply
 
     @unary

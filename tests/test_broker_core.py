@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import random
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -359,5 +360,37 @@ def test_a_tenant_and_a_center_never_share_a_name(tmp_path: Path) -> None:
             await broker.connect(make_center("lab-x"), [])
         assert sorted(broker.centers.descriptors) == ["CA"]
         assert [j.tenant for j in broker.list_jobs()] == ["lab-x"]
+
+    run(tmp_path, body)
+
+
+def test_pages_by_state_agree_with_a_filter_of_every_job(tmp_path: Path) -> None:
+    """The per-state index gives what filtering all jobs would, after many transitions."""
+    moves = {
+        JobState.QUEUED: (JobState.CLAIMED, JobState.CANCELLED),
+        JobState.CLAIMED: (JobState.RUNNING, JobState.QUEUED, JobState.CANCELLED),
+        JobState.RUNNING: (JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED),
+    }
+
+    async def body(broker: Broker) -> None:
+        rng = random.Random(7)
+        book = broker.jobs
+        for _ in range(300):
+            await broker.submit("t", SPEC)
+            live = [j for j in book.jobs.values() if j.state in moves]
+            for job in rng.sample(live, min(len(live), rng.choice((0, 0, 1, 2)))):
+                await book.transition(job, rng.choice(moves[job.state]), "moved")
+        everyone = list(reversed(list(book.jobs.values())))
+        for wanted in (
+            [JobState.QUEUED],
+            [JobState.CANCELLED, JobState.FAILED],
+            [JobState.SUCCEEDED, JobState.CLAIMED, JobState.RUNNING],
+        ):
+            expected = [j.job_id for j in everyone if j.state in wanted]
+            assert expected and [j.job_id for j in book.page(wanted)] == expected
+            middle = expected[len(expected) // 2]
+            after = [j.job_id for j in book.page(wanted, middle)]
+            assert after == expected[len(expected) // 2 + 1 :]
+            assert book.count(wanted) == len(expected)
 
     run(tmp_path, body)
