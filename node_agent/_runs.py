@@ -250,8 +250,8 @@ class Runs:
             "job %s running on %s devices %s", task.job_id, holding.pool_id, list(holding.indices)
         )
         self._start_supervising(task)
-        if task.cancelled:  # while the backend was starting it
-            await self._stop(task, "cancelled while launching")
+        if task.cancelled or task.fenced:  # while the backend was starting it
+            await self._stop(task, "cancelled" if task.cancelled else "cut off")
             return
         self._update(
             task.claim_id, task.job_id, JobState.RUNNING, message=f"started on {holding.pool_id}"
@@ -310,7 +310,12 @@ class Runs:
                 self.cancel_settle_s,
             )
             self.metrics.faults.labels(where="cancel").inc()
-            self._end(task, JobState.CANCELLED, None, "cancelled (the run did not report its end)")
+            if task.fenced:
+                self._give_back(task, None)
+            else:
+                self._end(
+                    task, JobState.CANCELLED, None, "cancelled (the run did not report its end)"
+                )
 
     async def _kill(self, task: _Task) -> None:
         """Stop the task's run; a backend error is logged and counted, not raised."""
@@ -376,7 +381,6 @@ class Runs:
                 kills.append(self._kill(task))
             elif task.state == JobState.RUNNING:
                 task.fenced = True  # launching: launch() stops it once started
-                task.cancelled = True
             else:
                 self.book.release(task.claim_id)
                 self.tasks.pop(task.claim_id, None)
@@ -526,22 +530,12 @@ class Runs:
         finally:
             if task.output is not None:
                 task.output.close()
-        if task.state in TERMINAL:
-            return  # a cancel ended it already
+        if task.done.is_set():
+            return  # a cancel ended it (or gave it back) already
         if task.fenced and code == 0:
             task.fenced = False  # it finished on its own before the stop took effect
         if task.fenced:
-            self.book.release(task.claim_id)
-            self.tasks.pop(task.claim_id, None)
-            self._drop_row(task.claim_id)
-            task.done.set()
-            log.info("job %s stopped while cut off (exit %s): giving it back", task.job_id, code)
-            # If the stream is back by now, say so; if not, the next Hello will not list
-            # the job and the broker requeues it then.
-            self._update(
-                task.claim_id, task.job_id, JobState.QUEUED, message="stopped while cut off"
-            )
-            self.events.changed()
+            self._give_back(task, code)
         elif task.cancelled:
             self._end(task, JobState.CANCELLED, code, "cancelled")
         elif lost:
@@ -550,6 +544,20 @@ class Runs:
             self._end(task, JobState.SUCCEEDED, code, "exit 0")
         else:
             self._end(task, JobState.FAILED, code, _exit_reason(code))
+
+    def _give_back(self, task: _Task, code: int | None) -> None:
+        """A run stopped because the broker went silent: not ended, not metered."""
+        if task.done.is_set():
+            return
+        self.book.release(task.claim_id)
+        self.tasks.pop(task.claim_id, None)
+        self._drop_row(task.claim_id)
+        task.done.set()
+        log.info("job %s stopped while cut off (exit %s): giving it back", task.job_id, code)
+        # If the stream is back by now, say so; if not, the next Hello will not list the
+        # job and the broker requeues it then.
+        self._update(task.claim_id, task.job_id, JobState.QUEUED, message="stopped while cut off")
+        self.events.changed()
 
     def _end(self, task: _Task, state: JobState, code: int | None, message: str) -> None:
         """End the job here: on disk, its devices free, reported, metered. Once only."""
