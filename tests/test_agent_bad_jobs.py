@@ -9,6 +9,7 @@ truncation note; the agent's memory stays bounded.
 from __future__ import annotations
 
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,14 @@ def test_a_job_killed_by_a_signal_fails_saying_which(
     all_free_and_next_job_runs(federation, client)
 
 
+def broker_metrics(federation: LocalFederation) -> dict[str, str]:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{federation.metrics_port}/metrics", timeout=5
+    ) as reply:
+        text = reply.read().decode()
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("icx_"))
+
+
 def vm_kib(pid: int, field: str) -> int:
     """A figure of /proc/PID/status, in KiB (VmRSS: resident now; VmHWM: its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -127,6 +136,11 @@ def test_a_job_writing_50_mb_keeps_it_all_at_the_center_and_bounded_elsewhere(
     stdout = b"".join(c.data for c in chunks if c.stream == "stdout")
     assert stdout.endswith(BROKER_NOTE)
     assert expected.startswith(stdout[: -len(BROKER_NOTE)])
+
+    # Paced under the broker's rate: what it did not keep was past the cap, not dropped.
+    dropped = broker_metrics(federation)
+    assert 'icx_log_chunks_dropped_total{reason="rate"}' not in dropped
+    assert float(dropped['icx_log_chunks_dropped_total{reason="cap"}']) >= 1
 
     # A sanity bound, not a measurement: buffering the output would take 50 MB.
     peak_growth_kib = vm_kib(agent, "VmHWM") - rss_before
