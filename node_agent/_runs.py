@@ -220,6 +220,11 @@ class Runs:
             self._end(task, JobState.FAILED, None, _launch_failure(order, exc))
             return
         task.run = run
+        if task.done.is_set():  # a cancel gave up waiting for the backend and ended it
+            log.info("job %s: started after it was cancelled; stopping it", task.job_id)
+            await self._kill(task)
+            await self._reap(task)
+            return
         # On disk before the launch is reported: a restarted agent finds the run.
         row = RunRow(
             claim_id=task.claim_id,
@@ -276,9 +281,10 @@ class Runs:
 
     async def cancel(self, order: CancelOrder) -> None:
         """Stop the claim's job and free its devices, whatever state it is in: a
-        reservation at once; a launching job as soon as the backend returns its run; a
-        running or ending one once it is stopped, or after `CANCEL_SETTLE_S` if its
-        backend cannot stop it or never reports the end."""
+        reservation at once; a launching job once the backend returns its run; a running
+        or ending one once it is stopped. A backend that does not return the run, cannot
+        stop it or never reports its end holds the devices for `cancel_settle_s` at most:
+        then the job ends here (and a run that starts after that is stopped at once)."""
         task = self.tasks.get(order.claim_id)
         if task is None:
             if self.book.release(order.claim_id) is not None:
@@ -295,6 +301,17 @@ class Runs:
         task.cancelled = True
         if task.run is None:
             log.info("job %s: cancelled while launching; stopped once started", task.job_id)
+            try:
+                await asyncio.wait_for(task.done.wait(), self.cancel_settle_s)
+            except TimeoutError:
+                log.error(
+                    "job %s: its backend has not started it %.1f s after the cancel; "
+                    "freeing its devices (the run is stopped if it ever starts)",
+                    task.job_id,
+                    self.cancel_settle_s,
+                )
+                self.metrics.faults.labels(where="cancel").inc()
+                self._end(task, JobState.CANCELLED, None, "cancelled (the launch did not return)")
             return
         await self._stop(task, order.reason or "cancelled")
 
@@ -316,6 +333,17 @@ class Runs:
                 self._end(
                     task, JobState.CANCELLED, None, "cancelled (the run did not report its end)"
                 )
+
+    async def _reap(self, task: _Task) -> None:
+        """Wait for a stopped run nobody supervises, and close its output."""
+        assert task.run is not None
+        try:
+            await task.run.wait()
+        except Exception:
+            log.exception("job %s: waiting for its stopped run failed", task.job_id)
+        finally:
+            if task.output is not None:
+                task.output.close()
 
     async def _kill(self, task: _Task) -> None:
         """Stop the task's run; a backend error is logged and counted, not raised."""

@@ -323,6 +323,10 @@ def test_a_cancel_while_reserved_frees_the_devices(
 def test_a_cancel_while_launching_stops_the_job_once_started(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
+    """The backend has started the process and not yet returned the run. When it
+    returns within the settle time, the run is stopped and the job ends cancelled; when
+    it does not, the cancel ends the job and frees the devices, and the run is stopped
+    the moment the backend returns it."""
     out = tmp_path / "out"
     out.mkdir()
 
@@ -333,20 +337,31 @@ def test_a_cancel_while_launching_stops_the_job_once_started(
             running_agent(federation, tmp_path / "work", backend) as agent,
             AsyncBrokerClient(federation.address) as client,
         ):
-            job = await client.submit(gated(out))
-            await eventually(_async(lambda: backend.pids), 20, "the launch to begin")
-            [task] = agent.runs.tasks.values()
-            assert task.launching
-            assert (await client.get_job(job.job_id)).state == JobState.CLAIMED
-            cancelled = await client.cancel(job.job_id)
-            assert (cancelled.state, cancelled.reason) == (
-                JobState.CANCELLED,
-                "cancelled by the user",
-            )
-            await cancel_arrives(agent, task.claim_id)
+            agent.runs.cancel_settle_s = 0.5
+            for n, returns in enumerate((True, False), start=1):
+                job = await client.submit(gated(out))
+                pid = await launched(backend, n)
+                [task] = [t for t in agent.runs.tasks.values() if t.job_id == job.job_id]
+                assert task.launching
+                assert (await client.get_job(job.job_id)).state == JobState.CLAIMED
+                cancelled = await client.cancel(job.job_id)
+                assert (cancelled.state, cancelled.reason) == (
+                    JobState.CANCELLED,
+                    "cancelled by the user",
+                )
+                await cancel_arrives(agent, task.claim_id)
+                if returns:
+                    backend.launch_gate.set()
+                    await ends(agent, task.claim_id, JobState.CANCELLED, "cancelled")
+                else:
+                    reason = "cancelled (the launch did not return)"
+                    await ends(agent, task.claim_id, JobState.CANCELLED, reason)
+                    assert agent.runs.book.free("p") == DEVICES
+                    assert alive(pid)
+                    backend.launch_gate.set()
+                await gone(pid)
+                backend.launch_gate.clear()
             backend.launch_gate.set()
-            await ends(agent, task.claim_id, JobState.CANCELLED, "cancelled")
-            assert not alive(backend.pids[0])
             await all_free_and_next_job_runs(agent, client)
 
     asyncio.run(scenario())
