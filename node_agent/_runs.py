@@ -445,6 +445,7 @@ class Runs:
                     exit_code=row.exit_code,
                     ended_at_ms=row.ended_at_ms,
                 )
+                task.done.set()
                 self.tasks[row.claim_id] = task
                 if not row.metered:
                     self._meter(task)
