@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from core.ids import shown
 from ledger import merkle
 from ledger.errors import EquivocationError, InvalidRecord, NoteError, ProofError
 from ledger.keys import ALG_COSIGNATURE_V1, ALG_ED25519, SignerKey, VerifierKey
@@ -41,7 +42,9 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         if not self.origin or "\n" in self.origin:
-            raise NoteError(f"checkpoint origin must be one non-empty line, got {self.origin!r}")
+            raise NoteError(
+                f"checkpoint origin must be one non-empty line, got {shown(self.origin)}"
+            )
         if not 0 <= self.size <= merkle.MAX_SIZE:
             raise NoteError(f"checkpoint size must be 0..2**64-1, got {self.size}")
         if len(self.root) != merkle.HASH_SIZE:
@@ -68,7 +71,7 @@ class Checkpoint:
             or not size_text.isdigit()
             or (size_text != "0" and size_text.startswith("0"))
         ):
-            raise NoteError(f"invalid log size {size_text!r}")
+            raise NoteError(f"invalid log size {shown(size_text)}")
         try:
             root = base64.b64decode(root_text.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError) as exc:

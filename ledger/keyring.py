@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from core.ids import shown
 from ledger import canonical
 from ledger.errors import InvalidRecord, RefusedRecord
 from ledger.keys import ALG_ED25519, VerifierKey
@@ -41,7 +42,7 @@ class KeyEvent:
     @classmethod
     def admit(cls, party: str, role: Role, key: VerifierKey) -> KeyEvent:
         if not ID_PATTERN.fullmatch(party):
-            raise InvalidRecord(f"party must be 1..128 of [A-Za-z0-9._:/@-], got {party!r}")
+            raise InvalidRecord(f"party must be 1..128 of [A-Za-z0-9._:/@-], got {shown(party)}")
         if key.alg != ALG_ED25519:
             raise InvalidRecord(f"key {key.key_id}: parties sign with Ed25519 (type 0x01) keys")
         return cls(action="admit", key_id=key.key_id, party=party, role=Role(role), key=key)
@@ -73,7 +74,7 @@ class KeyEvent:
                 return cls.revoke(data["key"])
         except (ValueError, TypeError) as exc:
             raise InvalidRecord(f"key event: {exc}") from exc
-        raise InvalidRecord(f"key event: malformed {action!r} entry")
+        raise InvalidRecord(f"key event: malformed {shown(action)} entry")
 
 
 @dataclass(slots=True, kw_only=True)

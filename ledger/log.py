@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core.ids import shown
 from ledger import canonical, merkle
 from ledger._audit_rules import Rule, UsageRules, UsageRuleViolation
 from ledger._pool import VerifyPool
@@ -92,7 +93,7 @@ def _parse(leaf: bytes) -> SignedRecord | KeyEvent:
         return SignedRecord.from_json(value)
     if kind == "key":
         return KeyEvent.from_json(value)
-    raise InvalidRecord(f"unknown entry type {kind!r}")
+    raise InvalidRecord(f"unknown entry type {shown(kind)}")
 
 
 class Log:
@@ -302,7 +303,7 @@ class Log:
         if record_id is not None:
             stored = self.store.find(record_id)
             if stored is None:
-                raise EntryNotFound(f"no record {record_id!r} in the log")
+                raise EntryNotFound(f"no record {shown(record_id)} in the log")
             index = stored.index
         if index is None:
             raise InvalidRecord("name a record id or an index")

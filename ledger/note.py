@@ -16,6 +16,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core.ids import shown
 from ledger.errors import InvalidRecord, NoteError
 from ledger.keys import ALG_COSIGNATURE_V1, SignerKey, VerifierKey, check_name
 
@@ -62,10 +63,12 @@ def _check_text(text: str) -> None:
 
 def _parse_line(line: str) -> NoteSignature:
     if not line.startswith(_DASH):
-        raise NoteError(f"malformed note: signature line must start with an em dash: {line!r}")
+        raise NoteError(f"malformed note: signature line must start with an em dash: {shown(line)}")
     parts = line[len(_DASH) :].split(" ")
     if len(parts) != 2:
-        raise NoteError(f"malformed note: signature line needs a name and a signature: {line!r}")
+        raise NoteError(
+            f"malformed note: signature line needs a name and a signature: {shown(line)}"
+        )
     name, b64 = parts
     try:
         check_name(name)

@@ -240,6 +240,12 @@ def test_statement_for_a_bad_period_is_invalid_argument(
     assert _refused(ledger.GetStatement, request) == message
 
 
+def test_proving_a_1mb_record_id_does_not_echo_it(channel: grpc.Channel) -> None:
+    ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+    request = ledger_pb2.ProveRecordRequest(record_id="r" * MB)
+    assert _refused(ledger.ProveRecord, request) == "record_id must be at most 128 characters"
+
+
 def _checkpoint_size(channel: grpc.Channel) -> int:
     ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
     note = ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
