@@ -51,6 +51,16 @@ def _key(prop: str, exc: BaseException) -> tuple[str, str, str]:
     return prop, type(exc).__name__, str(exc)[:80]
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The invariant that broke, out of hypothesis's wrappers (a flaky replay, say)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _cause(inner)
+            if isinstance(found, Broken):
+                return found
+    return exc
+
+
 def _example_text(exc: BaseException) -> str:
     notes = getattr(exc, "__notes__", [])
     return "\n".join(notes) if notes else "".join(traceback.format_exception(exc)[-3:])
@@ -105,9 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
                 round_seed = rng.randrange(2**32)
                 rounds += 1
-                exc = run_round(h, prop, args.examples, round_seed)
-                if exc is None:
+                found = run_round(h, prop, args.examples, round_seed)
+                if found is None:
                     continue
+                exc = _cause(found)
                 key = _key(prop, exc)
                 if key in findings:
                     findings[key].seen += 1
@@ -119,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         prop=prop,
                         invariant=invariant,
                         summary=summary[:500],
-                        example=_example_text(exc),
+                        example=_example_text(found) + _example_text(exc),
                         seeds=[round_seed],
                     )
                     print(f"found ({prop}, seed {round_seed}): [{invariant}] {summary[:200]}")

@@ -16,6 +16,7 @@ environment and everything else are free.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ class World(Protocol):
     def center_key(self, center_id: str) -> SignerKey: ...
     def agent_key(self, center_id: str) -> SignerKey: ...
     def next_seq(self) -> int: ...
+
+
+def new_key(name: str) -> SignerKey:
+    """A fresh key named for `name` (a key's name has no spaces or '+': any other id is
+    named "fuzz")."""
+    ok = re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name)
+    return SignerKey.generate(name if ok else "fuzz")
 
 
 def now_ms() -> int:
@@ -201,6 +209,7 @@ def _overrides(world: World) -> dict[str, st.SearchStrategy[Any]]:
         "job_id": st.one_of(_pick(world.job_ids), st.just(JOB), strings()),
         "claim_id": st.one_of(_pick(world.claim_ids), st.just(CLAIM), strings()),
         "record_id": st.one_of(_pick(world.record_ids), strings()),
+        "request_id": st.one_of(st.sampled_from(["r-1", "r-2"]), strings()),
         "center_id": st.one_of(st.sampled_from(REAL_CENTERS + FUZZ_CENTERS), strings()),
         "accelerator": st.one_of(st.sampled_from(ACCELERATORS), strings()),
         "region": st.one_of(st.sampled_from(REGIONS), strings()),
@@ -363,7 +372,7 @@ class StreamPlan:
         if self.proof == "right":
             signature = world.center_key(self.center_id).sign(message)
         elif self.proof == "wrong":
-            signature = SignerKey.generate(self.center_id or "x").sign(message)
+            signature = new_key(self.center_id).sign(message)
         elif self.proof == "garbage":
             signature = b"\x00" * 64
         else:
@@ -434,7 +443,7 @@ def signed_entries(draw: st.DrawFn, world: World, center_id: str) -> bytes:
     elif signer == "agent" and producer in REAL_CENTERS:
         key = world.agent_key(producer)
     else:
-        key = SignerKey.generate(producer)
+        key = new_key(producer)
     return sign_records([record], key)[0].entry()
 
 
@@ -472,7 +481,7 @@ def bait_record(world: World, center_id: str, run: BaitRun, variant: str) -> byt
         producer = "FA"
         record_id = f"FA/{run.claim_id}"
     elif variant == "stranger":
-        key = SignerKey.generate(center_id)
+        key = new_key(center_id)
     wall = (end - start) // 1000
     device_s = devices * wall
     energy = energy_wh(devices, 300, wall, 1250)
@@ -628,7 +637,7 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
         key = draw(st.sampled_from(["empty", "fresh", "public"]))
         usage_key = {
             "empty": "",
-            "fresh": SignerKey.generate(center_id).verifier.text(),
+            "fresh": new_key(center_id).verifier.text(),
             "public": world.agent_key(center_id).verifier.text(),
         }[key]
         hello = agent_pb2.Hello(center=fuzz_center(center_id), usage_key=usage_key)
