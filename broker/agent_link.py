@@ -34,6 +34,7 @@ from broker.core import Broker, Welcome
 from core import wire
 from core.errors import IcxError, InvalidArgument, PermissionDenied
 from core.handshake import NONCE_BYTES, proof_message
+from core.ids import check_text
 from core.status import status_for
 from core.types import JobId, LogChunk
 from icx.v1 import agent_pb2, agent_pb2_grpc
@@ -43,6 +44,8 @@ log = logging.getLogger("icx.broker.agents")
 
 # How long a center has to answer the challenge.
 PROOF_TIMEOUT_S = 10.0
+# The most a center may say about a claim or a job (kept in events).
+MAX_MESSAGE_CHARS = 4_096
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -129,9 +132,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 await broker.on_claim_reply(
                     session,
                     ClaimReply(
-                        claim_id=r.claim_id,
+                        claim_id=_id("claim_id", r.claim_id),
                         accepted=r.accepted,
-                        reason=r.reason,
+                        reason=_text("reason", r.reason),
                         device_indices=tuple(r.device_indices),
                     ),
                 )
@@ -140,11 +143,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 await broker.on_job_update(
                     session,
                     JobUpdate(
-                        claim_id=u.claim_id,
-                        job_id=u.job_id,
+                        claim_id=_id("claim_id", u.claim_id),
+                        job_id=_id("job_id", u.job_id),
                         state=wire.state_from_proto(u.state),
                         exit_code=u.exit_code if u.HasField("exit_code") else None,
-                        message=u.message,
+                        message=_text("message", u.message),
                     ),
                 )
             elif kind == "log":
@@ -152,7 +155,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 broker.on_log(
                     session,
                     LogChunk(
-                        job_id=JobId(chunk.job_id),
+                        job_id=JobId(_id("job_id", chunk.job_id)),
                         seq=chunk.seq,
                         stream=wire.log_stream_from_proto(chunk.stream),
                         data=chunk.data,
@@ -187,10 +190,20 @@ async def _check_proof(
         )
 
 
+def _id(field: str, value: str) -> str:
+    return wire.id_from_proto(field, value)
+
+
+def _text(field: str, value: str) -> str:
+    """A center's words about a claim or a job, kept in events: bounded, no NUL."""
+    check_text(field, value, InvalidArgument, max_chars=MAX_MESSAGE_CHARS)
+    return value
+
+
 def _held_from_proto(h: agent_pb2.HeldClaim) -> HeldClaim:
     return HeldClaim(
-        claim_id=h.claim_id,
-        job_id=h.job_id,
+        claim_id=_id("claim_id", h.claim_id),
+        job_id=_id("job_id", h.job_id),
         state=wire.state_from_proto(h.state),
         exit_code=h.exit_code if h.HasField("exit_code") else None,
     )

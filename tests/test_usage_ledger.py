@@ -19,6 +19,7 @@ import pytest
 from broker.ledger import ledger_paths
 from cli.federation import LocalFederation
 from core import wire
+from core.states import JobState
 from icx.v1 import (
     agent_pb2,
     broker_pb2,
@@ -313,3 +314,47 @@ def converse_refused(
         else:
             converse(federation.address, *messages, respond=respond)
     return info.value.code(), info.value.details() or ""
+
+
+def test_a_centers_ids_and_words_are_bounded_on_its_stream(federation: LocalFederation) -> None:
+    key = SignerKey.generate("CW")
+    RUNNING = wire.state_to_proto(JobState.RUNNING)
+    hello = _hello("CW", key.verifier.text())
+    cases = {
+        "a 1 MB message": agent_pb2.JobUpdate(
+            claim_id="c-1", job_id="j-1", state=RUNNING, message="m" * 10**6
+        ),
+        "a claim id with a slash": agent_pb2.JobUpdate(claim_id="c/1", job_id="j-1", state=RUNNING),
+        "a NUL in a reason": None,
+    }
+    reply = agent_pb2.ClaimReply(claim_id="c-1", accepted=False, reason="no\0pe")
+    for what, update in cases.items():
+        bad = (
+            agent_pb2.ConnectRequest(claim_reply=reply)
+            if update is None
+            else agent_pb2.ConnectRequest(job_update=update)
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            converse(federation.address, hello, respond=prove_with("CW", key), then=[bad])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+        assert len(info.value.details() or "") < 200, what  # never the whole value
+    assert "message must be at most 4096 characters" in _last_details(
+        federation,
+        hello,
+        key,
+        agent_pb2.JobUpdate(claim_id="c-1", job_id="j-1", state=RUNNING, message="m" * 5000),
+    )
+
+
+def _last_details(
+    federation: LocalFederation, hello: agent_pb2.ConnectRequest, key: SignerKey,
+    update: agent_pb2.JobUpdate,
+) -> str:  # fmt: skip
+    with pytest.raises(grpc.RpcError) as info:
+        converse(
+            federation.address,
+            hello,
+            respond=prove_with("CW", key),
+            then=[agent_pb2.ConnectRequest(job_update=update)],
+        )
+    return info.value.details() or ""
