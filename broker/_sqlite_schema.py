@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from broker.store import SCHEMA_VERSION
+from core.errors import InvalidConfig
 from core.types import CenterDescriptor, JobSpec
 
 SPEC_COLUMNS = (
@@ -158,7 +159,14 @@ def version(conn: sqlite3.Connection) -> int | None:
     if "schema_version" in tables:
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
-    return 0 if "jobs" in tables else None
+    if "jobs" in tables and "events" in tables:
+        return 0
+    if tables:
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        raise InvalidConfig(
+            f"{path} is not a broker database (it holds tables {', '.join(sorted(tables)[:5])})"
+        )
+    return None
 
 
 def create(conn: sqlite3.Connection) -> None:

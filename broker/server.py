@@ -4,6 +4,7 @@ matching and expiry loops, and the metrics endpoint, under one TaskGroup."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -175,7 +176,8 @@ async def serve(options: ServeOptions) -> None:
     try:
         await server.start()
     except BaseException:
-        await server.server.stop(None)
+        with contextlib.suppress(Exception):  # a server that never started cannot stop
+            await server.server.stop(None)
         server.ledger.close()
         server.store.close()
         raise

@@ -12,8 +12,10 @@ committed data.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -24,7 +26,7 @@ from typing import Any
 from broker import _sqlite_schema as schema
 from broker.claims import ClaimRecord
 from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
-from core.errors import FailedPrecondition, NotFound
+from core.errors import FailedPrecondition, InvalidConfig, NotFound
 from core.states import JobState
 from core.types import (
     CenterDescriptor,
@@ -62,7 +64,12 @@ class SqliteStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._writer = connect(self.path)
+        self._lock = hold_lock(self.path)
+        try:
+            self._writer = open_store(self.path)
+        except BaseException:
+            os.close(self._lock)
+            raise
         try:
             version = schema.version(self._writer)
             if version is None:
@@ -71,6 +78,7 @@ class SqliteStore:
                 raise SchemaError(_version_message(self.path, version))
         except BaseException:
             self._writer.close()
+            os.close(self._lock)
             raise
         self._reader = connect(self.path)
         self._reader.row_factory = sqlite3.Row
@@ -233,6 +241,7 @@ class SqliteStore:
         self._thread.join()
         self._writer.close()
         self._reader.close()
+        os.close(self._lock)
 
     # ------------------------------------------------------------ the writer
 
@@ -284,10 +293,51 @@ class SqliteStore:
                 return
 
 
+def hold_lock(path: Path) -> int:
+    """An exclusive lock on `<path>.lock`, held by this process until it closes the file
+    descriptor returned: two brokers on one database would each believe their memory."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot open broker database {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FailedPrecondition(
+            f"broker database {path} is in use by another process (pid {holder})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def open_store(path: Path) -> sqlite3.Connection:
+    """The write connection, or InvalidConfig naming the file if it cannot be one."""
+    try:
+        conn = connect(path)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise InvalidConfig(f"{path} is not a broker database ({exc})") from exc
+    return conn
+
+
 def migrate(path: Path | str) -> tuple[int, int]:
     """Bring the SQLite store at `path` to SCHEMA_VERSION in one transaction; returns
-    (from, to). A new file gets the current schema; a newer schema is refused."""
-    conn = connect(path)
+    (from, to). A new file gets the current schema; a newer schema is refused, and so is
+    a database a broker is using."""
+    path = Path(path)
+    lock = hold_lock(path)
+    try:
+        return _migrate(path)
+    finally:
+        os.close(lock)
+
+
+def _migrate(path: Path) -> tuple[int, int]:
+    conn = open_store(path)
     try:
         before = schema.version(conn)
         if before is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -99,3 +100,52 @@ def test_migrate_names_a_missing_database(tmp_path: Path) -> None:
         f"icx: error: no database at {tmp_path / 'nope.db'}",
     )
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_a_second_broker_on_a_database_in_use_is_refused(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    db = federation.db
+    before = db.read_bytes()
+    out = icx("broker", "serve", "--listen", "127.0.0.1:0", "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 1
+    pid = federation.broker.proc.pid if federation.broker else 0
+    assert out.stderr.splitlines()[-1] == (
+        f"icx: error: broker database {db} is in use by another process (pid {pid})"
+    )
+    migrating = icx("broker", "migrate", "--db", str(db), cwd=tmp_path)
+    assert migrating.returncode == 1 and "is in use by another process" in migrating.stderr
+    assert db.read_bytes() == before
+
+
+def test_files_that_are_not_broker_databases_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE entries (idx INTEGER)")
+    for path, expected in (
+        (text, f"icx: error: {text} is not a broker database (file is not a database)"),
+        (other, f"icx: error: {other} is not a broker database (it holds tables entries)"),
+    ):
+        for args in (
+            ("migrate", "--db", str(path)),
+            ("serve", "--listen", "127.0.0.1:0", "--db", str(path)),
+        ):
+            out = icx("broker", *args, cwd=tmp_path)
+            assert (out.returncode, out.stderr.splitlines()[-1]) == (2, expected), args
+    with sqlite3.connect(other) as conn:  # unchanged: still only its own table
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["entries"]
+    missing = icx(
+        "broker",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        str(tmp_path / "no" / "b.db"),
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[-1].startswith(
+        f"icx: error: cannot open broker database {tmp_path / 'no' / 'b.db'}"
+    )
