@@ -5,6 +5,7 @@ recorded it."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -288,7 +289,9 @@ def demo(args: argparse.Namespace) -> int:
         return EXIT_OK if ok else EXIT_FAILED
     finally:
         if not keep:
-            progress.say("stopping the federation")
+            # Even when no one reads any more (`icx demo | head`), stop every process.
+            with contextlib.suppress(BrokenPipeError):
+                progress.say("stopping the federation")
             fed.stop()
 
 

@@ -60,6 +60,25 @@ def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpe
     if args.spec_file:
         if args.cmd:
             raise InvalidJobSpec("give either a spec file or a command after --, not both")
+        given = [
+            flag
+            for flag, value, unset in (
+                ("--devices", args.devices, None),
+                ("--hours", args.hours, None),
+                ("--region", args.region, None),
+                ("--max-price", args.max_price, None),
+                ("--deadline", args.deadline, None),
+                ("--name", args.name, None),
+                ("--accelerator", args.accelerator, "any"),
+                ("--priority", args.priority, 0),
+            )
+            if value != unset
+        ]
+        if given:  # silently preferring one over the other would surprise someone
+            raise InvalidJobSpec(
+                f"{', '.join(given)} cannot be combined with a spec file: "
+                "put them in the file, or give flags and a command after --"
+            )
         return load_spec(Path(args.spec_file))
     if not args.cmd and not quoting:
         raise InvalidJobSpec("give a spec file or a command after -- (see icx submit --help)")

@@ -450,3 +450,18 @@ def test_agent_run_finds_its_broker_in_icx_broker(
         finally:
             agent.terminate()
             agent.wait(timeout=30)
+
+
+def test_flags_beside_a_spec_file_are_refused_not_ignored(tmp_path: Path) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text('accelerator = "any"\ndevices = 1\nhours = 1\ncommand = ["true"]\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "submit", str(spec), "--devices", "4", "--name", "x",
+         "--broker", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr.strip()) == (
+        2,
+        "icx: error: --devices, --name cannot be combined with a spec file: put them in the "
+        "file, or give flags and a command after --",
+    )
