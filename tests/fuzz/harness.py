@@ -10,6 +10,8 @@ Invariants (each broken one is a `Broken` with the name below):
 - `health`: grpc.health.v1 answers within 1 s, polled throughout by a thread.
 - `devices`: no device is held by a job that is not live (centers' offers against the
   jobs the broker says are claimed or running), and a cancelled job ends.
+- `quiet`: no process logs an ERROR line or a traceback (what the broker answers with
+  INTERNAL it also logs, and some errors are only logged).
 
 Beyond the five, from the issue's defects: `bounded` (an error message is short: a
 refusal never echoes unbounded input, which gRPC turns into RESOURCE_EXHAUSTED),
@@ -296,6 +298,7 @@ class Harness:
     # may still come, so fingerprints leave their rows out.
     _unbilled: frozenset[tuple[str, str]] = frozenset()
     _seq: int = 0
+    _log_offsets: dict[Path, int] = field(default_factory=dict)
     victim: Victim | None = None
     # (tenant, request id) -> the job and spec of the first accepted submit.
     submits: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
@@ -709,11 +712,28 @@ class Harness:
     def kept_jobs(self) -> frozenset[str]:
         return frozenset({self.victim.job_id}) if self.victim else frozenset()
 
+    def check_logs(self) -> None:
+        """No process logged an error since the last check (an error the broker logs is
+        one it did not expect)."""
+        children = [self.fed.broker, *self.fed.agents.values()]
+        for child in children:
+            if child is None:
+                continue
+            seen = self._log_offsets.get(child.log_path, 0)
+            with child.log_path.open("rb") as f:
+                f.seek(seen)
+                new = f.read()
+            self._log_offsets[child.log_path] = seen + len(new)
+            for line in new.decode("utf-8", "replace").splitlines():
+                if " ERROR " in line or line.startswith("Traceback"):
+                    self.fail("quiet", f"{child.name} logged: {line[:300]}")
+
     def check_world(self) -> None:
         """The invariants that hold between examples."""
         self.check_alive()
         self.check_health()
         self.check_devices()
+        self.check_logs()
 
 
 def poll(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:

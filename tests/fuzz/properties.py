@@ -187,6 +187,13 @@ class AgentStream:
         """End our side of the stream (the broker sees the stream end)."""
         self._out.put(None)
 
+    def cancel(self) -> None:
+        """Cancel the call (as an agent that goes away does) and wait for its end."""
+        self._call.cancel()
+        self._reader.join(timeout=REPLY_TIMEOUT_S)
+        self._out.put(None)
+        self._channel.close()
+
     def close(self) -> None:
         self._out.put(None)
         self._call.cancel()
