@@ -151,6 +151,15 @@ class Centers:
             self.descriptors[stored.center.center_id] = stored.center
             self.last_seen_ms[stored.center.center_id] = start
 
+    def grant_grace(self) -> None:
+        """Every known center not heard from since the broker started gets one expiry
+        period from now: called once the broker serves, so that a slow start does not eat
+        into the time its centers have to come back."""
+        start = self.clock.now_ms()
+        for center_id in self.descriptors:
+            if self.live(center_id) is None:
+                self.last_seen_ms[center_id] = start
+
     async def connect(self, center: CenterDescriptor) -> Session:
         """A (re)connecting agent's session, its descriptor committed; an older stream of
         the same center is closed."""

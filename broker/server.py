@@ -125,6 +125,7 @@ class BrokerServer:
                 self.options.metrics_port, self.options.metrics_host
             )
         await self.server.start()
+        self.broker.centers.grant_grace()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.options.ready_file is not None:

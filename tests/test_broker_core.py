@@ -394,3 +394,20 @@ def test_pages_by_state_agree_with_a_filter_of_every_job(tmp_path: Path) -> None
             assert book.count(wanted) == len(expected)
 
     run(tmp_path, body)
+
+
+def test_a_slow_start_does_not_eat_into_the_centers_grace(tmp_path: Path) -> None:
+    async def first(broker: Broker) -> None:
+        await join(broker, "CA")
+
+    run(tmp_path, first)
+
+    async def restarted(broker: Broker) -> set[str]:
+        advance(broker, 2_500)  # loading took long: most of the 3 s expiry is gone
+        broker.centers.grant_grace()  # the broker now serves
+        advance(broker, 2_999)
+        early = broker.centers.expire(3_000)
+        advance(broker, 1)
+        return early | {"then:" + c for c in broker.centers.expire(3_000)}
+
+    assert run(tmp_path, restarted) == {"then:CA"}
