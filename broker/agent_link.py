@@ -59,6 +59,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.ConnectResponse]:
         session: Session | None = None
         reader: asyncio.Task[None] | None = None
+        getter: asyncio.Future[Command] | None = None
         requests = aiter(request_iterator)
         try:
             first = await anext(requests, None)
@@ -96,6 +97,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             log.error("agent stream failed", exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
+            # The agent may end the stream at any await here: leave no task behind.
+            if getter is not None:
+                getter.cancel()
             if reader is not None:
                 reader.cancel()
             if session is not None:
