@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from tests.fuzz.harness import Harness
 from tests.fuzz.properties import rpc_example, stream_example
 
-# The budget: about a minute on two cores (most of it the broker's own work).
-RPC_EXAMPLES = int(os.environ.get("ICX_FUZZ_RPC_EXAMPLES", "60"))
-STREAM_EXAMPLES = int(os.environ.get("ICX_FUZZ_STREAM_EXAMPLES", "50"))
+# The budget: under a minute on two cores (most of it the broker's own work).
+RPC_EXAMPLES = int(os.environ.get("ICX_FUZZ_RPC_EXAMPLES", "200"))
+STREAM_EXAMPLES = int(os.environ.get("ICX_FUZZ_STREAM_EXAMPLES", "160"))
 BOUNDED = settings(
     deadline=None,
     derandomize=True,
