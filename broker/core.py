@@ -355,8 +355,8 @@ class Broker:
 
     def on_log(self, session: Session, chunk: LogChunk) -> None:
         job = self.jobs.find(chunk.job_id)
-        if job is None or job.center_id != session.center_id:
-            return
+        if job is None or job.center_id != session.center_id or job.state in TERMINAL:
+            return  # not this center's live job (a job's output precedes its end)
         if not session.log_budget.take(self.clock.now_ms()):
             self.metrics.log_chunks_dropped.labels(reason="rate").inc()
             return

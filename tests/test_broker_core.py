@@ -411,3 +411,19 @@ def test_a_slow_start_does_not_eat_into_the_centers_grace(tmp_path: Path) -> Non
         return early | {"then:" + c for c in broker.centers.expire(3_000)}
 
     assert run(tmp_path, restarted) == {"then:CA"}
+
+
+def test_output_for_a_job_that_ended_is_not_kept(tmp_path: Path) -> None:
+    async def body(broker: Broker) -> list[bytes]:
+        session = await join(broker, "CA")
+        job = await broker.submit("t", SPEC)
+        await broker.match_round()
+        chunk = LogChunk(job_id=job.job_id, seq=1, stream="stdout", data=b"before the end\n")
+        broker.on_log(session, chunk)
+        await broker.cancel("t", job.job_id)
+        late = LogChunk(job_id=job.job_id, seq=2, stream="stdout", data=b"after the end\n")
+        broker.on_log(session, late)
+        await broker.submit("t", SPEC)  # a later commit: the late chunk had its chance
+        return [c.data for c in broker.logs_after(job.job_id, 0)]
+
+    assert run(tmp_path, body) == [b"before the end\n"]

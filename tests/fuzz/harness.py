@@ -67,8 +67,9 @@ HOLDING = (types_pb2.JOB_STATE_CLAIMED, types_pb2.JOB_STATE_RUNNING)
 # Columns that change without any request: heartbeats, offers, each round's explanation.
 VOLATILE_COLUMNS = frozenset({"updated_at_ms", "last_seen_ms", "devices_free", "explanation"})
 # Tables that follow from others (the Merkle tree's nodes and the checkpoints from the
-# log's entries).
-VOLATILE_TABLES = frozenset({"checkpoints", "nodes", "sqlite_sequence"})
+# log's entries), and the ledger's evidence: a record refused because its id is already
+# logged with other bytes is kept there on purpose (docs/ledger.md), outside the log.
+VOLATILE_TABLES = frozenset({"checkpoints", "nodes", "sqlite_sequence", "conflicts"})
 # Runs of the real agents that started and are not billed yet (fuzzing centers bill, or
 # not, within their own stream).
 UNBILLED = (

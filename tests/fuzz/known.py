@@ -18,16 +18,7 @@ class KnownOpen:
     test: str
 
 
-KNOWN_OPEN: tuple[KnownOpen, ...] = (
-    KnownOpen(
-        name="a stream cancelled by its agent leaves the outbox task pending",
-        invariant="quiet",
-        detail=re.compile(
-            r"^broker logged: .* ERROR asyncio: Task was destroyed but it is pending"
-        ),
-        test="test_findings.py::test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending",
-    ),
-)
+KNOWN_OPEN: tuple[KnownOpen, ...] = ()
 
 
 def known(invariant: str, detail: str) -> KnownOpen | None:

@@ -9,9 +9,12 @@ import grpc
 import pytest
 
 from cli.federation import LocalFederation
-from icx.v1 import broker_pb2, broker_pb2_grpc
+from core.handshake import proof_message
+from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc
 from tests.conftest import FAST_BROKER
-from tests.fuzz.harness import MAX_DETAILS_CHARS
+from tests.fuzz.harness import MAX_DETAILS_CHARS, wait_until
+from tests.fuzz.properties import AgentStream
+from tests.fuzz.strategies import fuzz_center, new_key
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +58,41 @@ def test_a_megabyte_job_id_is_refused_in_a_short_message(
     assert len(info.value.details()) <= MAX_DETAILS_CHARS
     assert info.value.details().startswith("job_id must be 1..64 of [A-Za-z0-9._-]")
     assert info.value.details().endswith("(1000000 chars)")
+
+
+STREAMS = 20
+
+
+def test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending(
+    federation: LocalFederation,
+) -> None:
+    # Found by the harness (its streams end with a cancel): the broker's stream handler
+    # left the task reading the session's outbox pending, and asyncio logged "Task was
+    # destroyed but it is pending!" for each such stream (169 times in a 6-minute soak).
+    key = new_key("ZA")
+    hello = agent_pb2.ConnectRequest(
+        hello=agent_pb2.Hello(center=fuzz_center("ZA"), usage_key=key.verifier.text())
+    )
+    for _ in range(STREAMS):
+        stream = AgentStream(federation.address)
+        stream.send(hello)
+        challenge = stream.take()
+        assert challenge is not None and challenge.HasField("challenge")
+        signature = key.sign(proof_message("ZA", challenge.challenge.nonce))
+        stream.send(agent_pb2.ConnectRequest(proof=agent_pb2.HelloProof(signature=signature)))
+        welcome = stream.take()
+        assert welcome is not None and welcome.HasField("welcome")
+        stream.cancel()
+    assert federation.broker is not None
+    log = federation.broker.log_path
+
+    def disconnected() -> bool:
+        return log.read_text().count("center ZA disconnected") == STREAMS
+
+    wait_until(disconnected, 10, "the broker to see the streams end")
+    # The orphaned tasks are reported when the collector frees them: give it work.
+    with grpc.insecure_channel(federation.address) as channel:
+        stub = broker_pb2_grpc.BrokerServiceStub(channel)
+        for _ in range(300):
+            stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
+    assert "Task was destroyed but it is pending" not in log.read_text()
