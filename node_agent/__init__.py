@@ -1,7 +1,7 @@
 """The node agent: a center's side of the exchange (see docs/architecture.md)."""
 
 from node_agent._metering import RunFacts, usage_record
-from node_agent._run_table import RunRow, RunTable
+from node_agent._run_table import RunRow, RunTable, runs_on_disk
 from node_agent._serve import serve_agent, serve_metrics
 from node_agent.agent import Agent
 from node_agent.devices import DeviceBook, Holding
@@ -18,6 +18,7 @@ __all__ = [
     "RunFacts",
     "RunRow",
     "RunTable",
+    "runs_on_disk",
     "serve_agent",
     "serve_metrics",
     "usage_record",

@@ -4,8 +4,12 @@ its Hello, and meters each run exactly once.
 
 A run enters the table after the backend started it and before the agent reports it
 running; its end is written before it is metered, and `metered` after the signed record
-is in the outbox. The whole table is rewritten on each change (a temporary file, fsync,
-rename): it holds the center's live runs and those ended in the last few minutes.
+is in the outbox. It holds the center's live runs and those ended in the last few
+minutes. Each change is one line appended to a journal beside it (`runs.json.journal`)
+and fsynced, so a change costs the same however many runs the table holds; the snapshot
+(`runs.json`: a temporary file, fsync, rename) is rewritten when the agent opens the
+table and when the journal has grown to several times the table, then the journal starts
+again. A torn last line (a crash in the middle of an append) is ignored on reading.
 
     {"version": 1, "runs": [{"claim_id": ..., "job_id": ..., "pool_id": ...,
       "device_indices": [0, 1], "backend": "process", "backend_run_id": "4242",
@@ -62,42 +66,44 @@ class RunRow:
         return self.state in _ENDED
 
 
+# The journal is folded into the snapshot when it holds this many lines more than the
+# table has rows (and at least this many).
+_COMPACT_LINES = 64
+
+
 class RunTable:
-    """The table at `path`; `rows` is what is on disk after each call returns."""
+    """The table at `path`, taken by its agent: `rows` is what is on disk after each call
+    returns. Opening it folds the journal into a fresh snapshot."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: dict[str, RunRow] = self._read()
+        self.journal = path.with_name(path.name + ".journal")
+        self.rows: dict[str, RunRow] = read_rows(path)
+        self._lines = 0
+        if self.rows or self.journal.exists() or self.path.exists():
+            self._write()
 
     def put(self, row: RunRow) -> None:
         self.rows[row.claim_id] = row
-        self._write()
+        self._append({"put": _row_to_json(row)})
 
     def drop(self, claim_id: str) -> None:
         if self.rows.pop(claim_id, None) is not None:
-            self._write()
+            self._append({"drop": claim_id})
 
-    def _read(self) -> dict[str, RunRow]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise InvalidConfig(f"cannot read the run table {self.path}: {exc}") from exc
-        if not isinstance(data, dict) or data.get("version") != VERSION:
-            raise InvalidConfig(f"run table {self.path}: expected version {VERSION}")
-        rows: dict[str, RunRow] = {}
-        for i, raw in enumerate(data.get("runs", [])):
-            try:
-                row = _row_from_json(raw)
-            except KeyError as exc:
-                raise InvalidConfig(f"run table {self.path}: row {i} has no {exc}") from exc
-            except (TypeError, ValueError) as exc:
-                raise InvalidConfig(f"run table {self.path}: row {i}: {exc}") from exc
-            rows[row.claim_id] = row
-        return rows
+    def _append(self, change: dict[str, Any]) -> None:
+        if self._lines >= max(_COMPACT_LINES, 2 * len(self.rows)):
+            self._write()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(change, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._lines += 1
 
     def _write(self) -> None:
+        """A fresh snapshot of `rows`, then an empty journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = [_row_to_json(self.rows[k]) for k in sorted(self.rows)]
         tmp = self.path.with_suffix(".tmp")
@@ -106,6 +112,60 @@ class RunTable:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(self.path)
+        # Only once the snapshot holds every change may the journal go.
+        self.journal.unlink(missing_ok=True)
+        self._lines = 0
+
+
+def read_rows(path: Path) -> dict[str, RunRow]:
+    """The table at `path` as a restarted agent would find it (the snapshot, then the
+    journal's changes), without taking it."""
+    rows = _read_snapshot(path)
+    journal = path.with_name(path.name + ".journal")
+    try:
+        lines = journal.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        return rows
+    except OSError as exc:
+        raise InvalidConfig(f"cannot read the run table's journal {journal}: {exc}") from exc
+    complete = lines[:-1]  # the text after the last newline is empty, or a torn append
+    for n, line in enumerate(complete, start=1):
+        try:
+            change = json.loads(line)
+            if "put" in change:
+                row = _row_from_json(change["put"])
+                rows[row.claim_id] = row
+            else:
+                rows.pop(change["drop"], None)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidConfig(f"run table journal {journal}: line {n}: {exc}") from exc
+    return rows
+
+
+def runs_on_disk(path: Path) -> list[dict[str, Any]]:
+    """The rows at `path` (snapshot and journal) as JSON objects, without taking the table."""
+    return [_row_to_json(r) for _, r in sorted(read_rows(path).items())]
+
+
+def _read_snapshot(path: Path) -> dict[str, RunRow]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise InvalidConfig(f"cannot read the run table {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise InvalidConfig(f"run table {path}: expected version {VERSION}")
+    rows: dict[str, RunRow] = {}
+    for i, raw in enumerate(data.get("runs", [])):
+        try:
+            row = _row_from_json(raw)
+        except KeyError as exc:
+            raise InvalidConfig(f"run table {path}: row {i} has no {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfig(f"run table {path}: row {i}: {exc}") from exc
+        rows[row.claim_id] = row
+    return rows
 
 
 def _row_to_json(row: RunRow) -> dict[str, Any]:

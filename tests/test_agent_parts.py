@@ -331,3 +331,36 @@ def test_a_jobs_output_is_all_on_disk_and_a_bounded_part_forwarded(tmp_path: Pat
         b"it in the job's folder, icx-stdout.log and icx-stderr.log]\n"
     )
     assert b"".join(piece for _, piece in sent) == data[:100_000] + note
+
+
+def test_the_run_table_journals_each_change_and_folds_it_in(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    table = RunTable(path)
+    rows = [row(f"c-{i}") for i in range(100)]
+    for r in rows:
+        table.put(r)
+    for r in rows[:95]:
+        table.drop(r.claim_id)
+    # Each change was appended, not a rewrite of the table; the journal was folded in
+    # whenever it outgrew the table, so it stays short.
+    journal = path.with_name("runs.json.journal")
+    assert len(journal.read_text().splitlines()) <= 64
+    assert RunTable(path).rows == {r.claim_id: r for r in rows[95:]}
+    assert not journal.exists()  # opening folds it into the snapshot
+    assert [r["claim_id"] for r in json.loads(path.read_text())["runs"]] == [
+        r.claim_id for r in rows[95:]
+    ]
+
+
+def test_a_torn_journal_line_is_ignored_and_a_bad_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    table = RunTable(path)
+    table.put(row("c-1"))
+    table.put(row("c-2"))
+    journal = path.with_name("runs.json.journal")
+    whole = journal.read_text()
+    journal.write_text(whole + '{"put": {"claim_id": "c-3", "jo')  # a crash mid-append
+    assert sorted(RunTable(path).rows) == ["c-1", "c-2"]
+    journal.write_text('{"drop": "c-1"}\nnot json\n')
+    with pytest.raises(InvalidConfig, match=re.escape(f"run table journal {journal}: line 2:")):
+        RunTable(path)

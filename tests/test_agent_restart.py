@@ -9,7 +9,6 @@ The runs that outlive the agent here are the detached test backend's
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from core.types import CenterDescriptor, Job, JobEvent, JobSpec, LogChunk
 from icx.v1 import broker_pb2_grpc
 from ledger import SignedRecord, SignerKey, canonical
 from ledger.records import charge_minor
+from node_agent import runs_on_disk
 from tests.conftest import make_center, wait_centers, wait_for
 
 GATED_JOB = Path(__file__).parent / "jobs" / "gated.py"
@@ -75,11 +75,7 @@ def work(fed: LocalFederation, center: CenterDescriptor) -> Path:
 
 
 def run_table(fed: LocalFederation, center: CenterDescriptor) -> list[dict[str, object]]:
-    path = work(fed, center) / "runs.json"
-    if not path.exists():
-        return []
-    runs: list[dict[str, object]] = json.loads(path.read_text())["runs"]
-    return runs
+    return runs_on_disk(work(fed, center) / "runs.json")
 
 
 def alive(pid: int) -> bool:
