@@ -126,6 +126,8 @@ class Broker:
         )
         self.usage = UsageIntake(self.claims, store, clock, ledger, self.metrics)
         self._wake = asyncio.Event()
+        self._center_regions: frozenset[str] | None = None
+        self._known_regions: frozenset[str] = frozenset()
         self.metrics.observe(
             job_counts=self.jobs.counts,
             centers_connected=lambda: len(self.centers.live_sessions()),
@@ -152,14 +154,18 @@ class Broker:
 
     # ------------------------------------------------------------- user side
 
-    def known_regions(self) -> set[str]:
+    def known_regions(self) -> frozenset[str]:
         """Regions this broker can place work in or reason about: its centers' and its
-        policy's (latency, quotas, incentives)."""
-        regions = {c.region for c in self.centers.descriptors.values()}
-        t = self.config.round_template
-        regions |= set(t.latency_ms) | {b for row in t.latency_ms.values() for b in row}
-        regions |= set(t.policy.quota_devices) | set(t.policy.incentive_regions)
-        return regions
+        policy's (latency, quotas, incentives). Recomputed only when a center joins or
+        changes region."""
+        centers = frozenset(c.region for c in self.centers.descriptors.values())
+        if centers != self._center_regions:
+            t = self.config.round_template
+            policy = set(t.latency_ms) | {b for row in t.latency_ms.values() for b in row}
+            policy |= set(t.policy.quota_devices) | set(t.policy.incentive_regions)
+            self._center_regions = centers
+            self._known_regions = centers | policy
+        return self._known_regions
 
     def check_spec(self, spec: JobSpec) -> None:
         """What a spec must satisfy here and now: a deadline ahead, regions known."""
@@ -429,7 +435,10 @@ class Broker:
             changes["ended_at_ms"] = at
         if changes:
             updated = self.claims.note(dataclasses.replace(record, **changes))  # type: ignore[arg-type]
-            self.store.put_claim(updated).add_done_callback(_log_failure)
+            # The start is kept in memory and written with the end: what the usage checks
+            # need on disk is the claim (written when made) and its end.
+            if updated.ended_at_ms is not None:
+                self.store.put_claim(updated).add_done_callback(_log_failure)
 
     async def _requeue(self, job: Job, reason: str, *, lost: bool = True) -> None:
         self._observe(job.claim_id, ended=True)
