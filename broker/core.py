@@ -246,7 +246,19 @@ class Broker:
     async def connect(
         self, center: CenterDescriptor, held: Iterable[HeldClaim], usage_key: str = ""
     ) -> tuple[Session, Welcome]:
-        """Register a (re)connecting agent and reconcile the claims it holds."""
+        """Register a (re)connecting agent and reconcile the claims it holds. While the
+        center's current stream is alive (heard from within two heartbeats), another is
+        refused: two agents started as one center would otherwise take the stream from
+        each other several times a second."""
+        live = self.centers.live(center.center_id)
+        if live is not None:
+            silent_ms = self.clock.now_ms() - self.centers.last_seen_ms.get(center.center_id, 0)
+            if silent_ms < 2 * self.config.heartbeat_interval_ms:
+                raise FailedPrecondition(
+                    f"center {center.center_id} is already connected on another stream "
+                    f"(heard from {silent_ms} ms ago): is another agent running as "
+                    f"{center.center_id}?"
+                )
         if center.center_id not in self.centers.descriptors and self.jobs.has_tenant(
             center.center_id
         ):

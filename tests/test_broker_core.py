@@ -427,3 +427,20 @@ def test_output_for_a_job_that_ended_is_not_kept(tmp_path: Path) -> None:
         return [c.data for c in broker.logs_after(job.job_id, 0)]
 
     assert run(tmp_path, body) == [b"before the end\n"]
+
+
+def test_a_second_stream_for_a_live_center_is_refused_until_the_first_goes_quiet(
+    tmp_path: Path,
+) -> None:
+    async def body(broker: Broker) -> None:
+        first = await join(broker, "CA")  # heartbeat interval 1,000 ms
+        advance(broker, 1_999)
+        with pytest.raises(FailedPrecondition, match=r"^center CA is already connected"):
+            await broker.connect(make_center("CA"), [])
+        assert first.connected and broker.centers.sessions["CA"] is first
+        advance(broker, 1)  # two heartbeats without a word: the first stream is gone
+        second, _ = await broker.connect(make_center("CA"), [])
+        assert second.connected and not first.connected
+        assert broker.centers.sessions["CA"] is second
+
+    run(tmp_path, body)
