@@ -7,6 +7,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from core.errors import InvalidArgument
+
 if TYPE_CHECKING:  # the client pulls in gRPC: only the commands that call a broker load it
     from client import BrokerClient
 
@@ -16,8 +18,18 @@ BROKER_HELP = f"broker address HOST:PORT (default: $ICX_BROKER or {DEFAULT_BROKE
 
 
 def broker_address(flag: str | None) -> str:
-    """--broker, else $ICX_BROKER, else the default."""
-    return flag or os.environ.get("ICX_BROKER") or DEFAULT_BROKER
+    """--broker, else $ICX_BROKER, else the default: HOST:PORT (a bare HOST gets the
+    default port). InvalidArgument naming where it came from if the port is not one."""
+    source = "--broker" if flag else "$ICX_BROKER" if os.environ.get("ICX_BROKER") else ""
+    address = flag or os.environ.get("ICX_BROKER") or DEFAULT_BROKER
+    host, colon, port = address.rpartition(":")
+    if not colon or "]" in port:  # no port (an IPv6 literal in brackets keeps its colons)
+        return f"{address}:{DEFAULT_BROKER.rpartition(':')[2]}"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(
+            f"{source or 'the broker address'} must be HOST:PORT, got {address!r}"
+        )
+    return address
 
 
 def tenant(flag: str | None) -> str:

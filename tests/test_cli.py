@@ -465,3 +465,19 @@ def test_flags_beside_a_spec_file_are_refused_not_ignored(tmp_path: Path) -> Non
         "icx: error: --devices, --name cannot be combined with a spec file: put them in the "
         "file, or give flags and a command after --",
     )
+
+
+def test_a_broker_address_without_a_port_gets_the_default_and_a_bad_port_is_refused() -> None:
+    from cli._client import broker_address
+
+    assert broker_address("localhost") == "localhost:7700"
+    assert broker_address("10.0.0.5:7801") == "10.0.0.5:7801"
+    assert broker_address("[::1]") == "[::1]:7700"
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "jobs", "--broker", "127.0.0.1:notaport"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr.strip()) == (
+        2,
+        "icx: error: --broker must be HOST:PORT, got '127.0.0.1:notaport'",
+    )
