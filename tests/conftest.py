@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import json
 import sys
@@ -111,6 +113,22 @@ def wait_for(
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def wait_for_async(
+    check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.02
+) -> object:
+    """`wait_for` on the event loop: `check` may be a plain or an async callable."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(every_s)
 
 
 def _centers(source: BrokerClient | broker_pb2_grpc.BrokerServiceStub) -> list[CenterStatus]:

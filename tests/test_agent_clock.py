@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cli.federation import LocalFederation
@@ -24,19 +24,10 @@ from ledger.records import energy_wh
 from node_agent import Agent, RunTable
 from node_agent._runs import FINISHED_RETENTION_MS
 from node_agent.agent import OFFER_TTL_MS
-from tests.conftest import make_center
+from tests.conftest import make_center, wait_for_async
 
 GATED_JOB = Path(__file__).parent / "jobs" / "gated.py"
 PRICE = 36_000
-
-
-async def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll `predicate` until it holds, or fail after `timeout_s` naming `what`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +44,7 @@ async def running_agent(
     )
     task = asyncio.create_task(agent.run())
     try:
-        await until(agent.connected.is_set, 15, "the agent to connect")
+        await wait_for_async(agent.connected.is_set, 15, "the agent to connect")
         yield agent
     finally:
         task.cancel()
@@ -98,7 +89,7 @@ def test_a_cut_off_agent_stops_its_jobs_once_its_clock_passes_half_the_expiry(
             AsyncBrokerClient(federation.address) as client,
         ):
             await client.submit(gated(out))
-            await until(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
             [pid] = started(out)
             # Half the 3 s center expiry the broker announced.
             assert agent.link.fence_after_ms == 1_500
@@ -110,7 +101,7 @@ def test_a_cut_off_agent_stops_its_jobs_once_its_clock_passes_half_the_expiry(
                 clock.advance(1)
                 await agent.tick()
                 assert not alive(pid)  # stopped before the broker can requeue it
-                await until(lambda: not agent.runs.held(), 5, "the job given back")
+                await wait_for_async(lambda: not agent.runs.held(), 5, "the job given back")
                 assert RunTable(tmp_path / "work" / "runs.json").rows == {}
             finally:
                 broker.proc.send_signal(signal.SIGCONT)
@@ -136,13 +127,13 @@ def test_no_broker_listening_is_not_silence_and_stops_no_job(
             AsyncBrokerClient(federation.address) as client,
         ):
             await client.submit(gated(out))
-            await until(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
             [pid] = started(out)
             broker.kill()  # the port is closed: connections are refused
-            await until(lambda: not agent.connected.is_set(), 10, "the stream to break")
+            await wait_for_async(lambda: not agent.connected.is_set(), 10, "the stream to break")
             for _ in range(4):  # 4 s on the agent's clock, past the 1.5 s fence
                 clock.advance(1_000)
-                await until(lambda: agent.link.silent_ms() == 0, 10, "a refused reconnect")
+                await wait_for_async(lambda: agent.link.silent_ms() == 0, 10, "a refused reconnect")
                 await agent.tick()
             assert alive(pid) and agent.runs.running() == 1
 
@@ -168,11 +159,11 @@ def test_record_times_retention_and_offers_follow_the_agents_clock(
                 clock.now_ms() + OFFER_TTL_MS,
             )
             job = await client.submit(gated(out))
-            await until(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
             started_at_ms = clock.now_ms()
             clock.advance(5_000)
             (out / "go").touch()
-            await until(
+            await wait_for_async(
                 lambda: [h.state for h in agent.runs.held()] == [JobState.SUCCEEDED],
                 20,
                 "the job to end",
@@ -183,7 +174,7 @@ def test_record_times_retention_and_offers_follow_the_agents_clock(
             [held] = agent.runs.held()
             outbox = agent.outbox
             assert outbox is not None
-            await until(lambda: not outbox.pending(), 20, "the usage acknowledged")
+            await wait_for_async(lambda: not outbox.pending(), 20, "the usage acknowledged")
             bundle = await client.prove(record_id=f"CM/{held.claim_id}")
             r = SignedRecord.from_json(canonical.decode(bundle.leaf)).record
             assert (r.job_id, r.start_ms, r.end_ms) == (

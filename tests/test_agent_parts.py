@@ -34,7 +34,7 @@ from node_agent import (
 from node_agent._output import CHUNK_BYTES, JobOutput, Pace
 from node_agent.backends import Backend, LaunchRequest, ProcessBackend
 from tests.agents.detached import DetachedTestBackend
-from tests.conftest import make_center
+from tests.conftest import make_center, wait_for_async
 
 # ------------------------------------------------------------------------ backends
 
@@ -146,10 +146,9 @@ def test_a_new_detached_backend_reattaches_and_follows_on_from_what_was_delivere
         first_out = Output()
         first = DetachedTestBackend(tmp_path / "runs")
         run = await first.launch(request(tmp_path, script), first_out)
-        deadline = asyncio.get_running_loop().time() + 10
-        while first_out.text("stdout") != "before\n":
-            assert asyncio.get_running_loop().time() < deadline, "no output from the run"
-            await asyncio.sleep(0.02)
+        await wait_for_async(
+            lambda: first_out.text("stdout") == "before\n", 10, "output from the run"
+        )
 
         second = DetachedTestBackend(tmp_path / "runs")
         assert await second.list_runs() == [run.run_id]

@@ -32,7 +32,7 @@ from ledger import SignerKey
 from node_agent import Agent
 from node_agent._messages import LaunchOrder
 from node_agent.backends import LaunchRequest, OutputSink, ProcessBackend, Run
-from tests.conftest import make_center
+from tests.conftest import make_center, wait_for_async
 
 GATED_JOB = Path(__file__).parent / "jobs" / "gated.py"
 CENTER = "CS"
@@ -85,14 +85,6 @@ class GatedBackend:
         return await self.inner.reattach(run_id, output)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def held(agent: Agent, claim_id: str) -> tuple[JobState, str] | None:
     task = agent.runs.tasks.get(claim_id)
     return None if task is None else (task.state, task.reason)
@@ -100,21 +92,21 @@ def held(agent: Agent, claim_id: str) -> tuple[JobState, str] | None:
 
 async def launched(backend: GatedBackend, n: int) -> int:
     """Until the backend has started `n` processes; the last one's pid."""
-    await eventually(_async(lambda: len(backend.pids) == n), 20, f"launch {n}")
+    await wait_for_async(_async(lambda: len(backend.pids) == n), 20, f"launch {n}")
     return backend.pids[-1]
 
 
 async def gone(pid: int) -> None:
-    await eventually(_async(lambda: not alive(pid)), 20, f"process {pid} to end")
+    await wait_for_async(_async(lambda: not alive(pid)), 20, f"process {pid} to end")
 
 
 async def cancel_arrives(agent: Agent, claim_id: str) -> None:
-    await eventually(_async(lambda: agent.runs.tasks[claim_id].cancelled), 10, "the cancel")
+    await wait_for_async(_async(lambda: agent.runs.tasks[claim_id].cancelled), 10, "the cancel")
 
 
 async def ends(agent: Agent, claim_id: str, state: JobState, reason: str) -> None:
     """Until the agent has ended the claim's job in `state`, saying `reason`."""
-    await eventually(
+    await wait_for_async(
         _async(lambda: held(agent, claim_id) == (state, reason)),
         20,
         f"claim {claim_id} to end {state} ({reason})",
@@ -143,7 +135,7 @@ async def running_agent(
     )
     task = asyncio.create_task(agent.run())
     try:
-        await eventually(_async(agent.connected.is_set), 15, "the agent to connect")
+        await wait_for_async(_async(agent.connected.is_set), 15, "the agent to connect")
         yield agent
     finally:
         task.cancel()
@@ -192,9 +184,9 @@ async def all_free_and_next_job_runs(agent: Agent, client: AsyncBrokerClient) ->
             and center.offer.pools[0].devices_free == DEVICES
         )
 
-    await eventually(broker_sees_all_free, 10, "the broker to see every device free")
+    await wait_for_async(broker_sees_all_free, 10, "the broker to see every device free")
     job = await client.submit(quick())
-    await eventually(
+    await wait_for_async(
         lambda: _state(client, job.job_id, JobState.SUCCEEDED), 20, "the next job to succeed"
     )
 
@@ -255,7 +247,7 @@ def test_a_launch_with_a_nul_byte_fails_its_job_and_frees_its_devices(
             agent.runs.start_launch(
                 dataclasses.replace(_order("c-exec", "j-exec", quick()), spec=unchecked)
             )
-            await eventually(
+            await wait_for_async(
                 _async(
                     lambda: (
                         held(agent, "c-exec")
@@ -314,7 +306,7 @@ def test_a_cancel_while_reserved_frees_the_devices(
             agent.receive(reserve("c-held", "j-held", devices=3))
             assert agent.runs.book.free("p") == 1
             agent.receive(agent_pb2.ConnectResponse(cancel=agent_pb2.Cancel(claim_id="c-held")))
-            await eventually(_async(lambda: "c-held" not in agent.runs.tasks), 10, "the cancel")
+            await wait_for_async(_async(lambda: "c-held" not in agent.runs.tasks), 10, "the cancel")
             await all_free_and_next_job_runs(agent, client)
 
     asyncio.run(scenario())
@@ -378,7 +370,7 @@ def test_a_cancel_while_running_stops_the_job(federation: LocalFederation, tmp_p
             AsyncBrokerClient(federation.address) as client,
         ):
             job = await client.submit(gated(out))
-            await eventually(
+            await wait_for_async(
                 lambda: _state(client, job.job_id, JobState.RUNNING), 20, "the job to run"
             )
             await client.cancel(job.job_id)

@@ -48,7 +48,7 @@ from icx.v1 import (
     types_pb2,
 )
 from ledger import SignerKey
-from tests.conftest import FAST_BROKER, make_center
+from tests.conftest import FAST_BROKER, make_center, wait_for
 from tests.fuzz.known import known
 from tests.fuzz.strategies import new_key
 
@@ -749,5 +749,4 @@ def poll(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    if not poll(predicate, timeout_s):
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    wait_for(predicate, timeout_s, what, every_s=0.05)
