@@ -42,7 +42,7 @@ from broker.claims import ClaimBook
 from broker.jobs import ACTIVE, DEFAULT_MAX_LOG_BYTES, JobBook
 from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
-from broker.rounds import QuotedPool, Round, Rounds
+from broker.rounds import Round, Rounds
 from broker.store import Store
 from broker.usage import UsageIntake
 from core.clock import SYSTEM, Clock
@@ -59,7 +59,7 @@ from core.types import (
     LogChunk,
     Offer,
 )
-from core.views import CenterStatus
+from core.views import CenterStatus, QuoteLine
 from matcher import GreedyMatcher, Matcher, Problem
 
 log = logging.getLogger("icx.broker")
@@ -214,7 +214,7 @@ class Broker:
             session.send(Cancel(claim_id=claim_id, job_id=job.job_id))
         return job
 
-    def quote(self, spec: JobSpec) -> list[QuotedPool]:
+    def quote(self, spec: JobSpec) -> list[QuoteLine]:
         self.check_spec(spec)
         return self.rounds.quote(spec)
 

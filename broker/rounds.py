@@ -14,13 +14,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import matcher
 from broker.capacity import CapacitySource, ClaimRoute, PoolCapacity
 from broker.jobs import JobBook
 from broker.metrics import Metrics
 from core.clock import Clock
 from core.states import JobState
 from core.types import Job, JobSpec, PoolRef
-from matcher import ANY, JobRequest, Matcher, PoolSlot, Problem, QuoteLine, Solution, quote
+from core.views import QuoteLine
+from matcher import ANY, JobRequest, Matcher, PoolSlot, Problem, Solution, quote
 
 log = logging.getLogger("icx.broker")
 
@@ -38,12 +40,6 @@ class Round:
     at_ms: int
     problem: Problem
     solution: Solution
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QuotedPool:
-    line: QuoteLine
-    ref: PoolRef
 
 
 class Rounds:
@@ -150,7 +146,7 @@ class Rounds:
             solution.seconds,
         )
 
-    def quote(self, spec: JobSpec) -> list[QuotedPool]:
+    def quote(self, spec: JobSpec) -> list[QuoteLine]:
         """The pools that could run `spec` now, ranked by the round's policy."""
         at = self.clock.now_ms()
         request = _job_request_from_spec("quote", spec, at, submitted_at_ms=at)
@@ -158,7 +154,7 @@ class Rounds:
         problem = dataclasses.replace(
             self.template, pools=tuple(_slot(p) for p in pools.values()), jobs=()
         )
-        return [QuotedPool(line=q, ref=pools[q.pool_id].ref) for q in quote(request, problem)]
+        return [_quote_line(q, pools[q.pool_id].ref) for q in quote(request, problem)]
 
     def current_problem(self) -> Problem:
         """The problem a round would solve now."""
@@ -240,4 +236,24 @@ def _job_request_from_spec(
         data_mb=spec.data_mb,
         deadline_s=None if spec.deadline_ms is None else max(0, (spec.deadline_ms - at_ms) // 1000),
         waited_s=max(0, (at_ms - submitted_at_ms) // 1000),
+    )
+
+
+def _quote_line(line: matcher.QuoteLine, ref: PoolRef) -> QuoteLine:
+    """The matcher's line for a pool, named by the pool's own reference."""
+    return QuoteLine(
+        rank=line.rank,
+        center_id=ref.center_id,
+        pool_id=ref.pool_id,
+        region=line.region,
+        accelerator=line.accelerator,
+        price_minor_per_device_hour=line.price_minor_per_device_hour,
+        charge_minor=line.charge_minor,
+        rtt_ms=line.rtt_ms,
+        transfer_ms=line.transfer_ms,
+        energy_wh=line.energy_wh,
+        carbon_g=line.carbon_g,
+        has_capacity=line.has_capacity,
+        feasible=line.feasible,
+        reason=line.reason,
     )

@@ -20,12 +20,10 @@ import grpc
 
 from broker.core import Broker
 from broker.ledger import BrokerLedger
-from broker.rounds import QuotedPool
 from core import wire
 from core.errors import IcxError, InvalidArgument, NotFound
 from core.status import status_for
 from core.types import JobId
-from core.views import QuoteLine
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -180,9 +178,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required")
         quoted = self.broker.quote(wire.spec_from_proto(request.spec))
-        return broker_pb2.QuoteJobResponse(
-            lines=[wire.quote_line_to_proto(_quote_line(q)) for q in quoted]
-        )
+        return broker_pb2.QuoteJobResponse(lines=[wire.quote_line_to_proto(q) for q in quoted])
 
     @unary
     async def ListCenters(
@@ -274,23 +270,3 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.AddCosignatureResponse(
             kept=await self.ledger.add_cosignatures(request.note)
         )
-
-
-def _quote_line(q: QuotedPool) -> QuoteLine:
-    line = q.line
-    return QuoteLine(
-        rank=line.rank,
-        center_id=q.ref.center_id,
-        pool_id=q.ref.pool_id,
-        region=line.region,
-        accelerator=line.accelerator,
-        price_minor_per_device_hour=line.price_minor_per_device_hour,
-        charge_minor=line.charge_minor,
-        rtt_ms=line.rtt_ms,
-        transfer_ms=line.transfer_ms,
-        energy_wh=line.energy_wh,
-        carbon_g=line.carbon_g,
-        has_capacity=line.has_capacity,
-        feasible=line.feasible,
-        reason=line.reason,
-    )
