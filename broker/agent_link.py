@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from broker import authz
 from broker.centers import (
     Cancel,
     ClaimReply,
@@ -32,12 +33,13 @@ from broker.centers import (
 )
 from broker.core import Broker, Welcome
 from core import wire
-from core.errors import IcxError, InvalidArgument, PermissionDenied
+from core.errors import IcxError, InvalidArgument, PermissionDenied, Unauthenticated
 from core.handshake import NONCE_BYTES, proof_message
 from core.ids import check_text
 from core.status import status_for
 from core.types import JobId, LogChunk
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from identity import Member
 from ledger import VerifierKey
 
 log = logging.getLogger("icx.broker.agents")
@@ -68,12 +70,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             hello = first.hello
             center = wire.center_from_proto(hello.center)
             held = [_held_from_proto(h) for h in hello.held]
-            key = await self.broker.usage.key_to_prove(center.center_id, hello.usage_key)
-            if key is not None:
-                nonce = os.urandom(NONCE_BYTES)
-                yield agent_pb2.ConnectResponse(challenge=agent_pb2.Challenge(nonce=nonce))
-                await _check_proof(requests, center.center_id, key, nonce)
-            session, welcome = await self.broker.connect(center, held, hello.usage_key)
+            member = authz.caller().member
+            if member is not None:
+                # TLS proved the certified key; the certificate names the center and the
+                # key that signs its usage.
+                authz.check_center(center.center_id)
+                usage_key = _certified_usage_key(member, hello.usage_key)
+                certificate = _peer_certificate(context)
+            else:  # --insecure: the center proves the key it declares (kept on first use)
+                usage_key, certificate = hello.usage_key, ""
+                key = await self.broker.usage.key_to_prove(center.center_id, usage_key)
+                if key is not None:
+                    nonce = os.urandom(NONCE_BYTES)
+                    yield agent_pb2.ConnectResponse(challenge=agent_pb2.Challenge(nonce=nonce))
+                    await _check_proof(requests, center.center_id, key, nonce)
+            session, welcome = await self.broker.connect(
+                center, held, usage_key, member=member, certificate=certificate
+            )
             yield agent_pb2.ConnectResponse(welcome=_welcome_to_proto(welcome))
             reader = asyncio.create_task(self._read(session, requests))
             while True:
@@ -86,6 +99,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         raise exc
                     return  # the agent closed its side
                 command = getter.result()
+                if isinstance(command, Close) and command.refusal:
+                    raise Unauthenticated(command.refusal)
                 if not session.connected or isinstance(command, Close):
                     return  # replaced by a newer stream or taken out
                 yield _command_to_proto(command)
@@ -192,6 +207,24 @@ async def _check_proof(
         raise PermissionDenied(
             f"center {center_id}: the proof does not verify with key {key.key_id}"
         )
+
+
+def _certified_usage_key(member: Member, declared: str) -> str:
+    """The usage key the center's certificate binds; a different declared one is a key
+    change, which needs a new admission."""
+    if not member.usage_key:
+        raise PermissionDenied(f"the certificate of center {member.name} binds no usage key")
+    if declared and declared != member.usage_key:
+        raise PermissionDenied(
+            f"center {member.name} declares a usage key its certificate does not bind: "
+            "a new key needs a new admission (icx agent init, icx admin admit)"
+        )
+    return member.usage_key
+
+
+def _peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    auth = context.auth_context() or {}
+    return b"".join(auth.get("x509_pem_cert") or ()).decode("ascii", "replace")
 
 
 def _id(field: str, value: str) -> str:

@@ -17,6 +17,7 @@ from core.errors import InvalidArgument, PermissionDenied
 from core.states import JobState
 from core.types import CenterDescriptor, CenterId, ClaimId, Job, JobId, Offer, PoolId
 from core.views import CenterStatus
+from identity import Member
 
 log = logging.getLogger("icx.broker")
 
@@ -61,7 +62,10 @@ class HeartbeatEcho:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Ends the session's stream (a newer stream replaced it, or it was taken out)."""
+    """Ends the session's stream (a newer stream replaced it, or it was taken out); with
+    a refusal, because the center is no longer a member (revoked, expired)."""
+
+    refusal: str = ""
 
 
 Command = Reserve | Launch | Cancel | UsageAck | HeartbeatEcho | Close
@@ -124,6 +128,8 @@ class Session:
     outbox: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
     connected: bool = True
     offer: Offer | None = None
+    # The center's verified membership (None under --insecure).
+    member: Member | None = None
     log_budget: TokenBucket = field(
         default_factory=lambda: TokenBucket(rate_per_s=500, burst=1000, now_ms=0)
     )

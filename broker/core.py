@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from broker.capacity import LocalCenters
@@ -31,6 +31,7 @@ from broker.centers import (
     Cancel,
     Centers,
     ClaimReply,
+    Close,
     HeldClaim,
     JobUpdate,
     Launch,
@@ -46,7 +47,7 @@ from broker.rounds import Round, Rounds
 from broker.store import Store
 from broker.usage import UsageIntake
 from core.clock import SYSTEM, Clock
-from core.errors import FailedPrecondition, InvalidJobSpec, PermissionDenied
+from core.errors import FailedPrecondition, InvalidJobSpec, PermissionDenied, Unauthenticated
 from core.states import TERMINAL, JobState
 from core.types import (
     CenterDescriptor,
@@ -60,6 +61,8 @@ from core.types import (
     Offer,
 )
 from core.views import CenterStatus, QuoteLine
+from identity import Member, Revocations
+from identity.tls import Trust
 from matcher import GreedyMatcher, Matcher, Problem
 
 log = logging.getLogger("icx.broker")
@@ -105,8 +108,13 @@ class Broker:
         metrics: Metrics | None = None,
         ledger: BrokerLedger | None = None,
         clock: Clock = SYSTEM,
+        trust: Trust | None = None,
+        on_revocations: Callable[[Revocations], None] | None = None,
     ) -> None:
         self.store = store
+        # Who is a member (None: --insecure), and where a newer revocation list is kept.
+        self.trust = trust
+        self._on_revocations = on_revocations
         self.config = config or BrokerConfig()
         self.clock = clock
         self.metrics = metrics or Metrics()
@@ -196,8 +204,8 @@ class Broker:
     def list_jobs(self, states: Iterable[JobState] = (), limit: int = 0) -> list[Job]:
         return self.jobs.newest(states, limit)
 
-    def count_jobs(self, states: Iterable[JobState] = ()) -> int:
-        return self.jobs.count(states)
+    def count_jobs(self, states: Iterable[JobState] = (), tenant: str | None = None) -> int:
+        return self.jobs.count(states, tenant)
 
     async def cancel(self, tenant: str, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -244,7 +252,13 @@ class Broker:
     # ------------------------------------------------------------ agent side
 
     async def connect(
-        self, center: CenterDescriptor, held: Iterable[HeldClaim], usage_key: str = ""
+        self,
+        center: CenterDescriptor,
+        held: Iterable[HeldClaim],
+        usage_key: str = "",
+        *,
+        member: Member | None = None,
+        certificate: str = "",
     ) -> tuple[Session, Welcome]:
         """Register a (re)connecting agent and reconcile the claims it holds. While the
         center's current stream is alive (heard from within two heartbeats), another is
@@ -263,8 +277,9 @@ class Broker:
             center.center_id
         ):
             raise PermissionDenied(f"center id {center.center_id!r} is the name of a tenant")
-        await self.usage.admit_center_key(center.center_id, usage_key)
+        await self.usage.admit_center_key(center.center_id, usage_key, certificate)
         session = await self.centers.connect(center)
+        session.member = member
         session.log_budget = TokenBucket(
             rate_per_s=self.config.log_chunks_per_s,
             burst=2 * self.config.log_chunks_per_s,
@@ -408,8 +423,45 @@ class Broker:
             except Exception:
                 log.exception("expiry pass failed")
 
+    async def take_revocations(self, data: bytes, by: object = None) -> Revocations:
+        """A newer signed revocation list: kept, its centers' usage keys revoked in the
+        ledger, their streams ended at the next expiry pass."""
+        if self.trust is None:
+            raise FailedPrecondition("this broker runs --insecure: it has no members to revoke")
+        taken = self.trust.update(data)
+        if self._on_revocations is not None:
+            self._on_revocations(taken)
+        log.info(
+            "revocation list %d taken from %s: %d revoked", taken.number, by, len(taken.serials)
+        )
+        for session in list(self.centers.sessions.values()):
+            m = session.member
+            if m is not None and m.usage_key and taken.revoked(m.chain_serials):
+                await self.usage.revoke_center_key(
+                    session.center_id,
+                    m.usage_key,
+                    f"certificate {m.serial:x} revoked (revocation list {taken.number})",
+                )
+        self.check_members()
+        return taken
+
+    def check_members(self) -> None:
+        """End the stream of every center whose certificate has expired or been revoked."""
+        if self.trust is None:
+            return
+        for session in list(self.centers.sessions.values()):
+            if session.member is None or not session.connected:
+                continue
+            try:
+                self.trust.check(session.member)
+            except Unauthenticated as exc:
+                log.warning("center %s: %s: ending its stream", session.center_id, exc)
+                session.send(Close(refusal=str(exc)))
+                session.member = None
+
     async def expire(self) -> None:
         """Lapse unanswered claims and take silent centers out, requeueing their work."""
+        self.check_members()
         for claim in self.claims.lapsed(self.clock.now_ms()):
             job = self.jobs.find(claim.job_id)
             if job is not None and job.claim_id == claim.claim_id and job.state in ACTIVE:

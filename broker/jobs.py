@@ -50,6 +50,10 @@ class JobBook:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self._requests: dict[tuple[str, str], JobId] = {}
         self._tenants: set[str] = set()
+        # Each tenant's jobs as places in `_order` (appended, so sorted) and its count
+        # per state: a tenant's page and total cost its own jobs, not everyone's.
+        self._of_tenant: dict[str, list[int]] = {}
+        self._tenant_counts: dict[tuple[str, JobState], int] = {}
         self._event_seq: dict[JobId, int] = {}
         self._log_seq: dict[JobId, int] = {}
         self._changed: dict[JobId, asyncio.Event] = {}
@@ -62,7 +66,7 @@ class JobBook:
             self.jobs[job.job_id] = job
             self._remember(job)
             self._tenants.add(job.tenant)
-            self.counts[job.state] += 1
+            self._count(job, 1)
             if stored.request_id:
                 self._requests[(job.tenant, stored.request_id)] = job.job_id
         self._event_seq.update(snapshot.event_seq)
@@ -89,9 +93,12 @@ class JobBook:
                 break
         return out
 
-    def page(self, states: Iterable[JobState] = (), after: str = "") -> Iterator[Job]:
-        """Jobs in `states` (all if empty), newest first, starting after the job `after`
-        (from the newest if empty). NotFound if `after` names no job."""
+    def page(
+        self, states: Iterable[JobState] = (), after: str = "", tenant: str | None = None
+    ) -> Iterator[Job]:
+        """Jobs in `states` (all if empty) of `tenant` (every tenant if None), newest
+        first, starting after the job `after` (from the newest if empty). NotFound if
+        `after` names no job."""
         wanted = frozenset(states)
         if after:
             place = self._place.get(JobId(after))
@@ -100,14 +107,21 @@ class JobBook:
             end = place
         else:
             end = len(self._order)
+        if tenant is not None:
+            mine = (
+                self.jobs[self._order[i]] for i in _before(self._of_tenant.get(tenant, []), end)
+            )
+            return (j for j in mine if not wanted or j.state in wanted)
         if not wanted or wanted == frozenset(JobState):
             return (self.jobs[self._order[i]] for i in range(end - 1, -1, -1))
         lists = [self._in_state[s] for s in wanted]
         places = heapq.merge(*(_before(lst, end) for lst in lists), reverse=True)
         return (self.jobs[self._order[i]] for i in places)
 
-    def count(self, states: Iterable[JobState] = ()) -> int:
+    def count(self, states: Iterable[JobState] = (), tenant: str | None = None) -> int:
         wanted = frozenset(states) or frozenset(JobState)
+        if tenant is not None:
+            return sum(self._tenant_counts.get((tenant, state), 0) for state in wanted)
         return sum(n for state, n in self.counts.items() if state in wanted)
 
     def has_tenant(self, tenant: str) -> bool:
@@ -160,7 +174,7 @@ class JobBook:
         self.jobs[job.job_id] = job
         self._remember(job)
         self._tenants.add(tenant)
-        self.counts[JobState.QUEUED] += 1
+        self._count(job, 1)
         if request_id:
             self._requests[(tenant, request_id)] = job.job_id
         commit = self.store.insert_job(job, self._next_event(job, "accepted"), request_id)
@@ -183,8 +197,8 @@ class JobBook:
             **changes,  # type: ignore[arg-type]
         )
         self.jobs[job.job_id] = new
-        self.counts[job.state] -= 1
-        self.counts[state] += 1
+        self._count(job, -1)
+        self._count(new, 1)
         if state != job.state:
             place = self._place[job.job_id]
             old = self._in_state[job.state]
@@ -243,11 +257,17 @@ class JobBook:
 
     # ---------------------------------------------------------------- helpers
 
+    def _count(self, job: Job, n: int) -> None:
+        self.counts[job.state] += n
+        key = (job.tenant, job.state)
+        self._tenant_counts[key] = self._tenant_counts.get(key, 0) + n
+
     def _remember(self, job: Job) -> None:
         """A job new to the book, placed after every other."""
         place = len(self._order)
         self._place[job.job_id] = place
         self._order.append(job.job_id)
+        self._of_tenant.setdefault(job.tenant, []).append(place)
         self._in_state[job.state].append(place)  # the largest place: still sorted
 
     def _next_event(self, job: Job, message: str) -> JobEvent:

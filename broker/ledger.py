@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from core.errors import InvalidArgument, PermissionDenied
+from core.errors import IcxError, InvalidArgument, PermissionDenied
 from ledger import Log, Role, SignedRecord, SignerKey, VerifierKey
 from ledger.store import LedgerStore
 
@@ -65,8 +65,11 @@ class BrokerLedger:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    async def admit_center(self, center_id: str, key_text: str) -> None:
-        """Admit the center's usage key on first sight; refuse a different one later."""
+    async def admit_center(self, center_id: str, key_text: str, cert_pem: str = "") -> None:
+        """Log the admission of the center's usage key, with the membership certificate
+        that binds it (`cert_pem`). A certified key that differs from the live one is a
+        re-admission: the old key is revoked from here on. Without a certificate
+        (--insecure) the first key seen is admitted and a different one refused."""
         key = VerifierKey.parse(key_text)
 
         def admit(ledger: Log) -> None:
@@ -74,17 +77,44 @@ class BrokerLedger:
             live = [e for e in mine if e.revoked_at is None]
             if any(e.key == key for e in live):
                 return
-            if live:
+            if live and not cert_pem:
                 raise PermissionDenied(
                     f"center {center_id} already signs with key {live[0].key.key_id}; "
                     f"refusing {key.key_id} (revoke the old key first)"
                 )
-            index = ledger.admit(center_id, Role.CENTER, key)
+            for old in live:
+                ledger.revoke(old.key.key_id, reason=f"re-admitted with key {key.key_id}")
+            index = ledger.admit(center_id, Role.CENTER, key, cert=cert_pem)
             log.info(
-                "admitted usage key %s for center %s at entry %d", key.key_id, center_id, index
+                "admitted usage key %s for center %s at entry %d%s",
+                key.key_id,
+                center_id,
+                index,
+                " (certified)" if cert_pem else " (uncertified: --insecure)",
             )
 
         await self._run(admit)
+
+    async def revoke_center(self, center_id: str, key_text: str, reason: str) -> bool:
+        """Log the revocation of a center's usage key (its certificate was revoked);
+        False if the key was not live."""
+        key = VerifierKey.parse(key_text)
+
+        def revoke(ledger: Log) -> bool:
+            for e in ledger.keyring.entries():
+                if e.party == center_id and e.key == key and e.revoked_at is None:
+                    index = ledger.revoke(key.key_id, reason=reason)
+                    log.info(
+                        "revoked usage key %s of center %s at entry %d: %s",
+                        key.key_id,
+                        center_id,
+                        index,
+                        reason,
+                    )
+                    return True
+            return False
+
+        return await self._run(revoke)
 
     async def admitted_key(self, center_id: str) -> VerifierKey | None:
         """The center's live usage key, if one is admitted."""
@@ -120,14 +150,24 @@ class BrokerLedger:
         await self.checkpoint()
         return await self._run(lambda ledger: ledger.latest_note())
 
-    async def prove(self, *, record_id: str | None = None, index: int | None = None) -> str:
+    async def prove(
+        self, *, record_id: str | None = None, index: int | None = None
+    ) -> tuple[str, tuple[str, ...]]:
+        """The entry's proof bundle and the parties a usage record names (none for a key
+        event or a checkpoint)."""
         await self.checkpoint()
         bundle = await self._run(lambda ledger: ledger.prove(record_id=record_id, index=index))
-        return bundle.to_json()
+        try:
+            record = SignedRecord.from_entry(bundle.leaf).record
+            parties: tuple[str, ...] = (record.producer, record.consumer)
+        except IcxError:
+            parties = ()
+        return bundle.to_json(), parties
 
-    async def statement(self, period: str) -> bytes:
+    async def statement(self, period: str, party: str = "") -> bytes:
+        """The signed statement of `period`: one party's, or ("") the whole federation's."""
         await self.checkpoint()
-        _, signed = await self._run(lambda ledger: ledger.settle(period))
+        _, signed = await self._run(lambda ledger: ledger.settle(period, party=party))
         return signed
 
     async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from core.errors import FailedPrecondition
@@ -30,6 +31,13 @@ class Metrics:
             "Messages from centers refused: claims they do not hold, usage that does not "
             "match what the broker saw",
             ["kind"],
+            registry=self.registry,
+        )
+        self.calls_refused = Counter(
+            "icx_calls_refused",
+            "Calls refused at the gate: not a member (expired, revoked) or a role without "
+            "the right to the method",
+            ["method", "code"],
             registry=self.registry,
         )
         self.log_chunks_dropped = Counter(
@@ -95,6 +103,9 @@ class Metrics:
         self.queue_length.set_function(lambda: job_counts[JobState.QUEUED])
         self.centers_connected.set_function(centers_connected)
         self.offers.set_function(offers)
+
+    def call_refused(self, method: str, code: grpc.StatusCode) -> None:
+        self.calls_refused.labels(method=method.rpartition("/")[2], code=code.name).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics over HTTP; returns the bound port (pass 0 for any). Unavailable

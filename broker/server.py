@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from broker.agent_link import AgentServicer
+from broker.authz import Gate
 from broker.core import Broker, BrokerConfig
 from broker.ledger import BrokerLedger
 from broker.service import AdminServicer, BrokerServicer, LedgerServicer
@@ -32,6 +33,10 @@ from icx.v1 import (
     ledger_pb2,
     ledger_pb2_grpc,
 )
+from identity import Credentials, Revocations, Role
+from identity.files import REVOCATIONS
+from identity.revocation import EMPTY, verify_revocations
+from identity.tls import Trust, server_credentials
 from matcher import make_matcher
 
 log = logging.getLogger("icx.broker")
@@ -76,6 +81,11 @@ class ServeOptions:
     witnesses: tuple[str, ...] = ()
     checkpoint_interval_s: float = 2.0
     config: BrokerConfig = field(default_factory=BrokerConfig)
+    # The broker's member folder (icx broker init + its admitted certificate): mutual
+    # TLS, every caller a member. Or `insecure`: plaintext on loopback, callers declare
+    # who they are.
+    identity: Path | None = None
+    insecure: bool = False
 
 
 class BrokerServer:
@@ -83,6 +93,7 @@ class BrokerServer:
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
+        self.credentials, self.trust = _membership(options)
         self.store = SqliteStore(options.db)
         self.ledger = BrokerLedger(options.db, origin=options.name, witnesses=options.witnesses)
         self.broker = Broker(
@@ -90,8 +101,11 @@ class BrokerServer:
             config=options.config,
             matcher=make_matcher(options.solver, time_limit_s=options.time_limit_s),
             ledger=self.ledger,
+            trust=self.trust,
+            on_revocations=self._keep_revocations,
         )
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        gate = Gate(self.trust, self.broker.metrics.call_refused)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
@@ -112,7 +126,12 @@ class BrokerServer:
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         try:
-            self.port = self.server.add_insecure_port(self.options.listen)
+            if self.credentials is None:
+                self.port = self.server.add_insecure_port(self.options.listen)
+            else:
+                self.port = self.server.add_secure_port(
+                    self.options.listen, server_credentials(self.credentials)
+                )
         except RuntimeError as exc:  # grpc reports a port it cannot bind this way
             raise FailedPrecondition(
                 f"cannot listen on {self.options.listen}: the port is in use or the address"
@@ -134,11 +153,23 @@ class BrokerServer:
             tmp.write_text(json.dumps(ready))
             tmp.replace(self.options.ready_file)
         log.info(
-            "broker serving on port %d (db %s%s)",
+            "broker serving on port %d (db %s%s), %s",
             self.port,
             self.options.db,
             f", metrics on port {self.metrics_port}" if self.metrics_port else "",
+            "PLAINTEXT, callers unauthenticated (--insecure)"
+            if self.credentials is None
+            else f"mutual TLS as {self.credentials.member.describe()}",
         )
+
+    def _keep_revocations(self, taken: Revocations) -> None:
+        """Keep the newest revocation list beside the broker's identity, so that a
+        restart does not forget it."""
+        assert self.options.identity is not None
+        path = self.options.identity / REVOCATIONS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(taken.pem)
+        tmp.replace(path)
 
     async def _checkpoints(self) -> None:
         """Sign a checkpoint whenever the ledger has grown, at most every interval."""
@@ -169,6 +200,37 @@ class BrokerServer:
         self.ledger.close()
         self.store.close()
         log.info("broker stopped")
+
+
+def _membership(options: ServeOptions) -> tuple[Credentials | None, Trust | None]:
+    """The broker's credentials and the members it trusts; (None, None) under
+    --insecure, which binds loopback only."""
+    if options.insecure:
+        host = options.listen.rpartition(":")[0].strip("[]")
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            raise FailedPrecondition(
+                f"--insecure serves loopback only (127.0.0.1, ::1, localhost), not {host!r}"
+            )
+        log.warning(
+            "INSECURE: plaintext, no membership checks: any local process can act as any "
+            "tenant or center. For development only."
+        )
+        return None, None
+    if options.identity is None:
+        raise FailedPrecondition(
+            "a broker needs its membership: --identity DIR (icx broker init, then the "
+            "coordinator's certificate), or --insecure for a loopback-only development broker"
+        )
+    creds = Credentials.load(options.identity)
+    if creds.member.role is not Role.BROKER:
+        raise FailedPrecondition(
+            f"{options.identity} holds the certificate of a {creds.member.role}, not a broker"
+        )
+    revocations = EMPTY
+    kept = options.identity / REVOCATIONS
+    if kept.exists():
+        revocations = verify_revocations(kept.read_bytes(), creds.root)
+    return creds, Trust(creds.root, revocations)
 
 
 async def serve(options: ServeOptions) -> None:

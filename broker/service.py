@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from broker import authz
 from broker.core import Broker
 from broker.ledger import BrokerLedger
 from core import wire
@@ -46,9 +47,6 @@ PAGE_STEP = 20
 
 MAX_RECORD_ID = 128
 
-TENANT_METADATA = "x-icx-tenant"
-DEFAULT_TENANT = "default"
-
 R = TypeVar("R")
 
 
@@ -73,15 +71,6 @@ def unary(
     return wrapper
 
 
-def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's tenant. Until user authentication lands this is a declared name, which
-    must follow the id grammar (it names a party of the ledger)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA and value:
-            return wire.id_from_proto("tenant", str(value))
-    return DEFAULT_TENANT
-
-
 class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -94,7 +83,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             raise InvalidArgument("spec is required")
         spec = wire.spec_from_proto(request.spec)
         job = await self.broker.submit(
-            tenant_of(context), spec, wire.request_id_from_proto(request.request_id)
+            authz.job_tenant(), spec, wire.request_id_from_proto(request.request_id)
         )
         return broker_pb2.SubmitJobResponse(job=wire.job_to_proto(job))
 
@@ -102,7 +91,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def GetJob(
         self, request: broker_pb2.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.GetJobResponse:
-        job = self.broker.get(wire.job_id_from_proto(request.job_id))
+        job = authz.check_job(self.broker.get(wire.job_id_from_proto(request.job_id)))
         return broker_pb2.GetJobResponse(job=wire.job_to_proto(job))
 
     @unary
@@ -115,11 +104,12 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             raise InvalidArgument("page_token is not one this broker gave")
         limit = request.limit or DEFAULT_PAGE
         states = [wire.state_from_proto(s) for s in request.states]
+        tenant = authz.jobs_tenant()
         try:
-            jobs = self.broker.jobs.page(states, request.page_token)
+            jobs = self.broker.jobs.page(states, request.page_token, tenant)
         except NotFound as exc:
             raise InvalidArgument(f"page_token is not one this broker gave: {exc}") from exc
-        reply = broker_pb2.ListJobsResponse(total=self.broker.count_jobs(states))
+        reply = broker_pb2.ListJobsResponse(total=self.broker.count_jobs(states, tenant))
         # The page is taken at once (a walk of the page, not of every job), then built a
         # few jobs per turn of the loop, so that a flood of reads leaves room for the rest.
         page = list(itertools.islice(jobs, limit + 1))
@@ -140,14 +130,15 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def CancelJob(
         self, request: broker_pb2.CancelJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.CancelJobResponse:
-        job = await self.broker.cancel(tenant_of(context), wire.job_id_from_proto(request.job_id))
+        job = authz.check_job(self.broker.get(wire.job_id_from_proto(request.job_id)))
+        job = await self.broker.cancel(job.tenant, job.job_id)
         return broker_pb2.CancelJobResponse(job=wire.job_to_proto(job))
 
     async def WatchJob(
         self, request: broker_pb2.WatchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[broker_pb2.WatchJobResponse]:
         try:
-            job = self.broker.get(wire.job_id_from_proto(request.job_id))
+            job = authz.check_job(self.broker.get(wire.job_id_from_proto(request.job_id)))
         except IcxError as exc:
             await abort(context, exc)
             return
@@ -194,6 +185,36 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.broker = broker
 
     @unary
+    async def WhoAmI(
+        self, request: admin_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.WhoAmIResponse:
+        who = authz.caller()
+        if who.member is None:
+            return admin_pb2.WhoAmIResponse(
+                name=who.tenant, role="user", tenant=who.tenant, authenticated=False
+            )
+        m = who.member
+        return admin_pb2.WhoAmIResponse(
+            name=m.name,
+            role=str(m.role),
+            region=m.region,
+            tenant=m.tenant,
+            serial=f"{m.serial:x}",
+            issuer=m.issuer,
+            not_after_ms=int(m.not_after.timestamp() * 1000),
+            authenticated=True,
+        )
+
+    @unary
+    async def UpdateRevocations(
+        self,
+        request: admin_pb2.UpdateRevocationsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.UpdateRevocationsResponse:
+        taken = await self.broker.take_revocations(request.revocation_list, by=authz.caller())
+        return admin_pb2.UpdateRevocationsResponse(number=taken.number, revoked=len(taken.serials))
+
+    @unary
     async def DumpRound(
         self, request: admin_pb2.DumpRoundRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.DumpRoundResponse:
@@ -237,21 +258,24 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if which == "record_id":
             if len(request.record_id) > MAX_RECORD_ID:  # the ledger's own bound
                 raise InvalidArgument(f"record_id must be at most {MAX_RECORD_ID} characters")
-            text = await self.ledger.prove(record_id=request.record_id)
+            text, parties = await self.ledger.prove(record_id=request.record_id)
         elif which == "index":
             if request.index < 0:
                 raise InvalidArgument(f"index must be >= 0, got {request.index}")
-            text = await self.ledger.prove(index=request.index)
+            text, parties = await self.ledger.prove(index=request.index)
         else:
             raise InvalidArgument("name a record_id or an index")
+        authz.check_record(parties)
         return ledger_pb2.ProveRecordResponse(bundle_json=text)
 
     @unary
     async def GetStatement(
         self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ledger_pb2.GetStatementResponse:
+        asked = wire.id_from_proto("party", request.party) if request.party else ""
+        party = authz.statement_party(asked)
         return ledger_pb2.GetStatementResponse(
-            statement=await self.ledger.statement(request.period)
+            statement=await self.ledger.statement(request.period, party)
         )
 
     @unary

@@ -47,9 +47,15 @@ class UsageIntake:
         self.ledger = ledger
         self.metrics = metrics
 
-    async def admit_center_key(self, center_id: CenterId, key_text: str) -> None:
+    async def admit_center_key(
+        self, center_id: CenterId, key_text: str, cert_pem: str = ""
+    ) -> None:
         if key_text and self.ledger is not None:
-            await self.ledger.admit_center(center_id, key_text)
+            await self.ledger.admit_center(center_id, key_text, cert_pem)
+
+    async def revoke_center_key(self, center_id: CenterId, key_text: str, reason: str) -> None:
+        if self.ledger is not None:
+            await self.ledger.revoke_center(center_id, key_text, reason)
 
     async def key_to_prove(self, center_id: CenterId, key_text: str) -> VerifierKey | None:
         """The key a connecting center must prove it holds: its admitted key, else the

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cli import admin_cmd, demo, ledger_cmd, match_cmd, service_cmd, user_cmd
+from cli import admin_cmd, demo, ledger_cmd, match_cmd, member_cmd, service_cmd, user_cmd
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -18,4 +18,5 @@ REGISTRY: list[Register] = [
     ledger_cmd.register,
     match_cmd.register,
     admin_cmd.register,
+    member_cmd.register,
 ]

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from cli import member_cmd
 from cli._client import add_broker_flag, connect
 from cli._output import EXIT_OK, command, print_json
 
@@ -53,3 +54,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--json", action="store_true", help="print round, time, problem and solution as JSON"
     )
     p.set_defaults(func=dump_round)
+    member_cmd.register_admin(asub)

@@ -1,5 +1,9 @@
 """A federation on this machine: a broker and node agents as child processes on
 loopback. Used by `icx demo` and by the tests (real processes, real SQLite, real gRPC).
+
+It is a real federation: a throw-away root of trust in `ROOT/federation`, every broker,
+center and user admitted with its own certificate, every connection mutually
+authenticated TLS. `secure=False` runs the development mode (--insecure) instead.
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.errors import Unavailable
 from core.types import CenterDescriptor
+from identity import Authority, Credentials, Role, init_member
+from identity.tls import channel_credentials
 from ledger import SignerKey
+
+if TYPE_CHECKING:
+    from client import BrokerClient
 
 
 def icx_command() -> list[str]:
@@ -57,12 +66,21 @@ def center_toml(center: CenterDescriptor, key_file: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wait_serving(address: str, timeout_s: float = 15.0) -> None:
+def channel(address: str, credentials: Credentials | None) -> grpc.Channel:
+    """A blocking channel to `address`, mutually authenticated with `credentials`."""
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, channel_credentials(credentials))
+
+
+def wait_serving(
+    address: str, timeout_s: float = 15.0, credentials: Credentials | None = None
+) -> None:
     """Block until the gRPC health service at address says SERVING."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(address, credentials) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
         while time.monotonic() < deadline:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
@@ -112,6 +130,9 @@ class LocalFederation:
 
     root: Path
     broker_args: tuple[str, ...] = ()
+    # Mutual TLS with a throw-away root of trust (False: the --insecure development mode).
+    secure: bool = True
+    broker_region: str = "TF"
     broker: Child | None = None
     broker_port: int = 0
     metrics_port: int | None = None
@@ -124,6 +145,88 @@ class LocalFederation:
     @property
     def db(self) -> Path:
         return self.root / "broker.db"
+
+    # ------------------------------------------------------------ membership
+
+    @property
+    def authority(self) -> Authority:
+        folder = self.root / "federation"
+        if not (folder / "root-key.pem").exists():
+            Authority.create(folder, "local")
+        return Authority(folder)
+
+    def member(
+        self,
+        name: str,
+        role: Role,
+        *,
+        region: str = "",
+        tenant: str = "",
+        usage_key: str = "",
+        folder: Path | None = None,
+        days: int = 30,
+    ) -> Path:
+        """A member folder for `name`, admitted in `role` (made once; kept)."""
+        folder = folder or self.root / "members" / f"{role}-{name}"
+        if not (folder / "cert.pem").exists():
+            hosts = ("localhost", "127.0.0.1") if role in (Role.BROKER, Role.CENTER) else ()
+            init_member(folder, name, hosts=hosts, usage_key=usage_key)
+            self.authority.admit_into(folder, role=role, region=region, tenant=tenant, days=days)
+        return folder
+
+    def credentials(
+        self, role: Role | str = Role.USER, name: str = "", *, tenant: str = "default"
+    ) -> Credentials | None:
+        """Credentials of a member in `role`: a user of `tenant` (named TENANT.user), the
+        coordinator, a broker or a center `name` (centers started here have theirs).
+        None when the federation runs --insecure."""
+        if not self.secure:
+            return None
+        role = Role(role)
+        if role is Role.COORDINATOR:
+            return Credentials.load(self.authority.folder / "coordinator")
+        if role is Role.CENTER:
+            return Credentials.load(self.center_identity(name)[0])
+        if role in (Role.USER, Role.TENANT_ADMIN):
+            return Credentials.load(self.member(name or f"{tenant}.user", role, tenant=tenant))
+        return Credentials.load(self.member(name or "broker", role, region=self.broker_region))
+
+    def center_identity(self, center_id: str, region: str = "TF") -> tuple[Path, SignerKey]:
+        """The member folder and usage key of center `center_id` (made and admitted the
+        first time, in `region`): what `start_agent` uses, and what a test that speaks
+        the agent stream itself presents."""
+        folder = self.root / "centers"
+        folder.mkdir(parents=True, exist_ok=True)
+        key_path = folder / f"{center_id}.key"
+        if not key_path.exists():  # each center signs its usage with its own key
+            key_path.write_text(SignerKey.generate(center_id).text() + "\n")
+            key_path.chmod(0o600)
+        key = SignerKey.parse(key_path.read_text())
+        identity = folder / f"{center_id}.identity"
+        if self.secure:
+            self.member(
+                center_id,
+                Role.CENTER,
+                region=region,
+                usage_key=key.verifier.text(),
+                folder=identity,
+            )
+        return identity, key
+
+    def client(
+        self, tenant: str = "default", *, role: Role | str = Role.USER, **kw: Any
+    ) -> BrokerClient:
+        """A client of the broker acting as a user of `tenant` (or another role)."""
+        from client import BrokerClient
+
+        creds = self.credentials(role, tenant=tenant)
+        return BrokerClient(self.address, creds, tenant=tenant, **kw)
+
+    def channel(
+        self, role: Role | str = Role.USER, name: str = "", *, tenant: str = "default"
+    ) -> grpc.Channel:
+        """A raw channel to the broker as a member (for tests that speak protobuf)."""
+        return channel(self.address, self.credentials(role, name, tenant=tenant))
 
     def _spawn(self, name: str, args: list[str]) -> Child:
         log_path = self.root / "logs" / f"{name}.log"
@@ -153,6 +256,7 @@ class LocalFederation:
             "--db", str(self.db),
             "--metrics", "0",
             "--ready-file", str(ready),
+            *self._broker_identity(),
             *self.broker_args,
         ]  # fmt: skip
         self.broker = self._spawn("broker", args)
@@ -166,16 +270,19 @@ class LocalFederation:
         info = json.loads(ready.read_text())
         self.broker_port = info["port"]
         self.metrics_port = info["metrics_port"]
-        wait_serving(self.address, timeout_s)
+        wait_serving(self.address, timeout_s, self.credentials(Role.COORDINATOR))
+
+    def _broker_identity(self) -> list[str]:
+        if not self.secure:
+            return ["--insecure"]
+        return ["--identity", str(self.member("broker", Role.BROKER, region=self.broker_region))]
 
     def start_agent(self, center: CenterDescriptor, *extra_args: str) -> Child:
         config = self.root / "centers" / f"{center.center_id}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        key = config.with_suffix(".key")
-        if not key.exists():  # each center signs its usage with its own key
-            key.write_text(SignerKey.generate(center.center_id).text() + "\n")
-            key.chmod(0o600)
-        config.write_text(center_toml(center, key_file=key.name))
+        self.center_identity(center.center_id, center.region)
+        config.write_text(center_toml(center, key_file=f"{center.center_id}.key"))
+        identity = [] if self.secure else ["--insecure"]
         workdir = self.root / "work" / center.center_id
         child = self._spawn(
             f"agent-{center.center_id}",
@@ -184,6 +291,7 @@ class LocalFederation:
                 "--config", str(config),
                 "--broker", self.address,
                 "--workdir", str(workdir),
+                *identity,
                 *extra_args,
             ],
         )  # fmt: skip

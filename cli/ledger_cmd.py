@@ -26,6 +26,8 @@ from core.errors import InvalidArgument, NotFound
 from core.money import format_major
 
 if TYPE_CHECKING:  # the ledger takes a quarter second to import: commands load it
+    from cryptography import x509
+
     from ledger import Log, TrustPolicy
 
 _DEFAULT_ORIGIN = "icx.local/ledger"
@@ -51,7 +53,8 @@ def _open(args: argparse.Namespace, *, signing: bool = False) -> Log:
 
 
 def read_input(path_text: str, what: str, hint: str = "") -> str:
-    """A file the user named, or one line saying it is not there (exit 2)."""
+    """A text file the user named, or one line saying it is not there, cannot be read
+    or is not UTF-8 text (exit 2)."""
     path = Path(path_text)
     try:
         return path.read_text(encoding="utf-8")
@@ -59,6 +62,8 @@ def read_input(path_text: str, what: str, hint: str = "") -> str:
         raise InvalidArgument(f"no {what} at {path}{hint}") from None
     except OSError as exc:
         raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{what} {path} is not UTF-8 text") from exc
 
 
 def _db_args(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
@@ -277,14 +282,28 @@ def _audit_failed(message: str) -> int:
     return EXIT_FAILED
 
 
+def _root(path_text: str) -> x509.Certificate:
+    """The federation's root certificate from a PEM file holding just that one."""
+    from identity.certs import load_certificates
+
+    text = read_input(path_text, "federation root certificate")
+    certs = load_certificates(text.encode(), f"federation root certificate {path_text}")
+    if len(certs) != 1:
+        raise InvalidArgument(
+            f"federation root certificate {path_text} must hold one certificate, found {len(certs)}"
+        )
+    return certs[0]
+
+
 @command
 def cmd_audit(args: argparse.Namespace) -> int:
     from ledger import AuditError
     from ledger.log import UsageRuleViolation
 
+    root = _root(args.root) if args.root else None
     log = _open(args)
     try:
-        report = log.audit()
+        report = log.audit(root=root)
     except AuditError as exc:
         if args.json:
             # `rule` names the usage rule broken (docs/ledger.md), null for any other failure.
@@ -309,6 +328,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"ok: {report.size} entries ({report.records} records, {report.key_events} key "
             f"events), {report.checkpoints} checkpoints, {report.statements} statements; "
             f"root {report.root.hex()}"
+            + ("; key admissions certified by the federation root" if root else "")
         )
     return EXIT_OK
 
@@ -461,6 +481,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = lsub.add_parser("audit", help="replay the whole ledger; name the first bad entry")
     _db_args(p)
+    p.add_argument(
+        "--root",
+        metavar="FILE",
+        help="the federation's root certificate (PEM): every key admission but the log's "
+        "own must carry a membership certificate it issued for that party and key",
+    )
     _json_flag(p)
     p.set_defaults(func=cmd_audit)
 

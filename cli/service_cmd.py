@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from cli import member_cmd
 from cli._client import add_broker_flag, broker_address
 from cli._output import EXIT_OK, command, print_json
 from core.errors import InvalidArgument, NotFound
@@ -63,6 +64,8 @@ def broker_serve(args: argparse.Namespace) -> int:
         name=args.name,
         witnesses=tuple(args.witness or ()),
         time_limit_s=args.time_limit,
+        identity=Path(args.identity) if args.identity else None,
+        insecure=args.insecure,
     )
     asyncio.run(serve(options))
     return EXIT_OK
@@ -89,18 +92,30 @@ def broker_migrate(args: argparse.Namespace) -> int:
 def agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from identity import Credentials, Role
     from node_agent import Agent, serve_agent, serve_metrics
-    from node_agent.config import load_center, load_usage_key
+    from node_agent.config import identity_dir, load_center, load_usage_key
 
     center = load_center(Path(args.config))
     usage_key = load_usage_key(Path(args.config))
+    creds = None
+    if not args.insecure:
+        folder = Path(args.identity) if args.identity else identity_dir(Path(args.config), center)
+        creds = Credentials.load(folder)
+        if creds.member.role is not Role.CENTER or creds.member.name != center.center_id:
+            raise InvalidArgument(
+                f"{folder} holds the certificate of {creds.member.describe()}, not of center "
+                f"{center.center_id}"
+            )
     metrics = metrics_address(args.metrics)
     setup_logging(args.log_level)
     # Beside the config by default, so that undelivered usage survives a restart.
     config = Path(args.config)
     workdir = Path(args.workdir) if args.workdir else config.parent / f"{center.center_id}.work"
     workdir.mkdir(parents=True, exist_ok=True)
-    agent = Agent(center, broker_address(args.broker), workdir=workdir, usage_key=usage_key)
+    agent = Agent(
+        center, broker_address(args.broker), workdir=workdir, usage_key=usage_key, credentials=creds
+    )
     if usage_key is None:
         logging.getLogger("icx.agent").warning(
             "no center.key_file in %s: usage will not be signed or logged", args.config
@@ -114,10 +129,12 @@ def agent_run(args: argparse.Namespace) -> int:
 @command
 def health(args: argparse.Namespace) -> int:
     """Exit 0 when the broker's gRPC health check says SERVING (for probes and scripts)."""
+    from cli._client import config_folder, credentials
     from cli.federation import wait_serving
 
-    address = broker_address(args.broker)
-    wait_serving(address, timeout_s=args.timeout)
+    creds = credentials(args)
+    address = broker_address(args.broker, None if creds is None else config_folder(args.identity))
+    wait_serving(address, timeout_s=args.timeout, credentials=creds)
     if args.json:
         print_json({"address": address, "status": "SERVING"})
     else:
@@ -127,10 +144,11 @@ def health(args: argparse.Namespace) -> int:
 
 @command
 def agent_init(args: argparse.Namespace) -> int:
-    """Make the center's usage signing key (never overwriting one) and print its public
-    half, which the broker admits for this center."""
+    """Make the center's usage signing key and its membership key and request (never
+    overwriting a key): the coordinator admits the request, which binds both."""
+    from identity import init_member
     from ledger import SignerKey
-    from node_agent.config import load_center, usage_key_path
+    from node_agent.config import identity_dir, load_center, usage_key_path
 
     config = Path(args.config)
     center = load_center(config)
@@ -148,10 +166,26 @@ def agent_init(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(key.text() + "\n")
         print(f"wrote {key_path} (keep it secret); its verifier key:", file=sys.stderr)
+    folder = identity_dir(config, center)
+    hosts = tuple(dict.fromkeys(["localhost", "127.0.0.1", *(args.host or ())]))
+    request = init_member(folder, center.center_id, hosts=hosts, usage_key=key.verifier.text())
     if args.json:
-        print_json({"key_file": str(key_path), "verifier_key": key.verifier.text()})
+        print_json(
+            {
+                "key_file": str(key_path),
+                "verifier_key": key.verifier.text(),
+                "identity": str(folder),
+                "request": str(request),
+            }
+        )
     else:
         print(key.verifier.text())
+        print(
+            f"membership request: {request}: the coordinator admits it with `icx admin admit "
+            f"{request} --role center --region {center.region}`; put the certificate at "
+            f"{folder / 'cert.pem'} and the federation root at {folder / 'root.pem'}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -209,8 +243,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--ready-file", help='write {"port", "metrics_port", "pid"} here (JSON) once serving'
     )
+    p.add_argument(
+        "--identity",
+        metavar="DIR",
+        help="the broker's member folder (icx broker init + its admitted certificate)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no membership checks, loopback only: for development",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)
+    member_cmd.register_broker(bsub)
 
     p = bsub.add_parser(
         "migrate",
@@ -238,6 +283,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "init", help="make the center's usage signing key and print its verifier key"
     )
     p.add_argument("--config", required=True, help="center config (TOML) naming key_file")
+    p.add_argument(
+        "--host", action="append", help="a name its health endpoint is dialled by (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=agent_init)
 

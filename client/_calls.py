@@ -5,24 +5,43 @@ status into the error tree. The clients differ only in how they wait."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 
 from core import wire
-from core.errors import InvalidArgument, Unavailable
+from core.errors import InvalidArgument, Unauthenticated, Unavailable
 from core.states import JobState
 from core.status import error_for
 from core.types import Job, JobEvent, JobSpec, LogChunk
-from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import admin_pb2, broker_pb2, ledger_pb2
+from identity import Credentials
+from identity.tls import channel_credentials
 
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TIMEOUT_S = 10.0
 
 
-def metadata(tenant: str) -> tuple[tuple[str, str], ...]:
-    return ((TENANT_METADATA, tenant),)
+def metadata(tenant: str, credentials: Credentials | None) -> tuple[tuple[str, str], ...]:
+    """A declared tenant, for a broker that runs --insecure; with credentials the broker
+    reads who the caller is from its certificate, and nothing is declared."""
+    return () if credentials is not None else ((TENANT_METADATA, tenant),)
+
+
+def target(address: str, credentials: Credentials | None) -> tuple[str, ChannelParts]:
+    """The address and what a channel to it needs: TLS credentials and options."""
+    if credentials is None:
+        return address, ChannelParts(None, CHANNEL_OPTIONS)
+    return address, ChannelParts(channel_credentials(credentials), CHANNEL_OPTIONS)
+
+
+class ChannelParts(NamedTuple):
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, Any], ...]
+
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = ()
 
 
 def check_tenant(tenant: str) -> str:
@@ -31,11 +50,18 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
-def raise_error(err: grpc.RpcError, address: str) -> NoReturn:
+def raise_error(err: grpc.RpcError, address: str, secure: bool = False) -> NoReturn:
     """Raise the error tree's error for a failed call, keeping the gRPC error as the cause.
-    A peer that is not there or does not answer in time is Unavailable, naming it."""
+    A peer that is not there or does not answer in time is Unavailable, naming it; one
+    that ends the TLS handshake is Unauthenticated."""
     code = err.code()
     details = err.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE and secure and _refused_in_handshake(details):
+        raise Unauthenticated(
+            f"the broker at {address} refused the connection in the TLS handshake: it does "
+            "not take this certificate (not admitted to its federation, or expired), or "
+            f"its own certificate does not name {address.rpartition(':')[0]} ({details})"
+        ) from err
     if code == grpc.StatusCode.UNAVAILABLE:
         raise Unavailable(f"broker unreachable at {address}: {details}") from err
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -117,6 +143,19 @@ def dump_of(reply: admin_pb2.DumpRoundResponse) -> RoundDump:
     return wire.round_dump_from_proto(reply)
 
 
+def whoami_of(reply: admin_pb2.WhoAmIResponse) -> WhoAmI:
+    return WhoAmI(
+        name=reply.name,
+        role=reply.role,
+        region=reply.region,
+        tenant=reply.tenant,
+        serial=reply.serial,
+        issuer=reply.issuer,
+        not_after_ms=reply.not_after_ms,
+        authenticated=reply.authenticated,
+    )
+
+
 # ------------------------------------------------------------ LedgerService
 
 
@@ -126,3 +165,10 @@ def prove_request(record_id: str | None, index: int | None) -> ledger_pb2.ProveR
     if record_id is not None:
         return ledger_pb2.ProveRecordRequest(record_id=record_id)
     return ledger_pb2.ProveRecordRequest(index=index)
+
+
+def _refused_in_handshake(details: str) -> bool:
+    """gRPC reports a connection that TLS ended as UNAVAILABLE; tell it from a broker
+    that is not listening (connection refused) or not answering (timeout)."""
+    lowered = details.lower()
+    return any(w in lowered for w in ("handshake", "socket closed", "ssl", "certificate"))

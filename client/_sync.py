@@ -12,7 +12,7 @@ import grpc
 from client import _calls
 from core.states import JobState
 from core.types import Job, JobEvent, JobSpec, LogChunk
-from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -23,6 +23,7 @@ from icx.v1 import (
 )
 
 if TYPE_CHECKING:
+    from identity import Credentials
     from ledger import ProofBundle, VerifierKey
 
 R = TypeVar("R")
@@ -37,15 +38,24 @@ class BrokerClient:
     def __init__(
         self,
         address: str,
-        tenant: str = "default",
+        credentials: Credentials | None = None,
         *,
+        tenant: str = "default",
         timeout_s: float = _calls.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.address = address
-        self.tenant = _calls.check_tenant(tenant)
+        self.credentials = credentials
+        # Who the caller is: its certificate's member, or (--insecure brokers) a declared
+        # tenant.
+        self.tenant = credentials.member.tenant if credentials else _calls.check_tenant(tenant)
         self.timeout_s = timeout_s
-        self._metadata = _calls.metadata(tenant)
-        self._channel = grpc.insecure_channel(address)
+        self._metadata = _calls.metadata(tenant, credentials)
+        target, parts = _calls.target(address, credentials)
+        self._channel = (
+            grpc.insecure_channel(target, options=parts.options)
+            if parts.credentials is None
+            else grpc.secure_channel(target, parts.credentials, options=parts.options)
+        )
         self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
@@ -72,7 +82,7 @@ class BrokerClient:
                 timeout=self.timeout_s if timeout_s is None else timeout_s,
             )
         except grpc.RpcError as err:
-            _calls.raise_error(err, self.address)
+            _calls.raise_error(err, self.address, self.credentials is not None)
 
     # ------------------------------------------------------------ BrokerService
 
@@ -127,7 +137,7 @@ class BrokerClient:
             for reply in self._broker.WatchJob(request, metadata=self._metadata, timeout=timeout):
                 yield _calls.watch_item(reply)
         except grpc.RpcError as err:
-            _calls.raise_error(err, self.address)
+            _calls.raise_error(err, self.address, self.credentials is not None)
 
     def centers(self, *, timeout_s: float | None = None) -> list[CenterStatus]:
         reply = self._unary(self._broker.ListCenters, broker_pb2.ListCentersRequest(), timeout_s)
@@ -139,6 +149,16 @@ class BrokerClient:
         return _calls.quote_of(reply)
 
     # ------------------------------------------------------------- AdminService
+
+    def whoami(self, *, timeout_s: float | None = None) -> WhoAmI:
+        """Who the broker takes this client to be."""
+        reply = self._unary(self._admin.WhoAmI, admin_pb2.WhoAmIRequest(), timeout_s)
+        return _calls.whoami_of(reply)
+
+    def update_revocations(self, pem: bytes, *, timeout_s: float | None = None) -> int:
+        """Hand the broker a newer signed revocation list; its number."""
+        request = admin_pb2.UpdateRevocationsRequest(revocation_list=pem)
+        return int(self._unary(self._admin.UpdateRevocations, request, timeout_s).number)
 
     def dump_round(self, *, current: bool = False, timeout_s: float | None = None) -> RoundDump:
         """The latest matching round, or with `current` the queue and offers as now."""
@@ -178,9 +198,9 @@ class BrokerClient:
         reply = self._unary(self._ledger.ProveRecord, request, timeout_s)
         return ProofBundle.from_json(reply.bundle_json)
 
-    def statement(self, period: str, *, timeout_s: float | None = None) -> bytes:
+    def statement(self, period: str, *, party: str = "", timeout_s: float | None = None) -> bytes:
         """The signed settlement statement of a month (YYYY-MM), as the ledger signed it."""
-        request = ledger_pb2.GetStatementRequest(period=period)
+        request = ledger_pb2.GetStatementRequest(period=period, party=party)
         return bytes(self._unary(self._ledger.GetStatement, request, timeout_s).statement)
 
     def consistency_proof(

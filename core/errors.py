@@ -7,6 +7,7 @@ gRPC status codes, and the CLI to exit codes.
     x InvalidOffer
     x InvalidConfig
   + NotFound               no such job, center or claim
+  + Unauthenticated        no valid membership (expired, revoked, not admitted)
   + PermissionDenied       a party acting outside its own name
   + FailedPrecondition     valid request, wrong state (cancel a finished job)
   + Unavailable            the other side is not there (yet)
@@ -39,6 +40,11 @@ class InvalidConfig(InvalidArgument):
 
 class NotFound(IcxError):
     """The named job, center or claim does not exist."""
+
+
+class Unauthenticated(IcxError):
+    """The caller is not (or no longer) an admitted member: its certificate is missing,
+    expired, revoked or from another federation."""
 
 
 class PermissionDenied(IcxError):

@@ -84,3 +84,18 @@ class RoundDump:
     at_ms: int
     problem_json: str
     solution_json: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WhoAmI:
+    """Who a broker takes its caller to be, from the caller's verified certificate."""
+
+    name: str
+    role: str
+    region: str = ""
+    tenant: str = ""
+    serial: str = ""
+    issuer: str = ""
+    not_after_ms: int = 0
+    # False when the broker runs --insecure: the identity is only declared.
+    authenticated: bool = True

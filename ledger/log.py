@@ -16,9 +16,12 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from core.ids import shown
 from ledger import canonical, merkle
 from ledger._audit_rules import Rule, UsageRules, UsageRuleViolation
+from ledger._membership import check_admission
 from ledger._pool import VerifyPool
 from ledger.bundle import ProofBundle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -57,6 +60,7 @@ _PRODUCER_ROLES = {
 }
 _BROKER_ROLES = frozenset({Role.BROKER})
 _AUDIT_CHUNK = 4096
+_WHOLE = "*"  # the store's party name for the statement of every party
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,13 +170,16 @@ class Log:
         self.keyring.apply(event, index)
         return index
 
-    def admit(self, party: str, role: Role, key: VerifierKey) -> int:
-        """Admit `key` to sign for `party`; returns the entry's index."""
-        return self._append_key_event(KeyEvent.admit(party, role, key))
+    def admit(self, party: str, role: Role, key: VerifierKey, *, cert: str = "") -> int:
+        """Admit `key` to sign for `party`; returns the entry's index. `cert`, the PEM
+        of the membership certificate that certifies the key, is logged as given: the
+        caller checks it, and `audit(root=...)` checks it again."""
+        return self._append_key_event(KeyEvent.admit(party, role, key, cert=cert))
 
-    def revoke(self, key_id: str) -> int:
-        """Revoke a key from the next entry on; what it signed before stays valid."""
-        return self._append_key_event(KeyEvent.revoke(key_id))
+    def revoke(self, key_id: str, *, reason: str = "") -> int:
+        """Revoke a key from the next entry on; what it signed before stays valid.
+        `reason` (a name, e.g. the certificate revoked) is logged with it."""
+        return self._append_key_event(KeyEvent.revoke(key_id, reason=reason))
 
     # Records.
 
@@ -335,9 +342,12 @@ class Log:
 
     # Settlement.
 
-    def settle(self, period: str, currency: str = "CNY") -> tuple[Settlement, bytes]:
+    def settle(
+        self, period: str, currency: str = "CNY", *, party: str = ""
+    ) -> tuple[Settlement, bytes]:
         """Settle `period` over the entries the latest checkpoint covers; sign the
-        statement, keep it, and return it with its signed bytes."""
+        statement (only `party`'s figures when given: `Settlement.for_party`), keep it
+        under that party (`*` for the whole), and return it with its signed bytes."""
         signer = self._require_signer()
         checkpoint = Checkpoint.from_text(parse_note(self.latest_note()).text)
         result = settle(
@@ -346,27 +356,34 @@ class Log:
             checkpoint=checkpoint,
             currency=currency,
         )
+        if party:
+            result = result.for_party(party)
         signed = sign_statement(result, signer)
-        self.store.add_statement("*", period, signed)
+        self.store.add_statement(party or _WHOLE, period, signed)
         return result, signed
 
     def _audit_statements(self, roots: dict[int, bytes]) -> int:
         count = 0
-        for _, period, data in self.store.statements():
+        for party, period, data in self.store.statements():
+            what = f"statement for {period}"
+            if party != _WHOLE:
+                what = f"statement of {party!r} for {period}"
             body = verify_statement(data, self.log_key)
             cp = body.get("checkpoint")
             currency = body.get("currency")
             if not isinstance(cp, dict) or not isinstance(currency, str):
-                raise VerificationError(f"statement for {period} names no checkpoint or currency")
+                raise VerificationError(f"{what} names no checkpoint or currency")
             size = cp.get("size")
             if not isinstance(size, int) or size not in roots:
-                raise VerificationError(f"statement for {period} names no stored checkpoint")
+                raise VerificationError(f"{what} names no stored checkpoint")
             checkpoint = Checkpoint(origin=self.origin, size=size, root=roots[size])
             again = settle(
                 self.records(0, size), period=period, checkpoint=checkpoint, currency=currency
             )
+            if party != _WHOLE:
+                again = again.for_party(party)
             if canonical.encode(again.to_json()) != canonical.encode(body):
-                raise VerificationError(f"statement for {period} does not recompute from the log")
+                raise VerificationError(f"{what} does not recompute from the log")
             count += 1
         return count
 
@@ -402,13 +419,15 @@ class Log:
         else:
             cache.warm(checks)
 
-    def audit(self) -> AuditReport:
+    def audit(self, *, root: x509.Certificate | None = None) -> AuditReport:
         """Replay the whole store: every index present once and in order, every leaf
         hash as stored, every key event and signature valid at its position, the usage
         rules over every record (`ledger._audit_rules`: ids in the producer's name
-        space, references, no run billed twice), every checkpoint's signature and root.
-        Raises AuditError naming the first bad index (UsageRuleViolation, naming the
-        rule too, for a broken usage rule)."""
+        space, references, no run billed twice), every checkpoint's signature and root,
+        every statement recomputed. With the federation's `root`, also every key
+        admission but the log's own bound to a membership certificate that root issued
+        (`ledger._membership`). Raises AuditError naming the first bad index
+        (UsageRuleViolation, naming the rule too, for a broken usage rule)."""
         keyring = KeyRing()
         cache = SignatureCache()
         frontier = merkle.Frontier()
@@ -457,6 +476,11 @@ class Log:
                     if isinstance(item, KeyEvent):
                         if idx == 0 and (item.key != self.log_key or item.party != self.origin):
                             raise VerificationError("entry 0 must admit the log's own key")
+                        # Entry 0 is exempt: the auditor trusts the log key already (it
+                        # signs every checkpoint), and a broker's certificate binds no
+                        # Ed25519 key.
+                        if root is not None and idx > 0 and item.action == "admit":
+                            check_admission(item, root)
                         keyring.apply(item, idx)
                         counts["key"] += 1
                     else:

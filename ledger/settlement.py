@@ -14,12 +14,18 @@ checkpoint covers:
 The statement names the checkpoint (origin, size, root) and the entry range it used, and
 is signed by the log key over `STATEMENT_PREFIX || canonical JSON`, so anyone holding
 the log recomputes it and gets the same bytes (Ed25519 signatures are deterministic).
+
+A party's statement (`Settlement.for_party`, `"party"` in its JSON) is cut from the whole
+one, so that a party learns its own figures and nobody else's beyond its counterparties:
+its totals, the matrix cells it pays or is paid in, the transfers it is in, and the
+number of records it is in.
 """
 
 from __future__ import annotations
 
 import base64
 import calendar
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -30,7 +36,7 @@ from ledger import canonical
 from ledger.checkpoint import Checkpoint
 from ledger.errors import InvalidRecord, SignatureError
 from ledger.keys import SignerKey, VerifierKey
-from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
+from ledger.records import CHARGING_KINDS, ID_PATTERN, RecordKind, UsageRecord
 
 __all__ = [
     "STATEMENT_PREFIX",
@@ -76,6 +82,7 @@ class Transfer:
 @dataclass(slots=True, kw_only=True)
 class PartyTotals:
     party: str
+    records: int = 0  # records the party is in; shown only in its own statement
     device_s_produced: int = 0
     device_s_consumed: int = 0
     energy_wh: int = 0
@@ -99,13 +106,33 @@ class Settlement:
     matrix: dict[tuple[str, str], int]
     totals: dict[str, PartyTotals]
     transfers: tuple[Transfer, ...]
+    party: str = ""  # set on one party's statement; empty on the whole one
 
     @property
     def positions(self) -> dict[str, int]:
         return {party: t.net_minor for party, t in self.totals.items()}
 
+    def for_party(self, party: str) -> Settlement:
+        """The statement `party` gets, cut from this whole one (see the module docstring).
+        A party without usage in the period gets zeros. Raises InvalidRecord for a name
+        that is not a party id, or when this is already another party's statement."""
+        if not ID_PATTERN.fullmatch(party):
+            raise InvalidRecord(f"party must be 1..128 of [A-Za-z0-9._:/@-], got {shown(party)}")
+        if self.party and self.party != party:
+            raise InvalidRecord(f"this is the statement of {self.party!r}, not of {party!r}")
+        # A copy: the totals are mutable and the whole settlement keeps its own.
+        totals = dataclasses.replace(self.totals.get(party) or PartyTotals(party=party))
+        return dataclasses.replace(
+            self,
+            party=party,
+            records=totals.records,
+            matrix={cell: v for cell, v in self.matrix.items() if party in cell},
+            totals={party: totals},
+            transfers=tuple(t for t in self.transfers if party in (t.payer, t.payee)),
+        )
+
     def to_json(self) -> dict[str, canonical.JsonValue]:
-        return {
+        body: dict[str, canonical.JsonValue] = {
             "schema": SCHEMA,
             "period": self.period,
             "from_ms": self.from_ms,
@@ -140,6 +167,9 @@ class Settlement:
                 for t in self.transfers
             ],
         }
+        if self.party:
+            body["party"] = self.party
+        return body
 
 
 def _transfers(positions: dict[str, int]) -> list[Transfer]:
@@ -198,6 +228,8 @@ def settle(
         count += 1
         matrix[(record.consumer, record.producer)] += record.charge_minor
         producer, consumer = party(record.producer), party(record.consumer)
+        producer.records += 1
+        consumer.records += 1  # a record's producer and consumer always differ
         producer.device_s_produced += record.device_s
         producer.received_minor += record.charge_minor
         producer.energy_wh += record.energy_wh

@@ -26,6 +26,8 @@ from core.clock import Clock
 from core.handshake import proof_message
 from core.types import CenterDescriptor, LogChunk, Offer
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from identity import Credentials
+from identity.tls import channel_credentials
 from ledger import SignerKey
 from node_agent._messages import (
     CancelOrder,
@@ -86,6 +88,7 @@ class Link:
         broker: str,
         *,
         usage_key: SignerKey | None,
+        credentials: Credentials | None = None,
         clock: Clock,
         metrics: AgentMetrics,
     ) -> None:
@@ -96,6 +99,7 @@ class Link:
         self.fence_after_ms = 5_000
         # Proves, on each new stream, that this agent holds the center's admitted key.
         self._usage_key = usage_key
+        self._credentials = credentials
         self._clock = clock
         self._metrics = metrics
         self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
@@ -194,7 +198,14 @@ class Link:
             while True:
                 await call.write(await out.get())
 
-        async with grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS) as channel:
+        channel = (
+            grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS)
+            if self._credentials is None
+            else grpc.aio.secure_channel(
+                self.broker, channel_credentials(self._credentials), options=CHANNEL_OPTIONS
+            )
+        )
+        async with channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             writer = asyncio.create_task(write(call))  # owned here: cancelled when we leave
             try:

@@ -25,6 +25,7 @@ from core.clock import SYSTEM, Clock
 from core.ids import shown
 from core.types import CenterDescriptor, LogChunk, Offer
 from icx.v1 import agent_pb2
+from identity import Credentials
 from ledger import SignerKey
 from node_agent._link import Link
 from node_agent._messages import (
@@ -65,6 +66,7 @@ class Agent:
         workdir: Path,
         backend: Backend | None = None,
         usage_key: SignerKey | None = None,
+        credentials: Credentials | None = None,
         clock: Clock = SYSTEM,
         stream_max_bytes: int = STREAM_MAX_BYTES,
     ) -> None:
@@ -72,6 +74,9 @@ class Agent:
         it stays in the job's folder)."""
         self.center = center
         self.workdir = workdir
+        # The center's membership (mutual TLS to the broker); None: a development broker
+        # that runs --insecure.
+        self.credentials = credentials
         self.clock = clock
         self.metrics = AgentMetrics()
         for pool in center.pools:
@@ -80,6 +85,7 @@ class Agent:
             center,
             broker,
             usage_key=usage_key,
+            credentials=credentials,
             clock=clock,
             metrics=self.metrics,
         )

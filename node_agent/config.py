@@ -108,6 +108,22 @@ def usage_key_path(path: Path) -> Path | None:
     return path.parent / key
 
 
+def identity_dir(path: Path, center: CenterDescriptor) -> Path:
+    """The center's member folder: `[center] identity` of the config (relative to its
+    folder), else CENTER_ID.identity beside it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"cannot read {path}: {exc}") from exc
+    section = data.get("center", {})
+    folder = section.get("identity") if isinstance(section, dict) else None
+    if folder is None:
+        return path.parent / f"{center.center_id}.identity"
+    if not isinstance(folder, str) or not folder:
+        raise InvalidConfig(f"center.identity must be a folder, got {folder!r}")
+    return path.parent / folder
+
+
 def load_usage_key(path: Path) -> SignerKey | None:
     """The center's usage signer key named by the config, if any."""
     key_path = usage_key_path(path)

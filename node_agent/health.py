@@ -11,6 +11,7 @@ import socket
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from identity.tls import server_credentials
 from node_agent.agent import Agent
 from node_agent.errors import CannotListen
 
@@ -39,7 +40,13 @@ async def start_health(agent: Agent, listen: str) -> HealthServer:
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     try:
-        port = server.add_insecure_port(listen)
+        # With a membership, only members of the federation may ask (TLS requires a
+        # certificate from its root); the agent holds no revocation list.
+        port = (
+            server.add_insecure_port(listen)
+            if agent.credentials is None
+            else server.add_secure_port(listen, server_credentials(agent.credentials))
+        )
     except RuntimeError as exc:  # gRPC says only that it failed to bind
         raise CannotListen(f"--health {listen}: address in use or not available") from exc
     if port == 0:

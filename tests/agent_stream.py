@@ -8,10 +8,10 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Iterator, Sequence
 
-import grpc
-
+from cli.federation import channel
 from core.handshake import proof_message
 from icx.v1 import agent_pb2, agent_pb2_grpc
+from identity import Credentials
 from ledger import SignerKey
 
 Replies = list[agent_pb2.ConnectResponse]
@@ -42,11 +42,14 @@ def converse(
     then: Sequence[agent_pb2.ConnectRequest] = (),
     until: Callable[[Replies], bool] = lambda _: False,
     timeout_s: float = 10,
+    credentials: Credentials | None = None,
 ) -> Replies:
     """Send `messages` on one stream, answer each reply with `respond(reply)`, send
     `then` once welcomed, and return the replies once `until(replies)` holds (then our
     side closes and the broker ends the stream) or the broker ends it (an abort raises
-    grpc.RpcError, as the stub does). Times out after `timeout_s`."""
+    grpc.RpcError, as the stub does). Times out after `timeout_s`. `credentials`: the
+    center's membership (LocalFederation.credentials(Role.CENTER, id)); None for a
+    broker that runs --insecure."""
     outgoing: queue.Queue[object] = queue.Queue()
     for m in messages:
         outgoing.put(m)
@@ -60,8 +63,8 @@ def converse(
             yield item
 
     replies: Replies = []
-    with grpc.insecure_channel(address) as channel:
-        call = agent_pb2_grpc.AgentServiceStub(channel).Connect(requests(), timeout=timeout_s)
+    with channel(address, credentials) as chan:
+        call = agent_pb2_grpc.AgentServiceStub(chan).Connect(requests(), timeout=timeout_s)
         try:
             for reply in call:
                 replies.append(reply)

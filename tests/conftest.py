@@ -79,13 +79,13 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
 @pytest.fixture
 def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
     """A raw stub, for tests of what the wire itself refuses (bad input)."""
-    with grpc.insecure_channel(federation.address) as channel:
+    with federation.channel() as channel:
         yield broker_pb2_grpc.BrokerServiceStub(channel)
 
 
 @pytest.fixture
 def client(federation: LocalFederation) -> Iterator[BrokerClient]:
-    with BrokerClient(federation.address) as client:
+    with federation.client() as client:
         yield client
 
 

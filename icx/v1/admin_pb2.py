@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icx/v1/admin.proto\x12\x06icx.v1\"#\n\x10\x44umpRoundRequest\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x08\"^\n\x11\x44umpRoundResponse\x12\r\n\x05round\x18\x01 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x14\n\x0cproblem_json\x18\x03 \x01(\t\x12\x15\n\rsolution_json\x18\x04 \x01(\t2P\n\x0c\x41\x64minService\x12@\n\tDumpRound\x12\x18.icx.v1.DumpRoundRequest\x1a\x19.icx.v1.DumpRoundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12icx/v1/admin.proto\x12\x06icx.v1\"#\n\x10\x44umpRoundRequest\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\x08\"^\n\x11\x44umpRoundResponse\x12\r\n\x05round\x18\x01 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x14\n\x0cproblem_json\x18\x03 \x01(\t\x12\x15\n\rsolution_json\x18\x04 \x01(\t\"\x0f\n\rWhoAmIRequest\"\x99\x01\n\x0eWhoAmIResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x0e\n\x06serial\x18\x05 \x01(\t\x12\x0e\n\x06issuer\x18\x06 \x01(\t\x12\x14\n\x0cnot_after_ms\x18\x07 \x01(\x03\x12\x15\n\rauthenticated\x18\x08 \x01(\x08\"3\n\x18UpdateRevocationsRequest\x12\x17\n\x0frevocation_list\x18\x01 \x01(\x0c\"<\n\x19UpdateRevocationsResponse\x12\x0e\n\x06number\x18\x01 \x01(\x03\x12\x0f\n\x07revoked\x18\x02 \x01(\x03\x32\xe3\x01\n\x0c\x41\x64minService\x12@\n\tDumpRound\x12\x18.icx.v1.DumpRoundRequest\x1a\x19.icx.v1.DumpRoundResponse\x12\x37\n\x06WhoAmI\x12\x15.icx.v1.WhoAmIRequest\x1a\x16.icx.v1.WhoAmIResponse\x12X\n\x11UpdateRevocations\x12 .icx.v1.UpdateRevocationsRequest\x1a!.icx.v1.UpdateRevocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DUMPROUNDREQUEST']._serialized_end=65
   _globals['_DUMPROUNDRESPONSE']._serialized_start=67
   _globals['_DUMPROUNDRESPONSE']._serialized_end=161
-  _globals['_ADMINSERVICE']._serialized_start=163
-  _globals['_ADMINSERVICE']._serialized_end=243
+  _globals['_WHOAMIREQUEST']._serialized_start=163
+  _globals['_WHOAMIREQUEST']._serialized_end=178
+  _globals['_WHOAMIRESPONSE']._serialized_start=181
+  _globals['_WHOAMIRESPONSE']._serialized_end=334
+  _globals['_UPDATEREVOCATIONSREQUEST']._serialized_start=336
+  _globals['_UPDATEREVOCATIONSREQUEST']._serialized_end=387
+  _globals['_UPDATEREVOCATIONSRESPONSE']._serialized_start=389
+  _globals['_UPDATEREVOCATIONSRESPONSE']._serialized_end=449
+  _globals['_ADMINSERVICE']._serialized_start=452
+  _globals['_ADMINSERVICE']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,16 @@ class AdminServiceStub(object):
                 request_serializer=icx_dot_v1_dot_admin__pb2.DumpRoundRequest.SerializeToString,
                 response_deserializer=icx_dot_v1_dot_admin__pb2.DumpRoundResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/icx.v1.AdminService/WhoAmI',
+                request_serializer=icx_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/icx.v1.AdminService/UpdateRevocations',
+                request_serializer=icx_dot_v1_dot_admin__pb2.UpdateRevocationsRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_admin__pb2.UpdateRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -55,6 +65,21 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the broker takes the caller to be, from its verified membership certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRevocations(self, request, context):
+        """A newer revocation list signed by the federation's root; the broker refuses the
+        revoked parties from then on, open streams included, without a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +87,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DumpRound,
                     request_deserializer=icx_dot_v1_dot_admin__pb2.DumpRoundRequest.FromString,
                     response_serializer=icx_dot_v1_dot_admin__pb2.DumpRoundResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=icx_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_admin__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=icx_dot_v1_dot_admin__pb2.UpdateRevocationsRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_admin__pb2.UpdateRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +127,60 @@ class AdminService(object):
             '/icx.v1.AdminService/DumpRound',
             icx_dot_v1_dot_admin__pb2.DumpRoundRequest.SerializeToString,
             icx_dot_v1_dot_admin__pb2.DumpRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.AdminService/WhoAmI',
+            icx_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
+            icx_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.AdminService/UpdateRevocations',
+            icx_dot_v1_dot_admin__pb2.UpdateRevocationsRequest.SerializeToString,
+            icx_dot_v1_dot_admin__pb2.UpdateRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/ledger.proto\x12\x06icx.v1\"\x12\n\x10GetLogKeyRequest\" \n\x11GetLogKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14GetCheckpointRequest\"%\n\x15GetCheckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"C\n\x12ProveRecordRequest\x12\x13\n\trecord_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65ntry\"*\n\x13ProveRecordResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\"%\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\")\n\x14GetStatementResponse\x12\x11\n\tstatement\x18\x01 \x01(\x0c\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\",\n\x1bGetConsistencyProofResponse\x12\r\n\x05proof\x18\x01 \x03(\x0c\"%\n\x15\x41\x64\x64\x43osignatureRequest\x12\x0c\n\x04note\x18\x01 \x01(\t\"&\n\x16\x41\x64\x64\x43osignatureResponse\x12\x0c\n\x04kept\x18\x01 \x01(\x05\x32\xe3\x03\n\rLedgerService\x12@\n\tGetLogKey\x12\x18.icx.v1.GetLogKeyRequest\x1a\x19.icx.v1.GetLogKeyResponse\x12L\n\rGetCheckpoint\x12\x1c.icx.v1.GetCheckpointRequest\x1a\x1d.icx.v1.GetCheckpointResponse\x12\x46\n\x0bProveRecord\x12\x1a.icx.v1.ProveRecordRequest\x1a\x1b.icx.v1.ProveRecordResponse\x12I\n\x0cGetStatement\x12\x1b.icx.v1.GetStatementRequest\x1a\x1c.icx.v1.GetStatementResponse\x12^\n\x13GetConsistencyProof\x12\".icx.v1.GetConsistencyProofRequest\x1a#.icx.v1.GetConsistencyProofResponse\x12O\n\x0e\x41\x64\x64\x43osignature\x12\x1d.icx.v1.AddCosignatureRequest\x1a\x1e.icx.v1.AddCosignatureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/ledger.proto\x12\x06icx.v1\"\x12\n\x10GetLogKeyRequest\" \n\x11GetLogKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14GetCheckpointRequest\"%\n\x15GetCheckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"C\n\x12ProveRecordRequest\x12\x13\n\trecord_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65ntry\"*\n\x13ProveRecordResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\"4\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\")\n\x14GetStatementResponse\x12\x11\n\tstatement\x18\x01 \x01(\x0c\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\",\n\x1bGetConsistencyProofResponse\x12\r\n\x05proof\x18\x01 \x03(\x0c\"%\n\x15\x41\x64\x64\x43osignatureRequest\x12\x0c\n\x04note\x18\x01 \x01(\t\"&\n\x16\x41\x64\x64\x43osignatureResponse\x12\x0c\n\x04kept\x18\x01 \x01(\x05\x32\xe3\x03\n\rLedgerService\x12@\n\tGetLogKey\x12\x18.icx.v1.GetLogKeyRequest\x1a\x19.icx.v1.GetLogKeyResponse\x12L\n\rGetCheckpoint\x12\x1c.icx.v1.GetCheckpointRequest\x1a\x1d.icx.v1.GetCheckpointResponse\x12\x46\n\x0bProveRecord\x12\x1a.icx.v1.ProveRecordRequest\x1a\x1b.icx.v1.ProveRecordResponse\x12I\n\x0cGetStatement\x12\x1b.icx.v1.GetStatementRequest\x1a\x1c.icx.v1.GetStatementResponse\x12^\n\x13GetConsistencyProof\x12\".icx.v1.GetConsistencyProofRequest\x1a#.icx.v1.GetConsistencyProofResponse\x12O\n\x0e\x41\x64\x64\x43osignature\x12\x1d.icx.v1.AddCosignatureRequest\x1a\x1e.icx.v1.AddCosignatureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,17 +44,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVERECORDRESPONSE']._serialized_start=217
   _globals['_PROVERECORDRESPONSE']._serialized_end=259
   _globals['_GETSTATEMENTREQUEST']._serialized_start=261
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=298
-  _globals['_GETSTATEMENTRESPONSE']._serialized_start=300
-  _globals['_GETSTATEMENTRESPONSE']._serialized_end=341
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=343
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=401
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=403
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=447
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=449
-  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=486
-  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=488
-  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=526
-  _globals['_LEDGERSERVICE']._serialized_start=529
-  _globals['_LEDGERSERVICE']._serialized_end=1012
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=313
+  _globals['_GETSTATEMENTRESPONSE']._serialized_start=315
+  _globals['_GETSTATEMENTRESPONSE']._serialized_end=356
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=358
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=416
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=418
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=462
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=464
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=501
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=503
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=541
+  _globals['_LEDGERSERVICE']._serialized_start=544
+  _globals['_LEDGERSERVICE']._serialized_end=1027
 # @@protoc_insertion_point(module_scope)

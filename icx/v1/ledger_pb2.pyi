@@ -41,10 +41,12 @@ class ProveRecordResponse(_message.Message):
     def __init__(self, bundle_json: _Optional[str] = ...) -> None: ...
 
 class GetStatementRequest(_message.Message):
-    __slots__ = ("period",)
+    __slots__ = ("period", "party")
     PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
     period: str
-    def __init__(self, period: _Optional[str] = ...) -> None: ...
+    party: str
+    def __init__(self, period: _Optional[str] = ..., party: _Optional[str] = ...) -> None: ...
 
 class GetStatementResponse(_message.Message):
     __slots__ = ("statement",)

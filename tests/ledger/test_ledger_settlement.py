@@ -4,6 +4,9 @@ recompute to the same bytes."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,13 @@ from ledger.checkpoint import Checkpoint
 from ledger.errors import AuditError, InvalidRecord, SignatureError
 from ledger.records import RecordKind
 from ledger.sample import fill
-from ledger.settlement import _transfers, period_bounds, settle, verify_statement
+from ledger.settlement import (
+    _transfers,
+    period_bounds,
+    settle,
+    sign_statement,
+    verify_statement,
+)
 from ledger.signing import sign_records
 from tests.ledger.conftest import NOV_2026_MS, Parties, seeded_key, usage
 
@@ -121,3 +130,97 @@ def test_transfers_settle_any_balanced_positions(raw: dict[str, int]) -> None:
         left[t.payer] += t.amount_minor
         left[t.payee] -= t.amount_minor
     assert all(v == 0 for v in left.values())
+
+
+def _in_period(log: Log, party: str) -> int:
+    t0, t1 = period_bounds("2026-11")
+    return sum(
+        1 for _, r in log.records() if party in (r.producer, r.consumer) and t0 <= r.end_ms < t1
+    )
+
+
+@pytest.mark.parametrize("party", ["center/wuhan-1", "tenant/t003"])
+def test_a_party_statement_holds_only_its_figures(tmp_path: Path, party: str) -> None:
+    log = _month(tmp_path)
+    whole, signed_whole = log.settle("2026-11")
+    mine, signed = log.settle("2026-11", party=party)
+    assert mine.party == party and mine.checkpoint == whole.checkpoint
+    assert list(mine.totals) == [party]
+    assert mine.totals[party] == whole.totals[party]
+    assert mine.totals[party] is not whole.totals[party]
+    assert mine.positions == {party: whole.positions[party]}
+    assert mine.records == _in_period(log, party) > 0
+    assert mine.matrix == {cell: v for cell, v in whole.matrix.items() if party in cell}
+    assert mine.matrix
+    assert mine.transfers == tuple(t for t in whole.transfers if party in (t.payer, t.payee))
+    assert mine.transfers
+    # Its matrix cells net to its position, and its transfers clear it.
+    received = sum(v for (_, payee), v in mine.matrix.items() if payee == party)
+    paid = sum(v for (payer, _), v in mine.matrix.items() if payer == party)
+    assert received - paid == whole.positions[party]
+    moved = sum(t.amount_minor if t.payee == party else -t.amount_minor for t in mine.transfers)
+    assert moved == whole.positions[party]
+
+    body = verify_statement(signed, log.log_key)
+    whole_body = verify_statement(signed_whole, log.log_key)
+    assert body["party"] == party and "party" not in whole_body
+    rows = whole_body["parties"]
+    assert isinstance(rows, list)
+    assert body["parties"] == [r for r in rows if isinstance(r, dict) and r["party"] == party]
+    assert [s[0] for s in log.store.statements()] == ["*", party]
+    assert Log(LedgerStore(log.store.path)).audit().statements == 2
+
+
+def test_a_party_without_usage_gets_zeros(tmp_path: Path) -> None:
+    log = _month(tmp_path)
+    mine, signed = log.settle("2026-11", party="tenant/none")
+    body = verify_statement(signed, log.log_key)
+    assert (mine.records, mine.matrix, mine.transfers) == (0, {}, ())
+    assert body["parties"] == [
+        {"party": "tenant/none", "net_minor": 0, "received_minor": 0, "paid_minor": 0,
+         "device_s_produced": 0, "device_s_consumed": 0, "energy_wh": 0, "carbon_g": 0}
+    ]  # fmt: skip
+    assert log.audit().statements == 1
+
+
+def test_a_party_statement_refuses_a_name_that_is_no_party(tmp_path: Path) -> None:
+    log = _month(tmp_path)
+    with pytest.raises(InvalidRecord, match=r"party must be 1\.\.128 of .*, got '\*'"):
+        log.settle("2026-11", party="*")
+    assert log.store.statements() == []
+    whole, _ = log.settle("2026-11")
+    with pytest.raises(
+        InvalidRecord, match=r"this is the statement of 'tenant/t001', not of 'tenant/t002'"
+    ):
+        whole.for_party("tenant/t001").for_party("tenant/t002")
+
+
+def test_audit_recomputes_party_statements(tmp_path: Path) -> None:
+    log = _month(tmp_path)
+    mine, signed = log.settle("2026-11", party="tenant/t003")
+    assert log.signer is not None
+    # Signed by the log key, so only recomputing tells: a transfer left out, another
+    # party's statement filed under this one, the whole statement filed under a party.
+    forged = sign_statement(dataclasses.replace(mine, transfers=mine.transfers[1:]), log.signer)
+    other = log.settle("2026-11", party="tenant/t004")[1]
+    whole = log.settle("2026-11")[1]
+    assert log.audit().statements == 3
+    cases = [
+        ("tenant/t003", forged, r"statement of 'tenant/t003' for 2026-11 does not recompute"),
+        ("tenant/t003", other, r"statement of 'tenant/t003' for 2026-11 does not recompute"),
+        ("tenant/t003", whole, r"statement of 'tenant/t003' for 2026-11 does not recompute"),
+        ("*", signed, r"entry \d+: statement: statement for 2026-11 does not recompute"),
+    ]
+    for party, data, message in cases:
+        tampered = tmp_path / "tampered.db"
+        tampered.unlink(missing_ok=True)
+        with (
+            closing(sqlite3.connect(log.store.path)) as src,
+            closing(sqlite3.connect(tampered)) as dst,
+        ):
+            src.backup(dst)
+        copy = Log(LedgerStore(tampered))
+        copy.store.add_statement(party, "2026-11", data)
+        with pytest.raises(AuditError, match=message):
+            copy.audit()
+        copy.store.close()

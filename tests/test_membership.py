@@ -1,0 +1,343 @@
+"""Only admitted parties take part, each only in its own name: a real broker over mutual
+TLS on loopback, real certificates from a throw-away federation, every refusal checked
+for its status and for an unchanged store and ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cli.federation import LocalFederation, channel
+from client import BrokerClient
+from core import wire
+from core.errors import PermissionDenied, Unauthenticated
+from core.types import JobSpec
+from icx.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    broker_pb2,
+    broker_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    types_pb2,
+)
+from identity import Authority, Credentials, Role, init_member
+from identity.certs import certificate_pem
+from tests.agent_stream import converse
+from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
+
+SLEEP_JOB = JobSpec(
+    accelerator="any",
+    devices=1,
+    estimated_s=3600,
+    command=(sys.executable, "-c", "import time; print('hello', flush=True); time.sleep(30)"),
+)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    f = LocalFederation(root=tmp_path_factory.mktemp("members") / "fed", broker_args=FAST_BROKER)
+    f.root.mkdir()
+    try:
+        f.start_broker(port=0)
+        f.start_agent(make_center("c1"))
+        with f.client("lab-a") as a:
+            wait_centers(a, 1)
+        yield f
+    finally:
+        f.stop()
+
+
+def _state(fed: LocalFederation) -> tuple[int, int, int]:
+    """Jobs, job events and ledger entries on disk: what a refusal must leave alone."""
+    with sqlite3.connect(fed.db) as db:
+        jobs = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    with sqlite3.connect(f"{fed.db}.ledger") as db:
+        entries = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    return jobs, events, entries
+
+
+def _stranger(tmp_path: Path, name: str = "mallory") -> Credentials:
+    """A well-formed member of another federation."""
+    other = Authority.create(tmp_path / "other-federation", "other")
+    init_member(tmp_path / name, name)
+    other.admit_into(tmp_path / name, role=Role.USER, tenant="lab-a", days=30)
+    return Credentials.load(tmp_path / name)
+
+
+def _expired(fed: LocalFederation, tmp_path: Path, *, seconds_left: float) -> Path:
+    """A user of lab-a whose certificate ends `seconds_left` from now (negative: ended)."""
+    folder = tmp_path / f"expiring-{seconds_left}"
+    init_member(folder, "late.user")
+    # Issued so that one day of validity ends `seconds_left` from now.
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(days=1) + dt.timedelta(seconds=seconds_left)
+    cert, _ = fed.authority.admit(
+        (folder / "request.pem").read_bytes(), role=Role.USER, tenant="lab-a", days=1, now=issued
+    )
+    (folder / "cert.pem").write_bytes(certificate_pem(cert))
+    (folder / "root.pem").write_bytes(certificate_pem(fed.authority.root))
+    return folder
+
+
+def _raw_list(address: str, creds_pem: tuple[bytes, bytes | None, bytes | None]) -> grpc.RpcError:
+    root, key, chain = creds_pem
+    creds = grpc.ssl_channel_credentials(root, key, chain)
+    with grpc.secure_channel(address, creds) as ch, pytest.raises(grpc.RpcError) as err:
+        broker_pb2_grpc.BrokerServiceStub(ch).ListJobs(broker_pb2.ListJobsRequest(), timeout=5)
+    return err.value
+
+
+# ------------------------------------------------------------ no membership
+
+
+def test_no_client_certificate_is_refused_in_the_handshake(fed: LocalFederation) -> None:
+    before = _state(fed)
+    root = (fed.authority.folder / "root.pem").read_bytes()
+    err = _raw_list(fed.address, (root, None, None))
+    # grpcio requests a client certificate only by requiring it: TLS ends the connection.
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    with grpc.insecure_channel(fed.address) as ch, pytest.raises(grpc.RpcError):
+        broker_pb2_grpc.BrokerServiceStub(ch).SubmitJob(broker_pb2.SubmitJobRequest(), timeout=5)
+    assert _state(fed) == before
+
+
+def test_a_certificate_from_another_root_is_refused(fed: LocalFederation, tmp_path: Path) -> None:
+    before = _state(fed)
+    stranger = _stranger(tmp_path)
+    with BrokerClient(fed.address, stranger) as client, pytest.raises(Unauthenticated) as err:
+        client.submit(SLEEP_JOB)
+    assert "TLS handshake" in str(err.value)
+    assert _state(fed) == before
+
+
+def test_an_expired_certificate_is_refused(fed: LocalFederation, tmp_path: Path) -> None:
+    folder = _expired(fed, tmp_path, seconds_left=-60)
+    with pytest.raises(Unauthenticated, match="expired"):
+        Credentials.load(folder)  # the client says so before dialling
+    before = _state(fed)
+    key, cert = (folder / "key.pem").read_bytes(), (folder / "cert.pem").read_bytes()
+    err = _raw_list(fed.address, ((folder / "root.pem").read_bytes(), key, cert))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # refused by TLS at connection time
+    assert _state(fed) == before
+
+
+def test_a_certificate_that_expires_on_an_open_connection_is_refused_from_then_on(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    folder = _expired(fed, tmp_path, seconds_left=4)
+    creds = Credentials.load(folder)
+    with BrokerClient(fed.address, creds) as client:
+        assert client.whoami().tenant == "lab-a"
+        time.sleep(
+            max(0.0, (creds.member.not_after - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5
+        )
+        before = _state(fed)
+        with pytest.raises(Unauthenticated, match="expired"):
+            client.submit(SLEEP_JOB)
+    assert _state(fed) == before
+
+
+# --------------------------------------------------------------- wrong role
+
+
+def test_a_user_certificate_on_the_agent_stream_is_refused(fed: LocalFederation) -> None:
+    before = _state(fed)
+    hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(center=types_pb2.CenterDescriptor()))
+    with pytest.raises(grpc.RpcError) as err:
+        converse(fed.address, hello, credentials=fed.credentials(Role.USER, tenant="lab-a"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "user may not call Connect" in (err.value.details() or "")
+    assert _state(fed) == before
+
+
+def test_a_center_certificate_on_the_user_api_is_refused(fed: LocalFederation) -> None:
+    before = _state(fed)
+    center = fed.credentials(Role.CENTER, "c1")
+    with BrokerClient(fed.address, center) as client:
+        with pytest.raises(PermissionDenied, match="center may not call SubmitJob"):
+            client.submit(SLEEP_JOB)
+        with pytest.raises(PermissionDenied):
+            client.list_jobs()
+        assert client.whoami().role == "center"  # what any member may ask
+    assert _state(fed) == before
+
+
+# ------------------------------------------------------------ own name only
+
+
+def test_a_user_acts_only_on_its_own_tenants_jobs(fed: LocalFederation) -> None:
+    with fed.client("lab-a") as a, fed.client("lab-b") as b:
+        job = a.submit(SLEEP_JOB)
+        wait_for(lambda: a.get_job(job.job_id).state.name == "RUNNING", 20, "running")
+        before = _state(fed)
+        for call in (
+            lambda: b.get_job(job.job_id),
+            lambda: b.cancel(job.job_id),
+            lambda: list(b.watch(job.job_id, follow=False)),
+            lambda: list(b.watch(job.job_id, include_logs=True, follow=False)),
+        ):
+            with pytest.raises(PermissionDenied, match="another tenant"):
+                call()
+        assert _state(fed) == before
+        assert job.job_id not in {j.job_id for j in b.list_jobs().jobs}
+        assert {j.tenant for j in b.list_jobs().jobs} <= {"lab-b"}
+        assert job.job_id in {j.job_id for j in a.list_jobs().jobs}
+        assert {j.tenant for j in a.list_jobs().jobs} == {"lab-a"}
+        assert a.cancel(job.job_id).state.name in ("CANCELLED", "RUNNING")
+
+
+def test_the_tenant_comes_from_the_certificate_not_from_a_header(fed: LocalFederation) -> None:
+    with fed.channel(Role.USER, tenant="lab-b") as ch:
+        stub = broker_pb2_grpc.BrokerServiceStub(ch)
+        spec = JobSpec(accelerator="any", devices=1, estimated_s=60, command=("true",))
+        reply = stub.SubmitJob(
+            broker_pb2.SubmitJobRequest(spec=wire.spec_to_proto(spec)),
+            metadata=(("x-icx-tenant", "lab-a"),),
+            timeout=10,
+        )
+    assert reply.job.tenant == "lab-b"
+
+
+def test_only_a_coordinator_dumps_rounds_and_sees_every_job(fed: LocalFederation) -> None:
+    with fed.client("lab-a") as a, fed.client(role=Role.COORDINATOR) as coordinator:
+        a.submit(SLEEP_JOB)
+        with pytest.raises(PermissionDenied, match="user may not call DumpRound"):
+            a.dump_round(current=True)
+        dump = coordinator.dump_round(current=True)
+        assert dump.problem_json
+        tenants = {j.tenant for j in coordinator.list_jobs().jobs}
+        assert "lab-a" in tenants
+        with pytest.raises(PermissionDenied):
+            coordinator.submit(SLEEP_JOB)  # a coordinator is no tenant
+
+
+def test_statements_are_read_only_by_the_parties_they_name(fed: LocalFederation) -> None:
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    with fed.client("lab-a") as a, fed.client(role=Role.COORDINATOR) as coordinator:
+        with pytest.raises(PermissionDenied, match="only its own statement"):
+            a.statement(period, party="lab-b")
+        with pytest.raises(PermissionDenied, match="only its own statement"):
+            a.statement(period, party="c1")
+        own = a.statement(period)
+        assert b'"party":"lab-a"' in own
+        everyone = coordinator.statement(period)
+        assert b'"party":' not in everyone.split(b'"parties"')[0]  # the whole statement
+    center = fed.credentials(Role.CENTER, "c1")
+    with BrokerClient(fed.address, center) as c1:
+        assert b'"party":"c1"' in c1.statement(period)
+
+
+def test_a_record_is_proven_only_to_the_parties_it_names(fed: LocalFederation) -> None:
+    with fed.client("lab-a") as a:
+        job = a.submit(JobSpec(accelerator="any", devices=1, estimated_s=60, command=("true",)))
+        wait_for(lambda: a.get_job(job.job_id).state.terminal, 20, "done")
+    index = wait_for(lambda: _usage_index(fed, job.job_id), 20, "usage logged")
+    with fed.client("lab-a") as a, fed.client("lab-b") as b:
+        assert a.prove(index=index).index == index
+        with pytest.raises(PermissionDenied, match="not named"):
+            b.prove(index=index)
+
+
+def _usage_index(fed: LocalFederation, job_id: str) -> int | None:
+    """The ledger index of the job's usage record, once logged and checkpointed."""
+    with sqlite3.connect(f"{fed.db}.ledger") as db:
+        row = db.execute(
+            "SELECT idx FROM entries WHERE type = 'usage' AND instr(leaf, ?) > 0",
+            (job_id.encode(),),
+        ).fetchone()
+        covered = db.execute("SELECT max(size) FROM checkpoints").fetchone()[0] or 0
+    return row[0] if row and row[0] < covered else None
+
+
+# ------------------------------------------------------------------ revocation
+
+
+def test_a_user_revoked_while_the_broker_runs_is_refused_at_once(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    folder = fed.member("revoked.user", Role.USER, tenant="lab-a")
+    creds = Credentials.load(folder)
+    with BrokerClient(fed.address, creds) as client, fed.client(role=Role.COORDINATOR) as co:
+        assert client.whoami().name == "revoked.user"
+        taken = fed.authority.revoke([creds.member.serial])
+        assert co.update_revocations(taken.pem) == taken.number
+        before = _state(fed)
+        with pytest.raises(Unauthenticated, match="revoked"):
+            client.submit(SLEEP_JOB)
+        assert _state(fed) == before
+        # An old list cannot un-revoke anyone.
+        with pytest.raises(PermissionDenied, match="not newer"):
+            co.update_revocations(taken.pem)
+        # Only a coordinator hands the broker a list.
+        with fed.client("lab-a") as a, pytest.raises(PermissionDenied):
+            a.update_revocations(taken.pem)
+    # Kept beside the broker's identity: a restart remembers it.
+    kept = fed.root / "members" / "broker-broker" / "revocations.pem"
+    assert kept.read_bytes() == taken.pem
+
+
+def test_a_revoked_center_is_cut_off_and_its_key_revoked_in_the_ledger(tmp_path: Path) -> None:
+    fed = LocalFederation(root=tmp_path / "fed", broker_args=FAST_BROKER)
+    fed.root.mkdir()
+    try:
+        fed.start_broker(port=0)
+        agent = fed.start_agent(make_center("c9"))
+        with fed.client("lab-a") as a, fed.client(role=Role.COORDINATOR) as co:
+            wait_centers(a, 1)
+            member = fed.credentials(Role.CENTER, "c9")
+            assert member is not None
+            taken = fed.authority.revoke([member.member.serial])
+            revoked_at = time.monotonic()
+            co.update_revocations(taken.pem)
+            wait_for(lambda: not any(c.connected for c in co.centers()), 5, "the center cut off")
+            cut_after_s = time.monotonic() - revoked_at
+            assert cut_after_s < 2.0
+            log = agent.log_path.read_text()
+            wait_for(lambda: "revoked" in agent.log_path.read_text(), 5, "the agent told")
+            log = agent.log_path.read_text()
+            assert "UNAUTHENTICATED" in log or "revoked" in log
+            # It cannot come back.
+            time.sleep(1.0)
+            assert not any(c.connected for c in co.centers())
+    finally:
+        fed.stop()
+    with sqlite3.connect(f"{fed.db}.ledger") as db:
+        leaves = [bytes(r[0]) for r in db.execute("SELECT leaf FROM entries ORDER BY idx")]
+    assert any(b'"action":"revoke"' in leaf and b"revoked" in leaf for leaf in leaves)
+    assert any(b'"action":"admit"' in leaf and b"BEGIN CERTIFICATE" in leaf for leaf in leaves)
+
+
+def test_whoami_says_who_the_broker_thinks_you_are(fed: LocalFederation) -> None:
+    with fed.client("lab-a") as a:
+        who = a.whoami()
+    assert (who.name, who.role, who.tenant, who.authenticated) == (
+        "lab-a.user",
+        "user",
+        "lab-a",
+        True,
+    )
+    with channel(fed.address, fed.credentials(Role.COORDINATOR)) as ch:
+        reply = admin_pb2_grpc.AdminServiceStub(ch).WhoAmI(admin_pb2.WhoAmIRequest(), timeout=5)
+    assert reply.role == "coordinator"
+
+
+def test_ledger_reads_need_membership_too(fed: LocalFederation) -> None:
+    with fed.channel(Role.CENTER, "c1") as ch:
+        key = ledger_pb2_grpc.LedgerServiceStub(ch).GetLogKey(
+            ledger_pb2.GetLogKeyRequest(), timeout=5
+        )
+    assert key.key
+    with fed.channel(Role.USER, tenant="lab-a") as ch, pytest.raises(grpc.RpcError) as err:
+        ledger_pb2_grpc.LedgerServiceStub(ch).AddCosignature(
+            ledger_pb2.AddCosignatureRequest(note="x"), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
