@@ -336,6 +336,9 @@ class Broker:
         self._check_holder(session, reply.claim_id, "claim_reply")
         claim = self.claims.pop(reply.claim_id)
         job = self.jobs.find(claim.job_id) if claim else None
+        if claim is None and self._answered(reply.claim_id):
+            log.debug("claim %s answered again by %s: ignored", reply.claim_id, session.center_id)
+            return
         if claim is None or job is None or job.claim_id != reply.claim_id:
             if reply.accepted:  # lapsed or cancelled meanwhile: release it at the center
                 session.send(Cancel(claim_id=reply.claim_id, reason="lapsed"))
@@ -357,6 +360,13 @@ class Broker:
             job, device_indices=reply.device_indices, attempts=job.attempts + 1
         )
         session.send(Launch(claim_id=claim.claim_id, job=job))
+
+    def _answered(self, claim_id: str) -> bool:
+        """The claim was answered already and its job still holds it: a repeated (or
+        replayed) answer, which must change nothing."""
+        record = self.claims.record(claim_id)
+        job = self.jobs.find(record.job_id) if record is not None else None
+        return job is not None and job.claim_id == claim_id and job.state in ACTIVE
 
     async def on_job_update(self, session: Session, update: JobUpdate) -> None:
         self.centers.heard_from(session)

@@ -5,7 +5,9 @@ for its status and for an unchanged store and ledger."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -13,8 +15,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from cli.federation import LocalFederation, channel
+from cli.federation import LocalFederation, channel, icx_command
 from client import BrokerClient
 from core import wire
 from core.errors import PermissionDenied, Unauthenticated
@@ -30,7 +35,14 @@ from icx.v1 import (
     types_pb2,
 )
 from identity import Authority, Credentials, Role, init_member
-from identity.certs import certificate_pem
+from identity.certs import (
+    IDENTITY_OID,
+    certificate_pem,
+    load_certificates,
+    load_key,
+    load_request,
+    member_of,
+)
 from tests.agent_stream import converse
 from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
 
@@ -341,3 +353,109 @@ def test_ledger_reads_need_membership_too(fed: LocalFederation) -> None:
             ledger_pb2.AddCosignatureRequest(note="x"), timeout=5
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# ------------------------------------------------------------------ delegation
+
+
+def _icx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*icx_command(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_tenant_administrator_admits_only_users_of_its_own_tenant(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    admin = fed.member("acme-admin", Role.TENANT_ADMIN, tenant="acme")
+    root = fed.authority.folder / "root.pem"
+    bob = tmp_path / "bob"
+    made = _icx("user", "init", "--name", "bob", "--identity", str(bob), "--root", str(root))
+    assert made.returncode == 0, made.stderr
+    admitted = _icx(
+        "admin", "admit", str(bob / "request.pem"), "--role", "user", "--tenant", "acme",
+        "--issuer", str(admin), "--out", str(tmp_path / "bob.cert.pem"), "--json",
+    )  # fmt: skip
+    assert admitted.returncode == 0, admitted.stderr
+    assert json.loads(admitted.stdout)["tenant"] == "acme"
+    refused = _icx(
+        "admin", "admit", str(bob / "request.pem"), "--role", "user", "--tenant", "lab-a",
+        "--issuer", str(admin), "--out", str(tmp_path / "other.cert.pem"),
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "admits only users of that tenant" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "other.cert.pem").exists()
+    accepted = _icx("user", "accept", str(tmp_path / "bob.cert.pem"), "--identity", str(bob))
+    assert accepted.returncode == 0, accepted.stderr
+    who = _icx("whoami", "--identity", str(bob), "--broker", fed.address, "--json")
+    assert who.returncode == 0, who.stderr
+    assert (json.loads(who.stdout)["name"], json.loads(who.stdout)["tenant"]) == ("bob", "acme")
+
+    # A certificate the administrator signs outside the rule (a user of another tenant)
+    # passes X.509 path validation, and is refused by the broker all the same.
+    forged_dir = tmp_path / "forged"
+    init_member(forged_dir, "eve")
+    admin_key = load_key((admin / "key.pem").read_bytes())
+    admin_cert = load_certificates((admin / "cert.pem").read_bytes())[0]
+    forged = _sign_outside_the_rule(forged_dir, admin_key, admin_cert, tenant="lab-a")
+    (forged_dir / "cert.pem").write_bytes(certificate_pem(forged, admin_cert))
+    (forged_dir / "root.pem").write_bytes(root.read_bytes())
+    before = _state(fed)
+    creds = Credentials(
+        key_pem=(forged_dir / "key.pem").read_bytes(),
+        chain_pem=(forged_dir / "cert.pem").read_bytes(),
+        root_pem=root.read_bytes(),
+        member=member_of(forged),
+        root=fed.authority.root,
+    )
+    with BrokerClient(fed.address, creds) as eve, pytest.raises(Unauthenticated, match="acme"):
+        eve.list_jobs()
+    assert _state(fed) == before
+
+    # Revoking the administrator revokes the users it admitted.
+    bob_creds = Credentials.load(bob)
+    with BrokerClient(fed.address, bob_creds) as b, fed.client(role=Role.COORDINATOR) as co:
+        assert b.whoami().tenant == "acme"
+        admin_serial = load_certificates((admin / "cert.pem").read_bytes())[0].serial_number
+        co.update_revocations(fed.authority.revoke([admin_serial]).pem)
+        with pytest.raises(Unauthenticated, match="revoked"):
+            b.whoami()
+
+
+def _sign_outside_the_rule(
+    folder: Path, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate, *, tenant: str
+) -> x509.Certificate:
+    csr = load_request((folder / "request.pem").read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    identity = json.dumps({"name": "eve", "role": "user", "tenant": tenant}).encode()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(issuer.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.UnrecognizedExtension(IDENTITY_OID, identity), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_the_ledger_audit_checks_admissions_against_the_root(fed: LocalFederation) -> None:
+    """Every usage key in the broker's ledger was admitted with a certificate from the
+    federation's root, and every record signed by a key admitted for its center then."""
+    with fed.client("lab-a") as a:
+        job = a.submit(JobSpec(accelerator="any", devices=1, estimated_s=60, command=("true",)))
+        wait_for(lambda: a.get_job(job.job_id).state.terminal, 20, "done")
+    wait_for(lambda: _usage_index(fed, job.job_id), 20, "usage logged")
+    root = fed.authority.folder / "root.pem"
+    audit = _icx("ledger", "audit", "--db", f"{fed.db}.ledger", "--root", str(root), "--json")
+    assert audit.returncode == 0, audit.stderr
+    other = Authority.create(fed.root / "another-federation", "other")
+    wrong = _icx(
+        "ledger", "audit", "--db", f"{fed.db}.ledger", "--root", str(other.folder / "root.pem")
+    )
+    assert wrong.returncode == 1
+    assert "entry 1" in wrong.stderr
