@@ -23,7 +23,7 @@ from client import BrokerClient
 from core.states import JobState
 from core.types import CenterDescriptor, Job, JobEvent, JobSpec, LogChunk
 from icx.v1 import broker_pb2_grpc
-from ledger import SignedRecord, SignerKey, canonical
+from ledger import SignedRecord, canonical
 from ledger.records import charge_minor
 from node_agent import runs_on_disk
 from tests.conftest import make_center, wait_centers, wait_for
@@ -41,21 +41,32 @@ def gated_spec(out: Path) -> JobSpec:
     )
 
 
+# `python -m tests.agents.detached` takes no identity: this runs its main() with the
+# center's credentials (its member folder, the first argument) given to the Agent.
+_DETACHED_WITH_IDENTITY = """
+import functools, pathlib, sys
+from identity import Credentials
+import tests.agents.detached as detached
+credentials = Credentials.load(pathlib.Path(sys.argv.pop(1)))
+detached.Agent = functools.partial(detached.Agent, credentials=credentials)
+sys.exit(detached.main())
+"""
+
+
 def start_detached_agent(fed: LocalFederation, center: CenterDescriptor) -> Child:
     """As `fed.start_agent`, but the agent runs its jobs on the detached test backend."""
     config = fed.root / "centers" / f"{center.center_id}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    key = config.with_suffix(".key")
-    if not key.exists():
-        key.write_text(SignerKey.generate(center.center_id).text() + "\n")
-    config.write_text(center_toml(center, key_file=key.name))
+    # The center's membership and the usage key its certificate binds (CENTER.key).
+    identity, _ = fed.center_identity(center.center_id, center.region)
+    config.write_text(center_toml(center, key_file=f"{center.center_id}.key"))
     name = f"agent-{center.center_id}"
     log_path = fed.root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "tests.agents.detached",
+            sys.executable, "-c", _DETACHED_WITH_IDENTITY, str(identity),
             "--config", str(config),
             "--broker", fed.address,
             "--workdir", str(work(fed, center)),
@@ -108,7 +119,7 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
 
 @pytest.fixture
 def client(federation: LocalFederation) -> Iterator[BrokerClient]:
-    with BrokerClient(federation.address, TENANT) as c:
+    with federation.client(TENANT) as c:
         yield c
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from cli.federation import LocalFederation
 from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc, types_pb2
+from identity import Role
 from tests.agent_stream import converse
 from tests.conftest import FAST_BROKER, make_center
 
@@ -32,7 +33,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 
 @pytest.fixture(scope="module")
 def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
-    with grpc.insecure_channel(federation.address) as channel:
+    with federation.channel(Role.USER) as channel:
         yield broker_pb2_grpc.BrokerServiceStub(channel)
 
 
@@ -120,8 +121,9 @@ def test_unknown_job_is_not_found(stub: broker_pb2_grpc.BrokerServiceStub) -> No
 
 
 def _stream(federation: LocalFederation, *messages: agent_pb2.ConnectRequest) -> None:
-    """Send messages; the broker must end the stream (each test expects it to refuse)."""
-    converse(federation.address, *messages)
+    """Send messages as center CZ (with its certificate); the broker must end the stream
+    (each test expects it to refuse)."""
+    converse(federation.address, *messages, credentials=federation.credentials(Role.CENTER, "CZ"))
 
 
 def _hello(center_id: str = "CZ") -> agent_pb2.ConnectRequest:
@@ -195,14 +197,25 @@ def test_stream_must_start_with_hello(federation: LocalFederation) -> None:
     assert info.value.details() == "the first message on a stream must be hello"
 
 
-def _icx(*args: str, broker: str = "127.0.0.1:1") -> subprocess.CompletedProcess[str]:
+def _icx(
+    *args: str, broker: str = "127.0.0.1:1", identity: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI, as the member in `identity` (a folder) if given."""
+    env = {"ICX_BROKER": broker, "PATH": "/usr/bin:/bin"}
+    if identity is not None:
+        env["ICX_CONFIG"] = str(identity)
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=30,
-        env={"ICX_BROKER": broker, "PATH": "/usr/bin:/bin"},
+        env=env,
     )
+
+
+def _user(federation: LocalFederation) -> Path:
+    """The member folder of tenant default's user."""
+    return federation.member("default.user", Role.USER, tenant="default")
 
 
 @pytest.mark.parametrize(
@@ -229,7 +242,7 @@ def test_cli_refuses_a_bad_spec_file_before_calling_the_broker(
     before = _rows(federation.db)
     path = tmp_path / "job.toml"
     path.write_text(toml)
-    result = _icx("submit", str(path), broker=federation.address)
+    result = _icx("submit", str(path), broker=federation.address, identity=_user(federation))
     assert result.returncode == 2
     assert result.stderr.startswith("icx: error: ")
     assert message in result.stderr
@@ -237,8 +250,8 @@ def test_cli_refuses_a_bad_spec_file_before_calling_the_broker(
     assert _rows(federation.db) == before
 
 
-def test_cli_says_when_the_broker_is_unreachable() -> None:
-    result = _icx("jobs")
+def test_cli_says_when_the_broker_is_unreachable(federation: LocalFederation) -> None:
+    result = _icx("jobs", identity=_user(federation))  # a member, at a port nobody serves
     assert result.returncode == 3
     assert result.stderr.startswith("icx: error: broker unreachable")
 

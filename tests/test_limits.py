@@ -17,8 +17,10 @@ import pytest
 
 from cli.federation import LocalFederation
 from core import wire
+from core.errors import InvalidArgument
 from core.types import CenterDescriptor
 from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc, ledger_pb2, ledger_pb2_grpc, types_pb2
+from identity import Role, init_member
 from tests.agent_stream import Replies, converse
 from tests.conftest import FAST_BROKER, make_center
 
@@ -38,8 +40,22 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 
 
 @pytest.fixture(scope="module")
+def insecure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """A development broker (--insecure), where callers declare their tenant."""
+    fed = LocalFederation(
+        root=tmp_path_factory.mktemp("limits-dev"), broker_args=FAST_BROKER, secure=False
+    )
+    try:
+        fed.start_broker(port=0)
+        yield fed
+    finally:
+        fed.stop()
+
+
+@pytest.fixture(scope="module")
 def channel(federation: LocalFederation) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(federation.address) as ch:
+    """A user of tenant default."""
+    with federation.channel(Role.USER) as ch:
         yield ch
 
 
@@ -113,18 +129,35 @@ def test_submit_and_quote_refuse_bad_specs_and_store_nothing(
     assert list(stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=5).jobs) == []
 
 
-@pytest.mark.parametrize("tenant", ["bad tenant", "lab/a", "-lab"])
-def test_a_tenant_outside_the_grammar_cannot_submit(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tenant: str
+BAD_TENANTS = ["bad tenant", "lab/a", "-lab"]
+
+
+@pytest.mark.parametrize("tenant", BAD_TENANTS)
+def test_a_tenant_outside_the_grammar_is_never_admitted(
+    federation: LocalFederation, tmp_path: Path, tenant: str
 ) -> None:
-    before = _rows(federation.db)
-    details = _refused(
-        stub.SubmitJob,
-        broker_pb2.SubmitJobRequest(spec=_spec()),
-        metadata=(("x-icx-tenant", tenant),),
-    )
+    # With membership the tenant is the certificate's: no certificate names such a tenant.
+    folder = tmp_path / "odd-user"
+    init_member(folder, "odd.user")
+    with pytest.raises(InvalidArgument) as info:
+        federation.authority.admit_into(folder, role=Role.USER, tenant=tenant, days=30)
+    assert str(info.value) == f"tenant {ID_RULE}, got {tenant!r}"
+    assert not (folder / "cert.pem").exists()
+
+
+@pytest.mark.parametrize("tenant", BAD_TENANTS)
+def test_in_development_mode_a_tenant_outside_the_grammar_cannot_submit(
+    insecure: LocalFederation, tenant: str
+) -> None:
+    before = _rows(insecure.db)
+    with insecure.channel() as channel:
+        details = _refused(
+            broker_pb2_grpc.BrokerServiceStub(channel).SubmitJob,
+            broker_pb2.SubmitJobRequest(spec=_spec()),
+            metadata=(("x-icx-tenant", tenant),),
+        )
     assert details == f"tenant {ID_RULE}, got {tenant!r}"
-    assert _rows(federation.db) == before
+    assert _rows(insecure.db) == before
 
 
 def _hello(center: CenterDescriptor) -> agent_pb2.ConnectRequest:
@@ -162,9 +195,14 @@ BAD_HELLO_IDS = ["nan-latitude", "inf-longitude", "-inf-latitude", "1MB-center-i
                  "1MB-accelerator", "price-2^53", "price-2^63-1"]  # fmt: skip
 
 
-def _stream_refused(federation: LocalFederation, *messages: agent_pb2.ConnectRequest) -> str:
+def _stream_refused(
+    federation: LocalFederation, center_id: str, *messages: agent_pb2.ConnectRequest
+) -> str:
+    """Send `messages` as center `center_id` (with its certificate): refused, with the
+    details."""
+    creds = federation.credentials(Role.CENTER, center_id)
     with pytest.raises(grpc.RpcError) as info:
-        converse(federation.address, *messages)
+        converse(federation.address, *messages, credentials=creds)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     details = str(info.value.details())
     assert len(details) < MAX_DETAILS
@@ -179,7 +217,8 @@ def test_hello_with_bad_fields_is_refused_and_not_kept(
     message: str,
 ) -> None:
     before = _rows(federation.db), stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
-    assert _stream_refused(federation, hello) == message
+    # The stream is CZ's, with CZ's certificate; its Hello carries the bad field.
+    assert _stream_refused(federation, "CZ", hello) == message
     after = _rows(federation.db), stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
     assert after == before
 
@@ -218,7 +257,7 @@ def test_offer_beyond_the_bounds_is_refused_and_not_believed(
     message: str,
 ) -> None:
     center = make_center("CL")
-    assert _stream_refused(federation, _hello(center), _offer(center, **changes)) == message
+    assert _stream_refused(federation, "CL", _hello(center), _offer(center, **changes)) == message
     views = stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5).centers
     assert [v.HasField("offer") for v in views if v.center.center_id == "CL"] == [False]
 
@@ -246,6 +285,10 @@ def test_proving_a_1mb_record_id_does_not_echo_it(channel: grpc.Channel) -> None
     assert _refused(ledger.ProveRecord, request) == "record_id must be at most 128 characters"
 
 
+def _welcomed(replies: Replies) -> bool:
+    return any(r.HasField("welcome") for r in replies)
+
+
 def _checkpoint_size(channel: grpc.Channel) -> int:
     ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
     note = ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=10).note
@@ -264,6 +307,11 @@ def _checkpoint_size(channel: grpc.Channel) -> int:
 def test_hostile_usage_entries_are_refused_and_the_stream_lives(
     channel: grpc.Channel, federation: LocalFederation, entry: bytes, reason: str
 ) -> None:
+    hello = _hello(make_center("CU"))
+    cu = federation.credentials(Role.CENTER, "CU")
+    # CU's first stream logs the admission of its certified usage key: connect it once
+    # before measuring, so that only what the hostile entries did is compared.
+    converse(federation.address, hello, until=_welcomed, credentials=cu)
     size = _checkpoint_size(channel)
     usage = agent_pb2.ConnectRequest(usage=agent_pb2.UsageReport(entry=entry))
     heartbeat = agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(sent_at_ms=7))
@@ -274,10 +322,7 @@ def test_hostile_usage_entries_are_refused_and_the_stream_lives(
         return {"usage_ack", "heartbeat"} <= kinds
 
     replies = converse(
-        federation.address,
-        _hello(make_center("CU")),
-        then=[usage, heartbeat],
-        until=answered,
+        federation.address, hello, then=[usage, heartbeat], until=answered, credentials=cu
     )
     [ack] = [r.usage_ack for r in replies if r.HasField("usage_ack")]
     assert (ack.accepted, ack.reason) == (False, reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,47 +21,66 @@ from broker.ledger import ledger_paths
 from cli.federation import LocalFederation
 from core import wire
 from core.states import JobState
-from icx.v1 import (
-    agent_pb2,
-    broker_pb2,
-    broker_pb2_grpc,
-    ledger_pb2,
-    ledger_pb2_grpc,
-    types_pb2,
-)
+from core.types import JobSpec
+from icx.v1 import agent_pb2, broker_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from identity import Credentials, Role
 from ledger import SignedRecord, SignerKey, UsageRecord, sign_records, verify_statement
 from ledger.keys import VerifierKey
 from ledger.records import charge_minor
-from tests.agent_stream import converse, prove_with
-from tests.conftest import make_center, wait_centers, wait_for
+from tests.agent_stream import Respond, converse, no_answer, prove_with
+from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
 
 TENANT = "lab-a"
 
 
-def icx(*args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def insecure(tmp_path: Path) -> Iterator[LocalFederation]:
+    """A development broker (--insecure): a center declares its usage key in its Hello
+    and proves it with the Challenge; the first key seen for an id is the one kept."""
+    fed = LocalFederation(root=tmp_path / "dev", broker_args=FAST_BROKER, secure=False)
+    fed.root.mkdir()
+    try:
+        fed.start_broker(port=0)
+        yield fed
+    finally:
+        fed.stop()
+
+
+def icx(*args: str, identity: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI; a command that calls the broker acts as the member in `identity`."""
+    env = dict(os.environ)
+    if identity is not None:
+        env["ICX_CONFIG"] = str(identity)
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "ICX_TENANT": TENANT},
+        env=env,
     )
 
 
-def _submit_as(stub: broker_pb2_grpc.BrokerServiceStub, tenant: str, seconds: float) -> str:
-    spec = types_pb2.JobSpec(
-        accelerator="any", devices=2, estimated_seconds=60, command=["sleep", str(seconds)]
-    )
-    reply = stub.SubmitJob(
-        broker_pb2.SubmitJobRequest(spec=spec), metadata=(("x-icx-tenant", tenant),), timeout=10
-    )
-    return str(reply.job.job_id)
+def _user_folder(federation: LocalFederation, tenant: str = TENANT) -> Path:
+    """The member folder of `tenant`'s user (the one `federation.client(tenant)` uses)."""
+    return federation.member(f"{tenant}.user", Role.USER, tenant=tenant)
+
+
+def _coordinator_folder(federation: LocalFederation) -> Path:
+    return federation.authority.folder / "coordinator"
+
+
+def _submit_as(federation: LocalFederation, tenant: str, seconds: float) -> str:
+    spec = JobSpec(accelerator="any", devices=2, estimated_s=60, command=("sleep", str(seconds)))
+    with federation.client(tenant) as user:
+        return user.submit(spec).job_id
 
 
 @pytest.fixture
 def ran(
     federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
 ) -> Iterator[tuple[LocalFederation, list[str], ledger_pb2_grpc.LedgerServiceStub]]:
+    """Six jobs of TENANT run and billed; the ledger as the coordinator reads it (the
+    whole statement: every party's position)."""
     # Dear pools, so that one-second jobs still cost whole fen.
     for c in (
         make_center("CA", pools={"p": ("ascend-910", 8, 20_000)}),
@@ -68,14 +88,15 @@ def ran(
     ):
         federation.start_agent(c)
     wait_centers(stub, 2)
-    ids = [_submit_as(stub, TENANT, 1.2) for _ in range(6)]
+    ids = [_submit_as(federation, TENANT, 1.2) for _ in range(6)]
 
-    def done() -> bool:
-        jobs = stub.ListJobs(broker_pb2.ListJobsRequest(), timeout=5).jobs
-        return all(j.state == types_pb2.JOB_STATE_SUCCEEDED for j in jobs if j.job_id in ids)
+    with federation.client(TENANT) as user:
 
-    wait_for(done, 30, "six jobs")
-    with grpc.insecure_channel(federation.address) as channel:
+        def done() -> bool:
+            return all(user.get_job(i).state == JobState.SUCCEEDED for i in ids)
+
+        wait_for(done, 30, "six jobs")
+    with federation.channel(Role.COORDINATOR) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
         # 2 key admissions (broker, then each center) + 6 usage records, once acknowledged.
         wait_for(lambda: _size(ledger) >= 9, 20, "the usage records in the log")
@@ -92,7 +113,9 @@ def test_each_job_is_one_signed_record_that_verifies_offline(
 ) -> None:
     federation, ids, ledger = ran
     key = ledger.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=10).key
-    assert key == icx("ledger", "key", "--broker", federation.address).stdout.strip()
+    # Anyone can prove and verify: here the tenant's user (named in its records).
+    user = _user_folder(federation)
+    assert key == icx("ledger", "key", "--broker", federation.address, identity=user).stdout.strip()
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"log": key, "witnesses": [], "quorum": 0}))
 
@@ -101,7 +124,7 @@ def test_each_job_is_one_signed_record_that_verifies_offline(
     for index in range(size):
         bundle = tmp_path / f"{index}.json"
         proved = icx("ledger", "prove", "--index", str(index), "--broker", federation.address,
-                     "-o", str(bundle))  # fmt: skip
+                     "-o", str(bundle), identity=user)  # fmt: skip
         assert proved.returncode == 0, proved.stderr
         verified = icx("ledger", "verify", str(bundle), "--policy", str(policy), "--json")
         assert verified.returncode == 0, verified.stderr
@@ -141,7 +164,10 @@ def test_settlement_pays_the_centers_and_the_log_audits(
     assert sum(net.values()) == 0  # settlement sums to zero
     assert net[TENANT] < 0 < net["CA"] + net["CB"]
     assert -net[TENANT] == sum(m["amount_minor"] for m in body["matrix"])  # type: ignore[union-attr,index]
-    cli = icx("settle", "--broker", federation.address, "--period", period, "--json")
+    cli = icx(
+        "settle", "--broker", federation.address, "--period", period, "--json",
+        identity=_coordinator_folder(federation),
+    )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert {p["party"]: p["net_minor"] for p in json.loads(cli.stdout)["parties"]} == net
     federation.stop()  # the broker writes nothing more; audit its files offline
@@ -154,16 +180,19 @@ def _acks(replies: list[agent_pb2.ConnectResponse]) -> int:
     return sum(1 for r in replies if r.HasField("usage_ack"))
 
 
-def test_a_center_cannot_bill_for_another_or_change_its_key(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
-) -> None:
-    key = SignerKey.generate("CZ")
-    hello = agent_pb2.ConnectRequest(
-        hello=agent_pb2.Hello(
-            center=wire.center_to_proto(make_center("CZ")), usage_key=key.verifier.text()
-        )
-    )
-    job_id = _submit_as(stub, TENANT, 1)
+def _ledger_entries(federation: LocalFederation) -> int:
+    with sqlite3.connect(f"file:{federation.db}.ledger?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+
+def _bill_for_others(
+    federation: LocalFederation,
+    key: SignerKey,
+    respond: Respond = no_answer,
+    credentials: Credentials | None = None,
+) -> list[agent_pb2.UsageAck]:
+    """Center CZ (its usage key `key`) reports usage it has no right to: the acks."""
+    job_id = _submit_as(federation, TENANT, 1)
     now = int(time.time() * 1000)
 
     def report(producer: str, consumer: str, signer: SignerKey) -> agent_pb2.ConnectRequest:
@@ -178,14 +207,15 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
 
     replies = converse(
         federation.address,
-        hello,
-        respond=prove_with("CZ", key),
+        _hello("CZ", key.verifier.text()),
+        respond=respond,
         then=[
             report("CY", TENANT, key),  # another center's name
             report("CZ", "lab-b", key),  # a job CZ holds no claim for, for another tenant
             report("CZ", TENANT, SignerKey.generate("CZ")),  # ... and with a key not admitted
         ],
         until=lambda replies: _acks(replies) == 3,
+        credentials=credentials,
     )
     acks = [r.usage_ack for r in replies if r.HasField("usage_ack")]
     assert [a.accepted for a in acks] == [False, False, False]
@@ -193,19 +223,38 @@ def test_a_center_cannot_bill_for_another_or_change_its_key(
     assert acks[1].reason == "center CZ holds no claim 'c-1'"
     assert acks[2].reason == "center CZ holds no claim 'c-1'"
     # (the records of a center that holds the claim: tests/test_usage_checks.py)
+    return acks
+
+
+def test_a_center_cannot_bill_for_another_or_change_its_key(federation: LocalFederation) -> None:
+    # CZ presents its own certificate and signs with the key that certificate binds.
+    _, key = federation.center_identity("CZ")
+    cz = federation.credentials(Role.CENTER, "CZ")
+    _bill_for_others(federation, key, credentials=cz)
+
+    entries = _ledger_entries(federation)
+    other = SignerKey.generate("CZ")
+    code, details = converse_refused(
+        federation, _hello("CZ", other.verifier.text()), credentials=cz
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith(
+        "center CZ declares a usage key its certificate does not bind: a new key needs a new "
+        "admission"
+    )
+    assert _ledger_entries(federation) == entries  # the certified key is still CZ's one
+
+
+def test_in_development_mode_a_center_cannot_bill_for_another_or_change_its_key(
+    insecure: LocalFederation,
+) -> None:
+    key = SignerKey.generate("CZ")
+    _bill_for_others(insecure, key, respond=prove_with("CZ", key))
 
     other = SignerKey.generate("CZ")
-    with pytest.raises(grpc.RpcError) as info:
-        converse(
-            federation.address,
-            agent_pb2.ConnectRequest(
-                hello=agent_pb2.Hello(
-                    center=wire.center_to_proto(make_center("CZ")), usage_key=other.verifier.text()
-                )
-            ),
-        )
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert info.value.details().startswith("center CZ already signs with key")
+    code, details = converse_refused(insecure, _hello("CZ", other.verifier.text()))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith("center CZ already signs with key")
 
 
 def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
@@ -214,15 +263,9 @@ def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
     center = make_center("CA", pools={"p": ("ascend-910", 8, 20_000)})
     federation.start_agent(center)
     wait_centers(stub, 1)
-    job_id = _submit_as(stub, TENANT, 2.0)
-    wait_for(
-        lambda: (
-            stub.GetJob(broker_pb2.GetJobRequest(job_id=job_id), timeout=5).job.state
-            == types_pb2.JOB_STATE_RUNNING
-        ),
-        20,
-        "the job to run",
-    )
+    job_id = _submit_as(federation, TENANT, 2.0)
+    with federation.client(TENANT) as user:
+        wait_for(lambda: user.get_job(job_id).state == JobState.RUNNING, 20, "the job to run")
     assert federation.broker is not None
     federation.broker.kill()  # the job ends while nobody can acknowledge its usage
     outbox = federation.root / "work" / "CA" / "usage-outbox"
@@ -232,7 +275,7 @@ def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
 
     federation.start_broker()
     federation.start_agent(center)  # same key, same workdir
-    with grpc.insecure_channel(federation.address) as channel:
+    with federation.channel(Role.USER, tenant=TENANT) as channel:  # named in the record
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
 
         def proved() -> str | None:
@@ -259,29 +302,82 @@ def _heartbeat() -> agent_pb2.ConnectRequest:
     return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(sent_at_ms=1))
 
 
-def test_a_center_id_cannot_be_taken_over_without_its_key(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+def _welcomed(replies: list[agent_pb2.ConnectResponse]) -> bool:
+    return any(r.HasField("welcome") for r in replies)
+
+
+def _centers_and_entries(federation: LocalFederation) -> tuple[list[tuple[Any, ...]], int]:
+    """The centers the broker has stored and the size of its ledger."""
+    with sqlite3.connect(f"file:{federation.db}?mode=ro", uri=True) as db:
+        centers = db.execute("SELECT center_id FROM centers ORDER BY center_id").fetchall()
+    return centers, _ledger_entries(federation)
+
+
+def test_a_center_id_cannot_be_taken_over_without_its_certificate(
+    federation: LocalFederation,
+) -> None:
+    _, key = federation.center_identity("CT")
+    public = key.verifier.text()  # anyone can read it from the ledger
+    ct = federation.credentials(Role.CENTER, "CT")
+    welcomed = converse(federation.address, _hello("CT", public), until=_welcomed, credentials=ct)
+    # TLS proved the certified key: no challenge.
+    assert [r.WhichOneof("msg") for r in welcomed] == ["welcome"]
+
+    before = _centers_and_entries(federation)
+    cu = federation.credentials(Role.CENTER, "CU")
+    user = federation.credentials(Role.USER, tenant=TENANT)
+    attempts = {
+        "another center's certificate, its public key": converse_refused(
+            federation, _hello("CT", public), _heartbeat(), credentials=cu
+        ),
+        "another center's certificate, no key": converse_refused(
+            federation, _hello("CT"), _heartbeat(), credentials=cu
+        ),
+        "its own certificate, another key": converse_refused(
+            federation, _hello("CT", SignerKey.generate("CT").verifier.text()), credentials=ct
+        ),
+        "a user's certificate": converse_refused(
+            federation, _hello("CT", public), _heartbeat(), credentials=user
+        ),
+    }
+    for what, (code, _) in attempts.items():
+        assert code == grpc.StatusCode.PERMISSION_DENIED, what
+    assert attempts["another center's certificate, its public key"][1] == (
+        "this certificate is for center CU, not 'CT'"
+    )
+    assert attempts["another center's certificate, no key"][1] == (
+        "this certificate is for center CU, not 'CT'"
+    )
+    assert attempts["its own certificate, another key"][1].startswith(
+        "center CT declares a usage key its certificate does not bind"
+    )
+    assert _centers_and_entries(federation) == before  # nothing stored, nothing logged
+    # The real center is still the one the broker knows.
+    again = converse(federation.address, _hello("CT", public), until=_welcomed, credentials=ct)
+    assert again[-1].HasField("welcome")
+
+
+def test_in_development_mode_a_center_id_cannot_be_taken_over_without_its_key(
+    insecure: LocalFederation,
 ) -> None:
     key = SignerKey.generate("CT")
     public = key.verifier.text()  # anyone can read it from the ledger
     welcomed = converse(
-        federation.address,
+        insecure.address,
         _hello("CT", public),
         respond=prove_with("CT", key),
-        until=lambda replies: any(r.HasField("welcome") for r in replies),
+        until=_welcomed,
     )
     assert [r.WhichOneof("msg") for r in welcomed] == ["challenge", "welcome"]
 
     attempts = {
-        "no key": converse_refused(federation, _hello("CT"), _heartbeat()),
-        "its public key, no proof": converse_refused(
-            federation, _hello("CT", public), _heartbeat()
-        ),
+        "no key": converse_refused(insecure, _hello("CT"), _heartbeat()),
+        "its public key, no proof": converse_refused(insecure, _hello("CT", public), _heartbeat()),
         "its public key, a forged proof": converse_refused(
-            federation, _hello("CT", public), respond=prove_with("CT", SignerKey.generate("CT"))
+            insecure, _hello("CT", public), respond=prove_with("CT", SignerKey.generate("CT"))
         ),
         "a proof for another center": converse_refused(
-            federation, _hello("CT", public), respond=prove_with("CU", key)
+            insecure, _hello("CT", public), respond=prove_with("CU", key)
         ),
     }
     for what, (code, details) in attempts.items():
@@ -295,10 +391,7 @@ def test_a_center_id_cannot_be_taken_over_without_its_key(
     )
     # The real center is still the one the broker knows.
     again = converse(
-        federation.address,
-        _hello("CT", public),
-        respond=prove_with("CT", key),
-        until=lambda replies: any(r.HasField("welcome") for r in replies),
+        insecure.address, _hello("CT", public), respond=prove_with("CT", key), until=_welcomed
     )
     assert again[-1].HasField("welcome")
 
@@ -306,18 +399,17 @@ def test_a_center_id_cannot_be_taken_over_without_its_key(
 def converse_refused(
     federation: LocalFederation,
     *messages: agent_pb2.ConnectRequest,
-    respond: Any = None,
+    respond: Respond = no_answer,
+    credentials: Credentials | None = None,
 ) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
-        if respond is None:
-            converse(federation.address, *messages)
-        else:
-            converse(federation.address, *messages, respond=respond)
+        converse(federation.address, *messages, respond=respond, credentials=credentials)
     return info.value.code(), info.value.details() or ""
 
 
 def test_a_centers_ids_and_words_are_bounded_on_its_stream(federation: LocalFederation) -> None:
-    key = SignerKey.generate("CW")
+    _, key = federation.center_identity("CW")
+    cw = federation.credentials(Role.CENTER, "CW")
     RUNNING = wire.state_to_proto(JobState.RUNNING)
     hello = _hello("CW", key.verifier.text())
     cases = {
@@ -335,26 +427,26 @@ def test_a_centers_ids_and_words_are_bounded_on_its_stream(federation: LocalFede
             else agent_pb2.ConnectRequest(job_update=update)
         )
         with pytest.raises(grpc.RpcError) as info:
-            converse(federation.address, hello, respond=prove_with("CW", key), then=[bad])
+            converse(federation.address, hello, then=[bad], credentials=cw)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
         assert len(info.value.details() or "") < 200, what  # never the whole value
     assert "message must be at most 4096 characters" in _last_details(
         federation,
         hello,
-        key,
+        cw,
         agent_pb2.JobUpdate(claim_id="c-1", job_id="j-1", state=RUNNING, message="m" * 5000),
     )
 
 
 def _last_details(
-    federation: LocalFederation, hello: agent_pb2.ConnectRequest, key: SignerKey,
+    federation: LocalFederation, hello: agent_pb2.ConnectRequest, credentials: Credentials | None,
     update: agent_pb2.JobUpdate,
 ) -> str:  # fmt: skip
     with pytest.raises(grpc.RpcError) as info:
         converse(
             federation.address,
             hello,
-            respond=prove_with("CW", key),
             then=[agent_pb2.ConnectRequest(job_update=update)],
+            credentials=credentials,
         )
     return info.value.details() or ""

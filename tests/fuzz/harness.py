@@ -13,6 +13,11 @@ Invariants (each broken one is a `Broken` with the name below):
 - `quiet`: no process logs an ERROR line or a traceback (what the broker answers with
   INTERNAL it also logs, and some errors are only logged).
 
+Every call is made in someone's name, as in a real federation (mutual TLS, a throw-away
+root of trust): a user of one of USER_TENANTS, or the coordinator for the methods only
+it may call (broker.authz.RULES); each hostile agent stream presents the certificate of a
+fuzzing center (strategies.FUZZ_CENTERS), whatever center its Hello names.
+
 Beyond the five, from the issue's defects: `bounded` (an error message is short: a
 refusal never echoes unbounded input, which gRPC turns into RESOURCE_EXHAUSTED),
 `foreign` (no center changes a running job it does not hold), `durable` (an acknowledged
@@ -36,7 +41,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.federation import LocalFederation
+from broker.authz import RULES
+from cli.federation import LocalFederation, channel
 from core.types import CenterDescriptor
 from icx.v1 import (
     admin_pb2,
@@ -47,12 +53,15 @@ from icx.v1 import (
     ledger_pb2_grpc,
     types_pb2,
 )
+from identity import Credentials, Role
 from ledger import SignerKey
 from tests.conftest import FAST_BROKER, make_center, wait_for
 from tests.fuzz.known import known
-from tests.fuzz.strategies import new_key
+from tests.fuzz.strategies import FUZZ_CENTERS, new_key
 
 TENANT_METADATA = "x-icx-tenant"
+# The tenants whose users make the calls (each its own certificate).
+USER_TENANTS = ("default", "lab-a", "lab-b")
 HEALTH_LIMIT_S = 1.0
 # An error names the field and what was expected; it never echoes unbounded input.
 MAX_DETAILS_CHARS = 1024
@@ -107,6 +116,13 @@ class Rpc:
     @property
     def full_name(self) -> str:
         return f"{self.service}.{self.name}"
+
+    @property
+    def role(self) -> Role:
+        """Who calls it: a user where users may (the rule of broker.authz), else the
+        coordinator."""
+        rule = RULES[f"/icx.v1.{self.service}/{self.name}"]
+        return Role.USER if Role.USER in rule.roles else Role.COORDINATOR
 
 
 def _rpcs(module: Any, service: str) -> list[Rpc]:
@@ -213,8 +229,9 @@ class HealthWatch:
     """Asks the broker's health service every 100 ms, each with a 1 s deadline, on its own
     thread; `take()` returns what went wrong since the last call."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
         self._address = address
+        self._credentials = credentials
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._problems: list[str] = []
@@ -245,8 +262,8 @@ class HealthWatch:
         return out
 
     def _run(self) -> None:
-        channel = grpc.insecure_channel(self._address)
-        stub = health_pb2_grpc.HealthStub(channel)
+        chan = channel(self._address, self._credentials)
+        stub = health_pb2_grpc.HealthStub(chan)
         try:
             while not self._stop.wait(0.1):
                 if self._paused.is_set():
@@ -272,7 +289,7 @@ class HealthWatch:
                     with self._lock:
                         self._problems.append(problem)
         finally:
-            channel.close()
+            chan.close()
 
 
 @dataclass(slots=True, repr=False)
@@ -282,10 +299,12 @@ class Harness:
 
     root: Path
     fed: LocalFederation = field(init=False)
-    channel: grpc.Channel = field(init=False)
+    # The harness's own reads (every job, every center) are the coordinator's.
     broker: broker_pb2_grpc.BrokerServiceStub = field(init=False)
     health: HealthWatch = field(init=False)
     stubs: dict[str, Any] = field(init=False)
+    # One channel per caller: (role, tenant) -> channel.
+    _channels: dict[tuple[Role, str], grpc.Channel] = field(default_factory=dict)
     keys: dict[str, SignerKey] = field(default_factory=dict)
     examples: int = 0
     runs: int = 0
@@ -312,16 +331,33 @@ class Harness:
         self.fed.start_broker(port=0)
         for center in CENTERS:
             self.fed.start_agent(center)
-        self.channel = grpc.insecure_channel(self.fed.address)
-        self.broker = broker_pb2_grpc.BrokerServiceStub(self.channel)
-        self.stubs = {
-            "BrokerService": self.broker,
-            "AdminService": admin_pb2_grpc.AdminServiceStub(self.channel),
-            "LedgerService": ledger_pb2_grpc.LedgerServiceStub(self.channel),
-        }
+        self.stubs = self.stubs_of(Role.COORDINATOR)
+        self.broker = self.stubs["BrokerService"]
         self.wait_centers()
-        self.health = HealthWatch(self.fed.address)
+        self.health = HealthWatch(self.fed.address, self.fed.credentials(Role.COORDINATOR))
         self.health.start()
+
+    def stubs_of(self, role: Role, tenant: str = "default") -> dict[str, Any]:
+        """The stubs of each service for a caller: a user of `tenant`, or the coordinator
+        (tenant ignored). One channel per caller, kept until `stop`."""
+        key = (role, tenant if role is Role.USER else "")
+        chan = self._channels.get(key)
+        if chan is None:
+            chan = self._channels[key] = self.fed.channel(role, tenant=tenant)
+        return {
+            "BrokerService": broker_pb2_grpc.BrokerServiceStub(chan),
+            "AdminService": admin_pb2_grpc.AdminServiceStub(chan),
+            "LedgerService": ledger_pb2_grpc.LedgerServiceStub(chan),
+        }
+
+    def user(self, tenant: str) -> broker_pb2_grpc.BrokerServiceStub:
+        """The broker as a user of `tenant` sees it (submits and cancels are a user's)."""
+        stub: broker_pb2_grpc.BrokerServiceStub = self.stubs_of(Role.USER, tenant)["BrokerService"]
+        return stub
+
+    def center_credentials(self, center_id: str) -> Credentials | None:
+        """A fuzzing center's membership (made and admitted on first use)."""
+        return self.fed.credentials(Role.CENTER, center_id)
 
     def reset(self) -> None:
         """A fresh world (broker, database, ledger, agents) after an example broke this
@@ -371,8 +407,9 @@ class Harness:
     def stop(self) -> None:
         with contextlib.suppress(AttributeError):
             self.health.stop()
-        with contextlib.suppress(AttributeError):
-            self.channel.close()
+        for chan in self._channels.values():
+            chan.close()
+        self._channels.clear()
         with contextlib.suppress(AttributeError):
             self.fed.stop()
 
@@ -430,8 +467,10 @@ class Harness:
         wait_until(ready, timeout_s, "the real centers connected with offers")
 
     def center_key(self, center_id: str) -> SignerKey:
-        """The key a fuzzing center signs with: the first one made for its id is the one
-        the broker admits."""
+        """The key a center signs with: for a fuzzing center, the one its certificate
+        binds (the one the broker admits); for any other id, the first one made for it."""
+        if center_id in FUZZ_CENTERS:
+            return self.fed.center_identity(center_id)[1]
         if center_id not in self.keys:
             self.keys[center_id] = new_key(center_id)
         return self.keys[center_id]
@@ -516,12 +555,16 @@ class Harness:
 
     # -- calls ------------------------------------------------------------------------
 
-    def call(self, rpc: Rpc, request: Any, tenant: str | None = None) -> Outcome:
-        """Call `rpc` with `request` on the raw stub, as `tenant` if given; the status,
-        never an exception."""
+    def call(
+        self, rpc: Rpc, request: Any, tenant: str = "default", declared: str | None = None
+    ) -> Outcome:
+        """Call `rpc` with `request` on the raw stub, as a user of `tenant` (or as the
+        coordinator, for a method only it may call), declaring the tenant `declared` in
+        the x-icx-tenant header if given (the broker must go by the certificate, not by
+        the header); the status, never an exception."""
         self.calls += 1
-        method = getattr(self.stubs[rpc.service], rpc.name)
-        metadata = () if tenant is None else ((TENANT_METADATA, tenant),)
+        method = getattr(self.stubs_of(rpc.role, tenant)[rpc.service], rpc.name)
+        metadata = () if declared is None else ((TENANT_METADATA, declared),)
         try:
             if rpc.server_streaming:
                 items = []
@@ -641,10 +684,8 @@ class Harness:
         for job in self.live_jobs():
             if job.job_id not in keep:
                 with contextlib.suppress(grpc.RpcError):
-                    self.broker.CancelJob(
-                        broker_pb2.CancelJobRequest(job_id=job.job_id),
-                        timeout=10,
-                        metadata=((TENANT_METADATA, job.tenant),),
+                    self.user(job.tenant).CancelJob(
+                        broker_pb2.CancelJobRequest(job_id=job.job_id), timeout=10
                     )
         stuck: list[str] = []
 
@@ -670,13 +711,13 @@ class Harness:
 
     def ensure_victim(self) -> Victim:
         """The victim job, running on FB (submitted again if an example ended it)."""
-        from tests.fuzz.properties import submit_victim
+        from tests.fuzz.properties import VICTIM_TENANT, submit_victim
 
         if self.victim is not None and self._victim_now() == self.victim:
             return self.victim
         if self.victim is not None:
             with contextlib.suppress(grpc.RpcError):
-                self.broker.CancelJob(
+                self.user(VICTIM_TENANT).CancelJob(
                     broker_pb2.CancelJobRequest(job_id=self.victim.job_id), timeout=10
                 )
         job_id = submit_victim(self)

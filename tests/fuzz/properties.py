@@ -3,8 +3,10 @@ hypothesis's `data`, so that the bounded tests and the soak (`python -m bench fu
 the same code:
 
 - `rpc_example`: one to three generated requests to any RPC of BrokerService,
-  AdminService and LedgerService;
-- `stream_example`: one hand-driven agent stream (a `StreamPlan`).
+  AdminService and LedgerService, each as a user of a drawn tenant (the coordinator for
+  what only it may call), with a drawn x-icx-tenant header that must change nothing;
+- `stream_example`: one hand-driven agent stream (a `StreamPlan`), presenting the
+  certificate of the fuzzing center the plan names.
 
 After each, the world's invariants (harness.py) must hold.
 """
@@ -22,8 +24,10 @@ import grpc
 from hypothesis import note
 from hypothesis import strategies as st
 
+from cli.federation import channel
 from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, types_pb2
-from tests.fuzz.harness import RPCS, TENANT_METADATA, Broken, Harness, Outcome
+from identity import Credentials
+from tests.fuzz.harness import RPCS, USER_TENANTS, Broken, Harness, Outcome
 from tests.fuzz.strategies import (
     BAIT_ACCELERATOR,
     BAIT_TENANT,
@@ -39,8 +43,11 @@ from tests.fuzz.strategies import (
 REPLY_TIMEOUT_S = 10.0
 # Submits make the state the other calls then work on: drawn three times as often.
 WEIGHTED_RPCS = (*RPCS, *[r for r in RPCS if r.name == "SubmitJob"] * 2)
-# Declared tenants (the x-icx-tenant header): ids, not ids, another center's id.
+# Declared tenants (the x-icx-tenant header, which a member's call must not be taken
+# by): ids, not ids, another center's id.
 TENANTS = ("lab-a", "lab-b", "bad tenant", "FA", "ZA", "a" * 200, "", "a/b", "-x")
+# The tenant whose user submits the victim job.
+VICTIM_TENANT = "default"
 
 
 def rpc_example(h: Harness, data: st.DataObject) -> None:
@@ -54,13 +61,14 @@ def _rpc_example(h: Harness, data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 3), label="calls")):
         rpc = data.draw(st.sampled_from(WEIGHTED_RPCS), label="rpc")
         request = data.draw(messages.of(rpc.request), label=rpc.full_name)
-        tenant = data.draw(st.one_of(st.none(), st.sampled_from(TENANTS)), label="tenant")
+        tenant = data.draw(st.sampled_from(USER_TENANTS), label="user of tenant")
+        declared = data.draw(st.one_of(st.none(), st.sampled_from(TENANTS)), label="header")
         # Jobs still moving (accepted in this example, or live at all) change on their
         # own while the request is refused: their rows are left out of the comparison.
         skip_jobs = frozenset(accepted) | h.moving_jobs()
         skip_claims = h.claims_of(skip_jobs)
         before = h.fingerprint(skip_jobs, skip_claims)
-        outcome = h.call(rpc, request, tenant)
+        outcome = h.call(rpc, request, tenant, declared)
         note(f"{rpc.full_name} -> {outcome.code.name} {outcome.details[:200]!r}")
         h.check_status(rpc.full_name, outcome)
         if outcome.refused:
@@ -101,10 +109,11 @@ class AgentStream:
     """One agent stream driven by hand: `send` puts a message up; replies (and the end of
     the stream, with its status) arrive on a reader thread and are taken with `take`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
+        """`credentials`: the center's membership (None against an --insecure broker)."""
         self._out: queue.Queue[agent_pb2.ConnectRequest | None] = queue.Queue()
         self._in: queue.Queue[agent_pb2.ConnectResponse | Outcome] = queue.Queue()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = channel(address, credentials)
         self._call = agent_pb2_grpc.AgentServiceStub(self._channel).Connect(
             self._requests(), timeout=120
         )
@@ -222,7 +231,7 @@ def _stream_example(h: Harness, data: st.DataObject) -> None:
 
 
 def run_stream(h: Harness, plan: StreamPlan) -> None:
-    stream = AgentStream(h.address)
+    stream = AgentStream(h.address, h.center_credentials(plan.as_center))
     try:
         before = h.fingerprint()
         stream.send(plan.hello)
@@ -316,14 +325,11 @@ def submit_bait(h: Harness) -> str:
         name="bait", accelerator=BAIT_ACCELERATOR, devices=1, estimated_seconds=60,
         command=list(SLEEPER),
     )  # fmt: skip
-    reply = h.broker.SubmitJob(
-        broker_pb2.SubmitJobRequest(spec=spec),
-        timeout=10,
-        metadata=((TENANT_METADATA, BAIT_TENANT),),
-    )
+    reply = h.user(BAIT_TENANT).SubmitJob(broker_pb2.SubmitJobRequest(spec=spec), timeout=10)
     return str(reply.job.job_id)
 
 
 def submit_victim(h: Harness) -> str:
-    reply = h.broker.SubmitJob(broker_pb2.SubmitJobRequest(spec=victim_spec()), timeout=10)
+    request = broker_pb2.SubmitJobRequest(spec=victim_spec())
+    reply = h.user(VICTIM_TENANT).SubmitJob(request, timeout=10)
     return str(reply.job.job_id)

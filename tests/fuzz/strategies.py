@@ -356,12 +356,16 @@ def _set(msg: Message, name: str, value: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class StreamPlan:
-    """One hand-driven agent stream: a Hello, how the challenge is answered, then the
-    rest. `proof` is "right" (signed by the key the broker admits for the center),
-    "wrong" (a fresh key), "garbage" or "none" (our side closes instead)."""
+    """One hand-driven agent stream: the certificate it presents (`as_center`'s, a
+    fuzzing center's), a Hello naming `center_id` (its own, or another's), how a
+    challenge is answered, then the rest. `proof` is "right" (signed by the key the broker
+    admits for the center), "wrong" (a fresh key), "garbage" or "none" (our side closes
+    instead); only a broker that runs --insecure challenges: with membership, TLS proved
+    the key."""
 
     kind: str
     center_id: str
+    as_center: str
     hello: agent_pb2.ConnectRequest
     proof: str
     bait: bool
@@ -617,8 +621,9 @@ def honest_run() -> st.SearchStrategy[list[agent_pb2.ConnectRequest]]:
 
 @st.composite
 def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
-    """A valid prefix (a proper Hello, the right proof, perhaps an offer) then hostile
-    messages; or a hostile Hello: a takeover of a real center, a random descriptor."""
+    """A valid prefix (a proper Hello with the center's certified key, perhaps an offer)
+    then hostile messages; or a hostile Hello: a takeover of a real center (a fuzzing
+    center's certificate, the real center's name), a random descriptor."""
     kind = "proper"
     if draw(st.booleans(), label="hostile hello"):
         kind = draw(st.sampled_from(["takeover", "random"]))
@@ -632,6 +637,7 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
             held=held,
         )
         proof = "right"
+        as_center = center_id
     elif kind == "takeover":
         center_id = draw(st.sampled_from(REAL_CENTERS))
         key = draw(st.sampled_from(["empty", "fresh", "public"]))
@@ -642,10 +648,18 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
         }[key]
         hello = agent_pb2.Hello(center=fuzz_center(center_id), usage_key=usage_key)
         proof = draw(st.sampled_from(["wrong", "garbage", "none"]))
+        as_center = draw(st.sampled_from(FUZZ_CENTERS), label="certificate of")
     else:
         hello = draw(Messages(world).of(agent_pb2.Hello))  # type: ignore[assignment]
         center_id = hello.center.center_id
         proof = draw(st.sampled_from(["right", "wrong", "none"]))
+        # Its own certificate when it names a fuzzing center (so that some get past the
+        # name check), else a fuzzing center's.
+        as_center = (
+            center_id
+            if center_id in FUZZ_CENTERS
+            else draw(st.sampled_from(FUZZ_CENTERS), label="certificate of")
+        )
     prefix: list[agent_pb2.ConnectRequest] = []
     bait = kind == "proper" and draw(st.booleans(), label="bait")
     if bait or (kind == "proper" and draw(st.booleans())):
@@ -656,6 +670,7 @@ def stream_plans(draw: st.DrawFn, world: World) -> StreamPlan:
     return StreamPlan(
         kind=kind,
         center_id=center_id,
+        as_center=as_center,
         hello=agent_pb2.ConnectRequest(hello=hello),
         proof=proof,
         bait=bait,

@@ -9,12 +9,12 @@ import grpc
 import pytest
 
 from cli.federation import LocalFederation
-from core.handshake import proof_message
 from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc
+from identity import Role
 from tests.conftest import FAST_BROKER
 from tests.fuzz.harness import MAX_DETAILS_CHARS, wait_until
 from tests.fuzz.properties import AgentStream
-from tests.fuzz.strategies import fuzz_center, new_key
+from tests.fuzz.strategies import fuzz_center
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 
 @pytest.fixture(scope="module")
 def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceStub]:
-    with grpc.insecure_channel(federation.address) as channel:
+    """A user of tenant default."""
+    with federation.channel(Role.USER) as channel:
         yield broker_pb2_grpc.BrokerServiceStub(channel)
 
 
@@ -69,18 +70,15 @@ def test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending(
     # Found by the harness (its streams end with a cancel): the broker's stream handler
     # left the task reading the session's outbox pending, and asyncio logged "Task was
     # destroyed but it is pending!" for each such stream (169 times in a 6-minute soak).
-    key = new_key("ZA")
+    _, key = federation.center_identity("ZA")  # the key ZA's certificate binds
+    za = federation.credentials(Role.CENTER, "ZA")
     hello = agent_pb2.ConnectRequest(
         hello=agent_pb2.Hello(center=fuzz_center("ZA"), usage_key=key.verifier.text())
     )
     for _ in range(STREAMS):
-        stream = AgentStream(federation.address)
+        stream = AgentStream(federation.address, za)
         stream.send(hello)
-        challenge = stream.take()
-        assert challenge is not None and challenge.HasField("challenge")
-        signature = key.sign(proof_message("ZA", challenge.challenge.nonce))
-        stream.send(agent_pb2.ConnectRequest(proof=agent_pb2.HelloProof(signature=signature)))
-        welcome = stream.take()
+        welcome = stream.take()  # no challenge: TLS proved the key
         assert welcome is not None and welcome.HasField("welcome")
         stream.cancel()
     assert federation.broker is not None
@@ -91,7 +89,7 @@ def test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending(
 
     wait_until(disconnected, 10, "the broker to see the streams end")
     # The orphaned tasks are reported when the collector frees them: give it work.
-    with grpc.insecure_channel(federation.address) as channel:
+    with federation.channel(Role.USER) as channel:
         stub = broker_pb2_grpc.BrokerServiceStub(channel)
         for _ in range(300):
             stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
