@@ -4,6 +4,11 @@
 `python -m bench._skeleton_roles agents ...` hosts many node agents in one process.
 Each role writes what it measured (or its progress) as JSON to the file it is given, so
 the orchestrator (bench.skeleton_bench) never parses a child's output.
+
+Every role is a member of the orchestrator's federation and speaks mutual TLS: a client
+presents a user's member folder (--identity); each hosted agent presents its center's
+folder and usage key, made by the orchestrator in --centers (CENTER_ID.identity and
+CENTER_ID.key, as cli.federation.LocalFederation.center_identity lays them out).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import AsyncBrokerClient
 from core.errors import IcxError
 from core.types import CenterDescriptor, CenterId, JobSpec, Pool, PoolId
+from identity import Credentials
+from identity.tls import channel_credentials
+from ledger import SignerKey
 from node_agent.agent import Agent
 
 # Regions of the East-Data-West-Computing hubs, for spreading the synthetic centers.
@@ -90,8 +98,34 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ submit
 
 
+def aio_channel(address: str, credentials: Credentials) -> grpc.aio.Channel:
+    """A raw channel to the broker, mutually authenticated as `credentials`."""
+    return grpc.aio.secure_channel(address, channel_credentials(credentials))
+
+
+def hosted_agent(index: int, address: str, *, root: Path, centers: Path) -> Agent:
+    """Center `index` as an agent: its member folder and the usage key its certificate
+    binds, from `centers`."""
+    center = bench_center(index)
+    key = SignerKey.parse((centers / f"{center.center_id}.key").read_text(encoding="utf-8"))
+    return Agent(
+        center,
+        address,
+        workdir=root / "work" / center.center_id,
+        usage_key=key,
+        credentials=Credentials.load(centers / f"{center.center_id}.identity"),
+    )
+
+
 async def submit_client(
-    address: str, *, start_at: float, duration_s: float, window: int, out: Path, call: str
+    address: str,
+    *,
+    identity: Path,
+    start_at: float,
+    duration_s: float,
+    window: int,
+    out: Path,
+    call: str,
 ) -> None:
     """Keep `window` SubmitJob calls in flight from start_at for duration_s; count the
     replies (each one a job committed to the broker's store) that arrive in the window.
@@ -102,9 +136,10 @@ async def submit_client(
     latencies_s: list[float] = []
     errors = 0
     extra = 0
+    creds = Credentials.load(identity)
     async with (
-        grpc.aio.insecure_channel(address) as channel,
-        AsyncBrokerClient(address, timeout_s=30) as client,
+        aio_channel(address, creds) as channel,
+        AsyncBrokerClient(address, creds, timeout_s=30) as client,
     ):
         if call == "health":  # not a broker call: the raw health stub
             check = health_pb2_grpc.HealthStub(channel).Check
@@ -155,12 +190,13 @@ async def submit_client(
 # ------------------------------------------------------------------ agents
 
 
-async def host_agents(address: str, *, first: int, count: int, root: Path, status: Path) -> None:
+async def host_agents(
+    address: str, *, first: int, count: int, root: Path, centers: Path, status: Path
+) -> None:
     """Run `count` node agents (centers first .. first+count-1) on this process's loop
     until SIGTERM; keep `status` up to date with how many are connected."""
     agents = [
-        Agent(bench_center(i), address, workdir=root / "work" / f"bench-{i:04d}")
-        for i in range(first, first + count)
+        hosted_agent(i, address, root=root, centers=centers) for i in range(first, first + count)
     ]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -196,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="role", required=True)
     s = sub.add_parser("submit", help="one submitting client")
     s.add_argument("--broker", required=True)
+    s.add_argument("--identity", type=Path, required=True, help="a user's member folder")
     s.add_argument("--start-at", type=float, required=True, help="Unix time to start")
     s.add_argument("--seconds", type=float, required=True)
     s.add_argument("--window", type=int, required=True, help="calls kept in flight")
@@ -206,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("--first", type=int, required=True)
     a.add_argument("--count", type=int, required=True)
     a.add_argument("--root", type=Path, required=True)
+    a.add_argument(
+        "--centers", type=Path, required=True, help="the centers' member folders and usage keys"
+    )
     a.add_argument("--status", type=Path, required=True)
     a.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -214,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(
             submit_client(
                 args.broker,
+                identity=args.identity,
                 start_at=args.start_at,
                 duration_s=args.seconds,
                 window=args.window,
@@ -229,7 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         asyncio.run(
             host_agents(
-                args.broker, first=args.first, count=args.count, root=args.root, status=args.status
+                args.broker,
+                first=args.first,
+                count=args.count,
+                root=args.root,
+                centers=args.centers,
+                status=args.status,
             )
         )
     return 0

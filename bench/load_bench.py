@@ -20,6 +20,10 @@ The goals: under load, health p99 < 100 ms and the submit rate >= half the unloa
     .venv/bin/python -m bench.load_bench [--quick] [--backlog N] [--seconds S]
         [--profile FILE] [--json FILE]
 
+The broker runs with its membership (--identity) in a throw-away federation, and every
+client process presents a user's member folder: each call pays for mutual TLS, as a
+deployment's do.
+
 `--profile FILE` records the broker with py-spy (when it is installed) during the loaded
 phase, as collapsed stacks, and prints its top functions. The figures are printed as
 they come, then as the markdown table that docs/benchmarks.md keeps. Every child process
@@ -56,6 +60,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._skeleton_roles import die_with_parent, trivial_spec, write_json
 from bench.skeleton_bench import (
+    BENCH_TENANT,
     CpuMeter,
     end_all,
     federation,
@@ -63,12 +68,16 @@ from bench.skeleton_bench import (
     machine,
     revision,
     submit_many,
+    user_identity,
     wait_until,
 )
+from cli.federation import LocalFederation
+from cli.federation import channel as member_channel
 from client import BrokerClient
 from core.errors import IcxError
 from core.states import JobState
 from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
+from identity import Credentials
 
 HEALTH_GOAL_MS = 100.0
 SUBMIT_GOAL_RATIO = 0.5
@@ -122,12 +131,14 @@ def wait_start(out: Path, start_file: Path) -> float:
     return start_at
 
 
-def run_submitter(address: str, start_file: Path, seconds: float, out: Path) -> None:
+def run_submitter(
+    address: str, creds: Credentials, start_file: Path, seconds: float, out: Path
+) -> None:
     """One client, one SubmitJob in flight: each reply is a job on the broker's disk."""
     spec = trivial_spec()
     latencies: list[float] = []
     errors = 0
-    with BrokerClient(address, timeout_s=30) as client:
+    with BrokerClient(address, creds, timeout_s=30) as client:
         for _ in range(5):  # connect and warm up before the clock starts
             client.submit(spec)
         end_at = wait_start(out, start_file) + seconds
@@ -142,13 +153,15 @@ def run_submitter(address: str, start_file: Path, seconds: float, out: Path) -> 
     write_json(out, {"rate": len(latencies) / seconds, **summary(latencies, errors)})
 
 
-def run_probe(address: str, start_file: Path, seconds: float, every_s: float, out: Path) -> None:
+def run_probe(
+    address: str, creds: Credentials, start_file: Path, seconds: float, every_s: float, out: Path
+) -> None:
     """A health Check every `every_s` (or right after the last one, when that took
     longer), as a load balancer or `icx health` would probe; the latency of each."""
     latencies: list[float] = []
     errors = 0
     request = health_pb2.HealthCheckRequest()
-    with grpc.insecure_channel(address) as channel:
+    with member_channel(address, creds) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         for _ in range(5):
             check(request, timeout=10)
@@ -171,7 +184,13 @@ def run_probe(address: str, start_file: Path, seconds: float, every_s: float, ou
 
 
 def run_reader(
-    address: str, start_file: Path, seconds: float, seed: int, kinds: Sequence[str], out: Path
+    address: str,
+    creds: Credentials,
+    start_file: Path,
+    seconds: float,
+    seed: int,
+    kinds: Sequence[str],
+    out: Path,
 ) -> None:
     """Flood reads, one call in flight, round-robin over `kinds` (of READ_KINDS), until
     the end."""
@@ -179,8 +198,8 @@ def run_reader(
     latencies: dict[str, list[float]] = {k: [] for k in kinds}
     errors = dict.fromkeys(kinds, 0)
     with (
-        BrokerClient(address, timeout_s=60) as client,
-        grpc.insecure_channel(address) as channel,
+        BrokerClient(address, creds, timeout_s=60) as client,
+        member_channel(address, creds) as channel,
     ):
         stub = broker_pb2_grpc.BrokerServiceStub(channel)
         ids = [j.job_id for j in client.list_jobs(limit=1_000).jobs]
@@ -222,6 +241,7 @@ def role_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_bench role")
     parser.add_argument("role", choices=("submitter", "probe", "reader"))
     parser.add_argument("--broker", required=True)
+    parser.add_argument("--identity", type=Path, required=True, help="a user's member folder")
     parser.add_argument("--start-file", type=Path, required=True, help="holds the start time")
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--every", type=float, default=0.01)
@@ -230,13 +250,14 @@ def role_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
+    creds = Credentials.load(args.identity)
     if args.role == "submitter":
-        run_submitter(args.broker, args.start_file, args.seconds, args.out)
+        run_submitter(args.broker, creds, args.start_file, args.seconds, args.out)
     elif args.role == "probe":
-        run_probe(args.broker, args.start_file, args.seconds, args.every, args.out)
+        run_probe(args.broker, creds, args.start_file, args.seconds, args.every, args.out)
     else:
         kinds = args.reads.split(",")
-        run_reader(args.broker, args.start_file, args.seconds, args.seed, kinds, args.out)
+        run_reader(args.broker, creds, args.start_file, args.seconds, args.seed, kinds, args.out)
     return 0
 
 
@@ -303,7 +324,7 @@ def profile_top(collapsed: Path, n: int = 25) -> str:
 
 
 def phase(
-    name: str, fed_address: str, broker_pid: int, plan: Plan, root: Path, readers: int,
+    name: str, fed: LocalFederation, broker_pid: int, plan: Plan, root: Path, readers: int,
     profile: Path | None = None, native: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """One measured window: a submitter, a probe and `readers` readers, all started at
@@ -311,7 +332,8 @@ def phase(
     folder = root / name
     folder.mkdir(parents=True)
     start_file = folder / "start"
-    common = ["--broker", fed_address, "--start-file", str(start_file)]
+    common = ["--broker", fed.address, "--identity", str(user_identity(fed))]
+    common += ["--start-file", str(start_file)]
     common += ["--seconds", repr(plan.phase_s)]
     submitter_out, probe_out = folder / "submitter.json", folder / "probe.json"
     reader_outs = [folder / f"reader-{i}.json" for i in range(readers)]
@@ -388,14 +410,14 @@ def phase(
     }
 
 
-def count_jobs(address: str) -> int:
-    with BrokerClient(address, timeout_s=60) as client:
+def count_jobs(fed: LocalFederation) -> int:
+    with fed.client(BENCH_TENANT, timeout_s=60) as client:
         return client.list_jobs([JobState.QUEUED], limit=1).total
 
 
-def preload(address: str, jobs: int) -> float:
+def preload(fed: LocalFederation, jobs: int) -> float:
     started = time.monotonic()
-    asyncio.run(submit_many(address, jobs, window=64))
+    asyncio.run(submit_many(fed, jobs, window=64))
     return jobs / (time.monotonic() - started)
 
 
@@ -511,13 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with federation(root / "fed") as fed:
             assert fed.broker is not None
-            rate = preload(fed.address, plan.backlog)
+            rate = preload(fed, plan.backlog)
             print(f"backlog: {plan.backlog:,} jobs submitted ({rate:,.0f}/s)", flush=True)
             for name, readers in (("unloaded-before", 0), ("loaded", READERS),
                                   ("unloaded-after", 0)):  # fmt: skip
-                queued = count_jobs(fed.address)
+                queued = count_jobs(fed)
                 p = phase(
-                    name, fed.address, fed.broker.pid, plan, root, readers,
+                    name, fed, fed.broker.pid, plan, root, readers,
                     profile=args.profile if readers else None, native=args.native,
                 )  # fmt: skip
                 p["queued_at_start"] = queued

@@ -12,7 +12,9 @@
 
     .venv/bin/python -m bench.skeleton_bench [--quick] [--json FILE]
 
-Every child process is ended before the run returns, also on Ctrl-C or SIGTERM. The
+Each broker runs as a member of a throw-away federation (cli.federation.LocalFederation:
+its --identity), and every client and agent is a member too, so each figure includes
+mutual TLS. Every child process is ended before the run returns, also on Ctrl-C or SIGTERM. The
 figures are printed as they come, then as the markdown table that docs/benchmarks.md
 keeps.
 """
@@ -46,10 +48,13 @@ from bench._skeleton_roles import bench_center, trivial_spec
 from broker import _sqlite_schema
 from broker.sqlite_store import connect
 from cli.federation import LocalFederation
-from client import AsyncBrokerClient, BrokerClient
+from client import AsyncBrokerClient
+from identity import Role
 
 # What `icx broker serve` runs without --solver.
 DEFAULT_SOLVER = "auto"
+# The tenant whose user submits every benchmark job.
+BENCH_TENANT = "default"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -162,8 +167,14 @@ def end_all(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float = 10.0) -
             p.wait()
 
 
+def user_identity(fed: LocalFederation) -> Path:
+    """The member folder of the user (of BENCH_TENANT) that submits and reads."""
+    return fed.member(f"{BENCH_TENANT}.user", Role.USER, tenant=BENCH_TENANT)
+
+
 @contextlib.contextmanager
 def federation(root: Path, *broker_args: str) -> Iterator[LocalFederation]:
+    """A broker started with its membership (--identity) in a new federation in `root`."""
     root.mkdir(parents=True, exist_ok=True)
     fed = LocalFederation(root=root, broker_args=broker_args)
     try:
@@ -180,6 +191,9 @@ def agent_hosts(fed: LocalFederation, root: Path, agents: int, hosts: int) -> It
     per = -(-agents // hosts)
     procs: list[subprocess.Popen[bytes]] = []
     statuses: list[Path] = []
+    for i in range(agents):  # each center's member folder and usage key, in fed.root/centers
+        center = bench_center(i)
+        fed.center_identity(center.center_id, center.region)
     try:
         for h in range(hosts):
             first, count = h * per, min(per, agents - h * per)
@@ -192,7 +206,8 @@ def agent_hosts(fed: LocalFederation, root: Path, agents: int, hosts: int) -> It
                     [
                         "agents", "--broker", fed.address,
                         "--first", str(first), "--count", str(count),
-                        "--root", str(root), "--status", str(status),
+                        "--root", str(root), "--centers", str(fed.root / "centers"),
+                        "--status", str(status),
                     ],
                     root / "logs" / f"host-{h}.log",
                 )
@@ -233,8 +248,8 @@ def wait_until(
         time.sleep(every_s)
 
 
-def connected_centers(address: str) -> int:
-    with BrokerClient(address, timeout_s=30) as client:
+def connected_centers(fed: LocalFederation) -> int:
+    with fed.client(BENCH_TENANT, timeout_s=30) as client:
         return sum(1 for c in client.centers() if c.connected and c.offer is not None)
 
 
@@ -287,7 +302,8 @@ def unary_calls(root: Path, plan: Plan, clients: int, window: int, call: str) ->
         procs = [
             spawn_role(
                 [
-                    "submit", "--broker", fed.address, "--start-at", repr(start_at),
+                    "submit", "--broker", fed.address, "--identity", str(user_identity(fed)),
+                    "--start-at", repr(start_at),
                     "--seconds", repr(plan.submit_s), "--window", str(window),
                     "--out", str(out), "--call", call,
                 ],
@@ -363,10 +379,11 @@ def grpc_ceiling(root: Path, plan: Plan, clients: int, window: int) -> Figure:
 # ------------------------------------------------------------ 2. end to end
 
 
-async def submit_many(address: str, n: int, window: int = 32) -> None:
+async def submit_many(fed: LocalFederation, n: int, window: int = 32) -> None:
     spec = trivial_spec()
     left = n
-    async with AsyncBrokerClient(address, timeout_s=60) as client:
+    creds = fed.credentials(Role.USER, tenant=BENCH_TENANT)
+    async with AsyncBrokerClient(fed.address, creds, timeout_s=60) as client:
 
         async def worker() -> None:
             nonlocal left
@@ -386,7 +403,7 @@ def run_jobs(fed: LocalFederation, plan: Plan, agent_pids: Sequence[int]) -> dic
     meter = CpuMeter([fed.broker.pid])
     agents_meter = CpuMeter(agent_pids)
     wall = time.monotonic()
-    asyncio.run(submit_many(fed.address, plan.jobs))
+    asyncio.run(submit_many(fed, plan.jobs))
     submitted_s = time.monotonic() - wall
     db = sqlite3.connect(f"file:{fed.db}?mode=ro", uri=True)
     marks = ",".join("?" * len(TERMINAL_STATES))
@@ -454,7 +471,7 @@ def e2e_process_agents(root: Path, plan: Plan, agents: int, solver: str) -> Figu
         for i in range(agents):
             fed.start_agent(bench_center(i))
         wait_until(
-            lambda: connected_centers(fed.address) >= agents,
+            lambda: connected_centers(fed) >= agents,
             timeout_s=90,
             what=f"{agents} centers connected",
             every_s=0.5,
@@ -469,7 +486,7 @@ def e2e_hosted_agents(root: Path, plan: Plan, agents: int, hosts: int, solver: s
         agent_hosts(fed, root, agents, hosts) as host_pids,
     ):
         wait_until(
-            lambda: connected_centers(fed.address) >= agents,
+            lambda: connected_centers(fed) >= agents,
             timeout_s=60,
             what=f"{agents} centers with offers",
             every_s=0.5,
@@ -489,14 +506,14 @@ def heartbeat_cpu(root: Path, plan: Plan, agents: int, hosts: int) -> Figure:
     ):
         assert fed.broker is not None
         time.sleep(plan.heartbeat_settle_s)  # let the connection storm pass
-        before = connected_centers(fed.address)
+        before = connected_centers(fed)
         load = load_1m()
         meter = CpuMeter([fed.broker.pid])
         hosts_meter = CpuMeter(host_pids)
         time.sleep(plan.heartbeat_window_s)
         broker_cpu = meter.percent_of_one_core()
         hosts_cpu = hosts_meter.percent_of_one_core()
-        after = connected_centers(fed.address)
+        after = connected_centers(fed)
     return Figure(
         part="heartbeat",
         what=f"broker CPU, {agents} connected agents heartbeating every 1 s",

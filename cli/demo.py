@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ledger import UsageRecord
 
 STALL_S = 3.0
+# The demo's tenants: each submits its share of the workload as one of its users, and
+# the coordinator (who sees every tenant's jobs) watches the whole queue.
+TENANTS = ("lab-a", "lab-b", "lab-c")
 FIGURES = (
     f"Figures are the ledger's: each run as its center metered and signed it (real "
     f"device-seconds at the pool's price, in {CURRENCY}). The demo runs the trace's jobs "
@@ -197,7 +200,7 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
 @command
 def demo(args: argparse.Namespace) -> int:
     from cli.federation import LocalFederation
-    from client import BrokerClient
+    from identity import Role
     from scenario import demo_workload, load_centers, region_latency_ms
 
     progress = Progress(quiet=args.json and not args.keep)
@@ -226,7 +229,11 @@ def demo(args: argparse.Namespace) -> int:
         fed.start_broker(port=args.port)
         for center in centers:
             fed.start_agent(center)
-        with BrokerClient(fed.address) as client:
+        with contextlib.ExitStack() as clients:
+            # Over mutual TLS: the coordinator reads the queue, the allocation and the
+            # ledger; each tenant's user submits that tenant's jobs.
+            client = clients.enter_context(fed.client(role=Role.COORDINATOR))
+            users = {t: clients.enter_context(fed.client(t)) for t in TENANTS}
             _wait_connected(client, len(centers), timeout_s=30)
             up_s = time.monotonic() - started
             progress.say(
@@ -248,7 +255,8 @@ def demo(args: argparse.Namespace) -> int:
             while time.monotonic() < deadline:
                 now = time.monotonic() - t0
                 while pending and pending[0].at_s <= now:
-                    ids.append(client.submit(pending.pop(0).spec).job_id)
+                    user = users[TENANTS[len(ids) % len(TENANTS)]]
+                    ids.append(user.submit(pending.pop(0).spec).job_id)
                 jobs = client.list_jobs().jobs
                 counts = _counts(jobs)
                 done = sum(1 for j in jobs if j.state.terminal)
@@ -343,15 +351,24 @@ def _wait_connected(client: BrokerClient, n: int, timeout_s: float) -> None:
 
 
 def _print_keep(fed: LocalFederation, as_json: bool) -> int:
+    from identity import Role
+
     pids: dict[str, int | None] = {
         "broker": fed.broker.pid if fed.broker else None,
         **{f"agent-{cid}": child.pid for cid, child in fed.agents.items()},
     }
+    # Member folders to reach the broker with (--identity DIR or $ICX_CONFIG): the
+    # coordinator's, and a user of the first tenant's.
+    coordinator = fed.authority.folder / "coordinator"
+    user = fed.member(f"{TENANTS[0]}.user", Role.USER, tenant=TENANTS[0])
     info = {
         "broker": fed.address,
         "db": str(fed.db),
         "root": str(fed.root),
         "metrics_port": fed.metrics_port,
+        "federation": str(fed.authority.folder),
+        "coordinator": str(coordinator),
+        "user": {"tenant": TENANTS[0], "identity": str(user)},
         "pids": pids,
     }
     if as_json:
@@ -362,15 +379,22 @@ def _print_keep(fed: LocalFederation, as_json: bool) -> int:
     icx = "icx" if shutil.which("icx") else str(Path(sys.executable).parent / "icx")
     print(
         f"""
-The federation keeps running (logs in {fed.root}/logs):
+The federation keeps running over mutual TLS (logs in {fed.root}/logs).
+As the coordinator (sees every tenant's jobs, reads rounds and the whole ledger):
   export ICX_BROKER={fed.address}
-  {icx} centers     # the 17 centers and their free devices
+  {icx} whoami --identity {coordinator}
+  {icx} centers --identity {coordinator}    # the 17 centers and their free devices
+  {icx} jobs --all --identity {coordinator} # every tenant's jobs, newest first
+  {icx} admin dump-round --identity {coordinator} --out round.json
+As a user of tenant {TENANTS[0]} (submits, sees and cancels only {TENANTS[0]}'s jobs):
+  export ICX_CONFIG={user}
   {icx} quote --devices 2 --accelerator ascend-910 --hours 1
   {icx} submit --devices 2 --accelerator ascend-910 --hours 1 -- sh -c 'echo hi; sleep 5'
   {icx} jobs        # newest first
   {icx} logs -f JOB # follow a job's output
-  {icx} ledger checkpoint --broker {fed.address}
+  {icx} ledger checkpoint
   curl -s 127.0.0.1:{fed.metrics_port}/metrics | grep icx_
+The federation's root and its coordinator are in {fed.authority.folder}.
 Stop it with:
   kill {pid_list}"""
     )

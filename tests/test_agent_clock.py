@@ -19,7 +19,8 @@ from core.clock import ManualClock
 from core.money import charge_minor
 from core.states import JobState
 from core.types import JobSpec
-from ledger import SignedRecord, SignerKey, canonical
+from identity import Role
+from ledger import SignedRecord, canonical
 from ledger.records import energy_wh
 from node_agent import Agent, RunTable
 from node_agent._runs import FINISHED_RETENTION_MS
@@ -35,11 +36,14 @@ async def running_agent(
     fed: LocalFederation, workdir: Path, clock: ManualClock
 ) -> AsyncIterator[Agent]:
     center = make_center("CM", pools={"p": ("ascend-910", 4, PRICE)})
+    # The center's member folder and the usage key its certificate binds.
+    _, usage_key = fed.center_identity(center.center_id, center.region)
     agent = Agent(
         center,
         fed.address,
         workdir=workdir,
-        usage_key=SignerKey.generate(center.center_id),
+        usage_key=usage_key,
+        credentials=fed.credentials(Role.CENTER, center.center_id),
         clock=clock,
     )
     task = asyncio.create_task(agent.run())
@@ -86,7 +90,7 @@ def test_a_cut_off_agent_stops_its_jobs_once_its_clock_passes_half_the_expiry(
     async def scenario() -> None:
         async with (
             running_agent(federation, tmp_path / "work", clock) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             await client.submit(gated(out))
             await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
@@ -124,7 +128,7 @@ def test_no_broker_listening_is_not_silence_and_stops_no_job(
     async def scenario() -> None:
         async with (
             running_agent(federation, tmp_path / "work", clock) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             await client.submit(gated(out))
             await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
@@ -151,7 +155,7 @@ def test_record_times_retention_and_offers_follow_the_agents_clock(
     async def scenario() -> None:
         async with (
             running_agent(federation, workdir, clock) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             offer = agent.offer()
             assert (offer.issued_at_ms, offer.expires_at_ms) == (

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from cli.federation import center_toml
-from ledger import SignerKey
+from cli.federation import LocalFederation, center_toml
 from tests.conftest import make_center
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
+    """CL's config beside its usage key and its admitted member folder (CL.identity)."""
     center = make_center("CL")
-    key = tmp_path / "CL.key"
-    key.write_text(SignerKey.generate("CL").text() + "\n")
-    path = tmp_path / "CL.toml"
-    path.write_text(center_toml(center, key_file=key.name))
+    folder, _ = LocalFederation(root=tmp_path).center_identity("CL")
+    path = folder.parent / "CL.toml"
+    path.write_text(center_toml(center, key_file="CL.key"))
     return path
 
 

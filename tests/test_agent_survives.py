@@ -28,7 +28,7 @@ from core.clock import SYSTEM
 from core.states import JobState
 from core.types import JobSpec
 from icx.v1 import agent_pb2
-from ledger import SignerKey
+from identity import Role
 from node_agent import Agent
 from node_agent._messages import LaunchOrder
 from node_agent.backends import LaunchRequest, OutputSink, ProcessBackend, Run
@@ -126,12 +126,15 @@ async def running_agent(
     fed: LocalFederation, workdir: Path, backend: GatedBackend | None = None
 ) -> AsyncIterator[Agent]:
     center = make_center(CENTER, pools={"p": ("ascend-910", DEVICES, 500)})
+    # The center's member folder and the usage key its certificate binds.
+    _, usage_key = fed.center_identity(CENTER, center.region)
     agent = Agent(
         center,
         fed.address,
         workdir=workdir,
         backend=backend,
-        usage_key=SignerKey.generate(CENTER),
+        usage_key=usage_key,
+        credentials=fed.credentials(Role.CENTER, CENTER),
     )
     task = asyncio.create_task(agent.run())
     try:
@@ -227,7 +230,7 @@ def test_a_launch_with_a_nul_byte_fails_its_job_and_frees_its_devices(
     async def scenario() -> None:
         async with (
             running_agent(federation, tmp_path / "work") as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             bad = launch("c-nul", "j-nul", quick(), "lab-a")
             bad.launch.spec.command[2] = "print('a\x00b')"
@@ -277,7 +280,7 @@ def test_a_tenant_the_ledger_refuses_fails_only_the_metering(
     async def scenario() -> None:
         async with (
             running_agent(federation, tmp_path / "work") as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             for claim_id, tenant in (("c-space", "bad tenant"), ("c-center", CENTER)):
                 agent.receive(reserve(claim_id, f"j-{claim_id}"))
@@ -301,7 +304,7 @@ def test_a_cancel_while_reserved_frees_the_devices(
     async def scenario() -> None:
         async with (
             running_agent(federation, tmp_path / "work") as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             agent.receive(reserve("c-held", "j-held", devices=3))
             assert agent.runs.book.free("p") == 1
@@ -327,7 +330,7 @@ def test_a_cancel_while_launching_stops_the_job_once_started(
         backend.launch_gate.clear()
         async with (
             running_agent(federation, tmp_path / "work", backend) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             agent.runs.cancel_settle_s = 0.5
             for n, returns in enumerate((True, False), start=1):
@@ -367,7 +370,7 @@ def test_a_cancel_while_running_stops_the_job(federation: LocalFederation, tmp_p
         backend = GatedBackend()
         async with (
             running_agent(federation, tmp_path / "work", backend) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             job = await client.submit(gated(out))
             await wait_for_async(
@@ -394,7 +397,7 @@ def test_a_cancel_while_ending_frees_the_devices_with_or_without_the_end(
         backend.end_gate.clear()
         async with (
             running_agent(federation, tmp_path / "work", backend) as agent,
-            AsyncBrokerClient(federation.address) as client,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             agent.runs.cancel_settle_s = 0.5
             for n, reported in enumerate((True, False), start=1):

@@ -17,6 +17,7 @@ import pytest
 
 from broker.store import SCHEMA_VERSION
 from cli.federation import LocalFederation
+from identity import Role
 
 FIXTURE = Path(__file__).parent / "fixtures" / "broker-schema0.db"
 
@@ -31,6 +32,17 @@ def icx(*args: str, cwd: Path, timeout_s: float = 30) -> subprocess.CompletedPro
     )
 
 
+def broker_identity(root: Path) -> str:
+    """An admitted broker's member folder in a throw-away federation under `root`."""
+    fed = LocalFederation(root=root / "fed-id")
+    return str(fed.member("broker", Role.BROKER, region="TF"))
+
+
+def serve(*args: str, identity: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`icx broker serve ARGS --identity DIR`: a broker that would run for real."""
+    return icx("broker", "serve", *args, "--identity", identity, cwd=cwd)
+
+
 @pytest.fixture
 def taken_port() -> Iterator[int]:
     with socket.socket() as s:
@@ -43,7 +55,8 @@ def test_a_second_broker_on_a_port_in_use_fails_and_says_so(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
     listen = federation.address
-    out = icx("broker", "serve", "--listen", listen, "--db", str(tmp_path / "b.db"), cwd=tmp_path)
+    identity = str(federation.member("broker", Role.BROKER, region=federation.broker_region))
+    out = serve("--listen", listen, "--db", str(tmp_path / "b.db"), identity=identity, cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.splitlines()[-1] == (
         f"icx: error: cannot listen on {listen}: the port is in use or the address is not "
@@ -53,9 +66,9 @@ def test_a_second_broker_on_a_port_in_use_fails_and_says_so(
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path, taken_port: int) -> None:
-    out = icx(
-        "broker", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "b.db"),
-        "--metrics", str(taken_port), cwd=tmp_path,
+    out = serve(
+        "--listen", "127.0.0.1:0", "--db", str(tmp_path / "b.db"), "--metrics", str(taken_port),
+        identity=broker_identity(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.splitlines()[-1] == (
@@ -67,7 +80,9 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path, taken_port
 def test_an_old_database_is_refused_then_migrated_and_served(tmp_path: Path) -> None:
     db = tmp_path / "broker.db"
     shutil.copy(FIXTURE, db)
-    refused = icx("broker", "serve", "--listen", "127.0.0.1:0", "--db", str(db), cwd=tmp_path)
+    refused = serve(
+        "--listen", "127.0.0.1:0", "--db", str(db), identity=broker_identity(tmp_path), cwd=tmp_path
+    )
     assert refused.returncode == 1
     assert refused.stderr.splitlines()[-1].endswith(
         f"back it up, then run `icx broker migrate --db {db}`"
@@ -84,11 +99,20 @@ def test_an_old_database_is_refused_then_migrated_and_served(tmp_path: Path) -> 
     shutil.copy(db, fed.db)
     try:
         fed.start_broker(port=0)
-        jobs = icx("jobs", "--all", "--json", "--broker", fed.address, cwd=tmp_path)
-        assert jobs.returncode == 0, jobs.stderr
-        listed = json.loads(jobs.stdout)
-        rows = listed["jobs"] if isinstance(listed, dict) else listed
-        assert len(rows) == 42
+        # The coordinator lists every tenant's jobs; a user only its own tenant's.
+        for identity, count in (
+            (fed.authority.folder / "coordinator", 42),
+            (fed.member("default.user", Role.USER, tenant="default"), 40),
+            (fed.member("lab-a.user", Role.USER, tenant="lab-a"), 1),
+        ):
+            jobs = icx(
+                "jobs", "--all", "--json", "--broker", fed.address, "--identity", str(identity),
+                cwd=tmp_path,
+            )  # fmt: skip
+            assert jobs.returncode == 0, jobs.stderr
+            listed = json.loads(jobs.stdout)
+            rows = listed["jobs"] if isinstance(listed, dict) else listed
+            assert len(rows) == count, identity
     finally:
         fed.stop()
 
@@ -107,7 +131,8 @@ def test_a_second_broker_on_a_database_in_use_is_refused(
 ) -> None:
     db = federation.db
     before = db.read_bytes()
-    out = icx("broker", "serve", "--listen", "127.0.0.1:0", "--db", str(db), cwd=tmp_path)
+    identity = str(federation.member("broker", Role.BROKER, region=federation.broker_region))
+    out = serve("--listen", "127.0.0.1:0", "--db", str(db), identity=identity, cwd=tmp_path)
     assert out.returncode == 1
     pid = federation.broker.proc.pid if federation.broker else 0
     assert out.stderr.splitlines()[-1] == (
@@ -119,6 +144,7 @@ def test_a_second_broker_on_a_database_in_use_is_refused(
 
 
 def test_files_that_are_not_broker_databases_are_refused(tmp_path: Path) -> None:
+    identity = broker_identity(tmp_path)
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n")
     other = tmp_path / "other.db"
@@ -130,22 +156,44 @@ def test_files_that_are_not_broker_databases_are_refused(tmp_path: Path) -> None
     ):
         for args in (
             ("migrate", "--db", str(path)),
-            ("serve", "--listen", "127.0.0.1:0", "--db", str(path)),
+            ("serve", "--listen", "127.0.0.1:0", "--db", str(path), "--identity", identity),
         ):
             out = icx("broker", *args, cwd=tmp_path)
             assert (out.returncode, out.stderr.splitlines()[-1]) == (2, expected), args
     with sqlite3.connect(other) as conn:  # unchanged: still only its own table
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["entries"]
-    missing = icx(
-        "broker",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        str(tmp_path / "no" / "b.db"),
-        cwd=tmp_path,
-    )
+    missing = serve(
+        "--listen", "127.0.0.1:0", "--db", str(tmp_path / "no" / "b.db"),
+        identity=identity, cwd=tmp_path,
+    )  # fmt: skip
     assert missing.returncode == 2
     assert missing.stderr.splitlines()[-1].startswith(
         f"icx: error: cannot open broker database {tmp_path / 'no' / 'b.db'}"
+    )
+
+
+def test_a_broker_without_membership_refuses_to_start(tmp_path: Path) -> None:
+    """Neither --identity nor --insecure: one line naming both, nothing served or made."""
+    db = tmp_path / "b.db"
+    out = icx("broker", "serve", "--listen", "127.0.0.1:0", "--db", str(db), cwd=tmp_path)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert "Traceback" not in out.stderr and not db.exists()
+    assert out.stderr.splitlines()[-1] == (
+        "icx: error: a broker needs its membership: --identity DIR (icx broker init, then the "
+        "coordinator's certificate), or --insecure for a loopback-only development broker"
+    )
+    # A member folder of another role is not a broker's.
+    user = LocalFederation(root=tmp_path / "fed-id").member("u", Role.USER, tenant="lab-a")
+    other = serve("--listen", "127.0.0.1:0", "--db", str(db), identity=str(user), cwd=tmp_path)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert other.stderr.splitlines()[-1] == (
+        f"icx: error: {user} holds the certificate of a user, not a broker"
+    )
+    # --insecure serves loopback only.
+    wide = icx(
+        "broker", "serve", "--insecure", "--listen", "0.0.0.0:0", "--db", str(db), cwd=tmp_path
+    )
+    assert wide.returncode != 0 and "Traceback" not in wide.stderr
+    assert wide.stderr.splitlines()[-1] == (
+        "icx: error: --insecure serves loopback only (127.0.0.1, ::1, localhost), not '0.0.0.0'"
     )

@@ -16,6 +16,7 @@ import pytest
 
 from cli.federation import LocalFederation, center_toml
 from client import BrokerClient
+from identity import Role
 from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
 
 
@@ -50,10 +51,24 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
         fed.stop()
 
 
+def identity(fed: LocalFederation, tenant: str = "lab-a", role: Role = Role.USER) -> Path:
+    """The member folder a command runs as: a user of `tenant`, or the coordinator."""
+    if role is Role.COORDINATOR:
+        return fed.authority.folder / "coordinator"
+    return fed.member(f"{tenant}.user", role, tenant=tenant)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This process's environment without any icx settings, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICX_")}
+    return {**env, **extra}
+
+
 def icx(
-    fed: LocalFederation, *args: str, tenant: str = "lab-a"
+    fed: LocalFederation, *args: str, tenant: str = "lab-a", role: Role = Role.USER
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ICX_BROKER": fed.address, "ICX_TENANT": tenant}
+    """`icx ARGS` against the federation's broker as a user of `tenant` (ICX_CONFIG)."""
+    env = _env(ICX_BROKER=fed.address, ICX_CONFIG=str(identity(fed, tenant, role)))
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
@@ -63,8 +78,10 @@ def icx(
     )
 
 
-def icx_json(fed: LocalFederation, *args: str, tenant: str = "lab-a") -> object:
-    result = icx(fed, *args, "--json", tenant=tenant)
+def icx_json(
+    fed: LocalFederation, *args: str, tenant: str = "lab-a", role: Role = Role.USER
+) -> object:
+    result = icx(fed, *args, "--json", tenant=tenant, role=role)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -243,7 +260,10 @@ def test_explanations_and_a_replayable_round(fed: LocalFederation, tmp_path: Pat
     assert "runner-up CB/q (YRD)" in explanation
 
     problem, solution = tmp_path / "round.json", tmp_path / "solution.json"
-    dumped = icx(fed, "admin", "dump-round", "--out", str(problem), "--solution", str(solution))
+    dumped = icx(
+        fed, "admin", "dump-round", "--out", str(problem), "--solution", str(solution),
+        role=Role.COORDINATOR,
+    )  # fmt: skip
     assert dumped.returncode == 0, dumped.stderr
     doc = json.loads(problem.read_text())
     assert {p["id"] for p in doc["pools"]} <= {"CA/p", "CB/q"}
@@ -265,6 +285,61 @@ def test_a_command_that_cannot_start_fails_with_the_reason(fed: LocalFederation)
     assert status["reason"] == "cannot start 'no-such-program': not found on PATH"  # type: ignore[index]
 
 
+# ------------------------------------------------------------------ who a command acts as
+
+
+def test_whoami_names_the_users_tenant(fed: LocalFederation) -> None:
+    who = icx_json(fed, "whoami", tenant="lab-b")
+    assert isinstance(who, dict)
+    assert (who["role"], who["tenant"], who["name"]) == ("user", "lab-b", "lab-b.user")
+    assert who["authenticated"] is True
+    assert who["broker"] == fed.address
+    coordinator = icx_json(fed, "whoami", role=Role.COORDINATOR)
+    assert (coordinator["role"], coordinator["tenant"]) == ("coordinator", "")  # type: ignore[index]
+    # The coordinator reads the round; a user may not.
+    refused = icx(fed, "admin", "dump-round")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "icx: error: a user may not call DumpRound\n",
+    )
+
+
+def test_a_tenant_flag_without_insecure_is_refused(fed: LocalFederation) -> None:
+    """The certificate names the tenant: declaring another is an error, not ignored."""
+    before = len(icx_json(fed, "jobs", "--all"))  # type: ignore[arg-type]
+    submit = ("submit", "--tenant", "lab-b", "--devices", "1", "--hours", "0.1", "--", "true")
+    for args in (("jobs", "--tenant", "lab-b"), submit, ("cancel", "--tenant", "lab-b", "j-0")):
+        out = icx(fed, *args)
+        assert out.returncode == 2, out.stderr
+        assert out.stdout == ""
+        assert out.stderr == (
+            "icx: error: --tenant applies only with --insecure: the broker reads your "
+            "tenant from your certificate\n"
+        )
+    assert len(icx_json(fed, "jobs", "--all")) == before  # type: ignore[arg-type]
+
+
+def test_no_identity_folder_says_to_run_user_init(fed: LocalFederation, tmp_path: Path) -> None:
+    """No --identity, no $ICX_CONFIG and nothing at ~/.config/icx: one line, exit 2."""
+    home = tmp_path / "config"
+    env = _env(ICX_BROKER=fed.address, XDG_CONFIG_HOME=str(home), HOME=str(tmp_path))
+    for args in (("jobs",), ("whoami",), ("health",)):
+        out = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert out.stdout == ""
+        assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+        assert out.stderr.startswith(f"icx: error: no identity at {home / 'icx'}: ")
+        assert "run `icx user init`" in out.stderr
+    missing = tmp_path / "nowhere"
+    named = icx(fed, "jobs", "--identity", str(missing))
+    assert named.returncode == 2
+    assert named.stderr.startswith(f"icx: error: no identity at {missing}: run `icx user init`")
+    assert len(named.stderr.splitlines()) == 1
+
+
 # ------------------------------------------------------------------ what a new user hit
 
 
@@ -280,7 +355,7 @@ def test_no_arguments_prints_help() -> None:
 @pytest.mark.parametrize("args", [("jobs",), ("centers", "--json"), ("ledger", "checkpoint")])
 def test_a_closed_pipe_ends_quietly(fed: LocalFederation, args: tuple[str, ...]) -> None:
     """`icx jobs | head`: the reader has gone before anything is written."""
-    env = {**os.environ, "ICX_BROKER": fed.address}
+    env = _env(ICX_BROKER=fed.address, ICX_CONFIG=str(identity(fed)))
     with subprocess.Popen(
         [sys.executable, "-m", "cli.main", *args],
         stdout=subprocess.PIPE,
@@ -411,7 +486,7 @@ def test_commands_that_do_not_solve_do_not_load_the_solver(fed: LocalFederation)
     for args in (("jobs", "--broker", fed.address), ("status", "j-000000000000")):
         result = subprocess.run(
             [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=30,
-            env={**os.environ, "ICX_BROKER": fed.address},
+            env=_env(ICX_BROKER=fed.address, ICX_CONFIG=str(identity(fed))),
         )  # fmt: skip
         assert result.stderr.splitlines()[-1] in ("0 []", "4 []"), result.stderr
     # --version and --help build the whole parser: not even gRPC is loaded for them.
@@ -435,9 +510,11 @@ def test_match_offers_the_matchers_solvers() -> None:
 def test_agent_run_finds_its_broker_in_icx_broker(
     federation: LocalFederation, client: BrokerClient
 ) -> None:
-    config = federation.root / "CE.toml"
-    config.write_text(center_toml(make_center("CE")))
-    env = {**os.environ, "ICX_BROKER": federation.address}
+    # `agent run` presents the member folder beside its config (CE.identity).
+    identity_folder, _ = federation.center_identity("CE")
+    config = identity_folder.parent / "CE.toml"
+    config.write_text(center_toml(make_center("CE"), key_file="CE.key"))
+    env = _env(ICX_BROKER=federation.address)
     with subprocess.Popen(
         [sys.executable, "-m", "cli.main", "agent", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -474,7 +551,7 @@ def test_a_broker_address_without_a_port_gets_the_default_and_a_bad_port_is_refu
     assert broker_address("10.0.0.5:7801") == "10.0.0.5:7801"
     assert broker_address("[::1]") == "[::1]:7700"
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "jobs", "--broker", "127.0.0.1:notaport"],
+        [sys.executable, "-m", "cli.main", "jobs", "--insecure", "--broker", "127.0.0.1:notaport"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert (out.returncode, out.stderr.strip()) == (

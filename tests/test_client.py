@@ -25,6 +25,7 @@ from core.states import JobState
 from core.status import STATUS, error_for, status_for
 from core.types import Job, JobEvent, JobSpec, LogChunk
 from core.views import CenterStatus, JobPage, QuoteLine, RoundDump
+from identity import Role
 from ledger import ProofBundle, VerifierKey, verify_statement
 from ledger.errors import EntryNotFound, SignatureError
 from tests.conftest import FAST_BROKER, make_center, wait_for
@@ -36,7 +37,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     try:
         fed.start_broker(port=0)
         fed.start_agent(make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}))
-        with BrokerClient(fed.address) as client:
+        with fed.client() as client:
             wait_for(
                 lambda: any(c.connected and c.offer for c in client.centers()), 15, "center CA"
             )
@@ -47,7 +48,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
 
 @pytest.fixture
 def client(fed: LocalFederation) -> Iterator[BrokerClient]:
-    with BrokerClient(fed.address, "lab-a") as client:
+    """A user of tenant lab-a."""
+    with fed.client("lab-a") as client:
+        yield client
+
+
+@pytest.fixture
+def coordinator(fed: LocalFederation) -> Iterator[BrokerClient]:
+    with fed.client(role=Role.COORDINATOR) as client:
         yield client
 
 
@@ -141,14 +149,17 @@ def test_centers_and_quote(client: BrokerClient) -> None:
     assert too_big.reason.endswith(", 5 needed")
 
 
-def test_dump_round(client: BrokerClient) -> None:
-    now = client.dump_round(current=True)
+def test_dump_round(client: BrokerClient, coordinator: BrokerClient) -> None:
+    now = coordinator.dump_round(current=True)
     assert isinstance(now, RoundDump)
     assert (now.number, now.solution_json) == (0, "")
     assert '"pools"' in now.problem_json
     client.submit(_spec("true"))
-    last = wait_for(lambda: (d := client.dump_round()).number > 0 and d, 15, "a round")
+    last = wait_for(lambda: (d := coordinator.dump_round()).number > 0 and d, 15, "a round")
     assert '"assignments"' in last.solution_json
+    # The round shows every tenant's queue: a user may not read it.
+    with pytest.raises(PermissionDenied, match=r"^a user may not call DumpRound$"):
+        client.dump_round()
 
 
 def test_ledger_calls(client: BrokerClient, fed: LocalFederation) -> None:
@@ -195,13 +206,28 @@ def test_invalid_argument_names_the_field_and_stores_nothing(client: BrokerClien
     assert client.list_jobs().total == before
 
 
-def test_permission_and_precondition(fed: LocalFederation, client: BrokerClient) -> None:
+def test_permission_and_precondition(
+    fed: LocalFederation, client: BrokerClient, coordinator: BrokerClient
+) -> None:
     job = client.submit(_spec("true", devices=64))
-    with BrokerClient(fed.address, "lab-b") as other:
+    with fed.client("lab-b") as other:
+        assert other.tenant == "lab-b"
         with pytest.raises(PermissionDenied, match=f"^job {job.job_id} belongs to another tenant$"):
             other.cancel(job.job_id)
-        with pytest.raises(PermissionDenied, match="accepts no witnesses"):
+        with pytest.raises(PermissionDenied, match=f"^job {job.job_id} belongs to another tenant$"):
+            other.get_job(job.job_id)
+        with pytest.raises(PermissionDenied, match=f"^job {job.job_id} belongs to another tenant$"):
+            list(other.watch(job.job_id, follow=False))
+        assert job.job_id not in {j.job_id for j in other.list_jobs().jobs}
+        with pytest.raises(PermissionDenied, match=r"^a user may not call AddCosignature$"):
             other.add_cosignature(client.checkpoint())
+    # The coordinator sees every tenant's job but submits and cancels none.
+    assert coordinator.get_job(job.job_id).tenant == "lab-a"
+    assert job.job_id in {j.job_id for j in coordinator.list_jobs().jobs}
+    with pytest.raises(PermissionDenied, match=r"^a coordinator may not call CancelJob$"):
+        coordinator.cancel(job.job_id)
+    with pytest.raises(PermissionDenied, match="accepts no witnesses"):
+        coordinator.add_cosignature(client.checkpoint())
     client.cancel(job.job_id)
     with pytest.raises(FailedPrecondition, match=f"^job {job.job_id} already cancelled$"):
         client.cancel(job.job_id)
@@ -231,7 +257,7 @@ def test_a_deadline_that_passes_is_unavailable(client: BrokerClient) -> None:
 def test_bad_arguments_are_refused_before_any_call(fed: LocalFederation) -> None:
     for tenant in ("", "lab a"):
         with pytest.raises(InvalidArgument, match=r"^tenant must be a non-empty name without"):
-            BrokerClient(fed.address, tenant)
+            BrokerClient(fed.address, tenant=tenant)
     with BrokerClient(_dead_address()) as client:  # nothing is sent: no Unavailable
         with pytest.raises(InvalidArgument, match=r"^name exactly one of record_id and index$"):
             client.prove()
@@ -244,7 +270,8 @@ def test_bad_arguments_are_refused_before_any_call(fed: LocalFederation) -> None
 
 def test_async_client_same_values_same_errors(fed: LocalFederation) -> None:
     async def run() -> None:
-        async with AsyncBrokerClient(fed.address, "lab-a") as client:
+        lab_a = fed.credentials(tenant="lab-a")
+        async with AsyncBrokerClient(fed.address, lab_a) as client:
             job = await client.submit(_spec("sh", "-c", "echo hi"))
             assert (job.state, job.tenant) == (JobState.QUEUED, "lab-a")
             items = [i async for i in client.watch(job.job_id, include_logs=True)]
@@ -254,13 +281,17 @@ def test_async_client_same_values_same_errors(fed: LocalFederation) -> None:
             assert [j.job_id for j in page.jobs] == [job.job_id]
             assert [c.center.center_id for c in await client.centers()] == ["CA"]
             assert (await client.quote(_spec("true")))[0].center_id == "CA"
-            assert (await client.dump_round(current=True)).number == 0
+            with pytest.raises(PermissionDenied, match=r"^a user may not call DumpRound$"):
+                await client.dump_round(current=True)
             assert (await client.log_key()).name == "icx.local/broker"
             assert (await client.prove(index=0)).index == 0
             with pytest.raises(NotFound, match=r"^no job 'j-000000000000'$"):
                 await client.get_job("j-000000000000")
             with pytest.raises(NotFound):
                 _ = [i async for i in client.watch("j-000000000000")]
+        coordinator = fed.credentials(Role.COORDINATOR)
+        async with AsyncBrokerClient(fed.address, coordinator) as admin:
+            assert (await admin.dump_round(current=True)).number == 0
         address = _dead_address()
         async with AsyncBrokerClient(address, timeout_s=5) as dead:
             with pytest.raises(Unavailable, match=f"^broker unreachable at {address}: "):

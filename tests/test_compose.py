@@ -13,8 +13,19 @@ it and returns every problem it finds, one line each:
 - the broker listens on every address of its container, publishes that port, and keeps
   its database on a volume;
 - ports are published on loopback only, and never by an agent (agents dial out);
+- membership: nothing runs `--insecure`; the broker and every agent present a member
+  folder (`--identity`) mounted from the host (an agent's read-only; the broker's
+  writable, as it keeps the newest revocation list there), and an agent's usage key
+  (`key_file`) is mounted read-only where its config names it; healthchecks that call
+  `icx health` present a mounted member folder too;
 - the Dockerfile exists, its COPY sources exist in the build context, and its
   entrypoint is `icx`.
+
+Member folders (`*.identity`) and usage keys (`*.key`) are made at deployment, by
+compose/init-members.sh, and are not in the repository. With `members=True` (after
+running it) they must exist and hold what the service needs: a broker's certificate
+that names the host agents dial, each center's certificate with its own id and region,
+binding the usage key its config names, all issued by one federation root.
 
 The real files must give no problem; each negative test corrupts one thing in a copy
 and expects exactly the matching problem.
@@ -25,8 +36,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +48,18 @@ import pytest
 import yaml
 
 from cli.main import build_parser
-from core.errors import InvalidConfig
-from node_agent.config import load_center
+from core.errors import IcxError, InvalidConfig
+from core.types import CenterDescriptor
+from identity import Credentials, Role
+from ledger import SignerKey
+from node_agent.config import load_center, usage_key_path
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 LOOPBACK = ("127.0.0.1", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::")
 DEFAULT_LISTEN = "127.0.0.1:7700"  # `icx broker serve`'s default --listen
+MADE_AT_DEPLOYMENT = (".identity", ".key")  # by init-members.sh: not in the repository
 
 
 # ---------------------------------------------------------------- the checker
@@ -156,8 +174,68 @@ def _published(entry: Any) -> tuple[str, str]:
     return host, parts[-1]
 
 
-def check_compose(path: Path) -> list[str]:
-    """Every problem found in the compose file at `path`, one line each."""
+def _bind_at(service: dict[str, Any], target: str) -> tuple[str, str, str, bool] | None:
+    """The bind mount whose container path is `target`, if any."""
+    return next((m for m in _mounts(service) if m[0] == "bind" and m[2] == target), None)
+
+
+def _member(base: Path, source: str) -> Credentials | str:
+    """The credentials in a mounted member folder, or why there are none."""
+    try:
+        return Credentials.load(base / source)
+    except IcxError as exc:
+        return str(exc)
+
+
+def _cert_hosts(creds: Credentials) -> list[str]:
+    """The DNS names and addresses the member's certificate is valid for."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificates(creds.chain_pem)[0]
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in names]
+
+
+def check_identity(
+    name: str,
+    service: dict[str, Any],
+    argv: list[str],
+    *,
+    base: Path,
+    members: bool,
+    read_only: bool,
+) -> tuple[list[str], Credentials | None]:
+    """Problems with the member folder a broker or agent presents, and (with `members`)
+    its credentials."""
+    identity = _flag(argv, "--identity")
+    if identity is None:
+        return [f"service {name}: no --identity: it presents no membership and cannot start"], None
+    mount = _bind_at(service, identity)
+    if mount is None:
+        return [f"service {name}: --identity {identity} is not a mounted folder"], None
+    problems = []
+    if read_only and not mount[3]:
+        problems.append(f"service {name}: member folder {mount[1]} is not mounted read-only")
+    if not read_only and mount[3]:
+        problems.append(
+            f"service {name}: member folder {mount[1]} is mounted read-only; the broker "
+            "keeps the newest revocation list there"
+        )
+    if not members:
+        return problems, None
+    creds = _member(base, mount[1])
+    if isinstance(creds, str):
+        return [*problems, f"service {name}: member folder {mount[1]}: {creds}"], None
+    return problems, creds
+
+
+def check_compose(path: Path, *, members: bool = False) -> list[str]:
+    """Every problem found in the compose file at `path`, one line each. With
+    `members`, the member folders and usage keys it mounts are checked too (they exist
+    once compose/init-members.sh has run)."""
     base = path.parent
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -205,14 +283,31 @@ def check_compose(path: Path) -> list[str]:
             accepted.add(name)
         argvs[name] = command
 
+        if "--insecure" in command:
+            problems.append(
+                f"service {name}: runs --insecure (plaintext, anyone may act as anyone): "
+                "for development on loopback only"
+            )
+
         test = (service.get("healthcheck") or {}).get("test")
         if isinstance(test, list) and test[:1] == ["CMD"] and test[1:2] == ["icx"]:
-            error = parse_icx([str(w) for w in test[2:]])
+            words = [str(w) for w in test[2:]]
+            error = parse_icx(words)
             if error is not None:
                 problems.append(f"service {name}: healthcheck `{shlex.join(test[1:])}`: {error}")
+            elif (
+                words[:1] == ["health"]
+                and _bind_at(service, _flag(words, "--identity") or "") is None
+            ):
+                problems.append(
+                    f"service {name}: healthcheck `{shlex.join(test[1:])}` presents no mounted "
+                    "member folder (--identity): the endpoint serves members only"
+                )
 
         for kind, source, target, _ in _mounts(service):
             if kind == "bind":
+                if not members and source.endswith(MADE_AT_DEPLOYMENT):
+                    continue  # made by init-members.sh; checked with members=True
                 if not (base / Path(source).expanduser()).exists():
                     problems.append(
                         f"service {name}: mounts {source} at {target}, which is missing"
@@ -232,6 +327,7 @@ def check_compose(path: Path) -> list[str]:
     # A refused agent command is reported once, above; a refused broker command still
     # names the broker that agents point at.
     agents = {n: a for n, a in argvs.items() if a[:2] == ["agent", "run"] and n in accepted}
+    roots: dict[str, bytes] = {}  # each member's federation root, by service
     if not brokers:
         problems.append("no service runs `icx broker serve`")
     for name, argv in brokers.items():
@@ -250,6 +346,22 @@ def check_compose(path: Path) -> list[str]:
                 f"service {name}: --db {db} is not on a volume; the store would not "
                 f"survive the container"
             )
+        found, creds = check_identity(
+            name, services[name], argv, base=base, members=members, read_only=False
+        )
+        problems += found
+        if creds is not None:
+            if creds.member.role is not Role.BROKER:
+                problems.append(
+                    f"service {name}: its member folder holds the certificate of "
+                    f"{creds.member.describe()}, not of a broker"
+                )
+            if name not in _cert_hosts(creds):
+                problems.append(
+                    f"service {name}: its certificate does not name {name!r}, the host agents "
+                    f"dial (icx broker init --host {name})"
+                )
+            roots[name] = creds.root_pem
     seen_centers: dict[str, str] = {}
     for name, argv in agents.items():
         service = services[name]
@@ -285,7 +397,80 @@ def check_compose(path: Path) -> list[str]:
                 f"service {name}: center {center.center_id} is already served by "
                 f"{seen_centers[center.center_id]}"
             )
+            continue  # its membership is the other agent's; one problem is enough
         seen_centers[center.center_id] = name
+        problems += check_center_membership(
+            name,
+            service,
+            argv,
+            center,
+            host_path,
+            mount[2],
+            base=base,
+            members=members,
+            roots=roots,
+        )
+    if len(set(roots.values())) > 1:
+        problems.append(
+            f"services {', '.join(sorted(roots))} are members of different federations "
+            "(their root.pem differ)"
+        )
+    return problems
+
+
+def check_center_membership(
+    name: str,
+    service: dict[str, Any],
+    argv: list[str],
+    center: CenterDescriptor,
+    config: Path,
+    config_target: str,
+    *,
+    base: Path,
+    members: bool,
+    roots: dict[str, bytes],
+) -> list[str]:
+    """An agent's usage key and member folder: mounted where its config and command
+    say, read-only, and (with `members`) its own center's, binding that key."""
+    problems, creds = check_identity(
+        name, service, argv, base=base, members=members, read_only=True
+    )
+    key_path = usage_key_path(config)
+    key_mount = None
+    if key_path is None:
+        problems.append(f"service {name}: its center config names no key_file: usage unsigned")
+    else:
+        target = str(Path(config_target).parent / key_path.name)
+        key_mount = _bind_at(service, target)
+        if key_mount is None:
+            problems.append(
+                f"service {name}: its usage key {target} (the config's key_file) is not mounted"
+            )
+        elif not key_mount[3]:
+            problems.append(f"service {name}: usage key {key_mount[1]} is not mounted read-only")
+    if creds is None:
+        return problems
+    roots[name] = creds.root_pem
+    member = creds.member
+    if (member.role, member.name, member.region) != (
+        Role.CENTER,
+        center.center_id,
+        center.region,
+    ):
+        problems.append(
+            f"service {name}: its member folder holds the certificate of {member.describe()}, "
+            f"not of center {center.center_id} in region {center.region}"
+        )
+    if key_mount is not None:
+        try:
+            key = SignerKey.parse((base / key_mount[1]).read_text(encoding="utf-8"))
+        except (OSError, ValueError, IcxError) as exc:
+            problems.append(f"service {name}: usage key {key_mount[1]}: {exc}")
+        else:
+            if member.usage_key != key.verifier.text():
+                problems.append(
+                    f"service {name}: its certificate binds another usage key than {key_mount[1]}"
+                )
     return problems
 
 
@@ -307,9 +492,12 @@ def test_compose_runs_a_broker_and_three_centers() -> None:
     ]
     assert doc["services"]["broker"]["command"] == [
         "broker", "serve", "--listen", "0.0.0.0:7700", "--db", "/data/broker.db",
-        "--metrics", "0.0.0.0:9100",
+        "--metrics", "0.0.0.0:9100", "--identity", "/etc/icx/identity",
     ]  # fmt: skip
-    assert doc["services"]["broker"]["volumes"] == ["broker-data:/data"]
+    assert doc["services"]["broker"]["volumes"] == [
+        "broker-data:/data",
+        "./broker.identity:/etc/icx/identity",
+    ]
 
 
 def test_center_configs_are_the_scenario_rows() -> None:
@@ -346,8 +534,10 @@ def test_dockerfile_installs_the_package_with_icx_as_entrypoint() -> None:
 
 @pytest.fixture
 def compose_copy(tmp_path: Path) -> Path:
-    """A copy of compose/ under tmp_path (the build context); returns its compose file."""
-    shutil.copytree(COMPOSE_DIR, tmp_path / "compose")
+    """A copy of compose/ under tmp_path (the build context); returns its compose file.
+    Only the repository's files: not what init-members.sh may have made here."""
+    made = shutil.ignore_patterns("federation", "*.identity", "*.key", "*.cert.pem")
+    shutil.copytree(COMPOSE_DIR, tmp_path / "compose", ignore=made)
     path = tmp_path / "compose" / "docker-compose.yml"
     assert check_compose(path) == []
     return path
@@ -370,8 +560,8 @@ def test_unknown_icx_command_is_reported(compose_copy: Path) -> None:
     first, *rest = check_compose(compose_copy)
     assert first.startswith(
         "service broker: `icx broker serv --listen 0.0.0.0:7700 --db /data/broker.db "
-        "--metrics 0.0.0.0:9100` is refused: icx broker: error: argument COMMAND: "
-        "invalid choice: 'serv'"
+        "--metrics 0.0.0.0:9100 --identity /etc/icx/identity` is refused: icx broker: error: "
+        "argument COMMAND: invalid choice: 'serv'"
     )
     assert rest == [
         "no service runs `icx broker serve`",
@@ -385,8 +575,8 @@ def test_missing_required_flag_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, "--config, /etc/icx/center.toml, ", "")
     [problem] = check_compose(compose_copy)
     assert problem == (
-        "service agent-cn06: `icx agent run --broker broker:7700 --workdir /data/work "
-        "--health 127.0.0.1:7800` is refused: "
+        "service agent-cn06: `icx agent run --identity /etc/icx/CN06.identity --broker "
+        "broker:7700 --workdir /data/work --health 127.0.0.1:7800` is refused: "
         "icx agent run: error: the following arguments are required: --config"
     )
 
@@ -401,8 +591,8 @@ def test_bad_healthcheck_command_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, '"icx", "health"', '"icx", "healt"')
     [problem] = check_compose(compose_copy)
     assert problem.startswith(
-        "service broker: healthcheck `icx healt --broker 127.0.0.1:7700`: "
-        "icx: error: argument COMMAND: invalid choice: 'healt'"
+        "service broker: healthcheck `icx healt --broker 127.0.0.1:7700 --identity "
+        "/etc/icx/identity`: icx: error: argument COMMAND: invalid choice: 'healt'"
     )
 
 
@@ -536,3 +726,148 @@ def test_database_outside_the_volume_is_reported(compose_copy: Path) -> None:
         "service broker: --db /tmp/broker.db is not on a volume; the store would not "
         "survive the container"
     ]
+
+
+# ---------------------------------------------------------------- membership
+
+
+def test_a_broker_without_identity_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "      - --identity\n      - /etc/icx/identity\n", "")
+    assert check_compose(compose_copy) == [
+        "service broker: no --identity: it presents no membership and cannot start"
+    ]
+
+
+def test_insecure_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "      - --identity\n      - /etc/icx/identity\n", "      - --insecure\n")
+    assert check_compose(compose_copy) == [
+        "service broker: runs --insecure (plaintext, anyone may act as anyone): for "
+        "development on loopback only",
+        "service broker: no --identity: it presents no membership and cannot start",
+    ]
+
+
+def test_an_unmounted_or_writable_agent_identity_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy,
+        "./centers/CN06.identity:/etc/icx/CN06.identity:ro",
+        "./centers/CN06.identity:/etc/icx/CN06.identity",
+    )
+    edit(compose_copy, "      - ./centers/CN08.identity:/etc/icx/CN08.identity:ro\n", "")
+    assert check_compose(compose_copy) == [
+        "service agent-cn08: healthcheck `icx health --broker 127.0.0.1:7800 --identity "
+        "/etc/icx/CN08.identity` presents no mounted member folder (--identity): the "
+        "endpoint serves members only",
+        "service agent-cn06: member folder ./centers/CN06.identity is not mounted read-only",
+        "service agent-cn08: --identity /etc/icx/CN08.identity is not a mounted folder",
+    ]
+
+
+def test_a_read_only_broker_identity_is_reported(compose_copy: Path) -> None:
+    edit(
+        compose_copy,
+        "./broker.identity:/etc/icx/identity",
+        "./broker.identity:/etc/icx/identity:ro",
+    )
+    assert check_compose(compose_copy) == [
+        "service broker: member folder ./broker.identity is mounted read-only; the broker "
+        "keeps the newest revocation list there"
+    ]
+
+
+def test_an_unmounted_usage_key_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "      - ./centers/CN16.key:/etc/icx/CN16.key:ro\n", "")
+    assert check_compose(compose_copy) == [
+        "service agent-cn16: its usage key /etc/icx/CN16.key (the config's key_file) is not mounted"
+    ]
+
+
+def init_members(compose: Path) -> subprocess.CompletedProcess[str]:
+    """Run compose/init-members.sh in a copy, with this installation's `icx`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICX_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        ["sh", str(compose / "init-members.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.fixture
+def with_members(compose_copy: Path) -> Path:
+    """The copy after init-members.sh: its compose file."""
+    made = init_members(compose_copy.parent)
+    assert made.returncode == 0, made.stderr
+    return compose_copy
+
+
+def test_init_members_makes_what_the_services_mount(with_members: Path) -> None:
+    compose = with_members.parent
+    assert check_compose(with_members, members=True) == []
+    # Nothing secret reaches the image or git: the build context leaves compose/ out, and
+    # compose/.gitignore covers all that the script made.
+    ignored = (COMPOSE_DIR / ".gitignore").read_text(encoding="utf-8").split()
+    assert {"/federation/", "/broker.identity/", "/centers/*.identity/", "/centers/*.key"} <= set(
+        ignored
+    )
+    assert "compose" in (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().split()
+    assert (
+        oct((compose / "centers" / "CN06.identity" / "key.pem").stat().st_mode & 0o777) == "0o600"
+    )
+    # A second run changes nothing: every step is done already.
+    before = (compose / "broker.identity" / "cert.pem").read_bytes()
+    again = init_members(compose)
+    assert again.returncode == 0, again.stderr
+    assert (compose / "broker.identity" / "cert.pem").read_bytes() == before
+
+
+def test_members_that_do_not_fit_are_reported(with_members: Path, tmp_path: Path) -> None:
+    compose = with_members.parent
+    # CN08's folder mounted for CN06: another center's certificate and another usage key.
+    edit(with_members, "./centers/CN06.identity:/etc", "./centers/CN08.identity:/etc")
+    # A broker whose certificate does not name the host agents dial.
+    shutil.rmtree(compose / "broker.identity")
+    federation = compose / "federation"
+    for args in (
+        ("broker", "init", "--dir", str(compose / "broker.identity"), "--name", "broker"),
+        ("admin", "admit", str(compose / "broker.identity" / "request.pem"), "--role", "broker",
+         "--region", "CY", "--federation", str(federation),
+         "--out", str(compose / "broker.identity" / "cert.pem")),
+    ):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True)
+        assert done.returncode == 0, done.stderr
+    shutil.copy(federation / "root.pem", compose / "broker.identity" / "root.pem")
+    # CN16 admitted by another federation.
+    other = tmp_path / "other"
+    made = subprocess.run(
+        [sys.executable, "-m", "cli.main", "admin", "init-federation", "--dir", str(other)],
+        capture_output=True,
+    )
+    assert made.returncode == 0, made.stderr
+    cn16 = compose / "centers" / "CN16.identity"
+    admitted = subprocess.run(
+        [sys.executable, "-m", "cli.main", "admin", "admit", str(cn16 / "request.pem"),
+         "--role", "center", "--region", "NX", "--federation", str(other),
+         "--out", str(cn16 / "cert.pem")],
+        capture_output=True,
+    )  # fmt: skip
+    assert admitted.returncode == 0, admitted.stderr
+    shutil.copy(other / "root.pem", cn16 / "root.pem")
+    assert check_compose(with_members, members=True) == [
+        "service broker: its certificate does not name 'broker', the host agents dial "
+        "(icx broker init --host broker)",
+        "service agent-cn06: its member folder holds the certificate of center CN08 in "
+        "region YRD, not of center CN06 in region CY",
+        "service agent-cn06: its certificate binds another usage key than ./centers/CN06.key",
+        "services agent-cn06, agent-cn08, agent-cn16, broker are members of different "
+        "federations (their root.pem differ)",
+    ]
+    # Before the script has run, with members=True: each folder and key is missing.
+    (compose / "centers" / "CN16.key").unlink()
+    problems = check_compose(with_members, members=True)
+    assert (
+        "service agent-cn16: mounts ./centers/CN16.key at /etc/icx/CN16.key, which is missing"
+        in problems
+    )

@@ -55,11 +55,26 @@ def test_demo_keep_json_prints_what_a_script_needs(tmp_path: Path) -> None:
     try:
         assert info["db"] == str(tmp_path / "kept" / "broker.db")
         assert len(pids) == 18  # the broker and 17 agents
+        assert info["coordinator"] == str(tmp_path / "kept" / "federation" / "coordinator")
         listed = subprocess.run(
-            [sys.executable, "-m", "cli.main", "centers", "--json", "--broker", info["broker"]],
+            [sys.executable, "-m", "cli.main", "centers", "--json", "--broker", info["broker"],
+             "--identity", info["coordinator"]],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert listed.returncode == 0, listed.stderr
         assert len(json.loads(listed.stdout)) == 17
+        # The user it names is a user of its tenant, over TLS.
+        who = subprocess.run(
+            [sys.executable, "-m", "cli.main", "whoami", "--json", "--broker", info["broker"],
+             "--identity", info["user"]["identity"]],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert who.returncode == 0, who.stderr
+        me = json.loads(who.stdout)
+        assert (me["role"], me["tenant"], me["authenticated"]) == (
+            "user",
+            info["user"]["tenant"],
+            True,
+        )
     finally:
         subprocess.run(["kill", *(str(p) for p in pids.values())], check=False)

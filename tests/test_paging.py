@@ -32,9 +32,9 @@ def test_the_client_follows_pages_to_every_job(
 
 
 def test_a_page_is_bounded_by_count_and_by_bytes(federation: LocalFederation) -> None:
-    with grpc.insecure_channel(federation.address) as channel:
+    with federation.channel() as channel:  # a user of tenant "default", as the client
         stub = broker_pb2_grpc.BrokerServiceStub(channel)
-        with BrokerClient(federation.address) as client:
+        with federation.client() as client:
             for _ in range(500):  # about 4 MB of jobs, each with an 8 KB argument
                 client.submit(_spec(8_000))
         first = stub.ListJobs(broker_pb2.ListJobsRequest(limit=500), timeout=10)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cli.federation import LocalFederation
-from client import BrokerClient
 from core.states import JobState
 from core.types import Job, JobSpec
 from tests.conftest import FAST_BROKER, make_center, submit, wait_centers, wait_for
@@ -42,7 +41,7 @@ def test_carbon_weight_moves_the_job_to_the_clean_grid(
         fed.start_broker(port=0)
         for c in (COAL, HYDRO):
             fed.start_agent(c)
-        with BrokerClient(fed.address) as client:
+        with fed.client() as client:
             wait_centers(client, 2)
             spec = JobSpec(accelerator="ascend-910", devices=4, estimated_s=3600, command=("true",))
             ranked = client.quote(spec)
