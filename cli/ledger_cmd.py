@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import witness_cmd
-from cli._client import DEFAULT_BROKER, connect
+from cli._client import DEFAULT_BROKER, add_identity_flags, connect
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
 from core.errors import InvalidArgument, NotFound
 from core.money import format_major
@@ -75,6 +75,7 @@ def _db_args(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
             metavar="HOST:PORT",
             help=f"ask this broker over gRPC (without --db: $ICX_BROKER, else {DEFAULT_BROKER})",
         )
+        add_identity_flags(p)
     else:
         p.add_argument("--db", required=True, help="the ledger database file")
     p.add_argument("--key", help="the log's signer key file (default: DB.key)")

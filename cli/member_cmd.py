@@ -353,6 +353,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("whoami", help="who the broker takes you to be")
     add_broker_flag(p)
+    p.add_argument("--tenant", help="with --insecure: the tenant to declare")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=whoami)
 
