@@ -41,7 +41,7 @@ from client import AsyncBrokerClient
 from core.errors import IcxError
 from core.types import CenterDescriptor, CenterId, JobSpec, Pool, PoolId
 from identity import Credentials
-from identity.tls import channel_credentials
+from identity.tls import aio_channel
 from ledger import SignerKey
 from node_agent.agent import Agent
 
@@ -96,11 +96,6 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ submit
-
-
-def aio_channel(address: str, credentials: Credentials) -> grpc.aio.Channel:
-    """A raw channel to the broker, mutually authenticated as `credentials`."""
-    return grpc.aio.secure_channel(address, channel_credentials(credentials))
 
 
 def hosted_agent(index: int, address: str, *, root: Path, centers: Path) -> Agent:

@@ -72,12 +72,12 @@ from bench.skeleton_bench import (
     wait_until,
 )
 from cli.federation import LocalFederation
-from cli.federation import channel as member_channel
 from client import BrokerClient
 from core.errors import IcxError
 from core.states import JobState
 from icx.v1 import broker_pb2, broker_pb2_grpc, types_pb2
 from identity import Credentials
+from identity.tls import channel as member_channel
 
 HEALTH_GOAL_MS = 100.0
 SUBMIT_GOAL_RATIO = 0.5

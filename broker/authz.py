@@ -3,11 +3,10 @@ one gate that applies it to every call the broker serves.
 
 The gate (a server interceptor) takes the caller from the verified peer certificate
 (identity.tls.Trust), refuses a caller whose role has no right to the method, and leaves
-the caller and the method's rule in a context variable for the call. Where "own name"
-depends on the object a call names (a job's tenant, a statement's party, a stream's
-center), the handler asks this module (check_job, job_tenant, check_center,
-statement_party, check_record): the rule says which scope applies, this module says
-what it allows.
+the caller in a context variable for the call. Where "own name" depends on the object a
+call names (a job's tenant, a statement's party, a stream's center), the handler asks
+this module (check_job, jobs_tenant, check_center, statement_party, check_record): the
+rule's scope says which applies, this module says what it allows.
 
 Without a Trust (`--insecure`, loopback only) the caller is whoever it declares: the
 tenant in the x-icx-tenant header, the center in its Hello, with every role.
@@ -107,8 +106,6 @@ class Caller:
 
     member: Member | None
     tenant: str = ""
-    method: str = ""
-    rule: Rule | None = None
 
     @property
     def sees_all(self) -> bool:
@@ -193,12 +190,12 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if rule is None:
             raise PermissionDenied(f"{method} has no authorization rule")
         if self.trust is None:
-            return Caller(None, tenant=_declared_tenant(context), method=method, rule=rule)
+            return Caller(None, tenant=_declared_tenant(context))
         member = self.trust.member(context)
         if member.role not in rule.roles:
             raise PermissionDenied(f"a {member.role} may not call {method.rpartition('/')[2]}")
         tenant = member.tenant if member.role is Role.USER else ""
-        return Caller(member, tenant=tenant, method=method, rule=rule)
+        return Caller(member, tenant=tenant)
 
     async def _enter(self, method: str, context: Any) -> None:
         """Admit the call or abort it. Each call is served in its own task, so the

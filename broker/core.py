@@ -433,7 +433,7 @@ class Broker:
             except Exception:
                 log.exception("expiry pass failed")
 
-    async def take_revocations(self, data: bytes, by: object = None) -> Revocations:
+    async def take_revocations(self, data: bytes, by: str) -> Revocations:
         """A newer signed revocation list: kept, its centers' usage keys revoked in the
         ledger, their streams ended at the next expiry pass."""
         if self.trust is None:
@@ -459,11 +459,12 @@ class Broker:
         """End the stream of every center whose certificate has expired or been revoked."""
         if self.trust is None:
             return
+        now = self.trust.now()
         for session in list(self.centers.sessions.values()):
             if session.member is None or not session.connected:
                 continue
             try:
-                self.trust.check(session.member)
+                self.trust.check(session.member, now)
             except Unauthenticated as exc:
                 log.warning("center %s: %s: ending its stream", session.center_id, exc)
                 session.send(Close(refusal=str(exc)))

@@ -211,7 +211,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         request: admin_pb2.UpdateRevocationsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.UpdateRevocationsResponse:
-        taken = await self.broker.take_revocations(request.revocation_list, by=authz.caller())
+        taken = await self.broker.take_revocations(
+            request.revocation_list, by=authz.caller().describe()
+        )
         return admin_pb2.UpdateRevocationsResponse(number=taken.number, revoked=len(taken.serials))
 
     @unary

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from core.errors import Unavailable
 from core.types import CenterDescriptor
 from identity import Authority, Credentials, Role, init_member
-from identity.tls import channel_credentials
+from identity.tls import channel
 from ledger import SignerKey
 
 if TYPE_CHECKING:
@@ -64,13 +64,6 @@ def center_toml(center: CenterDescriptor, key_file: str | None = None) -> str:
             f"price_minor_per_device_hour = {p.price_minor_per_device_hour}",
         ]
     return "\n".join(lines) + "\n"
-
-
-def channel(address: str, credentials: Credentials | None) -> grpc.Channel:
-    """A blocking channel to `address`, mutually authenticated with `credentials`."""
-    if credentials is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, channel_credentials(credentials))
 
 
 def wait_serving(
@@ -145,6 +138,19 @@ class LocalFederation:
     @property
     def db(self) -> Path:
         return self.root / "broker.db"
+
+    def __enter__(self) -> LocalFederation:
+        """Start the broker (on a port it picks); leaving ends every child."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_broker(port=0)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     # ------------------------------------------------------------ membership
 

@@ -8,18 +8,19 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cli._client import add_broker_flag, config_folder, connect
+from cli._client import add_broker_flag, broker_address, config_folder, connect
 from cli._output import EXIT_OK, command, print_json
 from core.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from identity import Member
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
 
-def _member_json(member: object) -> dict[str, object]:
-    from identity import Member
-
-    assert isinstance(member, Member)
+def _member_json(member: Member) -> dict[str, object]:
     return {
         "name": member.name,
         "role": str(member.role),
@@ -109,7 +110,8 @@ def admit(args: argparse.Namespace) -> int:
 def revoke(args: argparse.Namespace) -> int:
     """Add certificates to the federation's revocation list and, with --broker, hand the
     new list to running brokers."""
-    from identity import Authority
+    from client import BrokerClient
+    from identity import Authority, Credentials
     from identity.certs import load_certificates
 
     authority = Authority(Path(args.federation))
@@ -129,12 +131,12 @@ def revoke(args: argparse.Namespace) -> int:
             raise NotFound(f"this federation issued no certificate with serial {what}")
         serials.append(serial)
     taken = authority.revoke(serials)
-    pushed = []
-    for broker in args.broker or ():
-        args.broker = broker
-        with connect(_as_coordinator(args), timeout_s=10.0) as client:
-            client.update_revocations(taken.pem)
-        pushed.append(broker)
+    pushed = [broker_address(b) for b in args.broker or ()]
+    if pushed:  # as the federation's coordinator unless --identity names another
+        creds = Credentials.load(Path(args.identity or authority.folder / "coordinator"))
+        for broker in pushed:
+            with BrokerClient(broker, creds, timeout_s=10.0) as client:
+                client.update_revocations(taken.pem)
     if args.json:
         print_json(
             {
@@ -152,14 +154,6 @@ def revoke(args: argparse.Namespace) -> int:
         for broker in pushed:
             print(f"  taken by the broker at {broker}")
     return EXIT_OK
-
-
-def _as_coordinator(args: argparse.Namespace) -> argparse.Namespace:
-    """Call brokers as the federation's coordinator unless --identity names another."""
-    ns = argparse.Namespace(**vars(args))
-    if not ns.identity:
-        ns.identity = str(Path(args.federation) / "coordinator")
-    return ns
 
 
 @command
@@ -197,17 +191,7 @@ def user_accept(args: argparse.Namespace) -> int:
     else:
         raise InvalidArgument("name the federation's root certificate with --root ROOT.pem")
     cert = Path(args.certificate).read_bytes()
-    staging = folder / ".accept"
-    staging.mkdir(exist_ok=True)
-    try:
-        (staging / "key.pem").write_bytes((folder / "key.pem").read_bytes())
-        (staging / "cert.pem").write_bytes(cert)
-        (staging / "root.pem").write_bytes(root)
-        creds = Credentials.load(staging)
-    finally:
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
+    creds = Credentials.from_pem((folder / "key.pem").read_bytes(), cert, root, where=folder)
     (folder / "cert.pem").write_bytes(cert)
     (folder / "root.pem").write_bytes(root)
     if args.broker:
@@ -313,7 +297,6 @@ def register_admin(asub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--federation", default="federation", help="the federation folder")
     p.add_argument("--broker", action="append", metavar="HOST:PORT", help="push to this broker")
     p.add_argument("--identity", metavar="DIR", help="call brokers as (default: the coordinator)")
-    p.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=revoke)
 

@@ -21,6 +21,7 @@ from icx.v1 import (
     ledger_pb2,
     ledger_pb2_grpc,
 )
+from identity.tls import aio_channel
 
 if TYPE_CHECKING:
     from identity import Credentials
@@ -49,12 +50,7 @@ class AsyncBrokerClient:
         self.tenant = credentials.member.tenant if credentials else _calls.check_tenant(tenant)
         self.timeout_s = timeout_s
         self._metadata = _calls.metadata(tenant, credentials)
-        target, parts = _calls.target(address, credentials)
-        self._channel = (
-            grpc.aio.insecure_channel(target, options=parts.options)
-            if parts.credentials is None
-            else grpc.aio.secure_channel(target, parts.credentials, options=parts.options)
-        )
+        self._channel = aio_channel(address, credentials)
         self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)

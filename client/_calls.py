@@ -5,7 +5,7 @@ status into the error tree. The clients differ only in how they wait."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple, NoReturn
+from typing import NoReturn
 
 import grpc
 
@@ -17,7 +17,6 @@ from core.types import Job, JobEvent, JobSpec, LogChunk
 from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import admin_pb2, broker_pb2, ledger_pb2
 from identity import Credentials
-from identity.tls import channel_credentials
 
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TIMEOUT_S = 10.0
@@ -27,21 +26,6 @@ def metadata(tenant: str, credentials: Credentials | None) -> tuple[tuple[str, s
     """A declared tenant, for a broker that runs --insecure; with credentials the broker
     reads who the caller is from its certificate, and nothing is declared."""
     return () if credentials is not None else ((TENANT_METADATA, tenant),)
-
-
-def target(address: str, credentials: Credentials | None) -> tuple[str, ChannelParts]:
-    """The address and what a channel to it needs: TLS credentials and options."""
-    if credentials is None:
-        return address, ChannelParts(None, CHANNEL_OPTIONS)
-    return address, ChannelParts(channel_credentials(credentials), CHANNEL_OPTIONS)
-
-
-class ChannelParts(NamedTuple):
-    credentials: grpc.ChannelCredentials | None
-    options: tuple[tuple[str, Any], ...]
-
-
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = ()
 
 
 def check_tenant(tenant: str) -> str:

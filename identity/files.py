@@ -20,6 +20,7 @@ The federation's folder (made by `icx admin init-federation`, kept by the coordi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,22 +116,31 @@ class Credentials:
             f" certificate it gives you at {folder / CERT}",
         )
         root_data = _read(folder / ROOT, f"no federation root at {folder / ROOT}")
-        key = load_key(key_data, str(folder / KEY))
-        chain = load_certificates(cert_data, str(folder / CERT))
-        roots = load_certificates(root_data, str(folder / ROOT))
+        return cls.from_pem(key_data, cert_data, root_data, where=folder, now=now)
+
+    @classmethod
+    def from_pem(
+        cls,
+        key_data: bytes,
+        cert_data: bytes,
+        root_data: bytes,
+        *,
+        where: Path,
+        now: dt.datetime | None = None,
+    ) -> Credentials:
+        """Credentials from their PEM bytes, checked: the certificate is for the key and
+        a member of the root's federation now. `where` names them in errors."""
+        key = load_key(key_data, str(where / KEY))
+        chain = load_certificates(cert_data, str(where / CERT))
+        roots = load_certificates(root_data, str(where / ROOT))
         if not chain or len(roots) != 1:
-            raise InvalidArgument(f"{folder}: cert.pem needs a certificate, root.pem exactly one")
+            raise InvalidArgument(f"{where}: cert.pem needs a certificate, root.pem exactly one")
         if chain[0].public_key() != key.public_key():
-            raise InvalidArgument(f"{folder / CERT} was issued for another key than {folder / KEY}")
-        now = now or dt.datetime.now(dt.UTC)
+            raise InvalidArgument(f"{where / CERT} was issued for another key than {where / KEY}")
         try:
-            member = verify_chain(chain, roots[0], now)
+            member = verify_chain(chain, roots[0], now or dt.datetime.now(dt.UTC))
         except PermissionDenied as exc:
-            if "expired" in str(exc):
-                raise Unauthenticated(f"{folder / CERT}: {exc}") from exc
-            raise Unauthenticated(
-                f"{folder / CERT} is not a member of the federation in {folder / ROOT}: {exc}"
-            ) from exc
+            raise Unauthenticated(f"{where / CERT} (root {where / ROOT}): {exc}") from exc
         return cls(
             key_pem=key_data,
             chain_pem=cert_data,
@@ -167,7 +177,7 @@ class Authority:
         authority.admit_into(coordinator, role=Role.COORDINATOR, days=365, now=now)
         return authority
 
-    @property
+    @functools.cached_property
     def root(self) -> x509.Certificate:
         return load_certificates(_read(self.folder / ROOT, f"no {ROOT} in {self.folder}"))[0]
 

@@ -11,8 +11,7 @@ its connection stayed open, one revoked since, and the tenant administrator's ru
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -23,9 +22,8 @@ from identity.certs import Member, load_certificates, verify_chain
 from identity.files import Credentials
 from identity.revocation import EMPTY, Revocations, verify_revocations
 
-__all__ = ["Trust", "channel_credentials", "server_credentials"]
+__all__ = ["Trust", "aio_channel", "channel", "channel_credentials", "server_credentials"]
 
-log = logging.getLogger("icx.identity")
 
 # Distinct peer chains remembered (verified once, then checked for expiry and revocation
 # per call); past it the memory starts over.
@@ -44,6 +42,24 @@ def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(creds.root_pem, creds.key_pem, creds.chain_pem)
 
 
+Options = Sequence[tuple[str, Any]]
+
+
+def channel(address: str, creds: Credentials | None, options: Options = ()) -> grpc.Channel:
+    """A blocking channel to `address`, mutually authenticated with `creds` (plaintext
+    when None: a broker that runs --insecure)."""
+    if creds is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, channel_credentials(creds), options=options)
+
+
+def aio_channel(address: str, creds: Credentials | None, options: Options = ()) -> grpc.aio.Channel:
+    """`channel` for asyncio."""
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, channel_credentials(creds), options=options)
+
+
 class Trust:
     """The root a server trusts and the revocation list it holds now; `member(context)`
     is who is calling."""
@@ -56,7 +72,7 @@ class Trust:
     ) -> None:
         self.root = root
         self.revocations = revocations
-        self._now = now
+        self.now = now
         self._peers: dict[bytes, Member | PermissionDenied] = {}
 
     def update(self, data: bytes) -> Revocations:
@@ -69,12 +85,11 @@ class Trust:
                 f" ({self.revocations.number})"
             )
         self.revocations = new
-        log.info("revocation list %d taken: %d revoked", new.number, len(new.serials))
         return new
 
-    def check(self, member: Member) -> Member:
-        """Raise Unauthenticated if `member` has expired or been revoked by now."""
-        now = self._now()
+    def check(self, member: Member, now: dt.datetime | None = None) -> Member:
+        """Raise Unauthenticated if `member` has expired or been revoked by `now`."""
+        now = now or self.now()
         if now > member.not_after:
             raise Unauthenticated(
                 f"certificate of {member.describe()} expired at"
@@ -91,7 +106,7 @@ class Trust:
         known = self._peers.get(chain_pem)
         if known is None:
             try:
-                known = verify_chain(load_certificates(chain_pem), self.root, self._now())
+                known = verify_chain(load_certificates(chain_pem), self.root, self.now())
             except PermissionDenied as exc:
                 known = exc
             except Exception as exc:  # an unreadable chain is a refusal, not a crash

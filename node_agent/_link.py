@@ -27,7 +27,7 @@ from core.handshake import proof_message
 from core.types import CenterDescriptor, LogChunk, Offer
 from icx.v1 import agent_pb2, agent_pb2_grpc
 from identity import Credentials
-from identity.tls import channel_credentials
+from identity.tls import aio_channel
 from ledger import SignerKey
 from node_agent._messages import (
     CancelOrder,
@@ -198,14 +198,7 @@ class Link:
             while True:
                 await call.write(await out.get())
 
-        channel = (
-            grpc.aio.insecure_channel(self.broker, options=CHANNEL_OPTIONS)
-            if self._credentials is None
-            else grpc.aio.secure_channel(
-                self.broker, channel_credentials(self._credentials), options=CHANNEL_OPTIONS
-            )
-        )
-        async with channel:
+        async with aio_channel(self.broker, self._credentials, CHANNEL_OPTIONS) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             writer = asyncio.create_task(write(call))  # owned here: cancelled when we leave
             try:

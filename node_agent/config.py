@@ -93,35 +93,31 @@ def load_center(path: Path) -> CenterDescriptor:
     return parse_center(data)
 
 
-def usage_key_path(path: Path) -> Path | None:
-    """The `[center] key_file` of a config, relative to the config's folder."""
+def _relative_path(path: Path, field: str) -> Path | None:
+    """`[center] <field>` of the config, a path relative to the config's folder; None if
+    absent."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidConfig(f"cannot read {path}: {exc}") from exc
     center = data.get("center", {})
-    key = center.get("key_file") if isinstance(center, dict) else None
-    if key is None:
+    value = center.get(field) if isinstance(center, dict) else None
+    if value is None:
         return None
-    if not isinstance(key, str) or not key:
-        raise InvalidConfig(f"center.key_file must be a path, got {key!r}")
-    return path.parent / key
+    if not isinstance(value, str) or not value:
+        raise InvalidConfig(f"center.{field} must be a path, got {value!r}")
+    return path.parent / value
+
+
+def usage_key_path(path: Path) -> Path | None:
+    """The `[center] key_file` of a config, relative to the config's folder."""
+    return _relative_path(path, "key_file")
 
 
 def identity_dir(path: Path, center: CenterDescriptor) -> Path:
     """The center's member folder: `[center] identity` of the config (relative to its
     folder), else CENTER_ID.identity beside it."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidConfig(f"cannot read {path}: {exc}") from exc
-    section = data.get("center", {})
-    folder = section.get("identity") if isinstance(section, dict) else None
-    if folder is None:
-        return path.parent / f"{center.center_id}.identity"
-    if not isinstance(folder, str) or not folder:
-        raise InvalidConfig(f"center.identity must be a folder, got {folder!r}")
-    return path.parent / folder
+    return _relative_path(path, "identity") or path.parent / f"{center.center_id}.identity"
 
 
 def load_usage_key(path: Path) -> SignerKey | None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Iterator, Sequence
 
-from cli.federation import channel
 from core.handshake import proof_message
 from icx.v1 import agent_pb2, agent_pb2_grpc
 from identity import Credentials
+from identity.tls import channel
 from ledger import SignerKey
 
 Replies = list[agent_pb2.ConnectResponse]

@@ -6,6 +6,8 @@ import asyncio
 import inspect
 import itertools
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -67,13 +69,8 @@ def make_center(
 
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[LocalFederation]:
-    fed = LocalFederation(root=tmp_path / "fed", broker_args=FAST_BROKER)
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path / "fed", broker_args=FAST_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture
@@ -87,6 +84,30 @@ def stub(federation: LocalFederation) -> Iterator[broker_pb2_grpc.BrokerServiceS
 def client(federation: LocalFederation) -> Iterator[BrokerClient]:
     with federation.client() as client:
         yield client
+
+
+def run_icx(
+    *args: str,
+    identity: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`icx ARGS` in a child process, as the member in `identity` ($ICX_CONFIG) when
+    given; none of the caller's own ICX_ settings leak in, `env` adds to it."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ICX_")}
+    if identity is not None:
+        child_env["ICX_CONFIG"] = str(identity)
+    child_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=child_env,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def record_spec(out: Path, seconds: float, devices: int = 1, exit_code: int = 0) -> JobSpec:

@@ -16,9 +16,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from broker.authz import RULES
-from cli.federation import LocalFederation, channel
+from cli.federation import LocalFederation
 from icx.v1 import admin_pb2, agent_pb2, broker_pb2, ledger_pb2
 from identity import Credentials, Role
+from identity.tls import channel
 from tests.conftest import FAST_BROKER
 
 SERVED = (broker_pb2, agent_pb2, admin_pb2, ledger_pb2, health_pb2, reflection_pb2)
@@ -44,13 +45,10 @@ def test_every_served_method_has_exactly_one_rule() -> None:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    f = LocalFederation(root=tmp_path_factory.mktemp("table") / "fed", broker_args=FAST_BROKER)
-    f.root.mkdir()
-    try:
-        f.start_broker(port=0)
+    with LocalFederation(
+        root=tmp_path_factory.mktemp("table") / "fed", broker_args=FAST_BROKER
+    ) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def _credentials(fed: LocalFederation, role: Role) -> Credentials:

@@ -23,12 +23,8 @@ from tests.conftest import FAST_BROKER, make_center
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """One broker for the whole module: every test here leaves the store unchanged."""
-    fed = LocalFederation(root=tmp_path_factory.mktemp("bad-input"), broker_args=FAST_BROKER)
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path_factory.mktemp("bad-input"), broker_args=FAST_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture(scope="module")

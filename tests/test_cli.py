@@ -32,9 +32,7 @@ AGENT_HEALTH_PORT = _free_port()
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    fed = LocalFederation(root=tmp_path_factory.mktemp("cli"), broker_args=FAST_BROKER)
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path_factory.mktemp("cli"), broker_args=FAST_BROKER) as fed:
         fed.start_agent(
             make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}),
             "--metrics",
@@ -47,8 +45,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
         )
         wait_for(lambda: _centers_up(fed) == 2, 15, "two centers")
         yield fed
-    finally:
-        fed.stop()
 
 
 def identity(fed: LocalFederation, tenant: str = "lab-a", role: Role = Role.USER) -> Path:

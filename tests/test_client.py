@@ -33,17 +33,13 @@ from tests.conftest import FAST_BROKER, make_center, wait_for
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    fed = LocalFederation(root=tmp_path_factory.mktemp("client"), broker_args=FAST_BROKER)
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path_factory.mktemp("client"), broker_args=FAST_BROKER) as fed:
         fed.start_agent(make_center("CA", region="TF", pools={"p": ("ascend-910", 4, 500)}))
         with fed.client() as client:
             wait_for(
                 lambda: any(c.connected and c.offer for c in client.centers()), 15, "center CA"
             )
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture

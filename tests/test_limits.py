@@ -31,25 +31,17 @@ MAX_DETAILS = 400  # no refusal here may echo more than a short prefix of its in
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    fed = LocalFederation(root=tmp_path_factory.mktemp("limits"), broker_args=FAST_BROKER)
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path_factory.mktemp("limits"), broker_args=FAST_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture(scope="module")
 def insecure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """A development broker (--insecure), where callers declare their tenant."""
-    fed = LocalFederation(
+    with LocalFederation(
         root=tmp_path_factory.mktemp("limits-dev"), broker_args=FAST_BROKER, secure=False
-    )
-    try:
-        fed.start_broker(port=0)
+    ) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ it offline, and the settlement pays the centers."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +25,7 @@ from ledger import SignedRecord, SignerKey, UsageRecord, sign_records, verify_st
 from ledger.keys import VerifierKey
 from ledger.records import charge_minor
 from tests.agent_stream import Respond, converse, no_answer, prove_with
-from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
+from tests.conftest import FAST_BROKER, make_center, run_icx, wait_centers, wait_for
 
 TENANT = "lab-a"
 
@@ -37,27 +34,8 @@ TENANT = "lab-a"
 def insecure(tmp_path: Path) -> Iterator[LocalFederation]:
     """A development broker (--insecure): a center declares its usage key in its Hello
     and proves it with the Challenge; the first key seen for an id is the one kept."""
-    fed = LocalFederation(root=tmp_path / "dev", broker_args=FAST_BROKER, secure=False)
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path / "dev", broker_args=FAST_BROKER, secure=False) as fed:
         yield fed
-    finally:
-        fed.stop()
-
-
-def icx(*args: str, identity: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI; a command that calls the broker acts as the member in `identity`."""
-    env = dict(os.environ)
-    if identity is not None:
-        env["ICX_CONFIG"] = str(identity)
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def _user_folder(federation: LocalFederation, tenant: str = TENANT) -> Path:
@@ -115,7 +93,10 @@ def test_each_job_is_one_signed_record_that_verifies_offline(
     key = ledger.GetLogKey(ledger_pb2.GetLogKeyRequest(), timeout=10).key
     # Anyone can prove and verify: here the tenant's user (named in its records).
     user = _user_folder(federation)
-    assert key == icx("ledger", "key", "--broker", federation.address, identity=user).stdout.strip()
+    assert (
+        key
+        == run_icx("ledger", "key", "--broker", federation.address, identity=user).stdout.strip()
+    )
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"log": key, "witnesses": [], "quorum": 0}))
 
@@ -123,10 +104,10 @@ def test_each_job_is_one_signed_record_that_verifies_offline(
     seen: dict[str, SignedRecord] = {}
     for index in range(size):
         bundle = tmp_path / f"{index}.json"
-        proved = icx("ledger", "prove", "--index", str(index), "--broker", federation.address,
+        proved = run_icx("ledger", "prove", "--index", str(index), "--broker", federation.address,
                      "-o", str(bundle), identity=user)  # fmt: skip
         assert proved.returncode == 0, proved.stderr
-        verified = icx("ledger", "verify", str(bundle), "--policy", str(policy), "--json")
+        verified = run_icx("ledger", "verify", str(bundle), "--policy", str(policy), "--json")
         assert verified.returncode == 0, verified.stderr
         entry = json.loads(verified.stdout)["entry"]
         if entry.get("type") == "usage":
@@ -149,7 +130,7 @@ def test_each_job_is_one_signed_record_that_verifies_offline(
     bundle["leaf" if "leaf" in bundle else "entry"] = leaf.decode("ascii", "replace")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(bundle))
-    assert icx("ledger", "verify", str(bad), "--policy", str(policy)).returncode != 0
+    assert run_icx("ledger", "verify", str(bad), "--policy", str(policy)).returncode != 0
 
 
 def test_settlement_pays_the_centers_and_the_log_audits(
@@ -164,7 +145,7 @@ def test_settlement_pays_the_centers_and_the_log_audits(
     assert sum(net.values()) == 0  # settlement sums to zero
     assert net[TENANT] < 0 < net["CA"] + net["CB"]
     assert -net[TENANT] == sum(m["amount_minor"] for m in body["matrix"])  # type: ignore[union-attr,index]
-    cli = icx(
+    cli = run_icx(
         "settle", "--broker", federation.address, "--period", period, "--json",
         identity=_coordinator_folder(federation),
     )  # fmt: skip
@@ -172,7 +153,7 @@ def test_settlement_pays_the_centers_and_the_log_audits(
     assert {p["party"]: p["net_minor"] for p in json.loads(cli.stdout)["parties"]} == net
     federation.stop()  # the broker writes nothing more; audit its files offline
     db, _ = ledger_paths(federation.db)
-    audit = icx("ledger", "audit", "--db", str(db))
+    audit = run_icx("ledger", "audit", "--db", str(db))
     assert audit.returncode == 0, audit.stderr
 
 

@@ -4,9 +4,6 @@ last one it cosigned; bundles then verify under a policy that demands its cosign
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,21 +11,15 @@ import pytest
 
 from cli.federation import LocalFederation
 from identity import Role
-from tests.conftest import FAST_BROKER, make_center, record_spec, submit, wait_centers, wait_for
-
-
-def icx(*args: str, identity: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`icx ARGS`, as the member in `identity` when given ($ICX_CONFIG)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICX_")}
-    if identity is not None:
-        env["ICX_CONFIG"] = str(identity)
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+from tests.conftest import (
+    FAST_BROKER,
+    make_center,
+    record_spec,
+    run_icx,
+    submit,
+    wait_centers,
+    wait_for,
+)
 
 
 def reader(fed: LocalFederation) -> Path:
@@ -45,16 +36,13 @@ def witness(fed: LocalFederation, name: str = "auditor") -> Path:
 @pytest.fixture
 def witnessed(tmp_path: Path) -> Iterator[tuple[LocalFederation, str, Path]]:
     key = tmp_path / "auditor.key"
-    made = icx("ledger", "witness", "init", "--name", "auditor.example", "--key", str(key))
+    made = run_icx("ledger", "witness", "init", "--name", "auditor.example", "--key", str(key))
     assert made.returncode == 0, made.stderr
     vkey = made.stdout.strip()
-    fed = LocalFederation(root=tmp_path / "fed", broker_args=(*FAST_BROKER, "--witness", vkey))
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(
+        root=tmp_path / "fed", broker_args=(*FAST_BROKER, "--witness", vkey)
+    ) as fed:
         yield fed, vkey, key
-    finally:
-        fed.stop()
 
 
 def _size(fed: LocalFederation) -> int:
@@ -69,7 +57,7 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
     state = tmp_path / "auditor.json"
     cosign = ("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(key),
               "--state", str(state), "--json")  # fmt: skip
-    first = icx(*cosign, identity=witness(fed))
+    first = run_icx(*cosign, identity=witness(fed))
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["kept"] == 1
 
@@ -81,14 +69,16 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
         for _ in range(2):
             submit(client, record_spec(out, 1.0))
     wait_for(lambda: _size(fed) >= 4, 30, "two usage records")  # key, CA, 2 usage
-    second = icx(*cosign, identity=witness(fed))  # checks a consistency proof from the first size
+    second = run_icx(
+        *cosign, identity=witness(fed)
+    )  # checks a consistency proof from the first size
     assert second.returncode == 0, second.stderr
     grown = json.loads(second.stdout)
     assert grown["size"] >= 4 and grown["kept"] == 1
 
     bundle = tmp_path / "bundle.json"
     assert (
-        icx(
+        run_icx(
             "ledger",
             "prove",
             "--index",
@@ -101,18 +91,18 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
         ).returncode
         == 0
     )
-    log_key = icx("ledger", "key", "--broker", fed.address, identity=reader(fed)).stdout.strip()
+    log_key = run_icx("ledger", "key", "--broker", fed.address, identity=reader(fed)).stdout.strip()
     strict = tmp_path / "strict.json"
-    trust = icx(
+    trust = run_icx(
         "ledger", "trust", "--broker", fed.address, "--witness", vkey, "-o", str(strict),
         identity=reader(fed),
     )  # fmt: skip
     assert trust.returncode == 0, trust.stderr
     assert json.loads(strict.read_text()) == {"log": log_key, "witnesses": [vkey], "quorum": 1}
-    verified = icx("ledger", "verify", str(bundle), "--policy", str(strict))
+    verified = run_icx("ledger", "verify", str(bundle), "--policy", str(strict))
     assert verified.returncode == 0, verified.stderr
     # A quorum beyond the witnesses named is refused, and nothing is written.
-    lax = icx(
+    lax = run_icx(
         "ledger", "trust", "--broker", fed.address, "--witness", vkey, "--quorum", "2",
         identity=reader(fed),
     )  # fmt: skip
@@ -122,14 +112,15 @@ def test_witness_cosigns_growth_and_bundles_carry_its_cosignature(
     # A witness the broker was not told to accept: its cosignature is not kept.
     other = tmp_path / "other.key"
     assert (
-        icx("ledger", "witness", "init", "--name", "stranger", "--key", str(other)).returncode == 0
+        run_icx("ledger", "witness", "init", "--name", "stranger", "--key", str(other)).returncode
+        == 0
     )
-    ignored = icx("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(other),
+    ignored = run_icx("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(other),
                   "--state", str(tmp_path / "other.json"), "--json",
                   identity=witness(fed, "stranger"))  # fmt: skip
     assert ignored.returncode == 0, ignored.stderr
     assert json.loads(ignored.stdout)["kept"] == 0
-    note = icx("ledger", "checkpoint", "--broker", fed.address, identity=reader(fed)).stdout
+    note = run_icx("ledger", "checkpoint", "--broker", fed.address, identity=reader(fed)).stdout
     assert "stranger" not in note and note.count("\u2014 auditor.example ") == 1
 
 
@@ -140,7 +131,7 @@ def test_witness_refuses_a_checkpoint_that_does_not_match_its_history(
     state = tmp_path / "auditor.json"
     args = ("ledger", "witness", "cosign", "--broker", fed.address, "--key", str(key),
             "--state", str(state))  # fmt: skip
-    assert icx(*args, identity=witness(fed)).returncode == 0
+    assert run_icx(*args, identity=witness(fed)).returncode == 0
     fed.start_agent(make_center("CA"))  # the log grows by the center's key
     wait_for(lambda: _size(fed) >= 2, 20, "the log to grow")
     # The witness remembers a different root at the old size: a forked history.
@@ -149,7 +140,7 @@ def test_witness_refuses_a_checkpoint_that_does_not_match_its_history(
     lines[2] = "A" * 43 + "="
     remembered["note"] = "\n".join(lines)
     state.write_text(json.dumps(remembered))
-    forked = icx(*args, identity=witness(fed))
+    forked = run_icx(*args, identity=witness(fed))
     assert forked.returncode != 0
     assert forked.stderr.startswith("icx: error: ")
     assert json.loads(state.read_text()) == remembered  # nothing cosigned, nothing kept

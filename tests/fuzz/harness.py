@@ -42,7 +42,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.authz import RULES
-from cli.federation import LocalFederation, channel
+from cli.federation import LocalFederation
 from core.types import CenterDescriptor
 from icx.v1 import (
     admin_pb2,
@@ -54,6 +54,7 @@ from icx.v1 import (
     types_pb2,
 )
 from identity import Credentials, Role
+from identity.tls import channel
 from ledger import SignerKey
 from tests.conftest import FAST_BROKER, make_center, wait_for
 from tests.fuzz.known import known
@@ -464,7 +465,7 @@ class Harness:
             up = {c.center.center_id for c in reply.centers if c.connected and c.HasField("offer")}
             return wanted <= up
 
-        wait_until(ready, timeout_s, "the real centers connected with offers")
+        wait_for(ready, timeout_s, "the real centers connected with offers")
 
     def center_key(self, center_id: str) -> SignerKey:
         """The key a center signs with: for a fuzzing center, the one its certificate
@@ -729,7 +730,7 @@ class Harness:
             found = self._victim_now(job_id)
             return found is not None
 
-        wait_until(running, 30, f"victim job {job_id} running")
+        wait_for(running, 30, f"victim job {job_id} running")
         assert found is not None
         self.victim = found
         return found
@@ -787,7 +788,3 @@ def poll(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05)
         if time.monotonic() > deadline:
             return False
         time.sleep(every_s)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    wait_for(predicate, timeout_s, what, every_s=0.05)

@@ -24,9 +24,9 @@ import grpc
 from hypothesis import note
 from hypothesis import strategies as st
 
-from cli.federation import channel
 from icx.v1 import agent_pb2, agent_pb2_grpc, broker_pb2, types_pb2
 from identity import Credentials
+from identity.tls import channel
 from tests.fuzz.harness import RPCS, USER_TENANTS, Broken, Harness, Outcome
 from tests.fuzz.strategies import (
     BAIT_ACCELERATOR,

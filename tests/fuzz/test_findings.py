@@ -11,20 +11,16 @@ import pytest
 from cli.federation import LocalFederation
 from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc
 from identity import Role
-from tests.conftest import FAST_BROKER
-from tests.fuzz.harness import MAX_DETAILS_CHARS, wait_until
+from tests.conftest import FAST_BROKER, wait_for
+from tests.fuzz.harness import MAX_DETAILS_CHARS
 from tests.fuzz.properties import AgentStream
 from tests.fuzz.strategies import fuzz_center
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    fed = LocalFederation(root=tmp_path_factory.mktemp("findings"), broker_args=FAST_BROKER)
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path_factory.mktemp("findings"), broker_args=FAST_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +83,7 @@ def test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending(
     def disconnected() -> bool:
         return log.read_text().count("center ZA disconnected") == STREAMS
 
-    wait_until(disconnected, 10, "the broker to see the streams end")
+    wait_for(disconnected, 10, "the broker to see the streams end")
     # The orphaned tasks are reported when the collector frees them: give it work.
     with federation.channel(Role.USER) as channel:
         stub = broker_pb2_grpc.BrokerServiceStub(channel)

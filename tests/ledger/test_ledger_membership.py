@@ -7,8 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +21,12 @@ from ledger import LedgerStore, Log, SignerKey, TrustPolicy, canonical, verify_b
 from ledger.errors import AuditError, InvalidRecord
 from ledger.keyring import MAX_CERT_CHARS, KeyEvent, Role
 from ledger.signing import sign_records
+from tests.conftest import run_icx
 from tests.ledger.conftest import ORIGIN, seeded_key, usage
 
 WUHAN = seeded_key("wuhan-1", 2)
 GUIZHOU = seeded_key("guizhou-1", 3)
 LAB = seeded_key("lab", 4)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -245,23 +243,13 @@ def test_a_chain_in_cert_is_refused(tmp_path: Path, fed: Authority) -> None:
 # ------------------------------------------------------------------ icx ledger audit --root
 
 
-def icx(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-
-
 def test_cli_audits_with_the_root(certified: Log, fed: Authority) -> None:
     db = str(certified.store.path)
-    result = icx("ledger", "audit", "--db", db, "--root", str(root_file(fed)))
+    result = run_icx("ledger", "audit", "--db", db, "--root", str(root_file(fed)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: 5 entries (2 records, 3 key events)")
     assert result.stdout.rstrip().endswith("key admissions certified by the federation root")
-    result = icx("ledger", "audit", "--db", db, "--root", str(root_file(fed)), "--json")
+    result = run_icx("ledger", "audit", "--db", db, "--root", str(root_file(fed)), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["key_events"] == 3
 
@@ -271,12 +259,12 @@ def test_cli_names_the_uncertified_admission(
     tmp_path: Path, fed: Authority, other_fed: Authority, case: str
 ) -> None:
     path, message = _bad_admission(tmp_path, fed, other_fed, case)
-    result = icx("ledger", "audit", "--db", str(path), "--root", str(root_file(fed)), "--json")
+    result = run_icx("ledger", "audit", "--db", str(path), "--root", str(root_file(fed)), "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["first_bad_index"] == 2
     assert result.stderr.startswith(f"icx: error: audit failed: {message}")
     assert len(result.stderr.splitlines()) == 1
-    assert icx("ledger", "audit", "--db", str(path)).returncode == 0
+    assert run_icx("ledger", "audit", "--db", str(path)).returncode == 0
 
 
 def test_an_old_shape_ledger_audits_without_the_root(
