@@ -21,7 +21,7 @@ from broker.claims import ClaimBook, ClaimRecord, PendingClaim
 from broker.jobs import JobBook
 from core.clock import Clock
 from core.states import JobState
-from core.types import LOCAL_BROKER, ClaimId, Job, Pool, PoolRef
+from core.types import LOCAL_BROKER, ClaimId, JobId, Pool, PoolRef
 
 log = logging.getLogger("icx.broker")
 
@@ -45,9 +45,11 @@ class CapacitySource(Protocol):
 
 
 class ClaimRoute(Protocol):
-    async def claim(self, job: Job, ref: PoolRef, explanation: str) -> bool:
-        """Claim `ref`'s devices for the queued `job` (the job becomes CLAIMED once the
-        claim is sent); False if the pool is no longer reachable."""
+    async def claim(self, job_id: JobId, ref: PoolRef, explanation: str) -> bool:
+        """Claim `ref`'s devices for the job, if it is still queued (the job becomes
+        CLAIMED once the claim is sent); False if it is not, or if the pool is no longer
+        reachable. The job is read afresh: the user may have cancelled it since the
+        round chose it."""
         ...
 
 
@@ -85,9 +87,10 @@ class LocalCenters:
                     grid_g_co2_per_kwh=offer.grid_g_co2_per_kwh,
                 )
 
-    async def claim(self, job: Job, ref: PoolRef, explanation: str) -> bool:
+    async def claim(self, job_id: JobId, ref: PoolRef, explanation: str) -> bool:
+        job = self.jobs.find(job_id)
         session = self.centers.live(ref.center_id)
-        if session is None or job.state != JobState.QUEUED:
+        if job is None or session is None or job.state != JobState.QUEUED:
             return False
         pool = next((p for p in session.center.pools if p.pool_id == ref.pool_id), None)
         if pool is None:

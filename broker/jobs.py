@@ -187,10 +187,15 @@ class JobBook:
 
     async def transition(self, job: Job, state: JobState, message: str, **changes: object) -> Job:
         """old -> new in memory and in the store, with its event; returns after the
-        commit."""
+        commit. `job` must be the book's current copy in its state: a caller that held
+        it across an await, while something else moved the job, is refused here rather
+        than writing over the newer state."""
+        current = self.jobs[job.job_id]
+        if current.state != job.state:
+            raise FailedPrecondition(f"job {job.job_id} is now {current.state}, not {job.state}")
         check_transition(job.job_id, job.state, state)
         new = dataclasses.replace(
-            job,
+            current,
             state=state,
             updated_at_ms=self.clock.now_ms(),
             reason=message,

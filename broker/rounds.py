@@ -20,7 +20,7 @@ from broker.jobs import JobBook
 from broker.metrics import Metrics
 from core.clock import Clock
 from core.states import JobState
-from core.types import Job, JobSpec, PoolRef
+from core.types import Job, JobId, JobSpec, PoolRef
 from core.views import QuoteLine
 from matcher import ANY, JobRequest, Matcher, PoolSlot, Problem, Solution, quote
 
@@ -99,11 +99,8 @@ class Rounds:
         self._record(problem, solution)
         claims = []
         for a in solution.assignments:
-            job = self.jobs.find(a.job_id)
-            if job is None or job.state != JobState.QUEUED:
-                continue
             ref = pools[a.pool_id].ref
-            claims.append(self.routes[ref.broker].claim(job, ref, a.explanation))
+            claims.append(self.routes[ref.broker].claim(JobId(a.job_id), ref, a.explanation))
         # Together, so that the round's transitions share one commit.
         sent = sum(await asyncio.gather(*claims))
         for u in solution.unplaced:

@@ -444,3 +444,39 @@ def test_a_second_stream_for_a_live_center_is_refused_until_the_first_goes_quiet
         assert broker.centers.sessions["CA"] is second
 
     run(tmp_path, body)
+
+
+def test_a_job_cancelled_after_the_round_chose_it_is_not_claimed(tmp_path: Path) -> None:
+    """The round chooses, then claims; the user's cancel can land in between. The claim
+    must see the job as it is now, not as the round saw it."""
+
+    class CancelDuringTheRound:
+        def __init__(self, broker: Broker, inner: Any, victim: str) -> None:
+            self.broker, self.inner, self.victim = broker, inner, victim
+            self.cancelled = False
+
+        async def claim(self, *args: Any) -> bool:
+            if not self.cancelled:
+                self.cancelled = True
+                await self.broker.cancel("t", self.victim)
+            return bool(await self.inner.claim(*args))
+
+    async def body(broker: Broker) -> None:
+        session = await join(broker, "CA")  # 8 x ascend-910: room for both
+        first = await broker.submit("t", SPEC)
+        second = await broker.submit("t", SPEC)
+        third = await broker.submit("t", dataclasses.replace(SPEC, devices=64))  # waits
+        [(name, route)] = broker.rounds.routes.items()
+        broker.rounds.routes[name] = CancelDuringTheRound(broker, route, second.job_id)
+        assert await broker.match_round() == 1
+        assert [m.job_id for m in sent(session) if isinstance(m, Reserve)] == [first.job_id]
+        assert broker.get(second.job_id).state == JobState.CANCELLED
+        assert broker.get(first.job_id).state == JobState.CLAIMED
+        # the book's index by state still agrees with every job's state
+        for state in (JobState.QUEUED, JobState.CLAIMED, JobState.CANCELLED):
+            by_index = {j.job_id for j in broker.list_jobs([state])}
+            by_state = {j for j in (first.job_id, second.job_id, third.job_id)
+                        if broker.get(j).state == state}  # fmt: skip
+            assert by_index == by_state, state
+
+    run(tmp_path, body)

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import re
 import sqlite3
 import threading
 import time
@@ -767,9 +769,14 @@ class Harness:
                 f.seek(seen)
                 new = f.read()
             self._log_offsets[child.log_path] = seen + len(new)
-            for line in new.decode("utf-8", "replace").splitlines():
+            lines = new.decode("utf-8", "replace").splitlines()
+            for i, line in enumerate(lines):
                 if " ERROR " in line or line.startswith("Traceback"):
-                    self.fail("quiet", f"{child.name} logged: {line[:300]}")
+                    # the traceback that follows names the cause; keep its last lines
+                    rest = lines[i + 1 :]
+                    after = list(itertools.takewhile(lambda x: not _LOG_LINE.match(x), rest))
+                    tail = "\n".join(after[-12:])
+                    self.fail("quiet", f"{child.name} logged: {line[:300]}\n{tail}".rstrip())
 
     def check_world(self) -> None:
         """The invariants that hold between examples."""
@@ -777,6 +784,9 @@ class Harness:
         self.check_health()
         self.check_devices()
         self.check_logs()
+
+
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # a new record, not a traceback's line
 
 
 def poll(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
