@@ -3,10 +3,11 @@
 The federation's root (the coordinator's key) signs one certificate per admitted party.
 A certificate binds the party's name, its role, its region (brokers, centers) or tenant
 (users), its P-256 key and its validity; a center's certificate also binds the Ed25519
-key that signs its usage records. These facts travel in one non-critical extension
-(`IDENTITY_OID`, canonical JSON) beside the usual subject and host names, so that
-any X.509 tool can read the certificate and a TLS stack that does not know the extension
-ignores it.
+key that signs its usage records. These facts travel as one URI among the subject's
+alternative names (`icx:member?name=...&role=...`, see `identity_uri`) beside its host
+names, as SPIFFE carries a workload's id: every X.509 parser reads it (Go's refuses an
+extension OID with an arc beyond 31 bits, which a registration-free 2.25.<UUID> OID has),
+and TLS host-name checks look only at the DNS and IP names.
 
 Keys are ECDSA P-256: the pinned gRPC's TLS (BoringSSL) negotiates no signature
 algorithm for Ed25519 certificates (docs/security.md).
@@ -22,7 +23,7 @@ import dataclasses
 import datetime as dt
 import enum
 import ipaddress
-import json
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -36,11 +37,12 @@ from core.errors import InvalidArgument, PermissionDenied
 from core.ids import check_id, shown
 
 __all__ = [
-    "IDENTITY_OID",
+    "IDENTITY_URI",
     "Member",
     "Role",
     "admit",
     "certificate_pem",
+    "identity_uri",
     "key_pem",
     "load_certificates",
     "load_key",
@@ -53,8 +55,8 @@ __all__ = [
     "verify_chain",
 ]
 
-# 2.25.<UUID> (ITU-T X.667): an OID that needs no registration.
-IDENTITY_OID = x509.ObjectIdentifier("2.25.182238044541640719960232094117626925407")
+# The scheme and path of the alternative name that states a member's identity.
+IDENTITY_URI = "icx:member"
 ROOT_DAYS = 3650
 MAX_DAYS = 3650
 
@@ -141,24 +143,51 @@ def load_request(data: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def _identity(data: dict[str, str]) -> x509.UnrecognizedExtension:
-    value = json.dumps({k: v for k, v in sorted(data.items()) if v}, separators=(",", ":"))
-    return x509.UnrecognizedExtension(IDENTITY_OID, value.encode())
+def identity_uri(data: dict[str, str]) -> x509.UniformResourceIdentifier:
+    """The alternative name stating an identity: its non-empty fields, sorted, as the
+    query of `icx:member` (percent-encoded, so plain ASCII as X.509 requires)."""
+    query = urllib.parse.urlencode(sorted((k, v) for k, v in data.items() if v))
+    return x509.UniformResourceIdentifier(f"{IDENTITY_URI}?{query}")
+
+
+def _alt_names(
+    data: dict[str, str], hosts: Iterable[x509.GeneralName] = ()
+) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName([identity_uri(data), *hosts])
 
 
 def _read_identity(ext: x509.Extensions, what: str) -> dict[str, str]:
     try:
-        raw = ext.get_extension_for_oid(IDENTITY_OID).value
-    except x509.ExtensionNotFound as exc:
-        raise PermissionDenied(f"{what} is not an icx membership certificate") from exc
-    assert isinstance(raw, x509.UnrecognizedExtension)
+        names = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    prefix = IDENTITY_URI + "?"
+    stated = [
+        u[len(prefix) :]
+        for u in names.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith(prefix)
+    ]
+    if not stated:
+        raise PermissionDenied(f"{what} is not an icx membership certificate")
+    if len(stated) > 1:
+        raise PermissionDenied(f"{what} states {len(stated)} identities")
     try:
-        data = json.loads(raw.value)
-    except ValueError as exc:
+        pairs = urllib.parse.parse_qsl(stated[0], strict_parsing=True, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
         raise PermissionDenied(f"{what}: unreadable identity: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise PermissionDenied(f"{what}: identity must be an object of strings")
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise PermissionDenied(f"{what}: a field of its identity is stated twice")
     return data
+
+
+def _hosts_of(ext: x509.Extensions) -> list[x509.GeneralName]:
+    """The DNS and IP names among a request's alternative names."""
+    try:
+        names = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
 
 
 def _hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
@@ -184,9 +213,8 @@ def request(
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     )
-    builder = builder.add_extension(_identity({"name": name, "usage_key": usage_key}), False)
-    if hosts:
-        builder = builder.add_extension(x509.SubjectAlternativeName(_hosts(hosts)), False)
+    identity = {"name": name, "usage_key": usage_key}
+    builder = builder.add_extension(_alt_names(identity, _hosts(hosts)), False)
     return builder.sign(key, hashes.SHA256())
 
 
@@ -212,7 +240,7 @@ def new_root(
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(_CA_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(_identity({"name": federation, "role": "root"}), False)
+        .add_extension(_alt_names({"name": federation, "role": "root"}), False)
         .sign(key, hashes.SHA256())
     )
 
@@ -299,18 +327,18 @@ def admit(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
         )
-        .add_extension(
-            _identity(
-                {
-                    "name": name,
-                    "role": str(role),
-                    "region": region,
-                    "tenant": tenant,
-                    "usage_key": usage_key,
-                }
-            ),
-            False,
-        )
+    )
+    identity = {
+        "name": name,
+        "role": str(role),
+        "region": region,
+        "tenant": tenant,
+        "usage_key": usage_key,
+    }
+    # Brokers, centers and coordinators serve: their host names come from the request.
+    serves = role in (Role.BROKER, Role.CENTER, Role.COORDINATOR)
+    builder = builder.add_extension(
+        _alt_names(identity, _hosts_of(csr.extensions) if serves else ()), critical=False
     )
     if role is Role.TENANT_ADMIN:
         builder = builder.add_extension(
@@ -327,12 +355,6 @@ def admit(
                 critical=False,
             )
         )
-    try:
-        hosts = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        hosts = None
-    if hosts is not None and role in (Role.BROKER, Role.CENTER, Role.COORDINATOR):
-        builder = builder.add_extension(hosts, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 

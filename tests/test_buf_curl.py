@@ -72,12 +72,6 @@ def development(tmp_path: Path) -> Iterator[LocalFederation]:
         fed.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Go's x509 parser refuses the member certificates: the identity extension's OID "
-    "(identity/certs.py IDENTITY_OID, 2.25.<UUID>) has an arc beyond 31 bits "
-    "('x509: malformed extension OID field')",
-)
 def test_buf_curl_over_mutual_tls(federation: LocalFederation) -> None:
     federation.start_agent(make_center("CQ", region="CY"))
     with federation.client() as client:

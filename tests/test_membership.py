@@ -35,12 +35,13 @@ from icx.v1 import (
 )
 from identity import Authority, Credentials, Role, init_member
 from identity.certs import (
-    IDENTITY_OID,
     certificate_pem,
+    identity_uri,
     load_certificates,
     load_key,
     load_request,
     member_of,
+    request_pem,
 )
 from identity.tls import channel
 from tests.agent_stream import converse
@@ -106,6 +107,61 @@ def _raw_list(address: str, creds_pem: tuple[bytes, bytes | None, bytes | None])
 
 
 # ------------------------------------------------------------ no membership
+
+
+def test_a_request_cannot_state_its_own_role_or_a_users_host_names(tmp_path: Path) -> None:
+    """The certificate states what the coordinator admitted: a request's claimed role,
+    region or tenant are not copied, nor host names for a member that serves nothing."""
+    authority = Authority.create(tmp_path / "fed", "test")
+    key = ec.generate_private_key(ec.SECP256R1())
+    claimed = {"name": "eve", "role": "coordinator", "region": "east", "tenant": "other"}
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "eve")]))
+        .add_extension(
+            x509.SubjectAlternativeName([identity_uri(claimed), x509.DNSName("eve.example")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert, member = authority.admit(request_pem(csr), role=Role.USER, tenant="acme")
+    assert (member.name, member.role, member.region, member.tenant) == (
+        "eve", Role.USER, "", "acme"
+    )  # fmt: skip
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(names) == [
+        x509.UniformResourceIdentifier("icx:member?name=eve&role=user&tenant=acme")
+    ]
+
+
+def test_a_certificate_stating_two_identities_is_refused(tmp_path: Path) -> None:
+    authority = Authority.create(tmp_path / "fed", "test")
+    init_member(tmp_path / "eve", "eve")
+    cert, _ = authority.admit(
+        (tmp_path / "eve" / "request.pem").read_bytes(), role=Role.USER, tenant="acme"
+    )
+    root_key = load_key((authority.folder / "root-key.pem").read_bytes())
+    twice = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    identity_uri({"name": "eve", "role": "user", "tenant": "acme"}),
+                    identity_uri({"name": "eve", "role": "coordinator"}),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    with pytest.raises(PermissionDenied, match="states 2 identities"):
+        member_of(twice)
 
 
 def test_no_client_certificate_is_refused_in_the_handshake(fed: LocalFederation) -> None:
@@ -423,7 +479,7 @@ def _sign_outside_the_rule(
 ) -> x509.Certificate:
     csr = load_request((folder / "request.pem").read_bytes())
     now = dt.datetime.now(dt.UTC)
-    identity = json.dumps({"name": "eve", "role": "user", "tenant": tenant}).encode()
+    identity = {"name": "eve", "role": "user", "tenant": tenant}
     return (
         x509.CertificateBuilder()
         .subject_name(csr.subject)
@@ -433,7 +489,7 @@ def _sign_outside_the_rule(
         .not_valid_before(now - dt.timedelta(minutes=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.UnrecognizedExtension(IDENTITY_OID, identity), critical=False)
+        .add_extension(x509.SubjectAlternativeName([identity_uri(identity)]), critical=False)
         .sign(key, hashes.SHA256())
     )
 
