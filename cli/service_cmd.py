@@ -94,9 +94,11 @@ def agent_run(args: argparse.Namespace) -> int:
 
     from identity import Credentials, Role
     from node_agent import Agent, serve_agent, serve_metrics
-    from node_agent.config import identity_dir, load_center, load_usage_key
+    from node_agent.backends import make_backend
+    from node_agent.config import identity_dir, load_backend, load_center, load_usage_key
 
     center = load_center(Path(args.config))
+    backend_config = load_backend(Path(args.config))
     usage_key = load_usage_key(Path(args.config))
     creds = None
     if not args.insecure:
@@ -114,7 +116,12 @@ def agent_run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else config.parent / f"{center.center_id}.work"
     workdir.mkdir(parents=True, exist_ok=True)
     agent = Agent(
-        center, broker_address(args.broker), workdir=workdir, usage_key=usage_key, credentials=creds
+        center,
+        broker_address(args.broker),
+        workdir=workdir,
+        backend=make_backend(backend_config, workdir),
+        usage_key=usage_key,
+        credentials=creds,
     )
     if usage_key is None:
         logging.getLogger("icx.agent").warning(

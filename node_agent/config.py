@@ -18,11 +18,16 @@ memory_gb = 32
 fp16_tflops = 256
 power_w = 310
 price_minor_per_device_hour = 500
+
+[backend]
+kind = "process"              # process | slurm | docker; the rest of the table is the
+                              # backend's own (see node_agent/backends)
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +139,35 @@ def load_usage_key(path: Path) -> SignerKey | None:
         ) from exc
     except IcxError as exc:
         raise InvalidConfig(f"center.key_file {key_path}: {exc}") from exc
+
+
+BACKENDS = ("process", "slurm", "docker")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """The config's `[backend]` table: `kind` (one of BACKENDS, default "process") and
+    the rest of the table, which the chosen backend reads and checks itself."""
+
+    kind: str = "process"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_backend(data: dict[str, Any]) -> BackendConfig:
+    table = data.get("backend", {})
+    if not isinstance(table, dict):
+        raise InvalidConfig("[backend] must be a table")
+    options = dict(table)
+    kind = options.pop("kind", "process")
+    if kind not in BACKENDS:
+        raise InvalidConfig(f"backend.kind must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    return BackendConfig(kind, options)
+
+
+def load_backend(path: Path) -> BackendConfig:
+    """The `[backend]` of a center's config file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"cannot read {path}: {exc}") from exc
+    return parse_backend(data)

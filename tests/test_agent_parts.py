@@ -363,3 +363,24 @@ def test_a_torn_journal_line_is_ignored_and_a_bad_one_refused(tmp_path: Path) ->
     journal.write_text('{"drop": "c-1"}\nnot json\n')
     with pytest.raises(InvalidConfig, match=re.escape(f"run table journal {journal}: line 2:")):
         RunTable(path)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"kind": "kubernetes"}, "backend.kind must be one of process, slurm, docker, got 'ku"),
+        (
+            {"kind": "process", "partition": "gpu"},
+            "kind = 'process' takes no options, got partition",
+        ),
+    ],
+)
+def test_a_backend_the_config_cannot_have_is_refused_naming_it(
+    table: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    from node_agent.backends import make_backend
+    from node_agent.config import parse_backend
+
+    with pytest.raises(InvalidConfig, match=re.escape(message)):
+        make_backend(parse_backend({"backend": table}), tmp_path)
+    assert make_backend(parse_backend({}), tmp_path).name == "process"
