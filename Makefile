@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/icx/v1/*.proto)
-SRCS := core identity broker node_agent matcher ledger client cli tests bench
+SRCS := core identity broker node_agent matcher ledger client cli peering tests bench
 
 .PHONY: help setup demo test check lint fmt typecheck proto proto-check bench lock clean
 
@@ -43,7 +43,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix $(SRCS)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core identity broker node_agent matcher ledger client cli scenario
+	$(BIN)/mypy core identity broker node_agent matcher ledger client cli peering scenario
 
 # The generated code comes from the pinned grpcio-tools (protoc 31.1), whose output
 # the pinned protobuf runtime (6.33) accepts.
