@@ -2,8 +2,13 @@
 
 Version 0 is the schema from before versions: a job's spec and a center's descriptor were
 protobuf bytes. Version 1 keeps domain columns: the spec's fields in `jobs`, a center's
-attributes in `centers` and its pools in `pools`. The version lives in `schema_version`.
-Every migration runs in one transaction: it completes or leaves the file as it was.
+attributes in `centers` and its pools in `pools`. Version 2 adds `claims`. Version 3 adds
+a job's container (image, memory_mb, millicpus, network) and a center's accepted images.
+The version lives in `schema_version`. Every migration runs in one transaction: it
+completes or leaves the file as it was.
+
+The table definitions below are the current ones: a migration that creates a table
+creates it as it is now, and a later migration adds only the columns a table lacks.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from core.types import CenterDescriptor, JobSpec
 
 SPEC_COLUMNS = (
     "name, accelerator, devices, estimated_s, allowed_regions, max_price_minor, deadline_ms,"
-    " priority, data_region, data_mb, command, env"
+    " priority, data_region, data_mb, command, env, image, memory_mb, millicpus, network"
 )
 STATE_COLUMNS = (
     "state, updated_at_ms, center_id, pool_id, claim_id, device_indices, attempts, exit_code,"
@@ -43,6 +48,10 @@ CREATE TABLE jobs (
     data_mb INTEGER NOT NULL DEFAULT 0,
     command TEXT NOT NULL,                        -- JSON array of arguments
     env TEXT NOT NULL DEFAULT '[]',               -- JSON array of [name, value]
+    image TEXT NOT NULL DEFAULT '',               -- container image, '' for none
+    memory_mb INTEGER NOT NULL DEFAULT 0,         -- MiB, 0: not stated
+    millicpus INTEGER NOT NULL DEFAULT 0,         -- thousandths of a CPU, 0: not stated
+    network INTEGER NOT NULL DEFAULT 0,           -- 1: the job needs the network
     submitted_at_ms INTEGER NOT NULL,
     state TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL,
@@ -68,6 +77,7 @@ CREATE TABLE centers (
     longitude REAL NOT NULL DEFAULT 0,
     pue_milli INTEGER NOT NULL,
     grid_g_co2_per_kwh INTEGER NOT NULL,
+    images TEXT NOT NULL DEFAULT '[]',            -- JSON array of accepted image references
     first_seen_ms INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL
 );
@@ -127,6 +137,15 @@ CREATE TABLE claims (
 CREATE INDEX claims_job ON claims(job_id);
 """
 
+# Columns added to a table after it was first created: (table, column, definition).
+_ADDED_IN_3 = (
+    ("jobs", "image", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "memory_mb", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "millicpus", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "network", "INTEGER NOT NULL DEFAULT 0"),
+    ("centers", "images", "TEXT NOT NULL DEFAULT '[]'"),
+)
+
 _VERSION = """
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -150,6 +169,10 @@ def spec_values(spec: JobSpec) -> tuple[object, ...]:
         spec.data_mb,
         json.dumps(list(spec.command)),
         json.dumps([list(kv) for kv in spec.env]),
+        spec.image,
+        spec.memory_mb,
+        spec.millicpus,
+        int(spec.network),
     )
 
 
@@ -190,6 +213,9 @@ def upgrade(conn: sqlite3.Connection, start: int) -> None:
         if start < 2:
             _from_1_to_2(conn)
             _set_version(conn, 2)
+        if start < 3:
+            _from_2_to_3(conn)
+            _set_version(conn, 3)
 
     _in_transaction(conn, steps)
 
@@ -197,11 +223,12 @@ def upgrade(conn: sqlite3.Connection, start: int) -> None:
 def upsert_center(conn: sqlite3.Connection, center: CenterDescriptor, at_ms: int) -> None:
     conn.execute(
         "INSERT INTO centers (center_id, name, region, latitude, longitude, pue_milli,"
-        " grid_g_co2_per_kwh, first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " grid_g_co2_per_kwh, images, first_seen_ms, last_seen_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT(center_id) DO UPDATE SET name = excluded.name, region = excluded.region,"
         " latitude = excluded.latitude, longitude = excluded.longitude,"
         " pue_milli = excluded.pue_milli, grid_g_co2_per_kwh = excluded.grid_g_co2_per_kwh,"
-        " last_seen_ms = excluded.last_seen_ms",
+        " images = excluded.images, last_seen_ms = excluded.last_seen_ms",
         (
             center.center_id,
             center.name,
@@ -210,6 +237,7 @@ def upsert_center(conn: sqlite3.Connection, center: CenterDescriptor, at_ms: int
             center.longitude,
             center.pue_milli,
             center.grid_g_co2_per_kwh,
+            json.dumps(list(center.images)),
             at_ms,
             at_ms,
         ),
@@ -257,17 +285,18 @@ def _from_0_to_1(conn: sqlite3.Connection) -> None:
             msg = types_pb2.JobSpec()
             msg.ParseFromString(row["spec"])
             spec = wire.spec_from_proto(msg)
+            values = (
+                row["job_id"],
+                row["tenant"],
+                row["request_id"],
+                *spec_values(spec),
+                row["submitted_at_ms"],
+                *(row[c.strip()] for c in STATE_COLUMNS.split(",")),
+            )
             conn.execute(
                 f"INSERT INTO jobs (job_id, tenant, request_id, {SPEC_COLUMNS}, submitted_at_ms,"
-                f" {STATE_COLUMNS}) VALUES ({', '.join('?' * 26)})",
-                (
-                    row["job_id"],
-                    row["tenant"],
-                    row["request_id"],
-                    *spec_values(spec),
-                    row["submitted_at_ms"],
-                    *(row[c.strip()] for c in STATE_COLUMNS.split(",")),
-                ),
+                f" {STATE_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                values,
             )
         for row in conn.execute("SELECT * FROM centers_v0").fetchall():
             blob = types_pb2.CenterDescriptor()
@@ -301,6 +330,15 @@ def _from_1_to_2(conn: sqlite3.Connection) -> None:
         " JOIN centers c ON c.center_id = j.center_id"
         " WHERE j.claim_id IS NOT NULL AND j.state IN ('claimed', 'running')"
     )
+
+
+def _from_2_to_3(conn: sqlite3.Connection) -> None:
+    """A job's container and a center's accepted images: columns with defaults that mean
+    "none", so that every stored job and center reads as before (no container)."""
+    for table, column, definition in _ADDED_IN_3:
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:  # a table created by an earlier step here has it already
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def upsert_claim_sql() -> str:

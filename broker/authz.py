@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from core import wire
-from core.errors import IcxError, PermissionDenied
+from core.errors import IcxError, InvalidArgument, PermissionDenied
 from core.status import status_for
 from core.types import Job
 from identity import Member, Role
@@ -36,6 +36,7 @@ __all__ = [
     "Gate",
     "Rule",
     "Scope",
+    "bill_tenant",
     "caller",
     "check_center",
     "check_job",
@@ -59,6 +60,7 @@ class Scope(enum.Enum):
     TENANT_JOBS = "lists the caller's tenant's jobs (a coordinator: every job)"
     OWN_CENTER = "the stream carries only the caller's own center"
     NAMED_PARTY = "a statement or record naming the caller (a coordinator: any)"
+    TENANT_BILL = "the caller's tenant's bill (a coordinator: any tenant's it names)"
     FEDERATION = "changes or reads the federation's policy, rounds or membership"
 
 
@@ -94,6 +96,8 @@ RULES: dict[str, Rule] = {
     "/icx.v1.LedgerService/AddCosignature": Rule(
         frozenset({Role.BROKER, Role.COORDINATOR}), Scope.NONE
     ),
+    "/icx.v1.LedgerService/ListJobRecords": Rule(READERS, Scope.TENANT_JOB),
+    "/icx.v1.LedgerService/GetTenantBill": Rule(READERS, Scope.TENANT_BILL),
     "/grpc.health.v1.Health/Check": Rule(EVERYONE, Scope.NONE),
     "/grpc.health.v1.Health/Watch": Rule(EVERYONE, Scope.NONE),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(EVERYONE, Scope.NONE),
@@ -167,6 +171,18 @@ def statement_party(asked: str) -> str:
     if asked and asked != who.party:
         raise PermissionDenied(f"{who.describe()} reads only its own statement, not {asked!r}")
     return who.party
+
+
+def bill_tenant(asked: str) -> str:
+    """The tenant whose bill to read: a user's own; the one a coordinator names."""
+    who = caller()
+    if who.sees_all:
+        if asked or who.tenant:
+            return asked or who.tenant
+        raise InvalidArgument("name the tenant whose bill to read")
+    if asked and asked != who.tenant:
+        raise PermissionDenied(f"{who.describe()} reads only its own tenant's bill, not {asked!r}")
+    return who.tenant
 
 
 def check_record(parties: tuple[str, ...]) -> None:

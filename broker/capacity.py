@@ -36,6 +36,7 @@ class PoolCapacity:
     free: int
     pue_milli: int
     grid_g_co2_per_kwh: int
+    images: tuple[str, ...] = ()  # the center's accepted container images
 
 
 class CapacitySource(Protocol):
@@ -85,6 +86,7 @@ class LocalCenters:
                     free=free,
                     pue_milli=offer.pue_milli,
                     grid_g_co2_per_kwh=offer.grid_g_co2_per_kwh,
+                    images=session.center.images,
                 )
 
     async def claim(self, job_id: JobId, ref: PoolRef, explanation: str) -> bool:

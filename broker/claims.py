@@ -29,14 +29,23 @@ class ClaimBook:
     def __init__(self) -> None:
         self._claims: dict[ClaimId, PendingClaim] = {}
         self.records: dict[ClaimId, ClaimRecord] = {}
+        # Each job's claims, in the order they were made: a job's usage is found by them.
+        self._by_job: dict[JobId, list[ClaimId]] = {}
 
     def load(self, records: Iterable[ClaimRecord]) -> None:
-        self.records.update((r.claim_id, r) for r in records)
+        for r in records:
+            self.note(r)
+
+    def of_job(self, job_id: JobId) -> list[ClaimRecord]:
+        """Every claim ever made for `job_id`, oldest first."""
+        return [self.records[c] for c in self._by_job.get(job_id, ())]
 
     def record(self, claim_id: str | None) -> ClaimRecord | None:
         return self.records.get(ClaimId(claim_id)) if claim_id else None
 
     def note(self, record: ClaimRecord) -> ClaimRecord:
+        if record.claim_id not in self.records:
+            self._by_job.setdefault(record.job_id, []).append(record.claim_id)
         self.records[record.claim_id] = record
         return record
 

@@ -45,7 +45,7 @@ from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
 from broker.rounds import Round, Rounds
 from broker.store import Store
-from broker.usage import UsageIntake
+from broker.usage import MIN_INTERVAL_S, UsageIntake
 from core.clock import SYSTEM, Clock
 from core.errors import FailedPrecondition, InvalidJobSpec, PermissionDenied, Unauthenticated
 from core.states import TERMINAL, JobState
@@ -86,6 +86,8 @@ class BrokerConfig:
     # send per second (a burst of twice that); more are dropped and counted.
     max_log_bytes_per_job: int = DEFAULT_MAX_LOG_BYTES
     log_chunks_per_s: int = 500
+    # The shortest metering interval a center may bill, but for a run's last.
+    min_metering_interval_s: int = MIN_INTERVAL_S
     # The coordinator's policy and the network (latency, bandwidth) for every round: a
     # problem without pools or jobs, which each round fills in.
     round_template: Problem = field(default_factory=lambda: Problem(pools=(), jobs=()))
@@ -132,7 +134,14 @@ class Broker:
             template=self.config.round_template,
             max_jobs_per_round=self.config.max_jobs_per_round,
         )
-        self.usage = UsageIntake(self.claims, store, clock, ledger, self.metrics)
+        self.usage = UsageIntake(
+            self.claims,
+            store,
+            clock,
+            ledger,
+            self.metrics,
+            min_interval_s=self.config.min_metering_interval_s,
+        )
         self._wake = asyncio.Event()
         self._center_regions: frozenset[str] | None = None
         self._known_regions: frozenset[str] = frozenset()

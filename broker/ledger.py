@@ -16,9 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from core.errors import IcxError, InvalidArgument, PermissionDenied
-from ledger import Log, Role, SignedRecord, SignerKey, VerifierKey
-from ledger.store import LedgerStore
+from core.errors import FailedPrecondition, IcxError, InvalidArgument, PermissionDenied
+from core.money import CURRENCY
+from ledger import Checkpoint, Log, Role, SignedRecord, SignerKey, UsageRecord, VerifierKey
+from ledger.bill import JobTotals, tenant_bill
+from ledger.note import parse_note
+from ledger.records import (
+    CHARGING_KINDS,
+    RecordKind,
+    continuation_error,
+    interval_id,
+    split_interval_id,
+)
+from ledger.store import LedgerStore, StoredEntry
 
 log = logging.getLogger("icx.broker.ledger")
 
@@ -38,6 +48,11 @@ class BrokerLedger:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="icx-ledger")
         self._log: Log | None = None
         self._checkpointed = -1
+        # Kept as the log grows (built when it opens): the latest correction of each
+        # corrected record, and the entries of each consumer's usage and corrections, so
+        # that neither a chain check nor a tenant's bill reads the whole log.
+        self._corrected: dict[str, str] = {}
+        self._by_consumer: dict[str, list[int]] = {}
 
     def open(self) -> None:
         """Open (or create) the log and its key; runs on the ledger thread."""
@@ -53,6 +68,8 @@ class BrokerLedger:
                 f.write(signer.text() + "\n")
         store = LedgerStore(self.path)
         self._log = Log(store, signer) if store.size else Log.create(store, signer)
+        for index, record in self._log.records():
+            self._index(index, record)
         log.info("ledger %s: %d entries, key %s", self.path, store.size, signer.verifier.text())
 
     def close(self) -> None:
@@ -127,9 +144,108 @@ class BrokerLedger:
 
         return await self._run(find)
 
-    async def append(self, signed: SignedRecord) -> int:
-        """Verify, countersign and append one record; its index."""
-        return (await self._run(lambda ledger: ledger.append([signed])))[0]
+    def _index(self, index: int, record: UsageRecord) -> None:
+        if record.kind is RecordKind.CORRECTION:
+            self._corrected[record.refs] = record.record_id
+        if record.kind in CHARGING_KINDS:
+            self._by_consumer.setdefault(record.consumer, []).append(index)
+
+    def _in_force(self, ledger: Log, record_id: str) -> UsageRecord | None:
+        """The record `record_id` as in force: its latest correction, if any."""
+        return ledger.record(self._corrected.get(record_id, record_id))
+
+    async def append(
+        self, signed: SignedRecord, *, continues: str = "", min_wall_s: int = 0
+    ) -> int:
+        """Verify, countersign and append one record; its index. A record that
+        `continues` another (the previous metering interval of its run) is taken only
+        if that one is in the log, lasts at least `min_wall_s` (only a run's last
+        interval may be shorter) and, as in force, is continued by it
+        (`continuation_error`): checked and appended in one step on the ledger's thread,
+        so intervals appended in order never find their predecessor missing. A
+        correction of an interval keeps the interval's start when it continues another
+        and its end when another continues it (the chain stays whole)."""
+        record = signed.record
+
+        def append(ledger: Log) -> int:
+            if continues:
+                where = f"record {record.record_id!r} continues {continues!r}"
+                previous = self._in_force(ledger, continues)
+                if previous is None:
+                    raise FailedPrecondition(
+                        f"{where}, which is not in the log (a run's intervals are taken in order)"
+                    )
+                if previous.wall_s < min_wall_s:
+                    raise InvalidArgument(
+                        f"{where}, which lasts {previous.wall_s} s: this broker takes metering "
+                        f"intervals of at least {min_wall_s} s (only a run's last is shorter)"
+                    )
+                reason = continuation_error(record, previous)
+                if reason:
+                    raise InvalidArgument(f"{where}: {reason}")
+            if record.kind is RecordKind.CORRECTION:
+                self._check_correction(ledger, record)
+            size = ledger.size
+            index = ledger.append([signed])[0]
+            if index >= size:
+                self._index(index, record)
+            return index
+
+        return await self._run(append)
+
+    def _check_correction(self, ledger: Log, record: UsageRecord) -> None:
+        """Refuse a correction that would break its interval's chain: one that moves the
+        start (or offset) of an interval that continues another, or the end of one that
+        another continues."""
+        in_force = self._in_force(ledger, record.refs)
+        if in_force is None:
+            return  # the log refuses it: refs not in the log
+        where = f"correction {record.record_id!r} of {record.refs!r}"
+        base, n = split_interval_id(record.refs)
+        start = (record.start_ms, record.offset_s)
+        if n > 1 and start != (in_force.start_ms, in_force.offset_s):
+            raise InvalidArgument(
+                f"{where}: the interval continues {interval_id(base, n - 1)!r}, so it keeps "
+                f"start_ms {in_force.start_ms} and offset_s {in_force.offset_s}"
+            )
+        successor = interval_id(base, n + 1)
+        if record.end_ms != in_force.end_ms and ledger.record(successor) is not None:
+            raise InvalidArgument(
+                f"{where}: {successor!r} continues the interval, so it keeps end_ms "
+                f"{in_force.end_ms}"
+            )
+
+    async def run_entries(self, bases: Sequence[str]) -> list[StoredEntry]:
+        """The entries of the runs whose first records are `bases` (every metering
+        interval of each), in index order."""
+
+        def find(ledger: Log) -> list[StoredEntry]:
+            found = [e for base in bases for e in ledger.store.find_run(base)]
+            return sorted(found, key=lambda e: e.index)
+
+        return await self._run(find)
+
+    async def tenant_bill(self, period: str, tenant: str) -> tuple[int, list[JobTotals]]:
+        """`tenant`'s jobs charged in `period` and their totals at the latest checkpoint
+        (as a statement at that checkpoint counts them); with the checkpoint's size. Reads
+        only the tenant's own entries, and signs a checkpoint only when the log has none."""
+
+        def bill(ledger: Log) -> tuple[int, list[JobTotals]]:
+            if ledger.store.latest_checkpoint() is None:
+                ledger.checkpoint()
+            size = Checkpoint.from_text(parse_note(ledger.latest_note()).text).size
+            mine = self._by_consumer.get(tenant, [])
+            records = (
+                (i, SignedRecord.from_entry(ledger.store.entry(i).leaf).record)
+                for i in mine
+                if i < size
+            )
+            jobs = tenant_bill(
+                records, period=period, consumer=tenant, size=size, currency=CURRENCY
+            )
+            return size, jobs
+
+        return await self._run(bill)
 
     async def checkpoint(self) -> str | None:
         """Sign a checkpoint if the log grew since the last one; the new note."""

@@ -20,7 +20,7 @@ from broker.jobs import JobBook
 from broker.metrics import Metrics
 from core.clock import Clock
 from core.states import JobState
-from core.types import Job, JobId, JobSpec, PoolRef
+from core.types import Job, JobId, JobSpec, PoolRef, accepts_image
 from core.views import QuoteLine
 from matcher import ANY, JobRequest, Matcher, PoolSlot, Problem, Solution, quote
 
@@ -178,6 +178,7 @@ def _slot(p: PoolCapacity) -> PoolSlot:
         pue_milli=p.pue_milli,
         grid_g_per_kwh=p.grid_g_co2_per_kwh,
         price_minor_per_device_hour=p.pool.price_minor_per_device_hour,
+        images=p.images,
     )
 
 
@@ -186,19 +187,29 @@ def _round_jobs(queued: list[Job], pools: list[PoolSlot], max_jobs: int) -> list
     devices, asking for several times as many as there are (so that the matcher can
     choose), at least a floor of jobs, never more than the cap. A backed-up queue is not
     re-solved whole for a few free devices. Only jobs that some free pool of their
-    accelerator could hold count toward the budget, so jobs that cannot run now (a gang
-    too big, a model with nothing free) never crowd out those behind them."""
-    largest: dict[str, int] = {}
+    accelerator and image could hold count toward the budget, so jobs that cannot run now
+    (a gang too big, a model with nothing free, an image no center takes) never crowd out
+    those behind them."""
+    # Most free devices per accepted images (few distinct lists), then per accelerator.
+    largest: dict[tuple[str, ...], dict[str, int]] = {}
     for pool in pools:
-        largest[pool.accelerator] = max(largest.get(pool.accelerator, 0), pool.free)
-    largest_any = max(largest.values(), default=0)
+        by_model = largest.setdefault(pool.images, {})
+        by_model[pool.accelerator] = max(by_model.get(pool.accelerator, 0), pool.free)
+        by_model[ANY] = max(by_model.get(ANY, 0), pool.free)
     budget = ROUND_OVERSUBSCRIPTION * sum(p.free for p in pools)
     chosen: list[Job] = []
     asked = placeable = explained = 0
     for job in queued:
         if len(chosen) >= max_jobs:
             break
-        fits = largest_any if job.spec.accelerator == ANY else largest.get(job.spec.accelerator, 0)
+        fits = max(
+            (
+                by_model.get(job.spec.accelerator, 0)
+                for images, by_model in largest.items()
+                if accepts_image(images, job.spec.image)
+            ),
+            default=0,
+        )
         if job.spec.devices <= fits:
             if asked >= budget and placeable >= ROUND_MIN_JOBS:
                 break
@@ -233,6 +244,7 @@ def _job_request_from_spec(
         data_mb=spec.data_mb,
         deadline_s=None if spec.deadline_ms is None else max(0, (spec.deadline_ms - at_ms) // 1000),
         waited_s=max(0, (at_ms - submitted_at_ms) // 1000),
+        image=spec.image,
     )
 
 

@@ -119,7 +119,7 @@ class BrokerServer:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.broker), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.broker), self.server)
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
-            LedgerServicer(self.ledger), self.server
+            LedgerServicer(self.ledger, self.broker), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -23,6 +23,7 @@ from broker.core import Broker
 from broker.ledger import BrokerLedger
 from core import wire
 from core.errors import IcxError, InvalidArgument, NotFound
+from core.money import CURRENCY
 from core.status import status_for
 from core.types import JobId
 from icx.v1 import (
@@ -236,9 +237,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
 
+# The most records one ListJobRecords reply carries (each a signed entry under 2 KiB).
+RECORDS_PAGE = 500
+
+
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, ledger: BrokerLedger) -> None:
+    def __init__(self, ledger: BrokerLedger, broker: Broker | None = None) -> None:
+        """`broker`: the jobs and claims that a job's records are found by (without
+        one, ListJobRecords knows no job)."""
         self.ledger = ledger
+        self.broker = broker
 
     @unary
     async def GetLogKey(
@@ -295,4 +303,51 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.AddCosignatureResponse:
         return ledger_pb2.AddCosignatureResponse(
             kept=await self.ledger.add_cosignatures(request.note)
+        )
+
+    @unary
+    async def ListJobRecords(
+        self,
+        request: ledger_pb2.ListJobRecordsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ledger_pb2.ListJobRecordsResponse:
+        if self.broker is None:
+            raise NotFound("this broker keeps no jobs")
+        if request.after_index < 0:
+            raise InvalidArgument(f"after_index must be >= 0, got {request.after_index}")
+        job = authz.check_job(self.broker.get(wire.job_id_from_proto(request.job_id)))
+        runs = [f"{c.pool.center_id}/{c.claim_id}" for c in self.broker.claims.of_job(job.job_id)]
+        entries = [e for e in await self.ledger.run_entries(runs) if e.index > request.after_index]
+        page = entries[:RECORDS_PAGE]
+        more = len(entries) > len(page)
+        return ledger_pb2.ListJobRecordsResponse(
+            records=[ledger_pb2.JobRecord(index=e.index, entry=e.leaf) for e in page],
+            next_after_index=page[-1].index if more else 0,
+        )
+
+    @unary
+    async def GetTenantBill(
+        self,
+        request: ledger_pb2.GetTenantBillRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ledger_pb2.GetTenantBillResponse:
+        asked = wire.id_from_proto("tenant", request.tenant) if request.tenant else ""
+        tenant = authz.bill_tenant(asked)
+        size, jobs = await self.ledger.tenant_bill(request.period, tenant)
+        return ledger_pb2.GetTenantBillResponse(
+            tenant=tenant,
+            period=request.period,
+            currency=CURRENCY,
+            checkpoint_size=size,
+            jobs=[
+                ledger_pb2.JobBill(
+                    job_id=j.job_id,
+                    records=j.records,
+                    device_s=j.device_s,
+                    energy_wh=j.energy_wh,
+                    carbon_g=j.carbon_g,
+                    charge_minor=j.charge_minor,
+                )
+                for j in jobs
+            ],
         )

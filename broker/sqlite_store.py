@@ -413,6 +413,10 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         data_mb=row["data_mb"],
         command=tuple(json.loads(row["command"])),
         env=tuple((k, v) for k, v in json.loads(row["env"])),
+        image=row["image"],
+        memory_mb=row["memory_mb"],
+        millicpus=row["millicpus"],
+        network=bool(row["network"]),
     )
     return Job(
         job_id=JobId(row["job_id"]),
@@ -478,4 +482,5 @@ def _center_from_row(row: sqlite3.Row, pools: list[Pool]) -> CenterDescriptor:
         pue_milli=row["pue_milli"],
         grid_g_co2_per_kwh=row["grid_g_co2_per_kwh"],
         pools=tuple(pools),
+        images=tuple(json.loads(row["images"])),
     )

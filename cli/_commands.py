@@ -7,12 +7,22 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cli import admin_cmd, demo, ledger_cmd, match_cmd, member_cmd, service_cmd, user_cmd
+from cli import (
+    admin_cmd,
+    bill_cmd,
+    demo,
+    ledger_cmd,
+    match_cmd,
+    member_cmd,
+    service_cmd,
+    user_cmd,
+)
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 REGISTRY: list[Register] = [
     user_cmd.register,
+    bill_cmd.register,
     service_cmd.register,
     demo.register,
     ledger_cmd.register,

@@ -11,6 +11,11 @@ priority = 5
 data_region = "YRD"
 data_gb = 10
 command = ["python3", "train.py"]
+image = "icx/pytorch:2.5"       # optional: run in this container image (a center that
+                                # accepts it); without it, no container
+memory_mb = 16384               # optional: memory limit in MiB (containers)
+cpus = 4.5                      # optional: CPU limit (containers), to 0.001
+network = false                 # optional: the job needs the network (containers)
 [env]
 EPOCHS = "3"
 """
@@ -39,6 +44,16 @@ def yuan_to_minor(yuan: float, field: str) -> int:
     return round(yuan * 100)
 
 
+def cpus_to_milli(cpus: float, field: str = "cpus") -> int:
+    """CPUs as a decimal (1.5) to thousandths (1500); 0 means not stated."""
+    if not math.isfinite(cpus) or cpus < 0:
+        raise InvalidJobSpec(f"{field} must be a number >= 0, got {cpus}")
+    milli = round(cpus * 1000)
+    if cpus and not milli:
+        raise InvalidJobSpec(f"{field} must be at least 0.001, got {cpus}")
+    return milli
+
+
 def parse_deadline(text: str) -> int:
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -61,7 +76,8 @@ def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
 def spec_from_toml(data: dict[str, Any]) -> JobSpec:
     known = {
         "name", "accelerator", "devices", "hours", "regions", "max_price_yuan", "deadline",
-        "priority", "data_region", "data_gb", "command", "env",
+        "priority", "data_region", "data_gb", "command", "env", "image", "memory_mb", "cpus",
+        "network",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -83,6 +99,9 @@ def spec_from_toml(data: dict[str, Any]) -> JobSpec:
     data_gb = _typed(data, "data_gb", (int, float), 0)
     if data_gb < 0:
         raise InvalidJobSpec(f"data_gb must be >= 0, got {data_gb}")
+    network = data.get("network", False)
+    if not isinstance(network, bool):
+        raise InvalidJobSpec(f"network must be true or false, got {network!r}")
     return JobSpec(
         name=_typed(data, "name", str, ""),
         accelerator=_typed(data, "accelerator", str, None),
@@ -96,6 +115,10 @@ def spec_from_toml(data: dict[str, Any]) -> JobSpec:
         data_mb=round(float(data_gb) * 1000),
         command=tuple(command),
         env=tuple(sorted(env.items())),
+        image=_typed(data, "image", str, ""),
+        memory_mb=_typed(data, "memory_mb", int, 0),
+        millicpus=cpus_to_milli(float(_typed(data, "cpus", (int, float), 0))),
+        network=network,
     )
 
 

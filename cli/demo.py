@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
+from core.errors import InvalidArgument
 from core.money import CURRENCY, format_major
 from core.states import JobState
-from core.types import Job
+from core.types import CenterDescriptor, Job
 from core.views import CenterStatus
 
 if TYPE_CHECKING:
     from cli.federation import LocalFederation
+    from cli.slurm_local import LocalSlurm
     from client import BrokerClient
     from ledger import UsageRecord
 
@@ -165,6 +167,14 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
         ["HUB", "CENTERS", *money],
         _allocation_rows(summary["by_hub"], {**totals, "hub": "total"}, ("hub", "centers")),
     )
+    through = summary.get("slurm")
+    if through:
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(through["states"].items()))
+        print(
+            f"\nCenter {through['center']} ran its jobs through a real Slurm: "
+            f"{through['slurm_jobs']} Slurm jobs ({states or 'none'}); "
+            f"its logs in {through['root']}/log"
+        )
     ledger = summary.get("ledger")
     if ledger:
         print(
@@ -222,13 +232,26 @@ def demo(args: argparse.Namespace) -> int:
     fed = LocalFederation(
         root=root, broker_args=("--center-expiry-ms", "5000", "--policy", str(policy))
     )
+    slurm_center = _slurm_center(centers, args.slurm_center) if args.backend == "slurm" else None
+    slurm: LocalSlurm | None = None
     started = time.monotonic()
     keep = False
     try:
+        if slurm_center is not None:
+            from cli.slurm_local import LocalSlurm
+
+            gpus = slurm_center.pools[0].devices_total
+            slurm = LocalSlurm(root=root / "slurm", gpus=gpus, cpus=max(16, gpus))
+            progress.say(f"starting a one-node Slurm with {gpus} fake GPUs in {slurm.root}")
+            slurm.start()
         progress.say(f"starting a broker and {len(centers)} centers in {root}")
         fed.start_broker(port=args.port)
         for center in centers:
-            fed.start_agent(center)
+            if slurm is not None and center is slurm_center:
+                progress.say(f"center {center.center_id} runs its jobs through Slurm")
+                fed.start_agent(center, backend_toml=slurm.backend_toml([center.pools[0].pool_id]))
+            else:
+                fed.start_agent(center)
         with contextlib.ExitStack() as clients:
             # Over mutual TLS: the coordinator reads the queue, the allocation and the
             # ledger; each tenant's user submits that tenant's jobs.
@@ -281,6 +304,8 @@ def demo(args: argparse.Namespace) -> int:
             ledger = _ledger_summary(client, fed, len(centers), ran)
             summary = summarise(jobs, client.centers(), _ledger_records(Path(ledger["db"])))
             summary["ledger"] = ledger
+            if slurm is not None and slurm_center is not None:
+                summary["slurm"] = _slurm_summary(slurm, slurm_center.center_id)
         total_s = time.monotonic() - started
         summary["seconds_up"] = round(up_s, 2)
         summary["seconds_total"] = round(total_s, 2)
@@ -301,6 +326,40 @@ def demo(args: argparse.Namespace) -> int:
             with contextlib.suppress(BrokenPipeError):
                 progress.say("stopping the federation")
             fed.stop()
+            if slurm is not None:
+                slurm.stop()
+        elif slurm is not None:
+            print(
+                f"Slurm keeps running too (SLURM_CONF={slurm.conf}); stop it with:\n"
+                f"  kill {' '.join(map(str, slurm.pids))}",
+                file=sys.stderr,
+            )
+
+
+def _slurm_center(centers: Sequence[CenterDescriptor], center_id: str) -> CenterDescriptor:
+    """The center whose jobs go through Slurm: `center_id`, else the largest center
+    with one pool."""
+    if center_id:
+        for center in centers:
+            if center.center_id == center_id and len(center.pools) == 1:
+                return center
+        raise InvalidArgument(f"--slurm-center {center_id!r}: no such center with one pool")
+    single = [c for c in centers if len(c.pools) == 1]
+    if not single:
+        raise InvalidArgument("--backend slurm needs a center with one pool; the demo has none")
+    return max(single, key=lambda c: c.pools[0].devices_total)
+
+
+def _slurm_summary(slurm: LocalSlurm, center_id: str) -> dict[str, Any]:
+    """What Slurm itself says it ran for the center."""
+    from node_agent.backends._slurm import JOB_PREFIX, job_states
+
+    mine = [j for j in slurm.jobs() if str(j.get("name", "")).startswith(JOB_PREFIX)]
+    states: dict[str, int] = {}
+    for j in mine:
+        state = "/".join(sorted(job_states(j)))
+        states[state] = states.get(state, 0) + 1
+    return {"center": center_id, "slurm_jobs": len(mine), "states": states, "root": str(slurm.root)}
 
 
 def _ledger_summary(
@@ -430,6 +489,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0,
         help="the policy's carbon weight (default 0: cost only; try 20 to see work move to "
         "clean grids)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("process", "slurm"),
+        default="process",
+        help="slurm: one center runs its jobs through a one-node Slurm started for the "
+        "demo (needs root and Debian's slurmctld slurmd slurm-client munge)",
+    )
+    p.add_argument(
+        "--slurm-center",
+        default="",
+        metavar="ID",
+        help="with --backend slurm: the center that uses Slurm (default: the largest "
+        "center with one pool)",
     )
     p.add_argument("--port", type=int, default=0, help="broker port (default: any free one)")
     p.add_argument(

@@ -283,11 +283,15 @@ class LocalFederation:
             return ["--insecure"]
         return ["--identity", str(self.member("broker", Role.BROKER, region=self.broker_region))]
 
-    def start_agent(self, center: CenterDescriptor, *extra_args: str) -> Child:
+    def start_agent(
+        self, center: CenterDescriptor, *extra_args: str, backend_toml: str = ""
+    ) -> Child:
+        """`icx agent run` for `center`; `backend_toml`, a `[backend]` table for its
+        config (default: the process backend)."""
         config = self.root / "centers" / f"{center.center_id}.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
         self.center_identity(center.center_id, center.region)
-        config.write_text(center_toml(center, key_file=f"{center.center_id}.key"))
+        config.write_text(center_toml(center, key_file=f"{center.center_id}.key") + backend_toml)
         identity = [] if self.secure else ["--insecure"]
         workdir = self.root / "work" / center.center_id
         child = self._spawn(

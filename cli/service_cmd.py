@@ -1,4 +1,5 @@
-"""The operators' commands: `icx broker serve`, `icx agent init|run`, `icx health`.
+"""The operators' commands: `icx broker serve`, `icx agent init|run|discover`,
+`icx health`.
 
 The broker and the agent (and through them gRPC and OR-Tools) are imported inside the
 commands that run them, so that every other command starts without them."""
@@ -34,6 +35,12 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
     return (host or "127.0.0.1", int(port))
 
 
+def _whole_seconds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole seconds >= 1, got {text!r}")
+    return int(text)
+
+
 @command
 def broker_serve(args: argparse.Namespace) -> int:
     import asyncio
@@ -50,6 +57,8 @@ def broker_serve(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         max_log_bytes_per_job=args.max_log_bytes,
     )
+    if args.min_metering_interval_s is not None:
+        config = dataclasses.replace(config, min_metering_interval_s=args.min_metering_interval_s)
     if args.policy:
         config = dataclasses.replace(config, round_template=load_policy(Path(args.policy)))
     metrics = metrics_address(args.metrics)
@@ -94,10 +103,25 @@ def agent_run(args: argparse.Namespace) -> int:
 
     from identity import Credentials, Role
     from node_agent import Agent, serve_agent, serve_metrics
+    from node_agent._metering import DEFAULT_INTERVAL_S, check_interval_s
     from node_agent.backends import make_backend
-    from node_agent.config import identity_dir, load_backend, load_center, load_usage_key
+    from node_agent.config import (
+        identity_dir,
+        load_backend,
+        load_center,
+        load_usage_key,
+        metering_interval_s,
+    )
+    from node_agent.discovery import OwnRuns, center_devices
 
     center = load_center(Path(args.config))
+    if args.metering_interval_s is not None:
+        try:
+            interval_s = check_interval_s(args.metering_interval_s, "--metering-interval-s")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+    else:
+        interval_s = metering_interval_s(Path(args.config)) or DEFAULT_INTERVAL_S
     backend_config = load_backend(Path(args.config))
     usage_key = load_usage_key(Path(args.config))
     creds = None
@@ -115,13 +139,17 @@ def agent_run(args: argparse.Namespace) -> int:
     config = Path(args.config)
     workdir = Path(args.workdir) if args.workdir else config.parent / f"{center.center_id}.work"
     workdir.mkdir(parents=True, exist_ok=True)
+    # With center.discover = "nvml", the machine's GPUs instead of the [[pools]] counts.
+    center, devices = center_devices(config, center, OwnRuns(pids=frozenset({os.getpid()})))
     agent = Agent(
         center,
         broker_address(args.broker),
         workdir=workdir,
-        backend=make_backend(backend_config, workdir),
+        backend=make_backend(backend_config, workdir, center),
         usage_key=usage_key,
         credentials=creds,
+        metering_interval_s=interval_s,
+        devices=devices,
     )
     if usage_key is None:
         logging.getLogger("icx.agent").warning(
@@ -130,6 +158,65 @@ def agent_run(args: argparse.Namespace) -> int:
     if metrics is not None:
         serve_metrics(agent, metrics[0], metrics[1])
     asyncio.run(serve_agent(agent, health=args.health))
+    return EXIT_OK
+
+
+@command
+def agent_discover(args: argparse.Namespace) -> int:
+    """What NVIDIA's management library finds on this machine and, given a center's
+    config, the pools the agent would advertise with `center.discover = "nvml"`."""
+    from cli._output import print_table
+    from node_agent.config import load_center
+    from node_agent.discovery import OwnRuns, center_pools, discover, load_source, report
+
+    config = Path(args.config) if args.config else None
+    center = load_center(config) if config else None
+    source = load_source(config) if config else None
+    found = discover()
+    devices = center_pools(found, center, OwnRuns()) if center else None
+    if args.json:
+        out = report(found, devices)
+        if config:
+            out["config"] = {"path": str(config), "discover": source}
+        print_json(out)
+        return EXIT_OK
+    print(f"NVML driver {found.driver_version}: {len(found.gpus)} GPUs read")
+    print_table(
+        ["gpu", "name", "model", "memory_gb", "power_w", "pids", "uuid"],
+        [
+            (
+                g.index,
+                g.name,
+                g.model_id or "-",
+                g.memory_gb,
+                "-" if g.power_w is None else g.power_w,
+                ",".join(map(str, g.pids)) or "-",
+                g.uuid,
+            )
+            for g in found.gpus
+        ],
+    )
+    for fault in found.faults:
+        print(f"GPU {fault.index}: cannot be read: {fault.reason}")
+    if devices is not None:
+        print(f'\n{config}: center.discover = {source!r}; with "nvml" the agent offers:')
+        print_table(
+            ["pool", "model", "devices", "gpus", "memory_gb", "power_w", "in_use"],
+            [
+                (
+                    p.pool_id,
+                    p.accelerator,
+                    p.devices_total,
+                    ",".join(str(g.index) for g in devices.gpus[p.pool_id]) or "-",
+                    p.memory_gb,
+                    p.power_w,
+                    ",".join(map(str, sorted(devices.outside[p.pool_id]))) or "-",
+                )
+                for p in devices.center.pools
+            ],
+        )
+        for note in devices.notes:
+            print(note)
     return EXIT_OK
 
 
@@ -242,6 +329,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-attempts", type=int, default=3, help="times a job may be lost before it fails"
     )
     p.add_argument(
+        "--min-metering-interval-s",
+        type=_whole_seconds,
+        help="refuse a center's metering intervals shorter than this, but for a run's last "
+        "(default 60)",
+    )
+    p.add_argument(
         "--max-log-bytes",
         type=int,
         default=1 << 20,
@@ -312,5 +405,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="serve gRPC health here for the center's monitoring (SERVING while connected)",
     )
+    p.add_argument(
+        "--metering-interval-s",
+        type=int,
+        metavar="SECONDS",
+        help="sign a running job's usage this often (default: [center] metering_interval_s "
+        "of the config, else 900)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=agent_run)
+
+    p = asub.add_parser(
+        "discover",
+        help="show the GPUs NVIDIA's management library finds here (and the pools they make)",
+        description="Read this machine's NVIDIA GPUs through NVML: model, memory, power "
+        "limit, the processes using each. With --config, also the pools the agent would "
+        'advertise with center.discover = "nvml" (GPUs in use by any process are marked: '
+        "this command owns none). Exits 3 when NVML is not there.",
+    )
+    p.add_argument("--config", help="center config (TOML) whose [[pools]] to fill")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=agent_discover)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from cli._client import add_broker_flag, connect
-from cli._jobspec import hours_to_s, load_spec, parse_deadline, yuan_to_minor
+from cli._jobspec import cpus_to_milli, hours_to_s, load_spec, parse_deadline, yuan_to_minor
 from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
-from core.errors import InvalidArgument, InvalidJobSpec
+from core.errors import IcxError, InvalidArgument, InvalidJobSpec
 from core.money import CURRENCY, format_major
 from core.states import JobState
 from core.types import Job, JobEvent, JobSpec, LogChunk
@@ -45,7 +45,23 @@ def job_dict(job: Job) -> dict[str, Any]:
         "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms,
         "command": list(spec.command),
+        "image": spec.image,
+        "memory_mb": spec.memory_mb,
+        "millicpus": spec.millicpus,
+        "network": spec.network,
     }
+
+
+def _runs_in(spec: JobSpec) -> str:
+    """The container and its limits, for people: `icx/busybox:1, 512 MiB, 1.5 CPUs`."""
+    parts = [spec.image or "no container"]
+    if spec.memory_mb:
+        parts.append(f"{spec.memory_mb} MiB")
+    if spec.millicpus:
+        parts.append(f"{spec.millicpus / 1000:g} CPUs")
+    if spec.network:
+        parts.append("network")
+    return ", ".join(parts)
 
 
 def _when(ms: int) -> str:
@@ -71,6 +87,10 @@ def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpe
                 ("--name", args.name, None),
                 ("--accelerator", args.accelerator, "any"),
                 ("--priority", args.priority, 0),
+                ("--image", args.image, None),
+                ("--memory-mb", args.memory_mb, None),
+                ("--cpus", args.cpus, None),
+                ("--network", args.network, False),
             )
             if value != unset
         ]
@@ -96,6 +116,10 @@ def spec_from_args(args: argparse.Namespace, *, quoting: bool = False) -> JobSpe
         deadline_ms=None if args.deadline is None else parse_deadline(args.deadline),
         priority=args.priority,
         command=tuple(args.cmd) or ("(quote)",),
+        image=args.image or "",
+        memory_mb=args.memory_mb or 0,
+        millicpus=cpus_to_milli(args.cpus or 0, "--cpus"),
+        network=args.network,
     )
 
 
@@ -116,9 +140,19 @@ def submit(args: argparse.Namespace) -> int:
 
 @command
 def status(args: argparse.Namespace) -> int:
+    from cli.bill_cmd import bill_dict, broker_flags, print_bill
+
     with connect(args) as client:
         job = client.get_job(args.job)
-    d = job_dict(job)
+        d = job_dict(job)
+        # The bill so far, from the ledger: one record per metering interval of each run;
+        # none from a broker that keeps no ledger or predates the call.
+        try:
+            records = client.job_records(job.job_id)
+        except IcxError:
+            records = None
+        if records is not None:
+            d["bill"] = bill_dict(job.job_id, records, broker_flags(args, client.address))
     if args.json:
         print_json(d)
         return EXIT_OK
@@ -127,6 +161,7 @@ def status(args: argparse.Namespace) -> int:
         ("state", d["state"]),
         ("tenant", d["tenant"]),
         ("asks", f"{d['devices']} x {d['accelerator']} for {d['estimated_seconds']} s"),
+        ("runs in", _runs_in(job.spec)),
         ("center", f"{d['center_id']}/{d['pool_id']}" if d["center_id"] else "-"),
         ("devices", ",".join(map(str, d["device_indices"])) or "-"),
         ("attempts", d["attempts"]),
@@ -137,6 +172,9 @@ def status(args: argparse.Namespace) -> int:
     ]
     for key, value in rows:
         print(f"{key:<12} {value}")
+    if "bill" in d:
+        print("bill")
+        print_bill(d["bill"], indent="  ")
     return EXIT_OK
 
 
@@ -349,6 +387,12 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", help="latest completion, ISO 8601 with zone")
     p.add_argument("--priority", type=int, default=0, help="0..100 (default 0)")
     p.add_argument("--name", help="a name for humans")
+    p.add_argument("--image", help="container image to run in, with its tag (e.g. icx/busybox:1)")
+    p.add_argument("--memory-mb", type=int, help="memory limit in MiB (container centers)")
+    p.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5 (container centers)")
+    p.add_argument(
+        "--network", action="store_true", help="the job needs the network (container centers)"
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

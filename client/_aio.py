@@ -26,6 +26,7 @@ from identity.tls import aio_channel
 if TYPE_CHECKING:
     from identity import Credentials
     from ledger import ProofBundle, VerifierKey
+    from ledger.bill import LoggedRecord, TenantBill
 
 R = TypeVar("R")
 
@@ -226,3 +227,27 @@ class AsyncBrokerClient:
         request = ledger_pb2.AddCosignatureRequest(note=note)
         reply = await self._unary(self._ledger.AddCosignature, request, timeout_s)
         return int(reply.kept)
+
+    async def job_records(
+        self, job_id: str, *, timeout_s: float | None = None
+    ) -> list[LoggedRecord]:
+        """Every usage record logged for the job (each metering interval of each run),
+        oldest first, with its index in the log, following the broker's pages."""
+        out: list[LoggedRecord] = []
+        after = 0
+        while True:
+            request = _calls.job_records_request(job_id, after)
+            reply = await self._unary(self._ledger.ListJobRecords, request, timeout_s)
+            out.extend(_calls.logged_records_of(reply))
+            after = reply.next_after_index
+            if not after:
+                return out
+
+    async def tenant_bill(
+        self, period: str, *, tenant: str = "", timeout_s: float | None = None
+    ) -> TenantBill:
+        """A tenant's jobs charged in a month (YYYY-MM) with their totals: the caller's
+        own tenant, or for a coordinator the one it names."""
+        request = ledger_pb2.GetTenantBillRequest(period=period, tenant=tenant)
+        reply = await self._unary(self._ledger.GetTenantBill, request, timeout_s)
+        return _calls.tenant_bill_of(reply)

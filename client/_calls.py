@@ -5,7 +5,7 @@ status into the error tree. The clients differ only in how they wait."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
@@ -17,6 +17,9 @@ from core.types import Job, JobEvent, JobSpec, LogChunk
 from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import admin_pb2, broker_pb2, ledger_pb2
 from identity import Credentials
+
+if TYPE_CHECKING:  # the ledger is loaded by the calls that use it
+    from ledger.bill import LoggedRecord, TenantBill
 
 TENANT_METADATA = "x-icx-tenant"
 DEFAULT_TIMEOUT_S = 10.0
@@ -149,6 +152,45 @@ def prove_request(record_id: str | None, index: int | None) -> ledger_pb2.ProveR
     if record_id is not None:
         return ledger_pb2.ProveRecordRequest(record_id=record_id)
     return ledger_pb2.ProveRecordRequest(index=index)
+
+
+def job_records_request(job_id: str, after_index: int) -> ledger_pb2.ListJobRecordsRequest:
+    return ledger_pb2.ListJobRecordsRequest(job_id=job_id, after_index=after_index)
+
+
+def logged_records_of(reply: ledger_pb2.ListJobRecordsResponse) -> list[LoggedRecord]:
+    """The reply's records, each parsed (and so checked: its figures and shape) on
+    arrival; a record that does not parse raises the ledger's InvalidRecord."""
+    from ledger import SignedRecord
+    from ledger.bill import LoggedRecord
+
+    return [
+        LoggedRecord(index=r.index, signed=SignedRecord.from_entry(r.entry)) for r in reply.records
+    ]
+
+
+def tenant_bill_of(reply: ledger_pb2.GetTenantBillResponse) -> TenantBill:
+    from ledger.bill import JobTotals, TenantBill
+
+    return TenantBill(
+        tenant=reply.tenant,
+        period=reply.period,
+        currency=reply.currency,
+        checkpoint_size=reply.checkpoint_size,
+        jobs=tuple(
+            JobTotals(
+                job_id=j.job_id,
+                consumer=reply.tenant,
+                currency=reply.currency,
+                records=j.records,
+                device_s=j.device_s,
+                energy_wh=j.energy_wh,
+                carbon_g=j.carbon_g,
+                charge_minor=j.charge_minor,
+            )
+            for j in reply.jobs
+        ),
+    )
 
 
 def _refused_in_handshake(details: str) -> bool:

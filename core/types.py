@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -63,6 +64,13 @@ MAX_ENV_VARS = 256
 # Everything a job hands exec (arguments, names and values), well under Linux's 2 MiB
 # ARG_MAX, so that a launch cannot fail with E2BIG.
 MAX_EXEC_CHARS = 131_072
+MAX_JOB_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB for one job
+MAX_MILLICPUS = 1_000_000  # 1,000 CPUs for one job
+# Container images: a reference as the Docker engine reads it, its name at most 255
+# characters (the engine's own limit), with a tag or a digest.
+MAX_IMAGE_NAME_CHARS = 255
+MAX_IMAGE_CHARS = 512  # the whole reference, a sha512 digest included
+MAX_IMAGES = 256  # accepted by one center
 # Pools and centers.
 MAX_POOL_DEVICES = 1_000_000
 MAX_PRICE_MINOR_PER_DEVICE_HOUR = 10**7  # 100,000 yuan per device-hour (~10^4 x today's)
@@ -75,6 +83,47 @@ MAX_GRID_G_CO2_PER_KWH = 2000
 # Time: Unix ms from 1970 to the end of year 9999 (what ISO 8601 and Python can write).
 MAX_TIME_MS = 253_402_300_799_999
 MAX_SEQ = (1 << 53) - 1  # offer sequence numbers: exact in JSON and SQLite alike
+
+
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+# The grammar of distribution/reference (the Docker engine's): [domain/]path[:tag][@digest].
+IMAGE_PATTERN = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?"
+)
+
+
+def check_image(field: str, value: str, error: type[Exception]) -> None:
+    """A container image reference with a tag or a digest (`icx/busybox:1`,
+    `registry.example:5000/team/train@sha256:...`): raises `error` naming `field`. The
+    tag is required so that a job and a center's list of accepted images name one image
+    alike (no implied `latest`)."""
+    if len(value) > MAX_IMAGE_CHARS:
+        raise error(f"{field} must be at most {MAX_IMAGE_CHARS} characters, got {len(value)}")
+    found = IMAGE_PATTERN.fullmatch(value)
+    if found is None:
+        raise error(
+            f"{field} must be an image reference such as icx/busybox:1 (lower-case name, "
+            f"then :tag or @digest), got {shown(value)}"
+        )
+    # The first component is a registry only if it looks like a host; the rest (the
+    # repository) is lower-case, as the engine requires.
+    first, _, rest = found["name"].partition("/")
+    is_host = bool(rest) and ("." in first or ":" in first or first == "localhost")
+    repository = rest if is_host else found["name"]
+    if repository != repository.lower():
+        raise error(f"{field}: the image's repository must be lower-case, got {shown(value)}")
+    if len(found["name"]) > MAX_IMAGE_NAME_CHARS:
+        raise error(
+            f"{field}: the image name must be at most {MAX_IMAGE_NAME_CHARS} characters, "
+            f"got {len(found['name'])}"
+        )
+    if found["tag"] is None and found["digest"] is None:
+        raise error(f"{field} must name a tag or a digest (e.g. {value}:1), got {shown(value)}")
 
 
 def iso_utc(at_ms: int) -> str:
@@ -99,6 +148,13 @@ class JobSpec:
     data_mb: int = 0
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    # What the job runs in: a container image ("" for none: the center's own way of
+    # running a program), and the limits a container center enforces (0: not stated).
+    image: str = ""
+    memory_mb: int = 0
+    millicpus: int = 0
+    # The job needs the network; a container center gives it the host's, if it allows.
+    network: bool = False
 
     def __post_init__(self) -> None:
         check_name("name", self.name, InvalidJobSpec)
@@ -143,6 +199,7 @@ class JobSpec:
             check_name(f"allowed_regions[{i}]", region, InvalidJobSpec)
         check_name("data_region", self.data_region, InvalidJobSpec)
         self._check_exec()
+        self._check_container()
 
     def _check_exec(self) -> None:
         """The command and environment: what exec can carry (no NUL, bounded)."""
@@ -166,6 +223,17 @@ class JobSpec:
             raise InvalidJobSpec(
                 f"command and env must total at most {MAX_EXEC_CHARS} characters, got {total}"
             )
+
+    def _check_container(self) -> None:
+        """The image and the limits."""
+        if self.image:
+            check_image("image", self.image, InvalidJobSpec)
+        if not 0 <= self.memory_mb <= MAX_JOB_MEMORY_MB:
+            raise InvalidJobSpec(f"memory_mb must be 0..{MAX_JOB_MEMORY_MB}, got {self.memory_mb}")
+        if not 0 <= self.millicpus <= MAX_MILLICPUS:
+            raise InvalidJobSpec(f"millicpus must be 0..{MAX_MILLICPUS}, got {self.millicpus}")
+        if not isinstance(self.network, bool):
+            raise InvalidJobSpec(f"network must be true or false, got {shown(self.network)}")
 
     def validate_at(self, now_ms: int) -> None:
         """Checks that depend on the clock: the deadline must lie ahead."""
@@ -245,6 +313,23 @@ def _check_pools(where: str, pools: tuple[Pool, ...]) -> None:
         seen.add(pool.pool_id)
 
 
+def _check_images(where: str, images: tuple[str, ...]) -> None:
+    if len(images) > MAX_IMAGES:
+        raise InvalidOffer(f"{where}: at most {MAX_IMAGES} images, got {len(images)}")
+    for i, image in enumerate(images):
+        check_image(f"{where}: images[{i}]", image, InvalidOffer)
+    if len(set(images)) != len(images):
+        twice = next(i for i in images if images.count(i) > 1)
+        raise InvalidOffer(f"{where}: images must be unique, got {twice!r} twice")
+
+
+def accepts_image(images: tuple[str, ...], image: str) -> bool:
+    """Whether a center that runs `images` runs a job naming `image`: a container center
+    (some images) runs only jobs naming one of them; any other runs only jobs naming
+    none."""
+    return image in images if image else not images
+
+
 def _check_time(where: str, name: str, at_ms: int) -> None:
     if not 0 <= at_ms <= MAX_TIME_MS:
         raise InvalidOffer(f"{where}: {name} must be 0..{MAX_TIME_MS}, got {at_ms}")
@@ -260,6 +345,9 @@ class CenterDescriptor:
     pue_milli: int
     grid_g_co2_per_kwh: int
     pools: tuple[Pool, ...]
+    # The container images the center runs jobs in. Empty: it runs no containers, only
+    # jobs that name no image; else it runs only jobs that name one of these.
+    images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.center_id:
@@ -277,6 +365,7 @@ class CenterDescriptor:
             raise InvalidOffer(f"{where}: longitude must be -180..180, got {self.longitude}")
         _check_site(f"center {self.center_id}", self.pue_milli, self.grid_g_co2_per_kwh)
         _check_pools(f"center {self.center_id}", self.pools)
+        _check_images(where, self.images)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

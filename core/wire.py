@@ -1,7 +1,8 @@
 """Protocol messages <-> domain values, in one place. Only service code and the CLI
 import this module; libraries never see a protobuf.
 
-proto3 zero values: an empty string means "not set" for ids and regions; optional
+proto3 zero values: an empty string means "not set" for ids, regions and a job's image
+(no container), 0 "not stated" for a job's memory_mb and millicpus; optional
 fields (max_price_minor, deadline_ms, exit_code, a center's offer) use presence. A
 *_UNSPECIFIED enum value is refused. A ListJobsResponse total below the jobs it carries
 (0 from a broker that predates the field) is read as the number of jobs carried.
@@ -83,6 +84,10 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         data_mb=spec.data_mb,
         command=list(spec.command),
         env=dict(spec.env),
+        image=spec.image,
+        memory_mb=spec.memory_mb,
+        millicpus=spec.millicpus,
+        network=spec.network,
     )
     if spec.max_price_minor is not None:
         msg.max_price_minor = spec.max_price_minor
@@ -106,6 +111,10 @@ def spec_from_proto(msg: pb.JobSpec) -> JobSpec:
         data_mb=msg.data_mb,
         command=tuple(msg.command),
         env=tuple(sorted(msg.env.items())),
+        image=msg.image,
+        memory_mb=msg.memory_mb,
+        millicpus=msg.millicpus,
+        network=msg.network,
     )
 
 
@@ -145,6 +154,7 @@ def center_to_proto(center: CenterDescriptor) -> pb.CenterDescriptor:
         pue_milli=center.pue_milli,
         grid_g_co2_per_kwh=center.grid_g_co2_per_kwh,
         pools=[pool_to_proto(p) for p in center.pools],
+        images=list(center.images),
     )
 
 
@@ -158,6 +168,7 @@ def center_from_proto(msg: pb.CenterDescriptor) -> CenterDescriptor:
         pue_milli=msg.pue_milli,
         grid_g_co2_per_kwh=msg.grid_g_co2_per_kwh,
         pools=tuple(pool_from_proto(p) for p in msg.pools),
+        images=tuple(msg.images),
     )
 
 

@@ -13,10 +13,18 @@ record in log order:
   for the same consumer and the same job;
 * `answer-from-consumer`: an ack or dispute is signed by the consumer of the record it is
   about, addressed to that record's producer;
-* `no-overlapping-runs`: no two record chains (a usage record and its corrections, the
-  latest in force) of one producer bill one job for overlapping time: the same run billed
-  twice under two ids. Runs are half-open intervals `[start_ms, end_ms)`; two runs that
-  start at the same instant overlap even if empty.
+* `interval-chain`: a usage record that names another in `refs` is the next metering
+  interval of that record's run: the record it continues is earlier in the log and is
+  usage (not a correction, ack or dispute), of the same producer, consumer, job,
+  accelerator, devices and unit price; the interval starts where that one ends (as in
+  force: no gap, no overlap) and its `offset_s` is that one's `offset_s + wall_s`; and
+  no other record continues the same one (a run does not fork);
+* `no-overlapping-runs`: no two runs of one producer bill one job for overlapping time:
+  the same run billed twice under two ids. A run is a record chain: a usage record, the
+  intervals that continue it, and their corrections (each interval counted at its latest
+  correction); it spans its first interval's start to its last one's end. Runs are
+  half-open intervals `[start_ms, end_ms)`; two runs that start at the same instant
+  overlap even if empty.
 
 A record's own figures (wall time, device-seconds, charge) are checked when it is parsed
 (`ledger.records.UsageRecord`), before these rules see it.
@@ -32,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ledger.errors import AuditError
-from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
+from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord, continuation_error
 
 __all__ = ["Rule", "UsageRuleViolation", "UsageRules", "check_usage_rules"]
 
@@ -43,6 +51,7 @@ class Rule(enum.StrEnum):
     REFS_USAGE = "refs-usage"
     CORRECTION_SAME_PRODUCER_AND_JOB = "correction-same-producer-and-job"
     ANSWER_FROM_CONSUMER = "answer-from-consumer"
+    INTERVAL_CHAIN = "interval-chain"
     NO_OVERLAPPING_RUNS = "no-overlapping-runs"
 
 
@@ -56,16 +65,31 @@ class UsageRuleViolation(AuditError):
 
 @dataclass(slots=True, kw_only=True)
 class _Run:
-    """A record chain's run as it stands: its usage record's id, the latest record in
-    force and where that record sits in the log."""
+    """A record chain's run as it stands: its first usage record's id, each interval's
+    record in force (by its usage record's id), the span they cover, and the latest
+    record put in force with where it sits in the log."""
 
     chain: str
+    parts: dict[str, UsageRecord]
+    start_ms: int
+    end_ms: int
     latest: UsageRecord
     index: int
 
+    def put(self, part: str, record: UsageRecord, index: int) -> None:
+        replaced = self.parts.get(part)
+        self.parts[part] = record
+        self.latest, self.index = record, index
+        if replaced is None:  # a new interval: the span grows
+            self.start_ms = min(self.start_ms, record.start_ms)
+            self.end_ms = max(self.end_ms, record.end_ms)
+        else:  # a correction: the span is what the intervals in force cover
+            self.start_ms = min(r.start_ms for r in self.parts.values())
+            self.end_ms = max(r.end_ms for r in self.parts.values())
 
-def _overlap(a: UsageRecord, b: UsageRecord) -> bool:
-    return a.start_ms == b.start_ms or max(a.start_ms, b.start_ms) < min(a.end_ms, b.end_ms)
+
+def _overlap(a: _Run, start_ms: int, end_ms: int) -> bool:
+    return a.start_ms == start_ms or max(a.start_ms, start_ms) < min(a.end_ms, end_ms)
 
 
 class UsageRules:
@@ -77,8 +101,10 @@ class UsageRules:
 
     def __init__(self) -> None:
         self._records: dict[str, UsageRecord] = {}
-        self._chain_of: dict[str, str] = {}  # a usage or correction id -> its usage id
+        # A usage or correction id -> (the run's first usage id, the interval's usage id).
+        self._chain_of: dict[str, tuple[str, str]] = {}
         self._runs: dict[tuple[str, str], list[_Run]] = {}  # (producer, job_id) -> runs
+        self._continued: set[str] = set()  # usage ids that a later interval continues
 
     def check(self, index: int, record: UsageRecord) -> None:
         """Raise UsageRuleViolation if `record`, at `index`, breaks a rule given every
@@ -94,8 +120,10 @@ class UsageRules:
                 f"record {record_id!r} must be named {producer}/..., in its producer's name space",
                 index=index,
             )
-        if record.kind is RecordKind.USAGE:
-            self._bill(index, record, record_id)
+        if record.kind is RecordKind.USAGE and record.refs:
+            self._bill(index, record, self._continue(index, record), record_id)
+        elif record.kind is RecordKind.USAGE:
+            self._bill(index, record, record_id, record_id)
         else:
             original = self._original(index, record)
             if record.kind is RecordKind.CORRECTION:
@@ -113,7 +141,8 @@ class UsageRules:
                         f" {record.job_id!r}",
                         index=index,
                     )
-                self._bill(index, record, self._chain_of[record.refs])
+                chain, part = self._chain_of[record.refs]
+                self._bill(index, record, chain, part)
             elif (original.consumer, original.producer) != (record.producer, record.consumer):
                 raise UsageRuleViolation(
                     Rule.ANSWER_FROM_CONSUMER,
@@ -140,34 +169,69 @@ class UsageRules:
             )
         return original
 
-    def _bill(self, index: int, record: UsageRecord, chain: str) -> None:
-        """Put `record` in force for `chain` and check it against the producer's other
-        runs of the same job."""
+    def _continue(self, index: int, record: UsageRecord) -> str:
+        """Check that `record` is the next interval of the run its `refs` names; the
+        run's chain."""
+        where = f"record {record.record_id!r} continues {record.refs!r}"
+
+        def broken(message: str) -> UsageRuleViolation:
+            return UsageRuleViolation(Rule.INTERVAL_CHAIN, f"{where}: {message}", index=index)
+
+        original = self._records.get(record.refs)
+        if original is None:
+            raise broken("that record is not earlier in the log")
+        if original.kind is not RecordKind.USAGE:
+            raise broken(f"that record is a {original.kind}, not usage")
+        if record.refs in self._continued:
+            raise broken("another record continues it already (a run does not fork)")
+        chain, part = self._chain_of[record.refs]
+        run = next(r for r in self._runs[(original.producer, original.job_id)] if r.chain == chain)
+        reason = continuation_error(record, run.parts[part])  # the previous one as in force
+        if reason:
+            raise broken(reason)
+        self._continued.add(record.refs)
+        return chain
+
+    def _bill(self, index: int, record: UsageRecord, chain: str, part: str) -> None:
+        """Put `record` in force as interval `part` of the run `chain` and check the run
+        against the producer's other runs of the same job."""
         key = (record.producer, record.job_id)
         runs = self._runs.get(key)
+        self._chain_of[record.record_id] = (chain, part)
         if runs is None:  # the common case: a job's first run at this producer
-            self._runs[key] = [_Run(chain=chain, latest=record, index=index)]
-            self._chain_of[record.record_id] = chain
+            self._runs[key] = [_new_run(chain, part, record, index)]
             return
         mine: _Run | None = None
         for run in runs:
             if run.chain == chain:
                 mine = run
-            elif _overlap(run.latest, record):
+        if mine is None:
+            mine = _new_run(chain, part, record, index)
+            runs.append(mine)
+        else:
+            mine.put(part, record, index)
+        for run in runs:
+            if run is not mine and _overlap(run, mine.start_ms, mine.end_ms):
                 other = run.latest
                 raise UsageRuleViolation(
                     Rule.NO_OVERLAPPING_RUNS,
                     f"record {record.record_id!r} bills job {record.job_id!r} at"
-                    f" {record.producer!r} for {record.start_ms}..{record.end_ms}, which"
+                    f" {record.producer!r} for {mine.start_ms}..{mine.end_ms}, which"
                     f" overlaps {other.record_id!r} (entry {run.index},"
-                    f" {other.start_ms}..{other.end_ms}): the same run billed twice",
+                    f" {run.start_ms}..{run.end_ms}): the same run billed twice",
                     index=index,
                 )
-        if mine is None:
-            runs.append(_Run(chain=chain, latest=record, index=index))
-        else:
-            mine.latest, mine.index = record, index
-        self._chain_of[record.record_id] = chain
+
+
+def _new_run(chain: str, part: str, record: UsageRecord, index: int) -> _Run:
+    return _Run(
+        chain=chain,
+        parts={part: record},
+        start_ms=record.start_ms,
+        end_ms=record.end_ms,
+        latest=record,
+        index=index,
+    )
 
 
 def check_usage_rules(records: Iterable[tuple[int, UsageRecord]]) -> int:

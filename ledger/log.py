@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from core.ids import shown
+from core.money import CURRENCY
 from ledger import canonical, merkle
 from ledger._audit_rules import Rule, UsageRules, UsageRuleViolation
 from ledger._membership import check_admission
 from ledger._pool import VerifyPool
+from ledger.bill import JobTotals, tenant_bill
 from ledger.bundle import ProofBundle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import (
@@ -189,6 +191,10 @@ class Log:
             return None
         return SignedRecord.from_entry(stored.leaf).record
 
+    def record(self, record_id: str) -> UsageRecord | None:
+        """The logged record `record_id`, if any."""
+        return self._record(record_id)
+
     def append(self, signed: Sequence[SignedRecord]) -> list[int]:
         """Verify, countersign and append; returns each record's index. A record id
         already logged with the same bytes is answered with its index (idempotent)."""
@@ -343,7 +349,7 @@ class Log:
     # Settlement.
 
     def settle(
-        self, period: str, currency: str = "CNY", *, party: str = ""
+        self, period: str, currency: str = CURRENCY, *, party: str = ""
     ) -> tuple[Settlement, bytes]:
         """Settle `period` over the entries the latest checkpoint covers; sign the
         statement (only `party`'s figures when given: `Settlement.for_party`), keep it
@@ -361,6 +367,21 @@ class Log:
         signed = sign_statement(result, signer)
         self.store.add_statement(party or _WHOLE, period, signed)
         return result, signed
+
+    def bill(
+        self, period: str, consumer: str, currency: str = CURRENCY
+    ) -> tuple[int, list[JobTotals]]:
+        """`consumer`'s jobs charged in `period` with their totals, over the entries the
+        latest checkpoint covers (as `settle` counts them); with that checkpoint's size."""
+        checkpoint = Checkpoint.from_text(parse_note(self.latest_note()).text)
+        totals = tenant_bill(
+            self.records(0, checkpoint.size),
+            period=period,
+            consumer=consumer,
+            size=checkpoint.size,
+            currency=currency,
+        )
+        return checkpoint.size, totals
 
     def _audit_statements(self, roots: dict[int, bytes]) -> int:
         count = 0

@@ -9,6 +9,13 @@ carbon in g, money in integer minor units (fen for CNY).
 Records are never edited. A `correction` names the record it replaces (`refs`) and
 carries the full corrected figures; the latest correction in log order wins. An `ack` or
 `dispute` is signed by the consumer about a record (`refs`) and carries no figures.
+
+A long run is billed as it goes, one `usage` record per metering interval: the first
+names no other record, each later one names the previous interval in `refs` and says in
+`offset_s` how many seconds of the run were billed before it. Its energy, carbon and
+charge are what the run up to its end would cost less what the run up to its start
+would (`interval_*`): each rounded once over the whole run, so the records of a chain
+add up to exactly what one record of the whole run would say.
 """
 
 from __future__ import annotations
@@ -19,11 +26,21 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from core.ids import shown
-from core.money import charge_minor
+from core.money import CURRENCY, charge_minor
 from ledger import canonical
 from ledger.errors import InvalidRecord
 
-__all__ = ["SCHEMA", "RecordKind", "UsageRecord", "charge_minor"]
+__all__ = [
+    "SCHEMA",
+    "RecordKind",
+    "UsageRecord",
+    "charge_minor",
+    "interval_carbon_g",
+    "interval_charge_minor",
+    "interval_energy_wh",
+    "interval_id",
+    "split_interval_id",
+]
 
 SCHEMA = "icx.usage/v1"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
@@ -54,6 +71,52 @@ def carbon_g(energy: int, grid_g_per_kwh: int) -> int:
     return (energy * grid_g_per_kwh + 500) // 1000
 
 
+def interval_id(base: str, n: int) -> str:
+    """The id of the n-th metering interval (n >= 1) of the run whose first record is
+    `base` (`CENTER/CLAIM`): `base` itself, then `base/n`."""
+    return base if n == 1 else f"{base}/{n}"
+
+
+def split_interval_id(record_id: str) -> tuple[str, int]:
+    """The run and interval a record id names: `CENTER/CLAIM/n` (n >= 2, no leading
+    zero) -> (`CENTER/CLAIM`, n); any other id -> (the id, 1). The inverse of
+    `interval_id` for a base of the form `CENTER/CLAIM`."""
+    base, _, tail = record_id.rpartition("/")
+    if "/" in base and tail.isdigit() and tail[0] != "0" and int(tail) >= 2:
+        return base, int(tail)
+    return record_id, 1
+
+
+# A run's figures are rounded once over the whole run; an interval's figure is the run's
+# figure at the interval's end less the run's figure at its start. Each is >= 0 (every
+# rule is monotone in time), and a chain's intervals add up to the whole run's figure.
+
+
+def interval_energy_wh(
+    devices: int, power_w: int, pue_milli: int, *, offset_s: int, wall_s: int
+) -> int:
+    """The energy of the `wall_s` seconds of a run that follow its first `offset_s`."""
+    before = energy_wh(devices, power_w, offset_s, pue_milli)
+    return energy_wh(devices, power_w, offset_s + wall_s, pue_milli) - before
+
+
+def interval_carbon_g(
+    devices: int, power_w: int, pue_milli: int, grid_g_per_kwh: int, *, offset_s: int, wall_s: int
+) -> int:
+    """The carbon of the `wall_s` seconds of a run that follow its first `offset_s`."""
+    before = carbon_g(energy_wh(devices, power_w, offset_s, pue_milli), grid_g_per_kwh)
+    until = energy_wh(devices, power_w, offset_s + wall_s, pue_milli)
+    return carbon_g(until, grid_g_per_kwh) - before
+
+
+def interval_charge_minor(
+    devices: int, unit_price_minor: int, *, offset_s: int, wall_s: int
+) -> int:
+    """The charge of the `wall_s` seconds of a run that follow its first `offset_s`."""
+    before = charge_minor(devices * offset_s, unit_price_minor)
+    return charge_minor(devices * (offset_s + wall_s), unit_price_minor) - before
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UsageRecord:
     """One signed unit of accounting. Checks itself; see the module docstring."""
@@ -67,6 +130,7 @@ class UsageRecord:
     start_ms: int
     end_ms: int
     wall_s: int = 0
+    offset_s: int = 0
     devices: int = 0
     device_s: int = 0
     accelerator: str = ""
@@ -74,7 +138,7 @@ class UsageRecord:
     carbon_g: int = 0
     unit_price_minor: int = 0
     charge_minor: int = 0
-    currency: str = "CNY"
+    currency: str = CURRENCY
     _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +160,7 @@ class UsageRecord:
             "start_ms",
             "end_ms",
             "wall_s",
+            "offset_s",
             "devices",
             "device_s",
             "energy_wh",
@@ -127,9 +192,15 @@ class UsageRecord:
             raise InvalidRecord(
                 f"{where}: end_ms must be >= start_ms ({self.start_ms}), got {self.end_ms}"
             )
-        if self.kind is RecordKind.USAGE and self.refs:
+        if self.kind is RecordKind.USAGE and bool(self.refs) != (self.offset_s > 0):
+            if self.refs:
+                raise InvalidRecord(
+                    f"{where}: a usage record that continues {shown(self.refs)} must have "
+                    "offset_s > 0 (the seconds of the run billed before it), got 0"
+                )
             raise InvalidRecord(
-                f"{where}: a usage record must not reference another, got {shown(self.refs)}"
+                f"{where}: a usage record with offset_s {self.offset_s} must name the "
+                "previous interval of its run in refs"
             )
         if self.kind is not RecordKind.USAGE and not self.refs:
             raise InvalidRecord(f"{where}: a {self.kind} must name the record it is about in refs")
@@ -140,6 +211,7 @@ class UsageRecord:
         else:
             figures = (
                 "wall_s",
+                "offset_s",
                 "devices",
                 "device_s",
                 "energy_wh",
@@ -171,12 +243,19 @@ class UsageRecord:
                 f"{where}: device_s must be devices x wall_s = {self.devices * self.wall_s}, "
                 f"got {self.device_s}"
             )
-        want_charge = charge_minor(self.device_s, self.unit_price_minor)
+        want_charge = interval_charge_minor(
+            self.devices, self.unit_price_minor, offset_s=self.offset_s, wall_s=self.wall_s
+        )
         if self.charge_minor != want_charge:
+            if self.offset_s:
+                rule = (
+                    f"the charge of the run's first {self.offset_s + self.wall_s} s less "
+                    f"that of its first {self.offset_s} s"
+                )
+            else:
+                rule = "device_s x unit_price_minor / 3600 rounded up"
             raise InvalidRecord(
-                f"{where}: charge_minor must be device_s x unit_price_minor / 3600 "
-                f"rounded up = {want_charge}, "
-                f"got {self.charge_minor}"
+                f"{where}: charge_minor must be {rule} = {want_charge}, got {self.charge_minor}"
             )
 
     def to_json(self) -> dict[str, canonical.JsonValue]:
@@ -184,6 +263,9 @@ class UsageRecord:
         for name in _FIELDS:
             data[name] = getattr(self, name)
         data["kind"] = str(self.kind)
+        if not self.offset_s:
+            # Left out when 0, so that a whole run's record has the bytes it always had.
+            del data["offset_s"]
         return data
 
     @classmethod
@@ -194,6 +276,8 @@ class UsageRecord:
         schema = fields.pop("schema", None)
         if schema != SCHEMA:
             raise InvalidRecord(f"record schema must be {SCHEMA!r}, got {shown(schema)}")
+        if "offset_s" in fields and fields["offset_s"] == 0:
+            raise InvalidRecord("record offset_s is left out when 0, got an explicit 0")
         try:
             return cls(**fields)
         except TypeError as exc:
@@ -210,3 +294,30 @@ class UsageRecord:
 
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord) if not f.name.startswith("_"))
+
+_KEPT_ALONG_A_RUN = ("producer", "consumer", "job_id", "accelerator", "devices", "unit_price_minor")
+
+
+def continuation_error(record: UsageRecord, previous: UsageRecord) -> str:
+    """Why `record` is not the next metering interval after `previous` (the record its
+    `refs` names, as in force); "" if it is: `previous` is usage of the same producer,
+    consumer, job, accelerator, devices and price, and `record` starts where it ends
+    (no gap, no overlap) with `offset_s` = its `offset_s + wall_s`."""
+    if previous.kind is not RecordKind.USAGE and previous.kind is not RecordKind.CORRECTION:
+        return f"{previous.record_id!r} is a {previous.kind}, not usage"
+    for name in _KEPT_ALONG_A_RUN:
+        if getattr(previous, name) != getattr(record, name):
+            return f"{name} must stay {getattr(previous, name)!r}, got {getattr(record, name)!r}"
+    if record.start_ms != previous.end_ms:
+        gap = "a gap" if record.start_ms > previous.end_ms else "an overlap"
+        return (
+            f"it starts at {record.start_ms}, but the previous interval ends at"
+            f" {previous.end_ms} ({gap})"
+        )
+    want = previous.offset_s + previous.wall_s
+    if record.offset_s != want:
+        return (
+            f"offset_s must be {want} (the previous interval's offset_s + wall_s),"
+            f" got {record.offset_s}"
+        )
+    return ""

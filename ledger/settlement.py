@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.ids import shown
+from core.money import CURRENCY
 from ledger import canonical
 from ledger.checkpoint import Checkpoint
 from ledger.errors import InvalidRecord, SignatureError
@@ -43,6 +44,8 @@ __all__ = [
     "PartyTotals",
     "Settlement",
     "Transfer",
+    "charged_in",
+    "effective_records",
     "period_bounds",
     "settle",
     "sign_statement",
@@ -172,6 +175,33 @@ class Settlement:
         return body
 
 
+def effective_records(
+    records: Iterable[tuple[int, UsageRecord]], size: int
+) -> dict[str, UsageRecord]:
+    """The records in force among the (index, record) pairs of entries [0, size) in log
+    order, by the id of the usage record each stands for: each usage record (every
+    metering interval of a run is one), or its latest correction."""
+    effective: dict[str, UsageRecord] = {}
+    for index, record in records:
+        if index >= size:
+            raise InvalidRecord(f"entry {index} is beyond the checkpoint (size {size})")
+        if record.kind is RecordKind.USAGE:
+            effective[record.record_id] = record
+        elif record.kind is RecordKind.CORRECTION:
+            effective[record.refs] = record
+    return effective
+
+
+def charged_in(record: UsageRecord, from_ms: int, to_ms: int, currency: str) -> bool:
+    """Whether a record in force is charged in [from_ms, to_ms) (its `end_ms`, the charge
+    time) in `currency`."""
+    return (
+        record.kind in CHARGING_KINDS
+        and record.currency == currency
+        and from_ms <= record.end_ms < to_ms
+    )
+
+
 def _transfers(positions: dict[str, int]) -> list[Transfer]:
     debtors = sorted(((-v, p) for p, v in positions.items() if v < 0), key=lambda x: (-x[0], x[1]))
     creditors = sorted(((v, p) for p, v in positions.items() if v > 0), key=lambda x: (-x[0], x[1]))
@@ -198,19 +228,12 @@ def settle(
     *,
     period: str,
     checkpoint: Checkpoint,
-    currency: str = "CNY",
+    currency: str = CURRENCY,
 ) -> Settlement:
     """Settle `period` from the (index, record) pairs of entries [0, checkpoint.size) in
     log order. Records in other currencies are left to their own settlement."""
     t0, t1 = period_bounds(period)
-    effective: dict[str, UsageRecord] = {}
-    for index, record in records:
-        if index >= checkpoint.size:
-            raise InvalidRecord(f"entry {index} is beyond the checkpoint (size {checkpoint.size})")
-        if record.kind is RecordKind.USAGE:
-            effective[record.record_id] = record
-        elif record.kind is RecordKind.CORRECTION:
-            effective[record.refs] = record
+    effective = effective_records(records, checkpoint.size)
     matrix: dict[tuple[str, str], int] = defaultdict(int)
     totals: dict[str, PartyTotals] = {}
 
@@ -221,9 +244,7 @@ def settle(
 
     count = 0
     for record in effective.values():
-        if record.kind not in CHARGING_KINDS or record.currency != currency:
-            continue
-        if not t0 <= record.end_ms < t1:
+        if not charged_in(record, t0, t1, currency):
             continue
         count += 1
         matrix[(record.consumer, record.producer)] += record.charge_minor

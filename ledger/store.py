@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ledger import merkle
 from ledger.errors import EntryNotFound, LedgerError, ProofError
+from ledger.records import split_interval_id
 
 __all__ = ["LedgerStore", "StoredEntry"]
 
@@ -289,6 +290,22 @@ class LedgerStore:
                 chunk,
             ):
                 found[str(row[1])] = StoredEntry(int(row[0]), row[1], str(row[2]), _blob(row[3]))
+        return found
+
+    def find_run(self, base: str) -> list[StoredEntry]:
+        """The entries of one run's records, `base` and `base/n` (its metering
+        intervals), in index order: one range of the record id index."""
+        # "0" follows "/": the range holds every id that starts with `base/`, and a few
+        # others (`base-x`) that the filter drops.
+        found: list[StoredEntry] = []
+        for row in self._db.execute(
+            "SELECT idx, record_id, type, leaf FROM entries"
+            " WHERE record_id >= ? AND record_id < ? ORDER BY idx",
+            (base, base + "0"),
+        ):
+            rid = str(row[1])
+            if split_interval_id(rid)[0] == base:
+                found.append(StoredEntry(int(row[0]), rid, str(row[2]), _blob(row[3])))
         return found
 
     def entries(

@@ -1,7 +1,8 @@
 """Job classes and their feasible (class, pool) candidates, built with numpy.
 
 Jobs that agree on every field the model reads (accelerator, devices, seconds, regions,
-budget, effective priority, data, deadline, minimum memory and TFLOPS) form one *class*;
+budget, effective priority, data, deadline, minimum memory and TFLOPS, image) form one
+*class*;
 the model decides how many jobs of a class go to each pool, which is exact because such
 jobs are interchangeable. Each class keeps its feasible pools, in pool-id order, in one
 CSR array (`ptr`, `pool`, `cost`); pools are indexed in pool-id order, so the first of
@@ -149,6 +150,7 @@ def _signature(job: JobRequest, eff: int) -> tuple[object, ...]:
         job.deadline_s,
         job.min_memory_gb,
         job.min_tflops,
+        job.image,
     )
 
 
@@ -167,7 +169,7 @@ def classes_of(
     for sig_members in by_sig.values():
         j = problem.jobs[sig_members[0]]
         regions_key = None if j.regions is None else tuple(sorted(set(j.regions)))
-        key = (j.accelerator, regions_key, j.min_memory_gb, j.min_tflops, j.data_region)
+        key = (j.accelerator, regions_key, j.min_memory_gb, j.min_tflops, j.data_region, j.image)
         grouped.setdefault(key, []).append(sig_members)
     class_jobs: list[tuple[int, ...]] = []
     reps: list[JobRequest] = []

@@ -19,6 +19,7 @@ from matcher.model import (
     Unplaced,
     carbon_g,
     energy_wh,
+    image_reason,
     job_charge_minor,
     transfer_ms,
 )
@@ -138,7 +139,8 @@ class _Explainer:
         job = inst.classes[c]
         diag = inst.diag
         if diag.n_compatible[c] == 0:
-            return f"no pool of {_what(job)} in {_where(job)}"
+            place = f"of {_what(job)} in {_where(job)}"
+            return image_reason(job, inst.pools, place) or f"no pool {place}"
         if diag.n_fit[c] == 0:
             return (
                 f"no pool with {job.devices} free devices of {_what(job)} in {_where(job)} "

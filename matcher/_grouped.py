@@ -2,8 +2,9 @@
 objective cost reads except the price, greedy passes that find each job's cheapest pool
 with room by moving pointers, and a sparse `Instance` for the bound and explanations.
 
-Why it is exact. Pools of one *group* share accelerator, memory, TFLOPS and region
-(and, when carbon has a weight, power, PUE and grid factor), so for a job they share
+Why it is exact. Pools of one *group* share accelerator, memory, TFLOPS, region and
+accepted images (and, when carbon has a weight, power, PUE and grid factor), so for a job
+they share
 compatibility, residency, transfer time, deadline and every cost term but the charge,
 and the charge ceil(price x devices x seconds / 3600) never falls as the price rises.
 Within a group, ordered by (price, pool index), the job's cheapest pool with room is
@@ -56,7 +57,7 @@ def group_key(problem: Problem) -> list[tuple[object, ...]]:
     carbon = problem.policy.w_carbon > 0
     out: list[tuple[object, ...]] = []
     for p in sorted(problem.pools, key=lambda p: p.pool_id):
-        key: tuple[object, ...] = (p.accelerator, p.region, p.memory_gb, p.tflops)
+        key: tuple[object, ...] = (p.accelerator, p.region, p.memory_gb, p.tflops, p.images)
         if carbon:
             key += (p.power_w, p.pue_milli, p.grid_g_per_kwh)
         out.append(key)

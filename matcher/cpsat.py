@@ -5,12 +5,14 @@ The model
 
 Notation. J jobs, grouped into classes c of interchangeable jobs (same accelerator,
 devices, seconds, regions, budget, effective priority, data, deadline, minimum memory and
-TFLOPS); count_c jobs in class c. P pools p with free_p free devices, in region r(p).
-d_c devices per job (a gang: all in one pool). For each class its candidates A_c: the
+TFLOPS, container image); count_c jobs in class c. P pools p with free_p free devices, in
+region r(p). d_c devices per job (a gang: all in one pool). For each class its candidates A_c: the
 pools that pass every per-job hard constraint
 
     accelerator model (or "any") and minimum memory / TFLOPS per device,
     r(p) in the job's allowed regions (data residency),
+    the job's image among the images p's center accepts (no image: p's center runs
+      no containers),
     d_c <= free_p,
     charge_cp = ceil(price_p x d_c x seconds_c / 3600) <= budget_c (fen),
     seconds_c x 1000 + transfer_cp <= deadline_c x 1000 (ms),

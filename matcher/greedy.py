@@ -19,6 +19,7 @@ from matcher.model import (
     cost_milli_minor,
     energy_wh,
     feasible,
+    image_reason,
     job_charge_minor,
     transfer_ms,
     value,
@@ -32,7 +33,8 @@ def why_unplaced(
     where = "any region" if job.regions is None else "the allowed regions " + ", ".join(job.regions)
     compat = [p for p in problem.pools if compatible(job, p)]
     if not compat:
-        return f"no pool of {job.accelerator} in {where}"
+        place = f"of {job.accelerator} in {where}"
+        return image_reason(job, problem.pools, place) or f"no pool {place}"
     big = [p for p in compat if p.free >= job.devices]
     if not big:
         most = max(p.free for p in compat)

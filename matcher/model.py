@@ -13,11 +13,16 @@ that a CP-SAT model can use the same numbers:
 A *region* is one name space for data residency, the data's location and the network
 matrix: a job may run in pool P only if P.region is in the job's `regions`, and moving its
 data costs the RTT and the transfer time between `data_region` and P.region.
+
+A job naming a container *image* may run in pool P only if P's center accepts that image
+(`P.images`); a job naming none only in a pool whose center runs no containers (no
+images): a container center runs nothing but its images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, overload
 
@@ -25,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core import types as limits
+from core.errors import InvalidArgument
 from core.ids import shown
 from core.money import charge_minor
 from matcher.errors import InvalidProblem
@@ -59,6 +65,13 @@ def _check_range(where: str, name: str, value: int, lo: int, hi: int) -> None:
         raise InvalidProblem(f"{where}: {name} must be {lo}..{hi}, got {value}")
 
 
+def _check_image(field: str, image: str) -> None:
+    try:
+        limits.check_image(field, image, InvalidArgument)
+    except InvalidArgument as exc:
+        raise InvalidProblem(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolSlot:
     """Free capacity of one pool at one center, as the matcher sees it this round."""
@@ -74,11 +87,18 @@ class PoolSlot:
     pue_milli: int
     grid_g_per_kwh: int
     price_minor_per_device_hour: int
+    images: tuple[str, ...] = ()  # its center's accepted images; () for no containers
 
     def __post_init__(self) -> None:
         if not self.pool_id:
             raise InvalidProblem("pool_id must not be empty")
         where = f"pool {shown(self.pool_id)}"
+        if len(self.images) > limits.MAX_IMAGES:
+            raise InvalidProblem(
+                f"{where}: images must name at most {limits.MAX_IMAGES}, got {len(self.images)}"
+            )
+        for i, image in enumerate(self.images):
+            _check_image(f"{where}: images[{i}]", image)
         for name, most in (
             ("free", limits.MAX_POOL_DEVICES),
             ("memory_gb", limits.MAX_MEMORY_GB),
@@ -109,11 +129,14 @@ class JobRequest:
     tenant: str = ""
     min_memory_gb: int = 0  # per device; matters for accelerator "any"
     min_tflops: int = 0  # FP16 per device; matters for accelerator "any"
+    image: str = ""  # a container image; "": none (a center without containers)
 
     def __post_init__(self) -> None:
         if not self.job_id:
             raise InvalidProblem("job_id must not be empty")
         where = f"job {shown(self.job_id)}"
+        if self.image:
+            _check_image(f"{where}: image", self.image)
         _check_range(where, "devices", self.devices, 1, limits.MAX_GANG)
         _check_range(where, "seconds", self.seconds, 1, limits.MAX_ESTIMATED_S)
         for name, most in (
@@ -402,12 +425,27 @@ def cost_milli_minor(job: JobRequest, pool: PoolSlot, problem: Problem) -> int:
 
 
 def compatible(job: JobRequest, pool: PoolSlot) -> bool:
-    """Accelerator (model, memory, TFLOPS) and allowed region: what capacity cannot change."""
+    """Accelerator (model, memory, TFLOPS), allowed region and container image: what
+    capacity cannot change."""
     if job.accelerator != ANY and job.accelerator != pool.accelerator:
         return False
     if pool.memory_gb < job.min_memory_gb or pool.tflops < job.min_tflops:
         return False
+    if not limits.accepts_image(pool.images, job.image):
+        return False
     return job.regions is None or pool.region in job.regions
+
+
+def image_reason(job: JobRequest, pools: Iterable[PoolSlot], place: str) -> str | None:
+    """Why `job` has no compatible pool when its image (or its lack of one) is what
+    rules out every pool that would otherwise be, in words ending with `place` (the pools
+    it could use, e.g. "of ascend-910 in any region"); None when the image is not why."""
+    anywhere = dataclasses.replace(job, image="")
+    if not any(compatible(anywhere, dataclasses.replace(p, images=())) for p in pools):
+        return None
+    if job.image:
+        return f"no center with a pool {place} accepts the image {job.image}"
+    return f"the centers with a pool {place} run only container jobs, and it names no image"
 
 
 def admissible(job: JobRequest, pool: PoolSlot, transfer: int = 0) -> bool:

@@ -47,6 +47,7 @@ _POOL_FIELDS = {
     "grid_g_per_kwh",
     "price_minor_per_device_hour",
 }
+_OPTIONAL_POOL_FIELDS = {"images"}
 _JOB_FIELDS = {
     "id",
     "tenant",
@@ -62,6 +63,7 @@ _JOB_FIELDS = {
     "waited_hours",
     "min_memory_gb",
     "min_tflops",
+    "image",
 }
 _TOP_FIELDS = {
     "weights",
@@ -130,7 +132,7 @@ def _scaled_down(value: float, scale: int) -> int:
 
 
 def _pool(raw: object, path: str) -> PoolSlot:
-    obj = _obj(raw, path, _POOL_FIELDS)
+    obj = _obj(raw, path, _POOL_FIELDS | _OPTIONAL_POOL_FIELDS)
     for name in sorted(_POOL_FIELDS):
         if name not in obj:
             raise InvalidProblem(f"{path}.{name}: missing")
@@ -149,7 +151,14 @@ def _pool(raw: object, path: str) -> PoolSlot:
         price_minor_per_device_hour=_int(
             obj["price_minor_per_device_hour"], f"{path}.price_minor_per_device_hour"
         ),
+        images=_images(obj.get("images", []), f"{path}.images"),
     )
+
+
+def _images(raw: object, path: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise _bad(path, "a list of image references", raw)
+    return tuple(_str(image, f"{path}[{i}]") for i, image in enumerate(raw))
 
 
 def _optional(obj: Mapping[str, Any], name: str) -> object:
@@ -187,6 +196,7 @@ def _job(raw: object, path: str) -> JobRequest:
         waited_s=_scaled_down(_num(obj.get("waited_hours", 0), f"{path}.waited_hours"), 3600),
         min_memory_gb=_int(obj.get("min_memory_gb", 0), f"{path}.min_memory_gb"),
         min_tflops=_int(obj.get("min_tflops", 0), f"{path}.min_tflops"),
+        image=_str(obj.get("image", ""), f"{path}.image", empty_ok=True),
     )
 
 
@@ -351,6 +361,8 @@ def dump_problem(problem: Problem) -> dict[str, Any]:
                 "pue": p.pue_milli / 1000,
                 "grid_g_per_kwh": p.grid_g_per_kwh,
                 "price_minor_per_device_hour": p.price_minor_per_device_hour,
+                # Only where set, so that files without containers read as before.
+                **({"images": list(p.images)} if p.images else {}),
             }
             for p in problem.pools
         ],
@@ -370,6 +382,7 @@ def dump_problem(problem: Problem) -> dict[str, Any]:
                 "waited_hours": j.waited_s / 3600,
                 "min_memory_gb": j.min_memory_gb,
                 "min_tflops": j.min_tflops,
+                **({"image": j.image} if j.image else {}),
             }
             for j in problem.jobs
         ],

@@ -3,18 +3,26 @@ agent finds the jobs it launched: it asks the backend to re-attach to each, list
 its Hello, and meters each run exactly once.
 
 A run enters the table after the backend started it and before the agent reports it
-running; its end is written before it is metered, and `metered` after the signed record
-is in the outbox. It holds the center's live runs and those ended in the last few
-minutes. Each change is one line appended to a journal beside it (`runs.json.journal`)
-and fsynced, so a change costs the same however many runs the table holds; the snapshot
-(`runs.json`: a temporary file, fsync, rename) is rewritten when the agent opens the
-table and when the journal has grown to several times the table, then the journal starts
-again. A torn last line (a crash in the middle of an append) is ignored on reading.
+running. While it runs, each metering interval's signed record goes to the outbox and
+then the table notes how far the run is metered (`metered_n` records, the last ending at
+`metered_to_ms`), so a restarted agent re-attached to the run goes on from there and
+never bills a second twice. Its end is written before it is metered, and `metered` after
+the run's last record is in the outbox. It holds the center's live runs and those ended
+in the last few minutes. Each change is one line appended to a journal beside it
+(`runs.json.journal`) and fsynced, so a change costs the same however many runs the
+table holds; the snapshot (`runs.json`: a temporary file, fsync, rename) is rewritten
+when the agent opens the table and when the journal has grown to several times the
+table, then the journal starts again. A torn last line (a crash in the middle of an
+append) is ignored on reading.
 
     {"version": 1, "runs": [{"claim_id": ..., "job_id": ..., "pool_id": ...,
       "device_indices": [0, 1], "backend": "process", "backend_run_id": "4242",
       "tenant": ..., "started_at_ms": ..., "state": "running", "exit_code": null,
-      "ended_at_ms": 0, "metered": false, "log_epoch": 0}]}
+      "ended_at_ms": 0, "metered": false, "metered_n": 0, "metered_to_ms": 0,
+      "log_epoch": 0}]}
+
+(`metered_n` and `metered_to_ms` are absent from tables written before runs were metered
+in intervals: 0, nothing metered yet.)
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ _ENDED = TERMINAL
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunRow:
     """One launched run. `log_epoch` counts the agent lives that followed its output, so
-    output sequence numbers keep rising across a re-attach."""
+    output sequence numbers keep rising across a re-attach. `metered_n` records of it
+    are in the outbox, the last ending at `metered_to_ms` (whole seconds after the start
+    but for the run's last record); `metered` once its last one is."""
 
     claim_id: str
     job_id: str
@@ -50,11 +60,19 @@ class RunRow:
     exit_code: int | None = None
     ended_at_ms: int = 0
     metered: bool = False
+    metered_n: int = 0
+    metered_to_ms: int = 0
     log_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in (JobState.RUNNING, *_ENDED):
             raise InvalidConfig(f"run {self.claim_id}: state must be running or final")
+        if self.metered_n < 0 or (self.metered_n and self.metered_to_ms < self.started_at_ms):
+            raise InvalidConfig(
+                f"run {self.claim_id}: metered_n {self.metered_n} records up to "
+                f"metered_to_ms {self.metered_to_ms} must end after started_at_ms "
+                f"{self.started_at_ms}"
+            )
         if self.state in _ENDED and self.ended_at_ms < self.started_at_ms:
             raise InvalidConfig(
                 f"run {self.claim_id}: ended_at_ms {self.ended_at_ms} before "

@@ -37,7 +37,7 @@ from node_agent._messages import (
     LaunchOrder,
     ReserveOrder,
 )
-from node_agent._metering import RunFacts
+from node_agent._metering import DEFAULT_INTERVAL_S, Interval, RunFacts, due_intervals
 from node_agent._output import STREAM_MAX_BYTES, JobOutput, Pace
 from node_agent._run_table import RunRow, RunTable
 from node_agent.backends import Backend, LaunchRequest, Run
@@ -61,6 +61,8 @@ REASON_CHARS = 200
 """The longest reason the agent reports for a job's end (it may quote what it was sent)."""
 
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
+DeviceNames = Callable[[str, tuple[int, ...]], tuple[str, ...]]
+"""(pool id, the pool's device indices) -> those devices as the machine names them."""
 
 
 class RunEvents(Protocol):
@@ -74,10 +76,11 @@ class RunEvents(Protocol):
         """The free devices changed: advertise again."""
         ...
 
-    def ended(self, run: RunFacts) -> bool:
-        """A run that started has ended: meter it; True if a record was kept (called
-        once per run, and again with the same facts only if a restart came before the
-        run was marked metered)."""
+    def metered(self, run: RunFacts, interval: Interval) -> bool:
+        """An interval of a run that started has passed (or the run ended): sign its
+        usage; True if the record was kept. Called once per interval, in order, and
+        again with the same facts only if a restart came before the run table noted it
+        metered."""
         ...
 
 
@@ -99,6 +102,9 @@ class _Task:
     # so that the broker requeues it.
     fenced: bool = False
     output: JobOutput | None = None
+    # An interval could not be metered (no key, or a failure, logged once): no more
+    # until the run's end, which meters the rest.
+    metering_stopped: bool = False
     # Set once the job has ended here (or was given back): a cancel waits for it.
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -121,7 +127,10 @@ class Runs:
         metrics: AgentMetrics,
         pace: Pace | None = None,
         stream_max_bytes: int = STREAM_MAX_BYTES,
+        metering_interval_s: int = DEFAULT_INTERVAL_S,
     ) -> None:
+        """`metering_interval_s`: how often a running job's usage is signed (as well as
+        at its end)."""
         self.center = center
         self.backend = backend
         self.book = DeviceBook(center)
@@ -134,6 +143,9 @@ class Runs:
         self.pace = pace or Pace()
         self.cancel_settle_s = CANCEL_SETTLE_S
         self.stream_max_bytes = stream_max_bytes
+        self.metering_interval_s = metering_interval_s
+        # How the machine names a pool's devices (set when they were discovered).
+        self.device_names: DeviceNames | None = None
         self._spawn: Spawn | None = None
 
     # ------------------------------------------------------------- the broker's orders
@@ -277,6 +289,11 @@ class Runs:
             },
             device_indices=indices,
             workdir=self.workdir / order.job_id,
+            image=order.spec.image,
+            memory_mb=order.spec.memory_mb,
+            millicpus=order.spec.millicpus,
+            network=order.spec.network,
+            visible_devices=self.device_names(pool_id, indices) if self.device_names else (),
         )
 
     async def cancel(self, order: CancelOrder) -> None:
@@ -389,6 +406,24 @@ class Runs:
             self.tasks.pop(h.claim_id, None)
         return bool(lapsed)
 
+    def meter_due(self, now_ms: int) -> int:
+        """Meter every interval of the running jobs that has passed by `now_ms`; the
+        number of records kept. A job being stopped because the broker went silent is
+        not metered further (it is given back; what was metered before stays billed), nor
+        one whose metering failed until it ends (its end meters the rest)."""
+        kept = 0
+        for task in list(self.tasks.values()):
+            if task.state != JobState.RUNNING or task.row is None:
+                continue
+            if task.fenced or task.metering_stopped:
+                continue
+            done = self._meter_until(task, now_ms, final=False)
+            if done < 0:
+                task.metering_stopped = True
+            else:
+                kept += done
+        return kept
+
     def forget_ended(self, now_ms: int) -> None:
         for task in list(self.tasks.values()):
             if task.ended_at_ms and now_ms - task.ended_at_ms > FINISHED_RETENTION_MS:
@@ -396,7 +431,9 @@ class Runs:
 
     async def fence(self) -> int:
         """Stop every live job (the broker is silent and will requeue them); the number
-        stopped. A stopped run is given back, not ended, and not metered."""
+        stopped. A stopped run is given back, not ended: the intervals metered before the
+        stop stay billed (signed, in the outbox or the ledger), the part since the last of
+        them is not (at most one interval; the job runs again elsewhere)."""
         live = [
             t
             for t in self.tasks.values()
@@ -430,13 +467,14 @@ class Runs:
     async def restore(self, spawn: Spawn) -> None:
         """Take up the runs an earlier life of this agent left in the table: re-attach to
         the live ones (or report them lost), meter ended ones not yet metered, and stop
-        runs the backend started that the table never heard of. Then supervise through
+        runs the backend started that the table never heard of or that could not be
+        re-attached (the broker requeues their jobs). Then supervise through
         `spawn` (the agent's task group)."""
         self._spawn = spawn
         unknown = set(await self.backend.list_runs())
         for row in list(self.table.rows.values()):
-            unknown.discard(row.backend_run_id)
             if row.ended:
+                unknown.discard(row.backend_run_id)
                 task = _Task(
                     claim_id=row.claim_id,
                     job_id=row.job_id,
@@ -450,10 +488,12 @@ class Runs:
                 if not row.metered:
                     self._meter(task)
                 continue
-            await self._reattach(row)
+            if await self._reattach(row) or row.backend != self.backend.name:
+                unknown.discard(row.backend_run_id)
         for run_id in sorted(unknown):
-            # Started, but the agent died before it was in the table: never reported,
-            # so the broker will requeue the job; it must not also run here.
+            # Started, but the agent died before it was in the table, or its claim was
+            # lost across the restart: the broker will requeue the job; it must not
+            # also run here.
             log.warning("backend run %s is in no claim: stopping it", run_id)
             try:
                 run = await self.backend.reattach(run_id, _discard)
@@ -461,7 +501,8 @@ class Runs:
             except Exception as exc:
                 log.warning("cannot stop backend run %s: %s", run_id, exc)
 
-    async def _reattach(self, row: RunRow) -> None:
+    async def _reattach(self, row: RunRow) -> bool:
+        """Follow the row's run again; False (the row dropped) when it is lost."""
         # A new epoch before any output arrives: sequence numbers above the last life's.
         task = _Task(
             claim_id=row.claim_id,
@@ -496,7 +537,7 @@ class Runs:
                 "job %s lost across the restart (claim %s): %s", row.job_id, row.claim_id, exc
             )
             self._drop_row(row.claim_id)
-            return
+            return False
         assert task.row is not None
         try:
             self.table.put(task.row)
@@ -505,6 +546,7 @@ class Runs:
         self.tasks[row.claim_id] = task
         log.info("job %s re-attached (backend run %s)", row.job_id, row.backend_run_id)
         self._start_supervising(task)
+        return True
 
     # ------------------------------------------------------------------- internals
 
@@ -575,7 +617,8 @@ class Runs:
             self._end(task, JobState.FAILED, code, _exit_reason(code))
 
     def _give_back(self, task: _Task, code: int | None) -> None:
-        """A run stopped because the broker went silent: not ended, not metered."""
+        """A run stopped because the broker went silent: not ended, and not metered
+        further (its intervals metered before the stop stay billed; the rest is not)."""
         if task.done.is_set():
             return
         self.book.release(task.claim_id)
@@ -594,7 +637,8 @@ class Runs:
             return
         at = self.clock.now_ms()
         if task.row is not None:
-            at = max(at, task.row.started_at_ms)  # a clock stepped back ends no run early
+            # A clock stepped back ends no run early, nor before what is billed already.
+            at = max(at, task.row.started_at_ms, task.row.metered_to_ms)
         task.state = state
         task.exit_code = code
         task.ended_at_ms = at
@@ -617,25 +661,56 @@ class Runs:
             self._meter(task)
 
     def _meter(self, task: _Task) -> None:
+        """Meter what is left of an ended run, then mark it metered."""
         row = task.row
         assert row is not None and row.ended
-        kept = self.events.ended(
-            RunFacts(
+        if self._meter_until(task, row.ended_at_ms, final=True) < 0:
+            return  # nothing to meter (no key, no tenant) or metering failed (logged)
+        assert task.row is not None
+        row = task.row = dataclasses.replace(task.row, metered=True)
+        try:
+            self.table.put(row)
+        except OSError as exc:
+            log.error("job %s: cannot mark it metered: %s", task.job_id, exc)
+
+    def _meter_until(self, task: _Task, until_ms: int, *, final: bool) -> int:
+        """Sign the run's intervals due at `until_ms` (with `final`, the rest of an
+        ended run), noting each in the run table once it is in the outbox; the number
+        kept, or -1 if one was not kept (the next call tries it again)."""
+        row = task.row
+        assert row is not None
+        due = due_intervals(
+            started_at_ms=row.started_at_ms,
+            metered_n=row.metered_n,
+            metered_to_ms=row.metered_to_ms,
+            until_ms=until_ms,
+            interval_s=self.metering_interval_s,
+            final=final,
+        )
+        for interval in due:
+            facts = RunFacts(
                 claim_id=row.claim_id,
                 job_id=row.job_id,
                 tenant=row.tenant,
                 pool_id=row.pool_id,
                 devices=len(row.device_indices),
                 started_at_ms=row.started_at_ms,
-                ended_at_ms=row.ended_at_ms,
+                ended_at_ms=interval.end_ms,
             )
-        )
-        if kept:  # else nothing to meter (no key, no tenant) or metering failed (logged)
-            task.row = dataclasses.replace(row, metered=True)
+            if not self.events.metered(facts, interval):
+                return -1
+            row = dataclasses.replace(row, metered_n=interval.n, metered_to_ms=interval.end_ms)
+            task.row = row
             try:
-                self.table.put(task.row)
+                self.table.put(row)
             except OSError as exc:
-                log.error("job %s: cannot mark it metered: %s", task.job_id, exc)
+                # The record is signed and kept: a restart before the table is written
+                # signs the same bytes again, which the ledger takes once.
+                log.error(
+                    "job %s: cannot note interval %d metered: %s", task.job_id, interval.n, exc
+                )
+                self.metrics.faults.labels(where="run_table").inc()
+        return len(due)
 
     def _forget(self, task: _Task) -> None:
         self.tasks.pop(task.claim_id, None)

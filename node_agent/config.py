@@ -9,6 +9,10 @@ longitude = 104.06
 pue = 1.25
 grid_g_co2_per_kwh = 140
 key_file = "CN06.key"         # optional: signs usage records (icx agent init makes it)
+discover = "config"           # or "nvml": each pool's devices, memory and power from the
+                              # NVIDIA GPUs found here, used ones withheld; the pools keep
+                              # id, price and TFLOPS (node_agent/discovery.py)
+metering_interval_s = 900     # optional: how often a running job's usage is signed
 
 [[pools]]
 id = "ascend-910"
@@ -22,6 +26,8 @@ price_minor_per_device_hour = 500
 [backend]
 kind = "process"              # process | slurm | docker; the rest of the table is the
                               # backend's own (see node_agent/backends)
+# images = ["icx/busybox:1"]  # docker: the images the center runs jobs in, advertised
+                              # in its descriptor
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import IcxError, InvalidConfig, InvalidOffer
-from core.types import CenterDescriptor, CenterId, Pool, PoolId
+from core.types import CenterDescriptor, CenterId, Pool, PoolId, check_image
 from ledger import SignerKey
+from node_agent._metering import check_interval_s
 
 
 def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -83,6 +90,7 @@ def parse_center(data: dict[str, Any]) -> CenterDescriptor:
             pue_milli=round(pue * 1000),
             grid_g_co2_per_kwh=_get(center, "grid_g_co2_per_kwh", int, "center"),
             pools=tuple(pools),
+            images=backend_images(parse_backend(data)),
         )
     except InvalidOffer as exc:
         raise InvalidConfig(str(exc)) from exc
@@ -117,6 +125,22 @@ def _relative_path(path: Path, field: str) -> Path | None:
 def usage_key_path(path: Path) -> Path | None:
     """The `[center] key_file` of a config, relative to the config's folder."""
     return _relative_path(path, "key_file")
+
+
+def metering_interval_s(path: Path) -> int | None:
+    """The `[center] metering_interval_s` of a config (whole seconds), None if absent."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"cannot read {path}: {exc}") from exc
+    center = data.get("center", {})
+    value = center.get("metering_interval_s") if isinstance(center, dict) else None
+    if value is None:
+        return None
+    try:
+        return check_interval_s(value, "center.metering_interval_s")
+    except ValueError as exc:
+        raise InvalidConfig(str(exc)) from exc
 
 
 def identity_dir(path: Path, center: CenterDescriptor) -> Path:
@@ -162,6 +186,24 @@ def parse_backend(data: dict[str, Any]) -> BackendConfig:
     if kind not in BACKENDS:
         raise InvalidConfig(f"backend.kind must be one of {', '.join(BACKENDS)}, got {kind!r}")
     return BackendConfig(kind, options)
+
+
+def backend_images(config: BackendConfig) -> tuple[str, ...]:
+    """The container images a `docker` backend runs jobs in (`images`, at least one);
+    () for any other backend. Raises InvalidConfig naming the entry that is wrong."""
+    if config.kind != "docker":
+        return ()
+    images = config.options.get("images")
+    if not isinstance(images, list) or not images:
+        raise InvalidConfig(
+            "backend.images must list the images the center runs jobs in (at least one, "
+            f'e.g. ["icx/busybox:1"]), got {images!r}'
+        )
+    for i, image in enumerate(images):
+        if not isinstance(image, str):
+            raise InvalidConfig(f"backend.images[{i}] must be a string, got {image!r}")
+        check_image(f"backend.images[{i}]", image, InvalidConfig)
+    return tuple(images)
 
 
 def load_backend(path: Path) -> BackendConfig:

@@ -9,11 +9,14 @@ how an edge should answer it, so the CLI maps them without knowing the agent.
                      with the agent); the run is lost and its job requeued
   + CannotListen     (also core.FailedPrecondition) a local endpoint of the agent
                      (`--metrics`, `--health`) cannot bind its address
+  + DiscoveryUnavailable (also core.Unavailable) NVIDIA's management library cannot
+                     tell this machine's devices (not installed, no driver); the agent
+                     takes its devices from the config
 """
 
 from __future__ import annotations
 
-from core.errors import FailedPrecondition, IcxError
+from core.errors import FailedPrecondition, IcxError, Unavailable
 
 
 class AgentError(IcxError):
@@ -30,3 +33,7 @@ class CannotReattach(AgentError, FailedPrecondition):
 
 class CannotListen(AgentError, FailedPrecondition):
     """An address the agent was told to serve on cannot be bound."""
+
+
+class DiscoveryUnavailable(AgentError, Unavailable):
+    """Device discovery cannot run on this machine; the message says why."""

@@ -31,6 +31,11 @@ class AgentMetrics:
             "Ended runs whose usage record could not be made, signed or kept",
             registry=self.registry,
         )
+        self.usage_orphaned_chains = Gauge(
+            "icx_agent_usage_orphaned_chains",
+            "Runs whose later usage records are set aside unsent: an earlier one was refused",
+            registry=self.registry,
+        )
         self.faults = Counter(
             "icx_agent_faults",
             "Errors contained to one job or one message of the broker, by where they arose",

@@ -32,6 +32,7 @@ FAST_BROKER = (
     "--heartbeat-ms", "200",
     "--center-expiry-ms", "3000",
     "--lease-ms", "3000",
+    "--min-metering-interval-s", "1",
 )  # fmt: skip
 
 

@@ -1,29 +1,25 @@
-"""The agent's parts on their own: the backends (real processes), the run table on
-disk, metering, and the claim refusal in the error tree."""
+"""The agent's parts on their own: the run table on disk, metering, the device book
+and the claim refusal in the error tree. The backends have their own contract suite
+(tests/backends)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import FailedPrecondition, IcxError, InvalidConfig
+from core.errors import FailedPrecondition, IcxError, InvalidArgument, InvalidConfig
 from core.money import charge_minor
 from core.states import JobState
 from ledger import SignerKey, sign_records
 from ledger.records import carbon_g, energy_wh
 from node_agent import (
     AgentError,
-    CannotReattach,
     DeviceBook,
     Refused,
     RunFacts,
@@ -32,138 +28,7 @@ from node_agent import (
     usage_record,
 )
 from node_agent._output import CHUNK_BYTES, JobOutput, Pace
-from node_agent.backends import Backend, LaunchRequest, ProcessBackend
-from tests.agents.detached import DetachedTestBackend
-from tests.conftest import make_center, wait_for_async
-
-# ------------------------------------------------------------------------ backends
-
-BACKENDS: dict[str, Callable[[Path], Backend]] = {
-    "process": lambda root: ProcessBackend(),
-    "detached-test": lambda root: DetachedTestBackend(root / "runs"),
-}
-
-
-class Output:
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str, bytes]] = []
-
-    async def __call__(self, stream: str, data: bytes) -> None:
-        self.chunks.append((stream, data))
-
-    def text(self, stream: str) -> str:
-        return b"".join(d for s, d in self.chunks if s == stream).decode()
-
-
-def request(tmp_path: Path, script: str, job_id: str = "j-1") -> LaunchRequest:
-    return LaunchRequest(
-        claim_id=f"c-{job_id}",
-        job_id=job_id,
-        command=(sys.executable, "-c", script),
-        env={"GREETING": "hello"},
-        device_indices=(2, 3),
-        workdir=tmp_path / job_id,
-    )
-
-
-@pytest.mark.parametrize("name", sorted(BACKENDS))
-def test_a_backend_runs_a_job_with_its_devices_and_reports_its_end(
-    name: str, tmp_path: Path
-) -> None:
-    async def scenario() -> None:
-        backend = BACKENDS[name](tmp_path)
-        out = Output()
-        script = (
-            "import os, sys; print(os.environ['GREETING'], os.environ['ICX_DEVICES'], "
-            "os.environ['CUDA_VISIBLE_DEVICES']); print('oops', file=sys.stderr); sys.exit(3)"
-        )
-        run = await backend.launch(request(tmp_path, script), out)
-        assert await run.wait() == 3
-        assert (out.text("stdout"), out.text("stderr")) == ("hello 2,3 2,3\n", "oops\n")
-        assert run.run_id not in await backend.list_runs()
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("name", sorted(BACKENDS))
-def test_a_backend_lists_a_live_run_and_kills_it(name: str, tmp_path: Path) -> None:
-    async def scenario() -> None:
-        backend = BACKENDS[name](tmp_path)
-        run = await backend.launch(request(tmp_path, "import time; time.sleep(60)"), Output())
-        assert await backend.list_runs() == [run.run_id]
-        await run.kill()
-        assert await run.wait() < 0  # ended by a signal
-        assert await backend.list_runs() == []
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("name", sorted(BACKENDS))
-def test_a_backend_refuses_a_program_it_cannot_start(name: str, tmp_path: Path) -> None:
-    async def scenario() -> None:
-        backend = BACKENDS[name](tmp_path)
-        bad = LaunchRequest(
-            claim_id="c-1",
-            job_id="j-1",
-            command=("no-such-program-here",),
-            env={},
-            device_indices=(0,),
-            workdir=tmp_path / "j-1",
-        )
-        with pytest.raises(FileNotFoundError, match="not found on PATH: 'no-such-program-here'"):
-            await backend.launch(bad, Output())
-        assert await backend.list_runs() == []
-
-    asyncio.run(scenario())
-
-
-def test_the_process_backend_cannot_reattach() -> None:
-    async def scenario() -> None:
-        with pytest.raises(
-            CannotReattach,
-            match=r"^run 4242: the process backend's runs die with the agent that started them$",
-        ):
-            await ProcessBackend().reattach("4242", Output())
-
-    asyncio.run(scenario())
-
-
-def test_a_new_detached_backend_reattaches_and_follows_on_from_what_was_delivered(
-    tmp_path: Path,
-) -> None:
-    """What a restarted agent does: a fresh backend on the same folder finds the run,
-    and its output continues where the first follower stopped."""
-    gate = tmp_path / "go"
-    script = (
-        "import os, sys, time\n"
-        "print('before', flush=True)\n"
-        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
-        "print('after', flush=True)\n"
-        "sys.exit(7)\n"
-    )
-
-    async def scenario() -> None:
-        first_out = Output()
-        first = DetachedTestBackend(tmp_path / "runs")
-        run = await first.launch(request(tmp_path, script), first_out)
-        await wait_for_async(
-            lambda: first_out.text("stdout") == "before\n", 10, "output from the run"
-        )
-
-        second = DetachedTestBackend(tmp_path / "runs")
-        assert await second.list_runs() == [run.run_id]
-        second_out = Output()
-        again = await second.reattach(run.run_id, second_out)
-        gate.touch()
-        assert await again.wait() == 7
-        assert second_out.text("stdout") == "after\n"
-        assert await second.list_runs() == []
-        with pytest.raises(CannotReattach, match=f"^run {run.run_id}: no such run in "):
-            await second.reattach(run.run_id, Output())
-        await run.wait()  # the first follower ends too (its wrapper was reaped)
-
-    asyncio.run(scenario())
-
+from tests.conftest import make_center
 
 # ----------------------------------------------------------------------- run table
 
@@ -271,37 +136,70 @@ def test_a_refused_claim_is_in_the_error_tree() -> None:
     assert isinstance(caught.value, IcxError)
 
 
-def test_the_process_backend_ends_a_run_with_its_process(tmp_path: Path) -> None:
-    """What the job left running in its group is stopped at its end; a process that
-    left the group and holds the output open delays the end only by a bounded drain."""
-    script = (
-        "import subprocess\n"
-        "left = subprocess.Popen(['sleep', '60'])\n"
-        "escaped = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
-        "print(left.pid, escaped.pid, flush=True)\n"
-    )
-
-    async def scenario() -> None:
-        out = Output()
-        run = await ProcessBackend().launch(request(tmp_path, script), out)
-        assert await run.wait() == 0
-        left, escaped = map(int, out.text("stdout").split())
-        try:
-            assert not alive(left)
-            assert alive(escaped)  # out of reach of the job's group, as documented
-        finally:
-            os.kill(escaped, signal.SIGKILL)
-
-    asyncio.run(scenario())
+def reserve(book: DeviceBook, claim_id: str, devices: int) -> tuple[int, ...]:
+    return book.reserve(
+        claim_id=claim_id, job_id=f"j-{claim_id}", pool_id="p", devices=devices,
+        lease_expires_at_ms=0,
+    ).indices  # fmt: skip
 
 
-def alive(pid: int) -> bool:
-    """Running: not gone and not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+def test_devices_in_use_outside_icx_are_never_reserved_or_offered() -> None:
+    book = DeviceBook(make_center("CO", pools={"p": ("ascend-910", 4, 500)}))
+    assert reserve(book, "c-1", 1) == (0,)
+    assert book.set_outside("p", {1, 2}, source="slurm")
+    assert not book.set_outside("p", {2, 1}, source="slurm")  # no change
+    assert book.free("p") == 1
+    with pytest.raises(Refused, match=r"^only 1 of 2 devices free in pool p$"):
+        reserve(book, "c-2", 2)
+    assert reserve(book, "c-3", 1) == (3,)
+    assert book.free("p") == 0
+    # Another source's word adds to it; a device both held and named outside (a source
+    # that cannot tell icx's own use) counts once.
+    assert book.set_outside("p", {0, 3}, source="nvml")
+    book.release("c-1")
+    book.release("c-3")
+    assert book.free("p") == 0
+    assert book.set_outside("p", (), source="nvml")
+    assert book.free("p") == 2
+    assert book.set_outside("p", (), source="slurm")
+    assert (book.free("p"), book.outside("p")) == (4, frozenset())
+
+
+def test_a_counted_outside_use_is_placed_away_from_the_claims() -> None:
+    """Slurm's numbering is not the book's: its figure counts, on devices no claim holds
+    (those it names that are free stay where they are)."""
+    book = DeviceBook(make_center("CO", pools={"p": ("ascend-910", 4, 500)}))
+    assert reserve(book, "c-1", 2) == (0, 1)
+    assert book.set_outside("p", {0, 1}, source="slurm", counted=True)
+    assert (book.outside("p"), book.free("p")) == (frozenset({2, 3}), 0)
+    assert not book.set_outside("p", {1, 3}, source="slurm", counted=True)  # the same 2
+    assert (book.outside("p"), book.free("p")) == (frozenset({2, 3}), 0)
+    assert book.set_outside("p", {0}, source="slurm", counted=True)
+    assert (book.outside("p"), book.free("p")) == (frozenset({2}), 1)
+    # More named than there is room for beside the claims: every other device is out.
+    assert book.set_outside("p", {0, 1, 2, 3}, source="slurm", counted=True)
+    assert (book.outside("p"), book.free("p")) == (frozenset({2, 3}), 0)
+
+
+def test_a_bad_outside_use_is_refused_and_changes_nothing() -> None:
+    book = DeviceBook(make_center("CO", pools={"p": ("ascend-910", 4, 500)}))
+    book.set_outside("p", {1})
+    with pytest.raises(InvalidArgument, match=r"^pool p has devices 0\.\.3, got index 4$"):
+        book.set_outside("p", {0, 4})
+    with pytest.raises(InvalidArgument, match=r"^no pool 'q' at this center$"):
+        book.set_outside("q", {0})
+    assert (book.outside("p"), book.free("p")) == (frozenset({1}), 3)
+
+
+def test_a_restored_run_may_hold_devices_a_source_sees_in_use() -> None:
+    """After a restart the run's own devices may already be named outside (NVML sees
+    its processes): the run gets them back; a device a claim holds does not."""
+    book = DeviceBook(make_center("CO", pools={"p": ("ascend-910", 4, 500)}))
+    book.set_outside("p", {2, 3}, source="nvml")
+    book.restore(claim_id="c-1", job_id="j-1", pool_id="p", indices=(2, 3))
+    with pytest.raises(Refused, match=r"^devices \[3\] of pool p are not all free$"):
+        book.restore(claim_id="c-2", job_id="j-2", pool_id="p", indices=(3,))
+    assert book.free("p") == 2
 
 
 def test_a_jobs_output_is_all_on_disk_and_a_bounded_part_forwarded(tmp_path: Path) -> None:
@@ -363,24 +261,3 @@ def test_a_torn_journal_line_is_ignored_and_a_bad_one_refused(tmp_path: Path) ->
     journal.write_text('{"drop": "c-1"}\nnot json\n')
     with pytest.raises(InvalidConfig, match=re.escape(f"run table journal {journal}: line 2:")):
         RunTable(path)
-
-
-@pytest.mark.parametrize(
-    ("table", "message"),
-    [
-        ({"kind": "kubernetes"}, "backend.kind must be one of process, slurm, docker, got 'ku"),
-        (
-            {"kind": "process", "partition": "gpu"},
-            "kind = 'process' takes no options, got partition",
-        ),
-    ],
-)
-def test_a_backend_the_config_cannot_have_is_refused_naming_it(
-    table: dict[str, object], message: str, tmp_path: Path
-) -> None:
-    from node_agent.backends import make_backend
-    from node_agent.config import parse_backend
-
-    with pytest.raises(InvalidConfig, match=re.escape(message)):
-        make_backend(parse_backend({"backend": table}), tmp_path)
-    assert make_backend(parse_backend({}), tmp_path).name == "process"

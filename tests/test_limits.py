@@ -94,7 +94,7 @@ BAD_SPECS = [
     (_spec(command=["sh", "-c", "echo\0hi"]), "command[2] must not contain a NUL character, got 'echo\\x00hi'"),
     (_spec(env={"A": "x\0y"}), "env[A] must not contain a NUL character, got 'x\\x00y'"),
     (_spec(env={"A=B": "1"}), "env name must be a POSIX name ([A-Za-z_][A-Za-z0-9_]*, at most 128 characters), got 'A=B'"),
-    (_spec(accelerator="a" * MB), f"accelerator must be 'any' or one of ascend-910, ascend-910b, ascend-910c, cambricon-mlu370, enflame-s60, nvidia-a800, nvidia-h100, nvidia-h800, got '{'a' * 40}'… ({MB} chars)"),
+    (_spec(accelerator="a" * MB), f"accelerator must be 'any' or one of ascend-910, ascend-910b, ascend-910c, cambricon-mlu370, enflame-s60, nvidia-a100, nvidia-a800, nvidia-h100, nvidia-h200, nvidia-h800, got '{'a' * 40}'… ({MB} chars)"),
     (_spec(name="x\u202eevil"), "name must not contain control or format characters, got U+202E in 'x\\u202eevil'"),
     (_spec(data_mb=2**62), f"data_mb must be 0..100000000, got {2**62}"),
     (_spec(max_price_minor=2**63 - 1), f"max_price_minor must be at most 1000000000000000, got {2**63 - 1}"),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/ledger.proto\x12\x06icx.v1\"\x12\n\x10GetLogKeyRequest\" \n\x11GetLogKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14GetCheckpointRequest\"%\n\x15GetCheckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"C\n\x12ProveRecordRequest\x12\x13\n\trecord_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65ntry\"*\n\x13ProveRecordResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\"4\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\")\n\x14GetStatementResponse\x12\x11\n\tstatement\x18\x01 \x01(\x0c\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\",\n\x1bGetConsistencyProofResponse\x12\r\n\x05proof\x18\x01 \x03(\x0c\"%\n\x15\x41\x64\x64\x43osignatureRequest\x12\x0c\n\x04note\x18\x01 \x01(\t\"&\n\x16\x41\x64\x64\x43osignatureResponse\x12\x0c\n\x04kept\x18\x01 \x01(\x05\x32\xe3\x03\n\rLedgerService\x12@\n\tGetLogKey\x12\x18.icx.v1.GetLogKeyRequest\x1a\x19.icx.v1.GetLogKeyResponse\x12L\n\rGetCheckpoint\x12\x1c.icx.v1.GetCheckpointRequest\x1a\x1d.icx.v1.GetCheckpointResponse\x12\x46\n\x0bProveRecord\x12\x1a.icx.v1.ProveRecordRequest\x1a\x1b.icx.v1.ProveRecordResponse\x12I\n\x0cGetStatement\x12\x1b.icx.v1.GetStatementRequest\x1a\x1c.icx.v1.GetStatementResponse\x12^\n\x13GetConsistencyProof\x12\".icx.v1.GetConsistencyProofRequest\x1a#.icx.v1.GetConsistencyProofResponse\x12O\n\x0e\x41\x64\x64\x43osignature\x12\x1d.icx.v1.AddCosignatureRequest\x1a\x1e.icx.v1.AddCosignatureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13icx/v1/ledger.proto\x12\x06icx.v1\"\x12\n\x10GetLogKeyRequest\" \n\x11GetLogKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x16\n\x14GetCheckpointRequest\"%\n\x15GetCheckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"C\n\x12ProveRecordRequest\x12\x13\n\trecord_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05index\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65ntry\"*\n\x13ProveRecordResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\"4\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\")\n\x14GetStatementResponse\x12\x11\n\tstatement\x18\x01 \x01(\x0c\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\",\n\x1bGetConsistencyProofResponse\x12\r\n\x05proof\x18\x01 \x03(\x0c\"%\n\x15\x41\x64\x64\x43osignatureRequest\x12\x0c\n\x04note\x18\x01 \x01(\t\"&\n\x16\x41\x64\x64\x43osignatureResponse\x12\x0c\n\x04kept\x18\x01 \x01(\x05\"<\n\x15ListJobRecordsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_index\x18\x02 \x01(\x03\")\n\tJobRecord\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\"V\n\x16ListJobRecordsResponse\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.icx.v1.JobRecord\x12\x18\n\x10next_after_index\x18\x02 \x01(\x03\"6\n\x14GetTenantBillRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"w\n\x07JobBill\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x10\n\x08\x64\x65vice_s\x18\x03 \x01(\x03\x12\x11\n\tenergy_wh\x18\x04 \x01(\x03\x12\x10\n\x08\x63\x61rbon_g\x18\x05 \x01(\x03\x12\x14\n\x0c\x63harge_minor\x18\x06 \x01(\x03\"\x81\x01\n\x15GetTenantBillResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x17\n\x0f\x63heckpoint_size\x18\x04 \x01(\x03\x12\x1d\n\x04jobs\x18\x05 \x03(\x0b\x32\x0f.icx.v1.JobBill2\x82\x05\n\rLedgerService\x12@\n\tGetLogKey\x12\x18.icx.v1.GetLogKeyRequest\x1a\x19.icx.v1.GetLogKeyResponse\x12L\n\rGetCheckpoint\x12\x1c.icx.v1.GetCheckpointRequest\x1a\x1d.icx.v1.GetCheckpointResponse\x12\x46\n\x0bProveRecord\x12\x1a.icx.v1.ProveRecordRequest\x1a\x1b.icx.v1.ProveRecordResponse\x12I\n\x0cGetStatement\x12\x1b.icx.v1.GetStatementRequest\x1a\x1c.icx.v1.GetStatementResponse\x12^\n\x13GetConsistencyProof\x12\".icx.v1.GetConsistencyProofRequest\x1a#.icx.v1.GetConsistencyProofResponse\x12O\n\x0e\x41\x64\x64\x43osignature\x12\x1d.icx.v1.AddCosignatureRequest\x1a\x1e.icx.v1.AddCosignatureResponse\x12O\n\x0eListJobRecords\x12\x1d.icx.v1.ListJobRecordsRequest\x1a\x1e.icx.v1.ListJobRecordsResponse\x12L\n\rGetTenantBill\x12\x1c.icx.v1.GetTenantBillRequest\x1a\x1d.icx.v1.GetTenantBillResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,6 +55,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=501
   _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=503
   _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=541
-  _globals['_LEDGERSERVICE']._serialized_start=544
-  _globals['_LEDGERSERVICE']._serialized_end=1027
+  _globals['_LISTJOBRECORDSREQUEST']._serialized_start=543
+  _globals['_LISTJOBRECORDSREQUEST']._serialized_end=603
+  _globals['_JOBRECORD']._serialized_start=605
+  _globals['_JOBRECORD']._serialized_end=646
+  _globals['_LISTJOBRECORDSRESPONSE']._serialized_start=648
+  _globals['_LISTJOBRECORDSRESPONSE']._serialized_end=734
+  _globals['_GETTENANTBILLREQUEST']._serialized_start=736
+  _globals['_GETTENANTBILLREQUEST']._serialized_end=790
+  _globals['_JOBBILL']._serialized_start=792
+  _globals['_JOBBILL']._serialized_end=911
+  _globals['_GETTENANTBILLRESPONSE']._serialized_start=914
+  _globals['_GETTENANTBILLRESPONSE']._serialized_end=1043
+  _globals['_LEDGERSERVICE']._serialized_start=1046
+  _globals['_LEDGERSERVICE']._serialized_end=1688
 # @@protoc_insertion_point(module_scope)

@@ -67,6 +67,16 @@ class LedgerServiceStub(object):
                 request_serializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.SerializeToString,
                 response_deserializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.FromString,
                 _registered_method=True)
+        self.ListJobRecords = channel.unary_unary(
+                '/icx.v1.LedgerService/ListJobRecords',
+                request_serializer=icx_dot_v1_dot_ledger__pb2.ListJobRecordsRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_ledger__pb2.ListJobRecordsResponse.FromString,
+                _registered_method=True)
+        self.GetTenantBill = channel.unary_unary(
+                '/icx.v1.LedgerService/GetTenantBill',
+                request_serializer=icx_dot_v1_dot_ledger__pb2.GetTenantBillRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_ledger__pb2.GetTenantBillResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer(object):
@@ -114,6 +124,22 @@ class LedgerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobRecords(self, request, context):
+        """A job's usage records as logged (every metering interval of every run of it), each
+        with its index, to bill and prove: the job's tenant or a coordinator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantBill(self, request, context):
+        """A tenant's jobs charged in a month, with their totals: the figures settlement
+        counts for the tenant in that period at the latest checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +172,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.AddCosignature,
                     request_deserializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.FromString,
                     response_serializer=icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.SerializeToString,
+            ),
+            'ListJobRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobRecords,
+                    request_deserializer=icx_dot_v1_dot_ledger__pb2.ListJobRecordsRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_ledger__pb2.ListJobRecordsResponse.SerializeToString,
+            ),
+            'GetTenantBill': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantBill,
+                    request_deserializer=icx_dot_v1_dot_ledger__pb2.GetTenantBillRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_ledger__pb2.GetTenantBillResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +349,60 @@ class LedgerService(object):
             '/icx.v1.LedgerService/AddCosignature',
             icx_dot_v1_dot_ledger__pb2.AddCosignatureRequest.SerializeToString,
             icx_dot_v1_dot_ledger__pb2.AddCosignatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.LedgerService/ListJobRecords',
+            icx_dot_v1_dot_ledger__pb2.ListJobRecordsRequest.SerializeToString,
+            icx_dot_v1_dot_ledger__pb2.ListJobRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantBill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.LedgerService/GetTenantBill',
+            icx_dot_v1_dot_ledger__pb2.GetTenantBillRequest.SerializeToString,
+            icx_dot_v1_dot_ledger__pb2.GetTenantBillResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,7 +54,7 @@ class Pool(_message.Message):
     def __init__(self, pool_id: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices_total: _Optional[int] = ..., devices_free: _Optional[int] = ..., memory_gb_per_device: _Optional[int] = ..., fp16_tflops_per_device: _Optional[int] = ..., power_w_per_device: _Optional[int] = ..., price_minor_per_device_hour: _Optional[int] = ...) -> None: ...
 
 class CenterDescriptor(_message.Message):
-    __slots__ = ("center_id", "name", "region", "latitude", "longitude", "pue_milli", "grid_g_co2_per_kwh", "pools")
+    __slots__ = ("center_id", "name", "region", "latitude", "longitude", "pue_milli", "grid_g_co2_per_kwh", "pools", "images")
     CENTER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class CenterDescriptor(_message.Message):
     PUE_MILLI_FIELD_NUMBER: _ClassVar[int]
     GRID_G_CO2_PER_KWH_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     center_id: str
     name: str
     region: str
@@ -71,7 +72,8 @@ class CenterDescriptor(_message.Message):
     pue_milli: int
     grid_g_co2_per_kwh: int
     pools: _containers.RepeatedCompositeFieldContainer[Pool]
-    def __init__(self, center_id: _Optional[str] = ..., name: _Optional[str] = ..., region: _Optional[str] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., pue_milli: _Optional[int] = ..., grid_g_co2_per_kwh: _Optional[int] = ..., pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, center_id: _Optional[str] = ..., name: _Optional[str] = ..., region: _Optional[str] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ..., pue_milli: _Optional[int] = ..., grid_g_co2_per_kwh: _Optional[int] = ..., pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Offer(_message.Message):
     __slots__ = ("center_id", "seq", "issued_at_ms", "expires_at_ms", "pue_milli", "grid_g_co2_per_kwh", "pools")
@@ -92,7 +94,7 @@ class Offer(_message.Message):
     def __init__(self, center_id: _Optional[str] = ..., seq: _Optional[int] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., pue_milli: _Optional[int] = ..., grid_g_co2_per_kwh: _Optional[int] = ..., pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "accelerator", "devices", "estimated_seconds", "allowed_regions", "max_price_minor", "deadline_ms", "priority", "data_region", "data_mb", "command", "env")
+    __slots__ = ("name", "accelerator", "devices", "estimated_seconds", "allowed_regions", "max_price_minor", "deadline_ms", "priority", "data_region", "data_mb", "command", "env", "image", "memory_mb", "millicpus", "network")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +114,10 @@ class JobSpec(_message.Message):
     DATA_MB_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MILLICPUS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     name: str
     accelerator: str
     devices: int
@@ -124,7 +130,11 @@ class JobSpec(_message.Message):
     data_mb: int
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices: _Optional[int] = ..., estimated_seconds: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., max_price_minor: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[int] = ..., data_region: _Optional[str] = ..., data_mb: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    image: str
+    memory_mb: int
+    millicpus: int
+    network: bool
+    def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices: _Optional[int] = ..., estimated_seconds: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., max_price_minor: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[int] = ..., data_region: _Optional[str] = ..., data_mb: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., memory_mb: _Optional[int] = ..., millicpus: _Optional[int] = ..., network: bool = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "tenant", "spec", "state", "submitted_at_ms", "updated_at_ms", "center_id", "pool_id", "device_indices", "attempts", "exit_code", "reason", "explanation")

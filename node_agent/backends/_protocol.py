@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 OutputSink = Callable[[str, bytes], Awaitable[None]]
 """Where a run's output goes: (stream, data), stream "stdout" or "stderr"."""
@@ -25,6 +25,15 @@ class LaunchRequest:
     env: Mapping[str, str]
     device_indices: Sequence[int]
     workdir: Path
+    # The job spec's container and limits: a container backend enforces them (see
+    # core.types.JobSpec); a backend without containers runs only jobs with no image.
+    image: str = ""
+    memory_mb: int = 0
+    millicpus: int = 0
+    network: bool = False
+    # The devices as the machine names them (NVML's GPU UUIDs), for CUDA_VISIBLE_DEVICES;
+    # empty: the pool's indices are the machine's (devices from the config).
+    visible_devices: Sequence[str] = ()
 
 
 class Run(Protocol):
@@ -68,12 +77,30 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class CapacitySource(Protocol):
+    """Optional, for a backend whose engine knows the center's devices (Slurm): the
+    agent takes each pool's total from it at start, and on each housekeeping tick the
+    devices in use outside icx, which it never reserves or offers
+    (`DeviceBook.set_outside`). Indices are the DeviceBook's, 0..total-1 per pool. The
+    process backend has none: its center's devices are the config's."""
+
+    def devices_total(self) -> Mapping[str, int]:
+        """Pool id -> devices the engine has for it (fixed for the agent's life)."""
+        ...
+
+    async def outside_use(self) -> Mapping[str, frozenset[int]]:
+        """Pool id -> indices in use outside icx or unavailable (a pool left out: none).
+        Raising means the engine cannot tell now: the agent keeps what it knew."""
+        ...
+
+
 def job_environment(request: LaunchRequest) -> dict[str, str]:
     """What a job sees: the agent's PATH and the like, the spec's env, its devices."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TZ", "TMPDIR")}
     env.update(request.env)
     devices = ",".join(str(i) for i in request.device_indices)
     env["ICX_DEVICES"] = devices
-    env["CUDA_VISIBLE_DEVICES"] = devices
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(request.visible_devices) or devices
     env["ICX_JOB_ID"] = request.job_id
     return env

@@ -26,6 +26,9 @@ from matcher._heuristics import evaluate, greedy
 
 REGIONS = ("A", "B", "C")
 ACCELERATORS = ("x", "y")
+# Centers without containers (most), and container centers accepting one or two images.
+POOL_IMAGES = ((), (), (), ("i/a:1",), ("i/a:1", "i/b:1"))
+JOB_IMAGES = ("", "", "", "i/a:1", "i/b:1")
 
 
 @st.composite
@@ -43,6 +46,7 @@ def problems(draw: st.DrawFn, max_pools: int = 5, max_jobs: int = 10) -> Problem
             pue_milli=draw(st.integers(1000, 1500)),
             grid_g_per_kwh=draw(st.integers(0, 800)),
             price_minor_per_device_hour=draw(st.integers(0, 2000)),
+            images=draw(st.sampled_from(POOL_IMAGES)),
         )
         for i in range(draw(st.integers(1, max_pools)))
     )
@@ -61,6 +65,7 @@ def problems(draw: st.DrawFn, max_pools: int = 5, max_jobs: int = 10) -> Problem
             waited_s=draw(st.integers(0, 10_000)),
             min_memory_gb=draw(st.sampled_from([0, 0, 64])),
             min_tflops=draw(st.sampled_from([0, 0, 300])),
+            image=draw(st.sampled_from(JOB_IMAGES)),
         )
         for i in range(draw(st.integers(0, max_jobs)))
     )
@@ -120,6 +125,8 @@ def check_feasible(problem: Problem, solution: Solution) -> None:
         assert job.accelerator in ("any", pool.accelerator)
         assert pool.memory_gb >= job.min_memory_gb and pool.tflops >= job.min_tflops
         assert job.regions is None or pool.region in job.regions
+        # An image only where its center accepts it; no image only where none is.
+        assert job.image in pool.images if job.image else not pool.images
         charge = Fraction(pool.price_minor_per_device_hour * job.devices * job.seconds, 3600)
         assert a.charge_minor == -(-charge // 1)
         if job.max_price_minor is not None:

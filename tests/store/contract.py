@@ -43,6 +43,10 @@ FULL_SPEC = JobSpec(
     data_mb=20_000,
     command=("python3", "-c", "print('a \\u00e9 \\0 \"quoted\"')", ""),
     env=(("A", "1"), ("B", "two words"), ("EMPTY", "")),
+    image="registry.example:5000/team/train:v2",
+    memory_mb=65_536,
+    millicpus=12_500,
+    network=True,
 )
 BARE_SPEC = JobSpec(accelerator="any", devices=1, estimated_s=1, command=("true",))
 
@@ -100,6 +104,7 @@ def center(center_id: str = "CN01", devices: int = 8) -> CenterDescriptor:
                 price_minor_per_device_hour=900,
             ),
         ),
+        images=("icx/busybox:1", "registry.example:5000/team/train:v2"),
     )
 
 

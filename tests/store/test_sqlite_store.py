@@ -1,5 +1,6 @@
 """The SQLite store: the contract suite, its schema version, and the upgrade of a database
-written before the store had one (tests/fixtures/broker-schema0.db)."""
+written before the store had one (tests/fixtures/broker-schema0.db) and of one written
+before jobs had a container (tests/fixtures/broker-schema2.db)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.states import JobState
 from tests.store.contract import StoreContract
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "broker-schema0.db"
+FIXTURE_2 = Path(__file__).parent.parent / "fixtures" / "broker-schema2.db"
 
 
 class TestSqliteStore(StoreContract):
@@ -154,3 +156,50 @@ def test_the_upgrade_keeps_what_an_active_claim_needs_to_be_billed(tmp_path: Pat
     )  # fmt: skip
     assert (claim.price_minor_per_device_hour, claim.power_w) == (price, power)
     assert (claim.started_at_ms, claim.ended_at_ms, claim.billed_record_id) == (77, None, "")
+
+
+def test_the_upgrade_from_2_gives_every_job_no_container_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v2.db"
+    shutil.copy(FIXTURE_2, db)
+    old_jobs = _rows(db, "SELECT * FROM jobs ORDER BY job_id")
+    old_centers = _rows(db, "SELECT * FROM centers ORDER BY center_id")
+    old_tables = {t: _rows(db, f"SELECT * FROM {t}") for t in ("events", "logs", "pools", "claims")}
+    assert (len(old_jobs), len(old_centers)) == (42, 17)
+    with pytest.raises(SchemaError, match="has schema version 2; this broker uses 3"):
+        SqliteStore(db)
+
+    assert migrate(db) == (2, SCHEMA_VERSION)
+
+    # Every old column keeps its value; the new ones read as "no container".
+    assert _rows(db, "SELECT * FROM jobs ORDER BY job_id") == [
+        (*row, "", 0, 0, 0) for row in old_jobs
+    ]
+    assert _rows(db, "SELECT * FROM centers ORDER BY center_id") == [
+        (*row, "[]") for row in old_centers
+    ]
+    assert {t: _rows(db, f"SELECT * FROM {t}") for t in old_tables} == old_tables
+    store = SqliteStore(db)
+    try:
+        snap = store.load()
+        assert {
+            (s.job.spec.image, s.job.spec.memory_mb, s.job.spec.network) for s in snap.jobs
+        } == {("", 0, False)}
+        assert {c.center.images for c in snap.centers} == {()}
+    finally:
+        store.close()
+    assert migrate(db) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_a_new_database_and_a_migrated_one_have_the_same_schema(tmp_path: Path) -> None:
+    fresh, old = tmp_path / "fresh.db", tmp_path / "old.db"
+    SqliteStore(fresh).close()
+    shutil.copy(FIXTURE, old)
+    migrate(old)
+
+    def tables(db: Path) -> dict[str, list[tuple[object, ...]]]:
+        names = [n for (n,) in _rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: sorted(_rows(db, f"PRAGMA table_info({n})")) for n in names}
+
+    assert tables(old) == tables(fresh)
