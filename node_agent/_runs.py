@@ -40,7 +40,7 @@ from node_agent._messages import (
 from node_agent._metering import DEFAULT_INTERVAL_S, Interval, RunFacts, due_intervals
 from node_agent._output import STREAM_MAX_BYTES, JobOutput, Pace
 from node_agent._run_table import RunRow, RunTable
-from node_agent.backends import Backend, LaunchRequest, Run
+from node_agent.backends import Backend, LaunchRequest, Run, engine_end_ms
 from node_agent.devices import DeviceBook
 from node_agent.errors import CannotReattach, Refused
 from node_agent.metrics import AgentMetrics
@@ -636,6 +636,9 @@ class Runs:
         if task.state in TERMINAL:
             return
         at = self.clock.now_ms()
+        engine_end = engine_end_ms(task.run) if task.run is not None else None
+        if engine_end is not None:
+            at = min(at, engine_end)  # it ended while the agent was away: then
         if task.row is not None:
             # A clock stepped back ends no run early, nor before what is billed already.
             at = max(at, task.row.started_at_ms, task.row.metered_to_ms)

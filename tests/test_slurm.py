@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,33 @@ def test_a_run_that_cannot_be_taken_up_after_a_restart_is_stopped_in_slurm(
 
 async def discard(stream: str, data: bytes) -> None:
     """Output nobody reads."""
+
+
+def test_a_slurm_job_that_ends_while_its_agent_is_away_is_billed_to_slurms_end(
+    federation: LocalFederation,
+    stub: broker_pb2_grpc.BrokerServiceStub,
+    client: BrokerClient,
+    cluster: LocalSlurm,
+    tmp_path: Path,
+) -> None:
+    """The agent dies, the job ends in Slurm, the agent comes back later: the usage ends
+    when Slurm ended the job, not when the agent found it over."""
+    center = slurm_center("CE")
+    start_slurm_agent(federation, center, cluster)
+    wait_centers(stub, 1)
+    gate = tmp_path / "go"
+    job_id = client.submit(gated(gate, devices=1)).job_id
+    wait_for(lambda: "started" in output_of(client, job_id), 30, "the job's first output")
+    [slurm_job] = icx_jobs(cluster)
+    federation.agents["CE"].kill()
+    gate.touch()
+    wait_for(lambda: icx_jobs(cluster) == [], 30, "the job to end in Slurm")
+    [slurm_end] = [j for j in cluster.jobs() if j["job_id"] == slurm_job["job_id"]]
+    end_s = int(slurm_end["end_time"])
+    time.sleep(2.5)  # the agent stays away: what is measured is this absence
+    restarted_ms = int(time.time() * 1000)
+    start_slurm_agent(federation, center, cluster)
+    assert ended(client, job_id).state == JobState.SUCCEEDED
+    wait_for(lambda: usage_records(client, job_id), 20, "the usage to be logged")
+    [signed] = usage_records(client, job_id)
+    assert signed.record.end_ms <= (end_s + 1) * 1000 < restarted_ms

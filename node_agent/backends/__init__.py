@@ -13,6 +13,7 @@ from node_agent.backends._protocol import (
     LaunchRequest,
     OutputSink,
     Run,
+    engine_end_ms,
     job_environment,
 )
 from node_agent.config import BackendConfig
@@ -25,6 +26,7 @@ __all__ = [
     "ProcessBackend",
     "ProcessRun",
     "Run",
+    "engine_end_ms",
     "job_environment",
     "make_backend",
     "resolve_program",

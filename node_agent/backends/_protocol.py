@@ -55,6 +55,14 @@ class Run(Protocol):
         ...
 
 
+def engine_end_ms(run: Run) -> int | None:
+    """When the engine says the run ended, for a backend whose runs outlive the agent
+    (an optional `ended_at_ms` attribute of its runs): a run that ended while the agent
+    was away ended then, not when the agent came back. None: the agent's clock decides."""
+    at = getattr(run, "ended_at_ms", None)
+    return at if isinstance(at, int) and not isinstance(at, bool) else None
+
+
 class Backend(Protocol):
     name: str
 

@@ -93,12 +93,14 @@ class SlurmOptions:
     account: str = ""
     slurm_conf: Path | None = None
     poll_s: float = 1.0
+    # How long a submitted job may wait in Slurm's queue before the launch gives up.
+    start_timeout_s: float = 300.0
     gres: Mapping[str, str]  # pool id -> GRES name[:type]
 
     @staticmethod
     def parse(options: Mapping[str, Any], center: CenterDescriptor) -> SlurmOptions:
         """The `[backend]` table (less `kind`); raises InvalidConfig naming the option."""
-        known = {"partition", "account", "slurm_conf", "poll_s", "gres"}
+        known = {"partition", "account", "slurm_conf", "poll_s", "start_timeout_s", "gres"}
         extra = sorted(set(options) - known)
         if extra:
             raise InvalidConfig(
@@ -121,6 +123,15 @@ class SlurmOptions:
             raise InvalidConfig(f"backend.poll_s must be a number, got {poll_s!r}")
         if not 0.05 <= poll_s <= 60:
             raise InvalidConfig(f"backend.poll_s must be 0.05..60 s, got {poll_s}")
+        start_timeout_s = options.get("start_timeout_s", 300.0)
+        if not isinstance(start_timeout_s, int | float) or isinstance(start_timeout_s, bool):
+            raise InvalidConfig(
+                f"backend.start_timeout_s must be a number, got {start_timeout_s!r}"
+            )
+        if not 1 <= start_timeout_s <= 86_400:
+            raise InvalidConfig(
+                f"backend.start_timeout_s must be 1..86400 s, got {start_timeout_s}"
+            )
         gres_raw = options.get("gres", {})
         if not isinstance(gres_raw, dict):
             raise InvalidConfig("backend.gres must be a table: pool id -> GRES name[:type]")
@@ -138,6 +149,7 @@ class SlurmOptions:
             account=account,
             slurm_conf=Path(conf) if conf else None,
             poll_s=float(poll_s),
+            start_timeout_s=float(start_timeout_s),
             gres=gres,
         )
 
@@ -177,6 +189,13 @@ def exit_code(job: Mapping[str, Any]) -> int:
     if "COMPLETED" in states or code:
         return code
     raise SlurmError(errno.EIO, f"Slurm ended job {job.get('job_id')} as {'/'.join(states)}")
+
+
+def ended_at_ms(job: Mapping[str, Any]) -> int | None:
+    """When Slurm says the ended job ended (its `end_time`, epoch seconds); None if it
+    does not say."""
+    end = _number(job.get("end_time"))
+    return end * 1000 if end > 0 else None
 
 
 def _number(value: Any) -> int:
@@ -530,7 +549,32 @@ class SlurmBackend:
                 await self._command("scancel", str(slurm_id))
             raise
         log.info("job %s is Slurm job %d", request.job_id, slurm_id)
-        return SlurmRun(self, slurm_id, files, output)
+        run = SlurmRun(self, slurm_id, files, output)
+        await self._until_started(run)
+        return run
+
+    async def _until_started(self, run: SlurmRun) -> None:
+        """Return once Slurm runs the job (or has ended it): the launch returns a running
+        job, so the agent reports it running, and bills it, from then on, not while it
+        waits in Slurm's queue. A job still pending after `start_timeout_s` (a center
+        user took the devices between the claim and the submission) is cancelled and the
+        launch fails saying why Slurm held it."""
+        deadline = time.monotonic() + self.options.start_timeout_s
+        while True:
+            job = await self.job(run.slurm_id, run.known_since)
+            if job is None or "PENDING" not in job_states(job):
+                return
+            if time.monotonic() > deadline:
+                reason = str(job.get("state_reason") or "no reason given")
+                with contextlib.suppress(Exception):
+                    await run.kill()
+                    await run.wait()
+                raise SlurmError(
+                    errno.ETIMEDOUT,
+                    f"Slurm did not start job {run.slurm_id} within "
+                    f"{self.options.start_timeout_s:g} s (pending: {reason}); cancelled",
+                )
+            await asyncio.sleep(self.options.poll_s)
 
     async def _cancel_named(self, name: str) -> None:
         """scancel this agent's jobs named `name` (a submission whose id was lost)."""
@@ -743,9 +787,20 @@ class SlurmRun:
         return str(self._id)
 
     @property
-    def slurm_job(self) -> Mapping[str, Any] | None:
-        """What Slurm last said about the job (start_time, end_time, exit_code, ...)."""
-        return self._last
+    def slurm_id(self) -> int:
+        return self._id
+
+    @property
+    def known_since(self) -> float:
+        """When this agent first knew the job (monotonic): how long Slurm may be slow to
+        list it."""
+        return self._known_since
+
+    @property
+    def ended_at_ms(self) -> int | None:
+        """When Slurm ended the job (after `wait` returned): the end a restarted agent
+        bills, not the moment it came back and found the job over."""
+        return None if self._last is None else ended_at_ms(self._last)
 
     async def wait(self) -> int:
         job = await self._follow

@@ -33,7 +33,7 @@ def cluster(slurm_cluster: LocalSlurm) -> Iterator[LocalSlurm]:  # noqa: F811
     settle(slurm_cluster)
 
 
-def backend(cluster: LocalSlurm, root: Path, center_id: str) -> SlurmBackend:
+def backend(cluster: LocalSlurm, root: Path, center_id: str, **options: object) -> SlurmBackend:
     config = BackendConfig(
         "slurm",
         {
@@ -41,6 +41,7 @@ def backend(cluster: LocalSlurm, root: Path, center_id: str) -> SlurmBackend:
             "slurm_conf": str(cluster.conf),
             "poll_s": 0.1,
             "gres": {"p": GRES},
+            **options,
         },
     )
     made = make_backend(config, root, make_center(center_id, pools={"p": ("ascend-910", 4, 500)}))
@@ -211,3 +212,30 @@ def test_a_job_followed_to_its_end_by_an_agent_that_died_then_is_followed_again(
         assert again.chunks == []
 
     asyncio.run(scenario())
+
+
+def test_a_launch_returns_once_slurm_runs_the_job_and_gives_up_on_one_it_holds(
+    cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """The launch returns a running job, so that the agent bills from the start Slurm
+    gave it, not from the submission. A job Slurm keeps pending (a center user took the
+    GPUs between the claim and the submission) is cancelled after `start_timeout_s`, and
+    the launch fails saying why Slurm held it."""
+    own = sbatch(cluster, f"--gres={GRES}:4", "--output=/dev/null", "--wrap=sleep 60")
+    wait_for(lambda: running(cluster, own), 20, "the center's own job running")
+
+    async def scenario() -> None:
+        slurm = backend(cluster, tmp_path / "agent", "CS", start_timeout_s=1)
+        held = request(tmp_path, "j-held", "echo never", (0,))
+        with pytest.raises(SlurmError, match=r"within 1 s \(pending: Resources\); cancelled"):
+            await slurm.launch(held, Output())
+        assert await slurm.list_runs() == []
+        cluster.run("scancel", str(own))
+        run = await slurm.launch(request(tmp_path, "j-runs", "sleep 1; echo ran", (0,)), Output())
+        job = await slurm.job(int(run.run_id), 0.0)
+        assert job is not None and "PENDING" not in str(job["job_state"])
+        assert await asyncio.wait_for(run.wait(), 30) == 0
+
+    asyncio.run(scenario())
+    names = [j["name"] for j in cluster.jobs() if not job_ended(j)]
+    assert f"{JOB_PREFIX}j-held" not in names  # nothing of the held job left in Slurm
