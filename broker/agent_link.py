@@ -264,6 +264,7 @@ def _command_to_proto(command: Command) -> agent_pb2.ConnectResponse:
                     pool_id=command.pool_id,
                     devices=command.devices,
                     lease_expires_at_ms=command.lease_expires_at_ms,
+                    image=command.image,
                 )
             )
         case Launch():

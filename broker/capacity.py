@@ -146,6 +146,7 @@ class LocalCenters:
                 pool_id=ref.pool_id,
                 devices=job.spec.devices,
                 lease_expires_at_ms=lease_until,
+                image=job.spec.image,
             )
         )
         return True

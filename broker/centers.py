@@ -32,6 +32,7 @@ class Reserve:
     pool_id: PoolId
     devices: int
     lease_expires_at_ms: int
+    image: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -255,6 +255,7 @@ class Link:
                     pool_id=r.pool_id,
                     devices=r.devices,
                     lease_expires_at_ms=r.lease_expires_at_ms,
+                    image=r.image,
                 )
             )
             self.send_claim_answer(answer)

@@ -23,6 +23,7 @@ class ReserveOrder:
     pool_id: str
     devices: int
     lease_expires_at_ms: int
+    image: str = ""  # the container image the job names, if any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,7 +28,7 @@ from core.clock import Clock
 from core.errors import InvalidArgument
 from core.ids import check_id, shown
 from core.states import TERMINAL, JobState
-from core.types import CenterDescriptor, JobId, LogChunk
+from core.types import CenterDescriptor, JobId, LogChunk, accepts_image
 from node_agent._messages import (
     CancelOrder,
     ClaimAnswer,
@@ -155,6 +155,7 @@ class Runs:
         (`changed`) before it returns an acceptance, so the broker never believes these
         devices free once it hears the answer."""
         try:
+            _check_image(self.center, order.image)
             holding = self.book.reserve(
                 claim_id=order.claim_id,
                 job_id=order.job_id,
@@ -771,3 +772,15 @@ def _exit_reason(code: int | None) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exit {code}"
+
+
+def _check_image(center: CenterDescriptor, image: str) -> None:
+    """Refuse a claim for a job this center cannot run: an image it does not accept, or
+    none at a center that runs only containers (the matcher sends neither; a center's
+    list may have changed since its last offer)."""
+    if accepts_image(center.images, image):
+        return
+    if image:
+        accepts = ", ".join(center.images) or "none: it runs no containers"
+        raise Refused(f"this center does not accept the image {image!r} (it accepts {accepts})")
+    raise Refused("this center runs only container images; the job names none")

@@ -261,3 +261,38 @@ def test_a_torn_journal_line_is_ignored_and_a_bad_one_refused(tmp_path: Path) ->
     journal.write_text('{"drop": "c-1"}\nnot json\n')
     with pytest.raises(InvalidConfig, match=re.escape(f"run table journal {journal}: line 2:")):
         RunTable(path)
+
+
+@pytest.mark.parametrize(
+    ("images", "image", "reason"),
+    [
+        (("icx/busybox:1",), "icx/other:1",
+         "this center does not accept the image 'icx/other:1' (it accepts icx/busybox:1)"),
+        ((), "icx/busybox:1",
+         "this center does not accept the image 'icx/busybox:1' (it accepts none: it runs "
+         "no containers)"),
+        (("icx/busybox:1",), "", "this center runs only container images; the job names none"),
+    ],
+    ids=["not-accepted", "no-containers", "no-image"],
+)  # fmt: skip
+def test_a_claim_for_a_job_the_center_cannot_run_is_refused_at_claim(
+    images: tuple[str, ...], image: str, reason: str, tmp_path: Path
+) -> None:
+    """The claim carries the job's image: the center refuses it at once, saying why, and
+    holds nothing (the broker requeues the job; it does not fail at launch)."""
+    import dataclasses
+
+    from node_agent import Agent
+    from node_agent._messages import ReserveOrder
+
+    center = dataclasses.replace(make_center("CI"), images=images)
+    agent = Agent(center, "127.0.0.1:1", workdir=tmp_path / "work")
+    order = ReserveOrder(
+        claim_id="c-1", job_id="j-1", pool_id="main", devices=2,
+        lease_expires_at_ms=10**13, image=image,
+    )  # fmt: skip
+    answer = agent.runs.reserve(order)
+    assert (answer.accepted, answer.reason) == (False, reason)
+    assert agent.runs.book.free("main") == 8 and not agent.runs.tasks
+    fits = dataclasses.replace(order, image=images[0] if images else "")
+    assert agent.runs.reserve(fits).accepted

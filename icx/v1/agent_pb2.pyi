@@ -98,18 +98,20 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at_ms: _Optional[int] = ...) -> None: ...
 
 class Reserve(_message.Message):
-    __slots__ = ("claim_id", "job_id", "pool_id", "devices", "lease_expires_at_ms")
+    __slots__ = ("claim_id", "job_id", "pool_id", "devices", "lease_expires_at_ms", "image")
     CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     claim_id: str
     job_id: str
     pool_id: str
     devices: int
     lease_expires_at_ms: int
-    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., devices: _Optional[int] = ..., lease_expires_at_ms: _Optional[int] = ...) -> None: ...
+    image: str
+    def __init__(self, claim_id: _Optional[str] = ..., job_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., devices: _Optional[int] = ..., lease_expires_at_ms: _Optional[int] = ..., image: _Optional[str] = ...) -> None: ...
 
 class ClaimReply(_message.Message):
     __slots__ = ("claim_id", "accepted", "reason", "device_indices")
