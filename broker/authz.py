@@ -179,7 +179,7 @@ def bill_tenant(asked: str) -> str:
     if who.sees_all:
         if asked or who.tenant:
             return asked or who.tenant
-        raise InvalidArgument("name the tenant whose bill to read")
+        raise InvalidArgument("name the tenant whose bill to read (--tenant)")
     if asked and asked != who.tenant:
         raise PermissionDenied(f"{who.describe()} reads only its own tenant's bill, not {asked!r}")
     return who.tenant

@@ -107,7 +107,7 @@ def print_bill(bill: dict[str, Any], indent: str = "") -> None:
         print(f"{indent}energy       {_kilo(t['energy_wh'])} kWh")
         print(f"{indent}carbon       {_kilo(t['carbon_g'])} kg CO2")
         charge = format_major(t["charge_minor"])
-        print(f"{indent}charge       {charge} {t['currency']} ({t['records']} records)")
+        print(f"{indent}charge       {charge} {t['currency']} ({_records(t['records'])})")
     print()
     print_table(
         ("INDEX", "RECORD", "CENTER", "WALL S", "DEVICE S", "KWH", "CO2 KG", "CHARGE"),
@@ -219,3 +219,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_broker_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=bill)
+
+
+def _records(n: int) -> str:
+    return "1 record" if n == 1 else f"{n} records"

@@ -14,6 +14,7 @@ stream keeps reading (and hearing the broker) while a backend starts or stops a 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -25,7 +26,7 @@ from core import wire
 from core.clock import Clock
 from core.handshake import proof_message
 from core.types import CenterDescriptor, LogChunk, Offer
-from icx.v1 import agent_pb2, agent_pb2_grpc
+from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from identity import Credentials
 from identity.tls import aio_channel
 from ledger import SignerKey
@@ -51,6 +52,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+HELD_OUTPUT_BYTES = 4 << 20
+"""The most output held for the broker while the stream is down."""
+
 _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
 _PROBE_S = 1.0
@@ -103,6 +108,10 @@ class Link:
         self._clock = clock
         self._metrics = metrics
         self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
+        # Output produced while disconnected (a run re-attached before the stream is up,
+        # a job writing through a reconnect), sent once the broker has taken the Hello.
+        self._held_output: collections.deque[types_pb2.LogChunk] = collections.deque()
+        self._held_bytes = 0
         # When the broker was last heard from (any message, heartbeat answers included).
         self._last_heard_ms = clock.now_ms()
 
@@ -143,7 +152,22 @@ class Link:
         self._send(job_update=msg)
 
     def send_output(self, chunk: LogChunk) -> None:
-        self._send(log=wire.log_to_proto(chunk))
+        """Output goes now, or once connected: up to HELD_OUTPUT_BYTES of it is held
+        while the stream is down (the oldest goes first beyond that; all of it stays in
+        the job's folder)."""
+        msg = wire.log_to_proto(chunk)
+        if self._out is not None:
+            self._out.put_nowait(agent_pb2.ConnectRequest(log=msg))
+            return
+        self._held_output.append(msg)
+        self._held_bytes += len(msg.data)
+        while self._held_bytes > HELD_OUTPUT_BYTES:
+            self._held_bytes -= len(self._held_output.popleft().data)
+
+    def _send_held_output(self, out: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
+        while self._held_output:
+            out.put_nowait(agent_pb2.ConnectRequest(log=self._held_output.popleft()))
+        self._held_bytes = 0
 
     def send_usage(self, entry: bytes) -> None:
         """`entry`: the ledger's signed entry bytes, carried as they are."""
@@ -332,6 +356,7 @@ class Link:
                 self.fence_after_ms,
             )
         self._out = out
+        self._send_held_output(out)
         self.connected.set()
         self._metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)

@@ -219,11 +219,13 @@ class Runs:
             return  # already launched (a resent launch after reconnect)
         self.book.launch(order.claim_id)
         task.state = JobState.RUNNING  # launching: no run yet
-        started_at_ms = self.clock.now_ms()
         try:
             request = self._request(order, holding.pool_id, holding.indices)
             task.output = self._output(task, request.workdir)
             run = await self.backend.launch(request, task.output.write)
+            # Billed from when the backend says it runs (a Slurm job may wait in Slurm's
+            # queue first), never from the submission.
+            started_at_ms = self.clock.now_ms()
         except Exception as exc:
             if not isinstance(exc, OSError | InvalidArgument):  # those say why themselves
                 log.exception("job %s: the backend failed to launch it", shown(order.job_id))

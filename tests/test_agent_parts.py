@@ -296,3 +296,34 @@ def test_a_claim_for_a_job_the_center_cannot_run_is_refused_at_claim(
     assert agent.runs.book.free("main") == 8 and not agent.runs.tasks
     fits = dataclasses.replace(order, image=images[0] if images else "")
     assert agent.runs.reserve(fits).accepted
+
+
+def test_output_made_while_the_stream_is_down_goes_once_the_broker_has_the_hello() -> None:
+    """A run re-attached before the stream is up (or writing through a reconnect) does
+    not lose its output: it is held, oldest dropped beyond the bound, and sent in order
+    once the broker has welcomed the agent."""
+    from core.clock import SYSTEM
+    from core.types import JobId, LogChunk
+    from icx.v1 import agent_pb2
+    from node_agent._link import HELD_OUTPUT_BYTES, Link
+    from node_agent.metrics import AgentMetrics
+
+    async def scenario() -> list[int]:
+        link = Link(
+            make_center("CL"), "127.0.0.1:1", usage_key=None, clock=SYSTEM,
+            metrics=AgentMetrics(),
+        )  # fmt: skip
+        big = HELD_OUTPUT_BYTES // 2
+        for seq, size in ((1, big), (2, big), (3, 10), (4, 10)):  # 1 goes: over the bound
+            link.send_output(
+                LogChunk(job_id=JobId("j-1"), seq=seq, stream="stdout", data=b"x" * size)
+            )
+        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+        link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
+        link.send_output(LogChunk(job_id=JobId("j-1"), seq=5, stream="stdout", data=b"y"))
+        sent = []
+        while not out.empty():
+            sent.append(out.get_nowait().log.seq)
+        return sent
+
+    assert asyncio.run(scenario()) == [2, 3, 4, 5]

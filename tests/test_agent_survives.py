@@ -424,3 +424,32 @@ def test_a_cancel_while_ending_frees_the_devices_with_or_without_the_end(
             await all_free_and_next_job_runs(agent, client)
 
     asyncio.run(scenario())
+
+
+def test_a_run_is_billed_from_when_its_backend_says_it_runs(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """A backend may hold the launch while the job waits in its engine's queue (Slurm):
+    the run starts, for the bill, when the launch returns, not when it was asked."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def scenario() -> None:
+        backend = GatedBackend()
+        backend.launch_gate.clear()
+        async with (
+            running_agent(federation, tmp_path / "work", backend) as agent,
+            AsyncBrokerClient(federation.address, federation.credentials()) as client,
+        ):
+            job = await client.submit(gated(out))
+            await launched(backend, 1)
+            [task] = [t for t in agent.runs.tasks.values() if t.job_id == job.job_id]
+            await asyncio.sleep(0.5)  # the engine holds the job: what is measured
+            returned_ms = agent.clock.now_ms()
+            backend.launch_gate.set()
+            await wait_for_async(_async(lambda: task.row is not None), 10, "the run's row")
+            assert task.row is not None and task.row.started_at_ms >= returned_ms
+            await client.cancel(job.job_id)
+            await ends(agent, task.claim_id, JobState.CANCELLED, "cancelled")
+
+    asyncio.run(scenario())

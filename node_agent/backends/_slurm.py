@@ -192,10 +192,11 @@ def exit_code(job: Mapping[str, Any]) -> int:
 
 
 def ended_at_ms(job: Mapping[str, Any]) -> int | None:
-    """When Slurm says the ended job ended (its `end_time`, epoch seconds); None if it
-    does not say."""
+    """When Slurm says the ended job ended: the last millisecond of its `end_time`'s
+    second (Slurm keeps whole seconds, and an end rounded down would bill the run short);
+    None if it does not say."""
     end = _number(job.get("end_time"))
-    return end * 1000 if end > 0 else None
+    return end * 1000 + 999 if end > 0 else None
 
 
 def _number(value: Any) -> int:
