@@ -328,6 +328,8 @@ def demo(args: argparse.Namespace) -> int:
             fed.stop()
             if slurm is not None:
                 slurm.stop()
+            if not args.dir:  # a folder of our own, with the throw-away root key: gone
+                shutil.rmtree(root, ignore_errors=True)
         elif slurm is not None:
             print(
                 f"Slurm keeps running too (SLURM_CONF={slurm.conf}); stop it with:\n"
@@ -506,7 +508,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--port", type=int, default=0, help="broker port (default: any free one)")
     p.add_argument(
-        "--dir", help="keep the databases and logs here (default: a new temporary folder)"
+        "--dir",
+        help="keep the databases and logs here (default: a temporary folder, removed at the end "
+        "unless --keep)",
     )
     p.add_argument(
         "--keep", action="store_true", help="leave the federation running and print how to use it"

@@ -2,9 +2,9 @@
 print a table or JSON, map the package's errors to an exit code once.
 
 Exit codes: 0 ok, 1 the operation failed (a job failed, a check did not pass),
-2 bad input or usage, 3 the broker is unreachable, 4 not found, 141 the reader of the
-output went away (`icx jobs | head`: the exit of a command ended by SIGPIPE, without a
-traceback), 130 interrupted.
+2 bad input or usage, 3 a service is unreachable (the broker; NVML for `icx agent
+discover`), 4 not found, 141 the reader of the output went away (`icx jobs | head`: the
+exit of a command ended by SIGPIPE, without a traceback), 130 interrupted.
 
 No traceback reaches a user: an error nobody expected is one line too, and
 ICX_DEBUG=1 shows its traceback. Start-up stays light: command modules import what is

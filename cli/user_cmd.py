@@ -353,9 +353,9 @@ def quote(args: argparse.Namespace) -> int:
         lines = client.quote(spec)
     if args.json:
         print_json([quote_dict(q) for q in lines])
-        return EXIT_OK
+        return EXIT_OK if lines else EXIT_FAILED
     if not lines:
-        print(f"no center has {spec.accelerator} in the allowed regions")
+        print(f"no center could run it: {_wanted(spec)}")
         return EXIT_FAILED
     print_table(
         ["#", "CENTER", "REGION", "ACCELERATOR", f"{CURRENCY}/DEV-H", f"CHARGE {CURRENCY}",
@@ -369,6 +369,14 @@ def quote(args: argparse.Namespace) -> int:
         ],
     )  # fmt: skip
     return EXIT_OK
+
+
+def _wanted(spec: JobSpec) -> str:
+    """What a quote that found nothing looked for, in words."""
+    what = "any accelerator" if spec.accelerator == "any" else spec.accelerator
+    where = ", ".join(spec.allowed_regions) or "any region"
+    image = f"the image {spec.image}" if spec.image else "no container image"
+    return f"{spec.devices} x {what} in {where}, running {image}"
 
 
 # --------------------------------------------------------------- register

@@ -241,6 +241,16 @@ def test_quote_ranks_candidates_before_submitting(fed: LocalFederation) -> None:
     assert too_big[0]["reason"] == "2 devices free now, 3 needed"  # type: ignore[index]
     bad = icx(fed, "quote", "--devices", "0", "--hours", "1")
     assert (bad.returncode, bad.stderr) == (2, "icx: error: devices must be 1..4096, got 0\n")
+    # Nothing could run it: said in words (what was asked), exit 1, in JSON too.
+    args = ("quote", "--devices", "1", "--hours", "1", "--image", "icx/absent:1")
+    nothing = icx(fed, *args)
+    assert (nothing.returncode, nothing.stdout) == (
+        1,
+        "no center could run it: 1 x any accelerator in any region, running the image "
+        "icx/absent:1\n",
+    )
+    as_json = icx(fed, *args, "--json")
+    assert (as_json.returncode, json.loads(as_json.stdout)) == (1, [])
 
 
 def test_explanations_and_a_replayable_round(fed: LocalFederation, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,16 @@ def test_demo_keep_json_prints_what_a_script_needs(tmp_path: Path) -> None:
         )
     finally:
         subprocess.run(["kill", *(str(p) for p in pids.values())], check=False)
+
+
+def test_a_demo_in_a_folder_of_its_own_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Without --dir or --keep the demo's folder (databases, logs, the throw-away
+    federation's root key) goes with it."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--jobs", "5", "--span", "1", "--json"],
+        capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["jobs_submitted"] == 5
+    assert list(tmp_path.iterdir()) == []
