@@ -35,6 +35,10 @@ FAST_BROKER = (
     "--min-metering-interval-s", "1",
 )  # fmt: skip
 
+# A center expiry (15 s) that outlasts an agent's restart by far, so that what a test
+# sees comes from the restarted agent's Hello, not from the expiry.
+RESTART_BROKER = ("--heartbeat-ms", "200", "--center-expiry-ms", "15000")
+
 
 def make_center(
     center_id: str,

@@ -26,7 +26,7 @@ from icx.v1 import broker_pb2_grpc
 from ledger import SignedRecord, canonical
 from ledger.records import charge_minor
 from node_agent import runs_on_disk
-from tests.conftest import make_center, wait_centers, wait_for
+from tests.conftest import RESTART_BROKER, make_center, wait_centers, wait_for
 
 GATED_JOB = Path(__file__).parent / "jobs" / "gated.py"
 TENANT = "lab-r"
@@ -105,16 +105,8 @@ def started_pids(out: Path, job_id: str) -> list[int]:
 def federation(tmp_path: Path) -> Iterator[LocalFederation]:
     """A broker whose center expiry (15 s) outlasts an agent's restart by far, so that
     what a test sees comes from the restarted agent's Hello, not from the expiry."""
-    fed = LocalFederation(
-        root=tmp_path / "fed",
-        broker_args=("--heartbeat-ms", "200", "--center-expiry-ms", "15000"),
-    )
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path / "fed", broker_args=RESTART_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture

@@ -33,7 +33,14 @@ from node_agent.backends import LaunchRequest, make_backend
 from node_agent.backends._docker import LABEL_JOB, DockerBackend
 from node_agent.config import parse_backend, parse_center
 from node_agent.errors import CannotReattach
-from tests.conftest import make_center, run_icx, wait_centers, wait_for, wait_for_async
+from tests.conftest import (
+    RESTART_BROKER,
+    make_center,
+    run_icx,
+    wait_centers,
+    wait_for,
+    wait_for_async,
+)
 from tests.docker_engine import DockerEngine, docker_engine  # noqa: F401 (a fixture)
 from tests.test_agent_restart import usage_records
 from tests.test_cli import icx
@@ -441,16 +448,8 @@ def test_the_centers_descriptor_carries_its_accepted_images() -> None:
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[LocalFederation]:
     """A broker whose center expiry (15 s) outlasts an agent's restart by far."""
-    fed = LocalFederation(
-        root=tmp_path / "fed",
-        broker_args=("--heartbeat-ms", "200", "--center-expiry-ms", "15000"),
-    )
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path / "fed", broker_args=RESTART_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture

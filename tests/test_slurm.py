@@ -30,7 +30,7 @@ from node_agent._run_table import RunRow, RunTable
 from node_agent.backends import LaunchRequest, make_backend
 from node_agent.backends._slurm import JOB_PREFIX, job_ended
 from node_agent.config import parse_backend
-from tests.conftest import make_center, run_icx, wait_centers, wait_for
+from tests.conftest import RESTART_BROKER, make_center, run_icx, wait_centers, wait_for
 from tests.slurm_cluster import settle, slurm_cluster  # noqa: F401 (a fixture)
 from tests.test_agent_restart import output_of, usage_records
 
@@ -48,16 +48,8 @@ def cluster(slurm_cluster: LocalSlurm) -> Iterator[LocalSlurm]:  # noqa: F811
 @pytest.fixture
 def federation(tmp_path: Path, cluster: LocalSlurm) -> Iterator[LocalFederation]:
     """A broker whose center expiry (15 s) outlasts an agent's restart."""
-    fed = LocalFederation(
-        root=tmp_path / "fed",
-        broker_args=("--heartbeat-ms", "200", "--center-expiry-ms", "15000"),
-    )
-    fed.root.mkdir()
-    try:
-        fed.start_broker(port=0)
+    with LocalFederation(root=tmp_path / "fed", broker_args=RESTART_BROKER) as fed:
         yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture
