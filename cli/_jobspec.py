@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidJobSpec
-from core.types import JobSpec
+from core.types import MAX_MILLICPUS, JobSpec
 
 
 def hours_to_s(hours: float, field: str = "hours") -> int:
@@ -46,8 +46,8 @@ def yuan_to_minor(yuan: float, field: str) -> int:
 
 def cpus_to_milli(cpus: float, field: str = "cpus") -> int:
     """CPUs as a decimal (1.5) to thousandths (1500); 0 means not stated."""
-    if not math.isfinite(cpus) or cpus < 0:
-        raise InvalidJobSpec(f"{field} must be a number >= 0, got {cpus}")
+    if not math.isfinite(cpus) or not 0 <= cpus <= MAX_MILLICPUS / 1000:
+        raise InvalidJobSpec(f"{field} must be 0..{MAX_MILLICPUS // 1000} CPUs, got {cpus:g}")
     milli = round(cpus * 1000)
     if cpus and not milli:
         raise InvalidJobSpec(f"{field} must be at least 0.001, got {cpus}")

@@ -88,7 +88,9 @@ def test_the_job_toml_reads_the_container_fields() -> None:
     for key, value, message in (
         ("network", "true", "network must be true or false, got 'true'"),
         ("memory_mb", 1.5, "memory_mb has the wrong type: 1.5"),
-        ("cpus", -1, "cpus must be a number >= 0, got -1.0"),
+        ("cpus", -1, "cpus must be 0..1000 CPUs, got -1"),
+        ("cpus", 1e9, "cpus must be 0..1000 CPUs, got 1e+09"),
+        ("cpus", float("inf"), "cpus must be 0..1000 CPUs, got inf"),
         ("cpus", 0.0001, "cpus must be at least 0.001, got 0.0001"),
         ("image", 7, "image has the wrong type: 7"),
     ):
