@@ -16,7 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-BENCHES = ("skeleton_bench", "load_bench", "matcher_bench", "ledger_bench", "backend_bench")
+BENCHES = (
+    "skeleton_bench",
+    "load_bench",
+    "matcher_bench",
+    "ledger_bench",
+    "backend_bench",
+    "peering_bench",
+)
 
 
 def takes_quick(name: str) -> bool:
