@@ -444,7 +444,11 @@ def test_a_run_is_billed_from_when_its_backend_says_it_runs(
             job = await client.submit(gated(out))
             await launched(backend, 1)
             [task] = [t for t in agent.runs.tasks.values() if t.job_id == job.job_id]
-            await asyncio.sleep(0.5)  # the engine holds the job: what is measured
+            # The engine holds the job until the agent's clock has moved on from the ask.
+            asked_ms = agent.clock.now_ms()
+            await wait_for_async(
+                _async(lambda: agent.clock.now_ms() > asked_ms), 5, "the clock to move"
+            )
             returned_ms = agent.clock.now_ms()
             backend.launch_gate.set()
             await wait_for_async(_async(lambda: task.row is not None), 10, "the run's row")

@@ -339,7 +339,8 @@ def test_a_slurm_job_that_ends_while_its_agent_is_away_is_billed_to_slurms_end(
     wait_for(lambda: icx_jobs(cluster) == [], 30, "the job to end in Slurm")
     [slurm_end] = [j for j in cluster.jobs() if j["job_id"] == slurm_job["job_id"]]
     end_s = int(slurm_end["end_time"])
-    time.sleep(2.5)  # the agent stays away: what is measured is this absence
+    # The agent stays away past the second Slurm ended the job in.
+    wait_for(lambda: time.time() > end_s + 2, 10, "the agent's absence to outlast the end")
     restarted_ms = int(time.time() * 1000)
     start_slurm_agent(federation, center, cluster)
     assert ended(client, job_id).state == JobState.SUCCEEDED

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import threading
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,12 @@ def test_views_converge_through_pulls_when_gossip_loses_messages(broker: Brokers
                 lambda: all(h.counts().peers >= 1 for h in hosts), 10, "every host peered"
             )
             for round_ in range(4):
+                sent = {h.name: h.counts().published for h in hosts}
                 for h in hosts:
                     await h.publish(SUMMARIES_TOPIC, f"{h.name} round {round_}".encode())
-                await asyncio.sleep(0.1)  # what a broker's changes look like: spaced out
+                # Each round goes out on its own (no newer payload replaces it unsent),
+                # as a broker's changes do.
+                await wait_for_async(partial(all_published, hosts, sent), 10, f"round {round_}")
             expected = {h.name: f"{h.name} round 3".encode() for h in hosts}
             await wait_for_async(lambda: converged(hosts, expected), 20, "views to converge")
             counts = [h.counts() for h in hosts]
@@ -178,3 +182,8 @@ def view_envelope(host: PeerHost) -> bytes:
     if own is None:
         raise AssertionError(f"{host.name} has published nothing")
     return own.envelope
+
+
+def all_published(hosts: list[PeerHost], before: dict[str, int]) -> bool:
+    """Whether every host has published since its count was `before`."""
+    return all(h.counts().published > before[h.name] for h in hosts)
