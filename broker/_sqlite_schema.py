@@ -4,6 +4,8 @@ Version 0 is the schema from before versions: a job's spec and a center's descri
 protobuf bytes. Version 1 keeps domain columns: the spec's fields in `jobs`, a center's
 attributes in `centers` and its pools in `pools`. Version 2 adds `claims`. Version 3 adds
 a job's container (image, memory_mb, millicpus, network) and a center's accepted images.
+Version 4 adds a job's federation (broker: the peer it was forwarded to; home: the broker
+that forwarded it here).
 The version lives in `schema_version`. Every migration runs in one transaction: it
 completes or leaves the file as it was.
 
@@ -28,7 +30,7 @@ SPEC_COLUMNS = (
 )
 STATE_COLUMNS = (
     "state, updated_at_ms, center_id, pool_id, claim_id, device_indices, attempts, exit_code,"
-    " reason, explanation"
+    " reason, explanation, broker, home"
 )
 
 _JOBS = """
@@ -62,7 +64,9 @@ CREATE TABLE jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     exit_code INTEGER,
     reason TEXT NOT NULL DEFAULT '',
-    explanation TEXT NOT NULL DEFAULT ''
+    explanation TEXT NOT NULL DEFAULT '',
+    broker TEXT NOT NULL DEFAULT '',              -- the peer broker it was forwarded to
+    home TEXT NOT NULL DEFAULT ''                 -- the broker that forwarded it here
 );
 CREATE UNIQUE INDEX jobs_request ON jobs(tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX jobs_state ON jobs(state);
@@ -146,6 +150,11 @@ _ADDED_IN_3 = (
     ("centers", "images", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
+_ADDED_IN_4 = (
+    ("jobs", "broker", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "home", "TEXT NOT NULL DEFAULT ''"),
+)
+
 _VERSION = """
 CREATE TABLE schema_version (
     version INTEGER NOT NULL,
@@ -216,6 +225,9 @@ def upgrade(conn: sqlite3.Connection, start: int) -> None:
         if start < 3:
             _from_2_to_3(conn)
             _set_version(conn, 3)
+        if start < 4:
+            _add_columns(conn, _ADDED_IN_4)
+            _set_version(conn, 4)
 
     _in_transaction(conn, steps)
 
@@ -265,6 +277,13 @@ def upsert_center(conn: sqlite3.Connection, center: CenterDescriptor, at_ms: int
     )
 
 
+# A job's state as version 0 kept it (what version 1 copies).
+_V0_STATE_COLUMNS = (
+    "state", "updated_at_ms", "center_id", "pool_id", "claim_id", "device_indices",
+    "attempts", "exit_code", "reason", "explanation",
+)  # fmt: skip
+
+
 def _from_0_to_1(conn: sqlite3.Connection) -> None:
     """Protobuf blobs to domain columns. The blobs are read with the wire format of the
     release that wrote them (icx.v1 JobSpec and CenterDescriptor), once, here."""
@@ -291,11 +310,11 @@ def _from_0_to_1(conn: sqlite3.Connection) -> None:
                 row["request_id"],
                 *spec_values(spec),
                 row["submitted_at_ms"],
-                *(row[c.strip()] for c in STATE_COLUMNS.split(",")),
+                *(row[c] for c in _V0_STATE_COLUMNS),
             )
             conn.execute(
                 f"INSERT INTO jobs (job_id, tenant, request_id, {SPEC_COLUMNS}, submitted_at_ms,"
-                f" {STATE_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                f" {', '.join(_V0_STATE_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
                 values,
             )
         for row in conn.execute("SELECT * FROM centers_v0").fetchall():
@@ -335,7 +354,12 @@ def _from_1_to_2(conn: sqlite3.Connection) -> None:
 def _from_2_to_3(conn: sqlite3.Connection) -> None:
     """A job's container and a center's accepted images: columns with defaults that mean
     "none", so that every stored job and center reads as before (no container)."""
-    for table, column, definition in _ADDED_IN_3:
+    _add_columns(conn, _ADDED_IN_3)
+
+
+def _add_columns(conn: sqlite3.Connection, added: tuple[tuple[str, str, str], ...]) -> None:
+    """Columns with defaults that keep every stored row reading as before."""
+    for table, column, definition in added:
         present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:  # a table created by an earlier step here has it already
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

@@ -62,6 +62,7 @@ class Scope(enum.Enum):
     NAMED_PARTY = "a statement or record naming the caller (a coordinator: any)"
     TENANT_BILL = "the caller's tenant's bill (a coordinator: any tenant's it names)"
     FEDERATION = "changes or reads the federation's policy, rounds or membership"
+    PEER_JOB = "a job the calling broker forwarded here (or forwards now)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ USERS = frozenset({Role.USER})
 COORDINATOR = frozenset({Role.COORDINATOR})
 EVERYONE = frozenset({Role.USER, Role.CENTER, Role.BROKER, Role.COORDINATOR})
 READERS = frozenset({Role.USER, Role.COORDINATOR})
+BROKERS = frozenset({Role.BROKER})
 
 # Every method the broker serves has a row; a method without one is refused.
 RULES: dict[str, Rule] = {
@@ -98,6 +100,12 @@ RULES: dict[str, Rule] = {
     ),
     "/icx.v1.LedgerService/ListJobRecords": Rule(READERS, Scope.TENANT_JOB),
     "/icx.v1.LedgerService/GetTenantBill": Rule(READERS, Scope.TENANT_BILL),
+    "/icx.v1.FederationService/ForwardJob": Rule(BROKERS, Scope.PEER_JOB),
+    "/icx.v1.FederationService/FollowJob": Rule(BROKERS, Scope.PEER_JOB),
+    "/icx.v1.FederationService/CancelForwarded": Rule(BROKERS, Scope.PEER_JOB),
+    "/icx.v1.FederationService/ListPeers": Rule(
+        frozenset({Role.USER, Role.BROKER, Role.COORDINATOR}), Scope.NONE
+    ),
     "/grpc.health.v1.Health/Check": Rule(EVERYONE, Scope.NONE),
     "/grpc.health.v1.Health/Watch": Rule(EVERYONE, Scope.NONE),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(EVERYONE, Scope.NONE),

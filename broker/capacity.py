@@ -2,10 +2,10 @@
 
 Capacity reaches a round through `CapacitySource`s: what pools exist, where, at what
 price, and how many devices the broker may believe are free. A round's choice leaves
-through a `ClaimRoute`, chosen by the pool's broker. Today there is one of each, this
-broker's own centers (`LocalCenters`: offers from connected agents, a reserve sent on the
-agent's stream); a peer broker's gossiped summaries and a claim forwarded to that broker
-plug in beside them.
+through a `ClaimRoute`, chosen by the pool's broker: this broker's own centers
+(`LocalCenters`: offers from connected agents, a reserve sent on the agent's stream), and
+the peer brokers (`broker.peers.Peers`: their gossiped summaries, a job forwarded to the
+broker that owns the chosen center).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from core.states import JobState
 from core.types import LOCAL_BROKER, ClaimId, JobId, Pool, PoolRef
 
 log = logging.getLogger("icx.broker")
+
+# The route for every pool whose broker has no route of its own: the peer brokers.
+PEER_BROKERS = "*"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from broker.capacity import LocalCenters
+from broker.capacity import PEER_BROKERS, LocalCenters
 from broker.centers import (
     Cancel,
     Centers,
@@ -43,6 +43,7 @@ from broker.claims import ClaimBook
 from broker.jobs import ACTIVE, DEFAULT_MAX_LOG_BYTES, JobBook
 from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
+from broker.peers import Peers
 from broker.rounds import Round, Rounds
 from broker.store import Store
 from broker.usage import MIN_INTERVAL_S, UsageIntake
@@ -59,11 +60,13 @@ from core.types import (
     JobSpec,
     LogChunk,
     Offer,
+    PoolRef,
+    accepts_image,
 )
 from core.views import CenterStatus, QuoteLine
-from identity import Member, Revocations
+from identity import Credentials, Member, Revocations
 from identity.tls import Trust
-from matcher import GreedyMatcher, Matcher, Problem
+from matcher import ANY, GreedyMatcher, Matcher, Problem
 
 log = logging.getLogger("icx.broker")
 
@@ -142,6 +145,9 @@ class Broker:
             self.metrics,
             min_interval_s=self.config.min_metering_interval_s,
         )
+        # The peer brokers, once this broker federates (None: it stands alone).
+        self.peers: Peers | None = None
+        self._forwards = asyncio.Lock()
         self._wake = asyncio.Event()
         self._center_regions: frozenset[str] | None = None
         self._known_regions: frozenset[str] = frozenset()
@@ -150,6 +156,100 @@ class Broker:
             centers_connected=lambda: len(self.centers.live_sessions()),
             offers=lambda: sum(1 for s in self.centers.live_sessions() if s.offer is not None),
         )
+
+    def federate(self, name: str, credentials: Credentials | None, expiry_ms: int) -> Peers:
+        """Match against the peer brokers' summaries too and forward there; `name` is
+        this broker's own (its certificate's). Followers resume for jobs already
+        forwarded."""
+        peers = Peers(
+            name,
+            self.jobs,
+            self.clock,
+            credentials,
+            expiry_ms=expiry_ms,
+            requeue=self._requeue,
+            finish=self._finish,
+        )
+        self.peers = peers
+        self.rounds.sources = [*self.rounds.sources, peers]
+        self.rounds.routes[PEER_BROKERS] = peers
+        resumed = peers.resume()
+        if resumed:
+            log.info("following %d jobs forwarded to peers", resumed)
+        return peers
+
+    def peers_changed(self) -> None:
+        """A peer's summary changed: match again."""
+        self._wake.set()
+
+    async def accept_forward(
+        self, home: str, job: Job, ref: PoolRef, explanation: str
+    ) -> tuple[str, Job | None]:
+        """A job forwarded by broker `home` to run at `ref` (a center of this broker):
+        stored, then claimed. Returns ("", job) once claimed, or (why not, job or None).
+        Idempotent by job id: a repeat answers from the job as it is; a job handed back
+        (queued here again) is claimed anew."""
+        # One at a time: a retry arriving while the first is committing must see it.
+        async with self._forwards:
+            return await self._accept_forward(home, job, ref, explanation)
+
+    async def _accept_forward(
+        self, home: str, job: Job, ref: PoolRef, explanation: str
+    ) -> tuple[str, Job | None]:
+        held = self.jobs.find(job.job_id)
+        if held is not None:
+            if held.home != home or held.tenant != job.tenant:
+                raise FailedPrecondition(f"job id {job.job_id} is taken here by another job")
+            if held.state != JobState.QUEUED:
+                return "", held  # a repeat of a forward already taken
+        why = self._room_for(job.spec, ref)
+        if why:
+            return why, held
+        if held is None:
+            held = await self.jobs.adopt(
+                Job(
+                    job_id=job.job_id,
+                    tenant=job.tenant,
+                    spec=job.spec,
+                    state=JobState.QUEUED,
+                    submitted_at_ms=job.submitted_at_ms,
+                    updated_at_ms=self.clock.now_ms(),
+                    home=home,
+                    reason=f"forwarded by {home}",
+                ),
+                f"forwarded by {home}",
+            )
+        if not await self.local.claim(held.job_id, ref, explanation):
+            return f"{ref} cannot be claimed now", self.jobs.find(held.job_id)
+        return "", self.jobs.find(held.job_id)
+
+    def _room_for(self, spec: JobSpec, ref: PoolRef) -> str:
+        """Why `ref` cannot take `spec` now by this broker's own view ("" if it can)."""
+        for p in self.local.capacity(self.clock.now_ms(), include_full=True):
+            if p.ref.center_id != ref.center_id or p.ref.pool_id != ref.pool_id:
+                continue
+            if spec.accelerator not in (ANY, p.pool.accelerator):
+                return f"{ref} has {p.pool.accelerator}, not {spec.accelerator}"
+            if not accepts_image(p.images, spec.image):
+                return f"{ref} does not run image {spec.image!r}"
+            if p.free < spec.devices:
+                return f"{ref} has {p.free} devices free, the job needs {spec.devices}"
+            return ""
+        return f"{ref} has no live offer here"
+
+    async def cancel_forwarded(self, home: str, job_id: JobId) -> Job:
+        """Broker `home` cancels a job it forwarded here."""
+        job = self.check_home(home, job_id)
+        if job.state in TERMINAL:
+            return job
+        return await self.cancel(job.tenant, job_id)
+
+    def check_home(self, home: str, job_id: JobId) -> Job:
+        """The job, if broker `home` forwarded it here."""
+        job = self.jobs.get(job_id)
+        if job.home != home:
+            raise PermissionDenied(f"job {job_id} was not forwarded by {home}")
+        return job
 
     def load(self) -> None:
         """Read the store into memory. Centers holding active work get one expiry period
@@ -229,6 +329,8 @@ class Broker:
         self._observe(claim_id, ended=True)
         if session is not None and claim_id:
             session.send(Cancel(claim_id=claim_id, job_id=job.job_id))
+        if job.broker and self.peers is not None:
+            self.peers.cancelled(job)
         return job
 
     def quote(self, spec: JobSpec) -> list[QuoteLine]:
@@ -493,7 +595,7 @@ class Broker:
         if not silent:
             return
         for job in list(self.jobs.jobs.values()):
-            if job.state in ACTIVE and job.center_id in silent:
+            if job.state in ACTIVE and job.center_id in silent and not job.broker:
                 await self._requeue(job, f"center {job.center_id} lost (silent past expiry)")
 
     # ----------------------------------------------------------- transitions
@@ -541,6 +643,7 @@ class Broker:
             pool_id=None,
             claim_id=None,
             device_indices=(),
+            broker="",
         )
         self._wake.set()
 

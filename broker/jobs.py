@@ -136,6 +136,10 @@ class JobBook:
     def logs_after(self, job_id: JobId, seq: int) -> list[LogChunk]:
         return self.store.logs_after(job_id, seq)
 
+    def log_seq(self, job_id: JobId) -> int:
+        """The sequence number of the job's last output chunk kept (0: none)."""
+        return self._log_seq.get(job_id, 0)
+
     def change_event(self, job_id: JobId) -> asyncio.Event:
         """An event set (and replaced) after each committed change to the job."""
         event = self._changed.get(job_id)
@@ -183,6 +187,18 @@ class JobBook:
             await self._committed(job.job_id, commit)
         finally:
             self._accepting.pop(job.job_id, None)
+        return job
+
+    async def adopt(self, job: Job, message: str) -> Job:
+        """A job forwarded here by its home broker, under its own id; returns once it is
+        committed. The caller has checked that the id is new."""
+        self.jobs[job.job_id] = job
+        self._remember(job)
+        self._tenants.add(job.tenant)
+        self._count(job, 1)
+        await self._committed(
+            job.job_id, self.store.insert_job(job, self._next_event(job, message))
+        )
         return job
 
     async def transition(self, job: Job, state: JobState, message: str, **changes: object) -> Job:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import matcher
-from broker.capacity import CapacitySource, ClaimRoute, PoolCapacity
+from broker.capacity import PEER_BROKERS, CapacitySource, ClaimRoute, PoolCapacity
 from broker.jobs import JobBook
 from broker.metrics import Metrics
 from core.clock import Clock
@@ -82,7 +82,7 @@ class Rounds:
         pools = self.pools(at)
         if not pools:  # nothing free anywhere: no need to look at the queue
             return 0
-        queued = self.jobs.in_state(JobState.QUEUED)
+        queued = _matchable(self.jobs.in_state(JobState.QUEUED))
         if not queued:
             return 0
         queued.sort(key=lambda j: (-j.spec.priority, j.submitted_at_ms))
@@ -100,7 +100,8 @@ class Rounds:
         claims = []
         for a in solution.assignments:
             ref = pools[a.pool_id].ref
-            claims.append(self.routes[ref.broker].claim(JobId(a.job_id), ref, a.explanation))
+            route = self.routes.get(ref.broker) or self.routes[PEER_BROKERS]
+            claims.append(route.claim(JobId(a.job_id), ref, a.explanation))
         # Together, so that the round's transitions share one commit.
         sent = sum(await asyncio.gather(*claims))
         for u in solution.unplaced:
@@ -156,13 +157,19 @@ class Rounds:
     def current_problem(self) -> Problem:
         """The problem a round would solve now."""
         at = self.clock.now_ms()
-        queued = self.jobs.in_state(JobState.QUEUED)
+        queued = _matchable(self.jobs.in_state(JobState.QUEUED))
         queued.sort(key=lambda j: (-j.spec.priority, j.submitted_at_ms))
         return dataclasses.replace(
             self.template,
             pools=tuple(_slot(p) for p in self.pools(at).values()),
             jobs=tuple(_job_request(j, at) for j in queued[: self.max_jobs_per_round]),
         )
+
+
+def _matchable(queued: list[Job]) -> list[Job]:
+    """The queued jobs this broker matches: not those a peer forwarded here and that went
+    back to the queue (handed back: their home broker matches them again)."""
+    return [j for j in queued if not j.home]
 
 
 def _slot(p: PoolCapacity) -> PoolSlot:

@@ -11,6 +11,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from broker.agent_link import AgentServicer
 from broker.authz import Gate
 from broker.core import Broker, BrokerConfig
+from broker.federation_service import FederationServicer
 from broker.ledger import BrokerLedger
+from broker.peers import Peers, summary_payload
 from broker.service import AdminServicer, BrokerServicer, LedgerServicer
 from broker.sqlite_store import SqliteStore
 from core.errors import FailedPrecondition
@@ -30,6 +33,8 @@ from icx.v1 import (
     agent_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
 )
@@ -39,6 +44,9 @@ from identity.revocation import EMPTY, verify_revocations
 from identity.tls import Trust, server_credentials
 from matcher import make_matcher
 
+if TYPE_CHECKING:  # peering loads libp2p and trio: only a federated broker imports it
+    from peering import PeerHost, PeeringConfig, Summary
+
 log = logging.getLogger("icx.broker")
 
 SERVICES = (
@@ -46,7 +54,12 @@ SERVICES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
 )
+
+# How often the broker looks whether its offer summary changed (published at most every
+# peering publish interval).
+SUMMARY_CHECK_S = 0.25
 
 # The agent stream is long-lived: keep it alive through idle periods and notice a dead
 # peer within seconds.
@@ -86,6 +99,12 @@ class ServeOptions:
     # who they are.
     identity: Path | None = None
     insecure: bool = False
+    # Federation: the libp2p host (None: this broker stands alone); the gRPC address
+    # peers forward to (default: the listen address with the bound port); how long a
+    # peer's summary is believed after its broker signed it.
+    peering: PeeringConfig | None = None
+    advertise: str = ""
+    summary_expiry_s: float = 15.0
 
 
 class BrokerServer:
@@ -109,6 +128,15 @@ class BrokerServer:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
+        self.host: PeerHost | None = None
+        self._topic = ""  # the summaries' gossip topic, once peering
+        self.peers: Peers | None = None
+        self.federation = FederationServicer(self.broker)
+        if options.peering is not None and self.credentials is None:
+            raise FailedPrecondition(
+                "peering needs the broker's membership (--identity): peers accept only "
+                "admitted brokers"
+            )
 
     async def start(self) -> None:
         self.ledger.open()
@@ -121,6 +149,7 @@ class BrokerServer:
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
             LedgerServicer(self.ledger, self.broker), self.server
         )
+        federation_pb2_grpc.add_FederationServiceServicer_to_server(self.federation, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -144,11 +173,17 @@ class BrokerServer:
                 self.options.metrics_port, self.options.metrics_host
             )
         await self.server.start()
+        await self._start_peering()
         self.broker.centers.grant_grace()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.options.ready_file is not None:
-            ready = {"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}
+            ready = {
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "pid": os.getpid(),
+                "peer_address": self.host.address if self.host else None,
+            }
             tmp = self.options.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(ready))
             tmp.replace(self.options.ready_file)
@@ -161,6 +196,72 @@ class BrokerServer:
             if self.credentials is None
             else f"mutual TLS as {self.credentials.member.describe()}",
         )
+
+    @property
+    def advertised(self) -> str:
+        """The gRPC address peers forward to."""
+        if self.options.advertise:
+            return self.options.advertise
+        return f"{self.options.listen.rpartition(':')[0]}:{self.port}"
+
+    async def _start_peering(self) -> None:
+        config = self.options.peering
+        if config is None:
+            return
+        from peering import SUMMARIES_TOPIC, PeerHost
+
+        self._topic = SUMMARIES_TOPIC
+        assert self.credentials is not None
+        member = self.credentials.member
+        self.peers = self.broker.federate(
+            member.name, self.credentials, int(self.options.summary_expiry_s * 1000)
+        )
+        self.host = PeerHost(config, self.credentials, trust=self.trust, on_update=self._heard)
+        await self.host.start()
+        self.federation.host = self.host
+        self.federation.region = member.region
+        log.info(
+            "peering as %s (%s) on %s, forwards to %s; %d configured peers",
+            member.name,
+            member.region,
+            self.host.address,
+            self.advertised,
+            len(config.bootstrap),
+        )
+
+    def _heard(self, topic: str, summary: Summary) -> None:
+        if topic != self._topic or self.peers is None:
+            return
+        if self.peers.update(
+            summary.origin, summary.version, summary.issued_at_ms, summary.payload
+        ):
+            self.broker.peers_changed()
+
+    async def _publish_summaries(self) -> None:
+        """Publish this broker's offer summary whenever it changes (the host republishes
+        it periodically)."""
+        if self.host is None or self.credentials is None:
+            return
+        region = self.credentials.member.region
+        last = b""
+        while True:
+            at = self.broker.clock.now_ms()
+            payload = summary_payload(
+                region, self.advertised, self.broker.local.capacity(at, include_full=True)
+            )
+            if payload != last:
+                try:
+                    await self.host.publish(self._topic, payload)
+                    last = payload
+                except Exception:
+                    log.exception("publishing the offer summary failed")
+            await asyncio.sleep(SUMMARY_CHECK_S)
+
+    async def close_peering(self) -> None:
+        if self.peers is not None:
+            await self.peers.close()
+        if self.host is not None:
+            await self.host.stop()
 
     def _keep_revocations(self, taken: Revocations) -> None:
         """Keep the newest revocation list beside the broker's identity, so that a
@@ -188,6 +289,7 @@ class BrokerServer:
             matching = tg.create_task(self.broker.run_matching())
             expiry = tg.create_task(self.broker.run_expiry())
             checkpoints = tg.create_task(self._checkpoints())
+            summaries = tg.create_task(self._publish_summaries())
             await stop.wait()
             log.info("broker stopping")
             for name in ("", *SERVICES):
@@ -196,6 +298,8 @@ class BrokerServer:
             matching.cancel()
             expiry.cancel()
             checkpoints.cancel()
+            summaries.cancel()
+        await self.close_peering()
         await self.ledger.checkpoint()
         self.ledger.close()
         self.store.close()
@@ -241,6 +345,8 @@ async def serve(options: ServeOptions) -> None:
     except BaseException:
         with contextlib.suppress(Exception):  # a server that never started cannot stop
             await server.server.stop(None)
+        with contextlib.suppress(Exception):
+            await server.close_peering()
         server.ledger.close()
         server.store.close()
         raise

@@ -387,6 +387,8 @@ def _state_values(job: Job) -> tuple[Any, ...]:
         job.exit_code,
         job.reason,
         job.explanation,
+        job.broker,
+        job.home,
     )
 
 
@@ -433,6 +435,8 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         exit_code=row["exit_code"],
         reason=row["reason"],
         explanation=row["explanation"],
+        broker=row["broker"],
+        home=row["home"],
     )
 
 

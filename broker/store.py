@@ -27,7 +27,7 @@ from core.types import CenterDescriptor, Job, JobEvent, JobId, LogChunk
 
 # The schema this code reads and writes. A store refuses a newer one, and an older one
 # until it is migrated (`icx broker migrate`).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaError(FailedPrecondition):

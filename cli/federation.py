@@ -126,9 +126,19 @@ class LocalFederation:
     # Mutual TLS with a throw-away root of trust (False: the --insecure development mode).
     secure: bool = True
     broker_region: str = "TF"
+    # The broker's member name; and, for several brokers of one federation, the folder
+    # whose `federation/` holds their shared root of trust (default: `root`).
+    broker_name: str = "broker"
+    authority_root: Path | None = None
+    # Peer with other brokers (libp2p on loopback, a port it picks once and keeps), and
+    # the multiaddrs of the peers to dial.
+    peering: bool = False
+    peers: tuple[str, ...] = ()
     broker: Child | None = None
     broker_port: int = 0
     metrics_port: int | None = None
+    peer_port: int = 0
+    peer_address: str = ""
     agents: dict[str, Child] = field(default_factory=dict)
 
     @property
@@ -156,7 +166,7 @@ class LocalFederation:
 
     @property
     def authority(self) -> Authority:
-        folder = self.root / "federation"
+        folder = (self.authority_root or self.root) / "federation"
         if not (folder / "root-key.pem").exists():
             Authority.create(folder, "local")
         return Authority(folder)
@@ -195,7 +205,9 @@ class LocalFederation:
             return Credentials.load(self.center_identity(name)[0])
         if role in (Role.USER, Role.TENANT_ADMIN):
             return Credentials.load(self.member(name or f"{tenant}.user", role, tenant=tenant))
-        return Credentials.load(self.member(name or "broker", role, region=self.broker_region))
+        return Credentials.load(
+            self.member(name or self.broker_name, role, region=self.broker_region)
+        )
 
     def center_identity(self, center_id: str, region: str = "TF") -> tuple[Path, SignerKey]:
         """The member folder and usage key of center `center_id` (made and admitted the
@@ -263,6 +275,7 @@ class LocalFederation:
             "--metrics", "0",
             "--ready-file", str(ready),
             *self._broker_identity(),
+            *self._peering(),
             *self.broker_args,
         ]  # fmt: skip
         self.broker = self._spawn("broker", args)
@@ -276,12 +289,24 @@ class LocalFederation:
         info = json.loads(ready.read_text())
         self.broker_port = info["port"]
         self.metrics_port = info["metrics_port"]
+        if info.get("peer_address"):
+            self.peer_address = info["peer_address"]
+            self.peer_port = int(self.peer_address.split("/tcp/")[1].split("/")[0])
         wait_serving(self.address, timeout_s, self.credentials(Role.COORDINATOR))
 
     def _broker_identity(self) -> list[str]:
         if not self.secure:
             return ["--insecure"]
-        return ["--identity", str(self.member("broker", Role.BROKER, region=self.broker_region))]
+        folder = self.member(self.broker_name, Role.BROKER, region=self.broker_region)
+        return ["--identity", str(folder)]
+
+    def _peering(self) -> list[str]:
+        if not self.peering:
+            return []
+        args = ["--peer-listen", f"127.0.0.1:{self.peer_port}"]
+        for address in self.peers:
+            args += ["--peer", address]
+        return args
 
     def start_agent(
         self, center: CenterDescriptor, *extra_args: str, backend_toml: str = ""

@@ -12,11 +12,15 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli import member_cmd
 from cli._client import add_broker_flag, broker_address
 from cli._output import EXIT_OK, command, print_json
-from core.errors import InvalidArgument, NotFound
+from core.errors import InvalidArgument, InvalidConfig, NotFound
+
+if TYPE_CHECKING:
+    from peering import PeeringConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -75,9 +79,34 @@ def broker_serve(args: argparse.Namespace) -> int:
         time_limit_s=args.time_limit,
         identity=Path(args.identity) if args.identity else None,
         insecure=args.insecure,
+        peering=_peering(args),
+        advertise=args.advertise or "",
+        summary_expiry_s=args.summary_expiry_s,
     )
     asyncio.run(serve(options))
     return EXIT_OK
+
+
+def _peering(args: argparse.Namespace) -> PeeringConfig | None:
+    """The libp2p host's settings, when the broker peers (--peer-listen)."""
+    if not args.peer_listen:
+        if args.peer:
+            raise InvalidConfig("--peer needs --peer-listen (the broker's own libp2p address)")
+        return None
+    from peering import PeeringConfig, peer_key_seed
+
+    host, _, port = args.peer_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidConfig(f"--peer-listen must be HOST:PORT, got {args.peer_listen!r}")
+    key = Path(args.peer_key) if args.peer_key else Path(args.db).with_suffix(".peer-key")
+    return PeeringConfig(
+        listen_host=host.strip("[]"),
+        listen_port=int(port),
+        bootstrap=tuple(args.peer),
+        peer_key_seed=peer_key_seed(key),
+        republish_s=args.republish_s,
+        silence_s=3 * args.republish_s,
+    )
 
 
 @command
@@ -352,6 +381,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--insecure",
         action="store_true",
         help="plaintext, no membership checks, loopback only: for development",
+    )
+    g = p.add_argument_group("federation (peer brokers over libp2p; needs --identity)")
+    g.add_argument(
+        "--peer-listen",
+        metavar="HOST:PORT",
+        help="peer with other brokers: the libp2p listen address (port 0 picks one)",
+    )
+    g.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer broker to keep connected, /ip4/H/tcp/P/p2p/ID (repeatable)",
+    )
+    g.add_argument("--peer-key", help="the libp2p key seed file (default: next to --db, .peer-key)")
+    g.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the gRPC address peers forward jobs to (default: --listen with its port)",
+    )
+    g.add_argument(
+        "--summary-expiry-s",
+        type=float,
+        default=15.0,
+        help="believe a peer's offer summary this long after it was signed (default 15)",
+    )
+    g.add_argument(
+        "--republish-s",
+        type=float,
+        default=5.0,
+        help="re-sign and publish this broker's summary this often (default 5)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)

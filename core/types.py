@@ -416,6 +416,10 @@ class Job:
     exit_code: int | None = None
     reason: str = ""
     explanation: str = ""
+    # Federation: the peer broker whose center runs it ("" for this broker's own), and,
+    # at that peer, the broker the user submitted it to ("" when submitted here).
+    broker: str = ""
+    home: str = ""
 
     def __post_init__(self) -> None:
         check_id("job_id", self.job_id, InvalidArgument)

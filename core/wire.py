@@ -210,6 +210,8 @@ def job_to_proto(job: Job) -> pb.Job:
         attempts=job.attempts,
         reason=job.reason,
         explanation=job.explanation,
+        broker=job.broker,
+        home=job.home,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -258,6 +260,8 @@ def job_from_proto(msg: pb.Job) -> Job:
         exit_code=msg.exit_code if msg.HasField("exit_code") else None,
         reason=msg.reason,
         explanation=msg.explanation,
+        broker=msg.broker,
+        home=msg.home,
     )
 
 

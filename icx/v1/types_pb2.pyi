@@ -137,7 +137,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., accelerator: _Optional[str] = ..., devices: _Optional[int] = ..., estimated_seconds: _Optional[int] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., max_price_minor: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[int] = ..., data_region: _Optional[str] = ..., data_mb: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., memory_mb: _Optional[int] = ..., millicpus: _Optional[int] = ..., network: bool = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "tenant", "spec", "state", "submitted_at_ms", "updated_at_ms", "center_id", "pool_id", "device_indices", "attempts", "exit_code", "reason", "explanation")
+    __slots__ = ("job_id", "tenant", "spec", "state", "submitted_at_ms", "updated_at_ms", "center_id", "pool_id", "device_indices", "attempts", "exit_code", "reason", "explanation", "broker", "home")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,8 @@ class Job(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant: str
     spec: JobSpec
@@ -164,7 +166,9 @@ class Job(_message.Message):
     exit_code: int
     reason: str
     explanation: str
-    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., submitted_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., center_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ..., attempts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., explanation: _Optional[str] = ...) -> None: ...
+    broker: str
+    home: str
+    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., submitted_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., center_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., device_indices: _Optional[_Iterable[int]] = ..., attempts: _Optional[int] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., explanation: _Optional[str] = ..., broker: _Optional[str] = ..., home: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "seq", "at_ms", "state", "center_id", "message")

@@ -196,6 +196,23 @@ class StoreContract:
 
         self.run(body)
 
+    def test_a_forwarded_job_keeps_its_home_and_its_broker(self) -> None:
+        async def body(store: Store) -> None:
+            here = dataclasses.replace(job("j-in"), home="east")  # forwarded to this broker
+            await store.insert_job(here, event(here, 1, "forwarded by east"))
+            away = job("j-out")
+            await store.insert_job(away, event(away, 1, "accepted"))
+            sent = dataclasses.replace(
+                away, state=JobState.CLAIMED, updated_at_ms=2_000, broker="west",
+                center_id=CenterId("CN09"), pool_id=PoolId("a800"),
+            )  # fmt: skip
+            await store.update_job(sent, event(sent, 2, "forwarded to west"))
+            stored = {s.job.job_id: s.job for s in store.load().jobs}
+            assert (stored[JobId("j-in")].home, stored[JobId("j-in")].broker) == ("east", "")
+            assert stored[JobId("j-out")] == sent
+
+        self.run(body)
+
     def test_an_update_without_an_event_changes_only_the_job(self) -> None:
         async def body(store: Store) -> None:
             j = job("j-1")

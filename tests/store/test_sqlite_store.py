@@ -167,14 +167,15 @@ def test_the_upgrade_from_2_gives_every_job_no_container_and_keeps_the_rest(
     old_centers = _rows(db, "SELECT * FROM centers ORDER BY center_id")
     old_tables = {t: _rows(db, f"SELECT * FROM {t}") for t in ("events", "logs", "pools", "claims")}
     assert (len(old_jobs), len(old_centers)) == (42, 17)
-    with pytest.raises(SchemaError, match="has schema version 2; this broker uses 3"):
+    with pytest.raises(SchemaError, match=f"schema version 2; this broker uses {SCHEMA_VERSION}"):
         SqliteStore(db)
 
     assert migrate(db) == (2, SCHEMA_VERSION)
 
-    # Every old column keeps its value; the new ones read as "no container".
+    # Every old column keeps its value; the new ones read as "no container" (3) and
+    # "submitted here, run here" (4).
     assert _rows(db, "SELECT * FROM jobs ORDER BY job_id") == [
-        (*row, "", 0, 0, 0) for row in old_jobs
+        (*row, "", 0, 0, 0, "", "") for row in old_jobs
     ]
     assert _rows(db, "SELECT * FROM centers ORDER BY center_id") == [
         (*row, "[]") for row in old_centers

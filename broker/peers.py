@@ -1,0 +1,441 @@
+"""Peer brokers: their gossiped offer summaries as a capacity source, and a job forwarded
+to the broker that owns the chosen center as a claim route.
+
+A summary is a hint (invariant 1 across brokers): the round believes a peer's summary,
+minus what this broker forwarded there since the peer signed it, and no longer than the
+summary expiry. The owning broker decides each forward by its own view and its agent
+decides the claim, so a stale summary ends in a refusal and a re-match here, never a
+double booking.
+
+A forwarded job lives at both ends. Here it is CLAIMED with `broker` naming the owner
+the moment the round chooses it (committed before the forward is sent); there it is
+stored with `home` naming this broker before the owner answers. One follower task per
+active forwarded job sends the forward (idempotent by job id, so it is simply repeated
+after a lost reply or a restart of either side), then follows the job there, mirroring
+its state and output here, until it ends or is handed back (the owner's copy went back
+to queued: refused by the agent, its center lost), when it is matched again here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, replace
+
+import grpc
+
+from broker.capacity import PoolCapacity
+from broker.jobs import ACTIVE, JobBook
+from core import wire
+from core.clock import Clock
+from core.errors import InvalidArgument
+from core.states import TERMINAL, JobState
+from core.types import CenterId, Job, JobId, Pool, PoolId, PoolRef
+from icx.v1 import federation_pb2, federation_pb2_grpc
+from identity import Credentials
+from identity.tls import aio_channel
+
+log = logging.getLogger("icx.broker.peers")
+
+# The summary payload's format (its "v" field); a summary of another is dropped.
+SUMMARY_FORMAT = 1
+
+# Re-sending a forward or re-following a job after a failure: from min to max, doubling.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerSummary:
+    """One peer broker's offer, as its latest summary states it."""
+
+    broker: str
+    region: str
+    address: str  # its gRPC address, where forwards go
+    issued_at_ms: int
+    version: int
+    pools: tuple[PoolCapacity, ...]
+
+
+def summary_payload(region: str, address: str, pools: Iterable[PoolCapacity]) -> bytes:
+    """This broker's summary: its centers' pools (full ones included, so that peers see
+    the whole federation), sorted, as canonical JSON: equal offers give equal bytes."""
+    rows = sorted(
+        (
+            {
+                "center": p.ref.center_id,
+                "pool": p.pool.pool_id,
+                "region": p.region,
+                "accelerator": p.pool.accelerator,
+                "total": p.pool.devices_total,
+                "free": p.free,
+                "memory_gb": p.pool.memory_gb,
+                "tflops": p.pool.fp16_tflops,
+                "power_w": p.pool.power_w,
+                "price": p.pool.price_minor_per_device_hour,
+                "pue_milli": p.pue_milli,
+                "grid": p.grid_g_co2_per_kwh,
+                "images": list(p.images),
+            }
+            for p in pools
+        ),
+        key=lambda r: (r["center"], r["pool"]),
+    )
+    body = {"v": SUMMARY_FORMAT, "region": region, "address": address, "pools": rows}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_summary(broker: str, version: int, issued_at_ms: int, payload: bytes) -> PeerSummary:
+    """A peer's summary from its payload; InvalidArgument names what is wrong."""
+    try:
+        body = json.loads(payload)
+        if body.get("v") != SUMMARY_FORMAT:
+            raise InvalidArgument(f"summary format {body.get('v')!r}, not {SUMMARY_FORMAT}")
+        pools = tuple(
+            PoolCapacity(
+                ref=PoolRef(
+                    broker=broker, center_id=CenterId(r["center"]), pool_id=PoolId(r["pool"])
+                ),
+                region=str(r["region"]),
+                pool=Pool(
+                    pool_id=PoolId(r["pool"]),
+                    accelerator=str(r["accelerator"]),
+                    devices_total=int(r["total"]),
+                    devices_free=int(r["free"]),
+                    memory_gb=int(r["memory_gb"]),
+                    fp16_tflops=int(r["tflops"]),
+                    power_w=int(r["power_w"]),
+                    price_minor_per_device_hour=int(r["price"]),
+                ),
+                free=max(0, int(r["free"])),
+                pue_milli=int(r["pue_milli"]),
+                grid_g_co2_per_kwh=int(r["grid"]),
+                images=tuple(str(i) for i in r["images"]),
+            )
+            for r in body["pools"]
+        )
+        return PeerSummary(
+            broker=broker,
+            region=str(body["region"]),
+            address=str(body["address"]),
+            issued_at_ms=issued_at_ms,
+            version=version,
+            pools=pools,
+        )
+    except InvalidArgument:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed summary from {broker}: {exc!r}") from None
+
+
+@dataclass(slots=True)
+class _Sent:
+    """Devices forwarded to a pool, not yet in a summary of its broker."""
+
+    at_ms: int
+    devices: int
+
+
+@dataclass(slots=True)
+class _Following:
+    task: asyncio.Task[None]
+    failing: str = ""  # the last failure, logged once per outage
+
+
+Requeue = Callable[..., Awaitable[None]]  # (job, reason, *, lost)
+Finish = Callable[[Job, JobState, "int | None", str], Awaitable[None]]
+
+
+class Peers:
+    """Every peer broker: a CapacitySource over their summaries and the ClaimRoute that
+    forwards to them. `requeue(job, reason, lost)` and `finish(job, state, exit_code,
+    message)` are the broker's own transitions, so that a job handed back or ended there
+    goes through the same paths as a local one."""
+
+    def __init__(
+        self,
+        name: str,
+        jobs: JobBook,
+        clock: Clock,
+        credentials: Credentials | None,
+        *,
+        expiry_ms: int,
+        requeue: Requeue,
+        finish: Finish,
+    ) -> None:
+        self.name = name
+        self.jobs = jobs
+        self.clock = clock
+        self.credentials = credentials
+        self.expiry_ms = expiry_ms
+        self._requeue = requeue
+        self._finish = finish
+        self.views: dict[str, PeerSummary] = {}
+        self._sent: dict[PoolRef, list[_Sent]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._following: dict[JobId, _Following] = {}
+        self.forwards_refused = 0
+        self.handed_back = 0
+
+    # ------------------------------------------------------------ summaries
+
+    def update(self, broker: str, version: int, issued_at_ms: int, payload: bytes) -> bool:
+        """A newer summary of `broker` (checked and ordered by the peering host); False
+        (logged) if its payload is malformed."""
+        if broker == self.name:
+            return False
+        try:
+            summary = parse_summary(broker, version, issued_at_ms, payload)
+        except InvalidArgument as exc:
+            log.warning("peer %s: summary %d dropped: %s", broker, version, exc)
+            return False
+        old = self.views.get(broker)
+        self.views[broker] = summary
+        if old is None:
+            log.info(
+                "peer %s (%s) at %s: %d pools", broker, summary.region, summary.address,
+                len(summary.pools),
+            )  # fmt: skip
+        return True
+
+    def live(self, summary: PeerSummary, at_ms: int) -> bool:
+        return at_ms - summary.issued_at_ms < self.expiry_ms
+
+    def capacity(self, at_ms: int, *, include_full: bool = False) -> Iterable[PoolCapacity]:
+        for summary in list(self.views.values()):
+            if not self.live(summary, at_ms):
+                continue
+            for p in summary.pools:
+                free = max(0, p.free - self._since(p.ref, summary.issued_at_ms, at_ms))
+                if free == 0 and not include_full:
+                    continue
+                yield p if free == p.free else replace(p, free=free)
+
+    def _since(self, ref: PoolRef, issued_at_ms: int, at_ms: int) -> int:
+        """Devices forwarded to `ref` after its summary was signed (older ones pruned)."""
+        sent = self._sent.get(ref)
+        if not sent:
+            return 0
+        sent[:] = [s for s in sent if at_ms - s.at_ms < self.expiry_ms]
+        return sum(s.devices for s in sent if s.at_ms >= issued_at_ms)
+
+    # ------------------------------------------------------------ forwarding
+
+    async def claim(self, job_id: JobId, ref: PoolRef, explanation: str) -> bool:
+        job = self.jobs.find(job_id)
+        summary = self.views.get(ref.broker)
+        if job is None or job.state != JobState.QUEUED or summary is None:
+            return False
+        at = self.clock.now_ms()
+        self._sent.setdefault(ref, []).append(_Sent(at_ms=at, devices=job.spec.devices))
+        job = await self.jobs.transition(
+            job,
+            JobState.CLAIMED,
+            f"forwarded to {ref.broker} for {ref.center_id}/{ref.pool_id}",
+            broker=ref.broker,
+            center_id=ref.center_id,
+            pool_id=ref.pool_id,
+            claim_id=None,
+            device_indices=(),
+            explanation=explanation,
+        )
+        self.follow(job)
+        return True
+
+    def follow(self, job: Job) -> None:
+        """Start the follower of an active forwarded job (once)."""
+        if job.job_id in self._following or not job.broker:
+            return
+        self._start(job.job_id, self._follow(job.job_id))
+
+    def resume(self) -> int:
+        """Followers for every active forwarded job (after a restart); how many."""
+        active = [j for j in self.jobs.jobs.values() if j.broker and j.state in ACTIVE]
+        for job in active:
+            self.follow(job)
+        return len(active)
+
+    def cancelled(self, job: Job) -> None:
+        """The user cancelled a forwarded job here: relay the cancel to its broker (the
+        follower, if any, stops first)."""
+        following = self._following.get(job.job_id)
+        if following is None:
+            self._start(job.job_id, self._relay_cancel(job))
+            return
+        following.task.cancel()
+        following.task.add_done_callback(lambda _: self._start(job.job_id, self._relay_cancel(job)))
+
+    def _start(self, job_id: JobId, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work, name=f"peer-{job_id}")
+        self._following[job_id] = _Following(task=task)
+
+        def done(_: object) -> None:
+            following = self._following.get(job_id)
+            if following is not None and following.task is task:
+                del self._following[job_id]
+
+        task.add_done_callback(done)
+
+    def counts(self) -> tuple[int, int]:
+        """Active jobs forwarded out (to peers) and in (from peers)."""
+        out = sum(1 for j in self.jobs.jobs.values() if j.broker and j.state in ACTIVE)
+        into = sum(1 for j in self.jobs.jobs.values() if j.home and j.state in ACTIVE)
+        return out, into
+
+    async def close(self) -> None:
+        for following in list(self._following.values()):
+            following.task.cancel()
+        for following in list(self._following.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await following.task
+        for chan in self._channels.values():
+            await chan.close()
+        self._channels.clear()
+
+    def _stub(self, broker: str) -> federation_pb2_grpc.FederationServiceStub | None:
+        summary = self.views.get(broker)
+        if summary is None:
+            return None
+        chan = self._channels.get(summary.address)
+        if chan is None:
+            chan = aio_channel(summary.address, self.credentials, CHANNEL_OPTIONS)
+            self._channels[summary.address] = chan
+        return federation_pb2_grpc.FederationServiceStub(chan)
+
+    async def _follow(self, job_id: JobId) -> None:
+        delay = RETRY_MIN_S
+        forwarded = False
+        while True:
+            job = self.jobs.find(job_id)
+            if job is None or not job.broker or job.state not in ACTIVE:
+                return
+            stub = self._stub(job.broker)
+            try:
+                if stub is None:
+                    raise _Unreachable(f"no summary of {job.broker} yet")
+                if not forwarded and job.state == JobState.CLAIMED:
+                    reply = await stub.ForwardJob(
+                        federation_pb2.ForwardJobRequest(
+                            job=wire.job_to_proto(job),
+                            center_id=job.center_id or "",
+                            pool_id=job.pool_id or "",
+                            explanation=job.explanation,
+                        ),
+                        timeout=5.0,
+                    )
+                    if not reply.accepted:
+                        self.forwards_refused += 1
+                        await self._requeue(
+                            job, f"{job.broker} refused the forward: {reply.reason}", lost=False
+                        )
+                        return
+                    log.info("job %s accepted by %s", job_id, job.broker)
+                forwarded = True
+                if await self._mirror(stub, job_id):
+                    return
+            except (grpc.aio.AioRpcError, _Unreachable) as exc:
+                peer = job.broker
+                what = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                if not forwarded and _never(exc):
+                    # The peer will never take it: match it again here.
+                    job = self.jobs.find(job_id)
+                    if job is not None and job.state == JobState.CLAIMED:
+                        self.forwards_refused += 1
+                        await self._requeue(job, f"{peer} refused: {what}", lost=False)
+                        return
+                following = self._following.get(job_id)
+                if following is not None and following.failing != what:
+                    following.failing = what
+                    log.warning("job %s at %s: %s; retrying", job_id, peer, what)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
+            delay = RETRY_MIN_S
+
+    async def _mirror(self, stub: federation_pb2_grpc.FederationServiceStub, job_id: JobId) -> bool:
+        """Follow the job at its broker until the stream ends; True once it is settled
+        here (ended, or handed back and queued again)."""
+        stream = stub.FollowJob(
+            federation_pb2.FollowJobRequest(job_id=job_id, after_log_seq=self.jobs.log_seq(job_id))
+        )
+        async for item in stream:
+            if item.HasField("log"):
+                self.jobs.append_log(wire.log_from_proto(item.log))
+            there = wire.job_from_proto(item.job)
+            if await self._apply(job_id, there):
+                return True
+        return False
+
+    async def _apply(self, job_id: JobId, there: Job) -> bool:
+        """The owner's state of the job, here; True once settled."""
+        job = self.jobs.find(job_id)
+        if job is None or job.state not in ACTIVE or job.broker == "":
+            return True
+        where = f"at {job.broker}"
+        if there.state == JobState.QUEUED:
+            self.handed_back += 1
+            await self._requeue(
+                job,
+                f"handed back by {job.broker}: {there.reason}",
+                lost=job.state == JobState.RUNNING,
+            )
+            return True
+        if there.state == JobState.RUNNING and job.state == JobState.CLAIMED:
+            await self.jobs.transition(
+                job,
+                JobState.RUNNING,
+                f"{where}: {there.reason}",
+                device_indices=there.device_indices,
+                attempts=job.attempts + 1,
+            )
+            return False
+        if there.state in TERMINAL:
+            await self._finish(job, there.state, there.exit_code, f"{where}: {there.reason}")
+            return True
+        return False
+
+    async def _relay_cancel(self, job: Job) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            stub = self._stub(job.broker)
+            try:
+                if stub is None:
+                    raise _Unreachable(f"no summary of {job.broker}")
+                await stub.CancelForwarded(
+                    federation_pb2.CancelForwardedRequest(job_id=job.job_id), timeout=5.0
+                )
+                log.info("job %s: cancel relayed to %s", job.job_id, job.broker)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                    return  # never arrived there, or ended there already
+            except _Unreachable:
+                pass
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(RETRY_MAX_S, delay * 2)
+
+
+def _never(exc: Exception) -> bool:
+    """A refusal that a repeat would meet again."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+class _Unreachable(Exception):
+    """The peer's address is not known (yet)."""
