@@ -297,6 +297,12 @@ class BrokerLedger:
 
         return await self._run(prove)
 
+    def accept_witness(self, key: VerifierKey) -> None:
+        """Keep cosignatures by `key` from now on (a peer broker's witness key, bound to
+        its membership by gossip)."""
+        if key not in self.witnesses:
+            self.witnesses = [*self.witnesses, key]  # a new list: the ledger thread reads it
+
     async def add_cosignatures(self, note: str) -> int:
         """Keep the cosignatures on `note` by this broker's witnesses; how many are new."""
         if not self.witnesses:

@@ -46,6 +46,17 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.cosigned = Counter(
+            "icx_checkpoints_cosigned",
+            "Peer brokers' checkpoints this broker cosigned as a witness",
+            registry=self.registry,
+        )
+        self.equivocations = Counter(
+            "icx_equivocations",
+            "Peer logs caught showing two histories (evidence stored; the peer distrusted)",
+            ["origin"],
+            registry=self.registry,
+        )
         self.requeues = Counter(
             "icx_requeues", "Jobs put back in the queue", registry=self.registry
         )

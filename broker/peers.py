@@ -188,6 +188,8 @@ class Peers:
         self._following: dict[JobId, _Following] = {}
         self.forwards_refused = 0
         self.handed_back = 0
+        # Brokers caught equivocating (broker.witnessing): never matched nor forwarded to.
+        self.distrusted: dict[str, str] = {}
 
     # ------------------------------------------------------------ summaries
 
@@ -211,7 +213,13 @@ class Peers:
         return True
 
     def live(self, summary: PeerSummary, at_ms: int) -> bool:
-        return at_ms - summary.issued_at_ms < self.expiry_ms
+        return (
+            at_ms - summary.issued_at_ms < self.expiry_ms and summary.broker not in self.distrusted
+        )
+
+    def distrust(self, broker: str, reason: str) -> None:
+        """Match nothing at `broker` and forward nothing there from now on."""
+        self.distrusted[broker] = reason
 
     def capacity(self, at_ms: int, *, include_full: bool = False) -> Iterable[PoolCapacity]:
         for summary in list(self.views.values()):
@@ -237,6 +245,8 @@ class Peers:
         job = self.jobs.find(job_id)
         summary = self.views.get(ref.broker)
         if job is None or job.state != JobState.QUEUED or summary is None:
+            return False
+        if ref.broker in self.distrusted:
             return False
         at = self.clock.now_ms()
         self._sent.setdefault(ref, []).append(_Sent(at_ms=at, devices=job.spec.devices))
@@ -304,7 +314,8 @@ class Peers:
             await chan.close()
         self._channels.clear()
 
-    def _stub(self, broker: str) -> federation_pb2_grpc.FederationServiceStub | None:
+    def channel(self, broker: str) -> grpc.aio.Channel | None:
+        """A channel to `broker`'s gRPC address (by its latest summary), as this broker."""
         summary = self.views.get(broker)
         if summary is None:
             return None
@@ -312,7 +323,11 @@ class Peers:
         if chan is None:
             chan = aio_channel(summary.address, self.credentials, CHANNEL_OPTIONS)
             self._channels[summary.address] = chan
-        return federation_pb2_grpc.FederationServiceStub(chan)
+        return chan
+
+    def _stub(self, broker: str) -> federation_pb2_grpc.FederationServiceStub | None:
+        chan = self.channel(broker)
+        return None if chan is None else federation_pb2_grpc.FederationServiceStub(chan)
 
     async def _follow(self, job_id: JobId) -> None:
         delay = RETRY_MIN_S

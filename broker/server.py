@@ -25,6 +25,7 @@ from broker.ledger import BrokerLedger
 from broker.peers import Peers, summary_payload
 from broker.service import AdminServicer, BrokerServicer, LedgerServicer
 from broker.sqlite_store import SqliteStore
+from broker.witnessing import Witnessing, announcement, witness_key
 from core.errors import FailedPrecondition
 from icx.v1 import (
     admin_pb2,
@@ -57,6 +58,8 @@ SERVICES = (
     federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
 )
 
+DEFAULT_ORIGIN = "icx.local/broker"
+
 # How often the broker looks whether its offer summary changed (published at most every
 # peering publish interval).
 SUMMARY_CHECK_S = 0.25
@@ -88,8 +91,9 @@ class ServeOptions:
     # "cpsat"; and its time limit per round.
     solver: str = "auto"
     time_limit_s: float = 2.0
-    # The broker's name: the origin of its ledger's checkpoints.
-    name: str = "icx.local/broker"
+    # The broker's name: the origin of its ledger's checkpoints (a peering broker's
+    # default is icx/<its member name>).
+    name: str = DEFAULT_ORIGIN
     # Witnesses (cosignature/v1 verifier keys) whose cosignatures the ledger keeps.
     witnesses: tuple[str, ...] = ()
     checkpoint_interval_s: float = 2.0
@@ -114,7 +118,10 @@ class BrokerServer:
         self.options = options
         self.credentials, self.trust = _membership(options)
         self.store = SqliteStore(options.db)
-        self.ledger = BrokerLedger(options.db, origin=options.name, witnesses=options.witnesses)
+        origin = options.name
+        if options.peering is not None and origin == DEFAULT_ORIGIN and self.credentials:
+            origin = f"icx/{self.credentials.member.name}"  # one log per broker, by its name
+        self.ledger = BrokerLedger(options.db, origin=origin, witnesses=options.witnesses)
         self.broker = Broker(
             self.store,
             config=options.config,
@@ -129,7 +136,9 @@ class BrokerServer:
         self.port = 0
         self.metrics_port: int | None = None
         self.host: PeerHost | None = None
+        self.witnessing: Witnessing | None = None
         self._topic = ""  # the summaries' gossip topic, once peering
+        self._checkpoint_topic = ""
         self.peers: Peers | None = None
         self.federation = FederationServicer(self.broker)
         if options.peering is not None and self.credentials is None:
@@ -208,13 +217,23 @@ class BrokerServer:
         config = self.options.peering
         if config is None:
             return
-        from peering import SUMMARIES_TOPIC, PeerHost
+        from peering import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeerHost
 
         self._topic = SUMMARIES_TOPIC
+        self._checkpoint_topic = CHECKPOINTS_TOPIC
         assert self.credentials is not None
         member = self.credentials.member
         self.peers = self.broker.federate(
             member.name, self.credentials, int(self.options.summary_expiry_s * 1000)
+        )
+        db = self.options.db
+        self.witnessing = Witnessing(
+            key=witness_key(db.with_suffix(".witness-key"), member.name),
+            ledger=self.ledger,
+            peers=self.peers,
+            metrics=self.broker.metrics,
+            state_path=db.with_suffix(".witness.json"),
+            evidence_dir=db.parent / f"{db.stem}.evidence",
         )
         self.host = PeerHost(config, self.credentials, trust=self.trust, on_update=self._heard)
         await self.host.start()
@@ -230,12 +249,28 @@ class BrokerServer:
         )
 
     def _heard(self, topic: str, summary: Summary) -> None:
+        if topic == self._checkpoint_topic and self.witnessing is not None:
+            if summary.origin != self.witnessing.peers.name:
+                self.witnessing.heard(summary.origin, summary.payload)
+            return
         if topic != self._topic or self.peers is None:
             return
         if self.peers.update(
             summary.origin, summary.version, summary.issued_at_ms, summary.payload
         ):
             self.broker.peers_changed()
+
+    async def _announce_checkpoint(self) -> None:
+        """Gossip the latest checkpoint with this broker's log and witness keys."""
+        if self.host is None or self.witnessing is None:
+            return
+        payload = announcement(
+            self.ledger.origin,
+            await self.ledger.key_text(),
+            self.witnessing.key.verifier.text(),
+            await self.ledger.latest_note(),
+        )
+        await self.host.publish(self._checkpoint_topic, payload)
 
     async def _publish_summaries(self) -> None:
         """Publish this broker's offer summary whenever it changes (the host republishes
@@ -273,16 +308,21 @@ class BrokerServer:
         tmp.replace(path)
 
     async def _checkpoints(self) -> None:
-        """Sign a checkpoint whenever the ledger has grown, at most every interval."""
+        """Sign a checkpoint whenever the ledger has grown, at most every interval; a
+        peering broker gossips each one (and its first at start)."""
+        announce = self.host is not None
         while True:
-            await asyncio.sleep(self.options.checkpoint_interval_s)
             try:
                 note = await self.ledger.checkpoint()
+                if note is not None:
+                    log.info("ledger checkpoint: %s", note.splitlines()[1:3])
+                    announce = self.host is not None
+                if announce:
+                    await self._announce_checkpoint()
+                    announce = False
             except Exception:
                 log.exception("checkpoint failed")
-                continue
-            if note is not None:
-                log.info("ledger checkpoint: %s", note.splitlines()[1:3])
+            await asyncio.sleep(self.options.checkpoint_interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -93,7 +93,7 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         if args.peer:
             raise InvalidConfig("--peer needs --peer-listen (the broker's own libp2p address)")
         return None
-    from peering import PeeringConfig, peer_key_seed
+    from peering import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeeringConfig, peer_key_seed
 
     host, _, port = args.peer_listen.rpartition(":")
     if not host or not port.isdigit():
@@ -103,6 +103,7 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         listen_host=host.strip("[]"),
         listen_port=int(port),
         bootstrap=tuple(args.peer),
+        topics=(SUMMARIES_TOPIC, CHECKPOINTS_TOPIC),
         peer_key_seed=peer_key_seed(key),
         republish_s=args.republish_s,
         silence_s=3 * args.republish_s,

@@ -3,7 +3,7 @@ asyncio, bindings of libp2p peer ids to broker memberships, signed envelopes and
 lossy-gossip views they feed (docs/peering.md)."""
 
 from peering.binding import Binding, sign_binding, verify_binding
-from peering.config import SUMMARIES_TOPIC, PeeringConfig, peer_key_seed
+from peering.config import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeeringConfig, peer_key_seed
 from peering.envelope import Envelope, Verifier, sign_envelope
 from peering.errors import DropReason, HostStopped, PeeringError, PullFailed, Refused
 from peering.host import PeerHost
@@ -11,6 +11,7 @@ from peering.metrics import Counts
 from peering.summaries import Summaries, Summary
 
 __all__ = [
+    "CHECKPOINTS_TOPIC",
     "SUMMARIES_TOPIC",
     "Binding",
     "Counts",

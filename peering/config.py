@@ -9,10 +9,11 @@ from pathlib import Path
 from core.errors import InvalidConfig
 from identity.files import write_private
 
-__all__ = ["SUMMARIES_TOPIC", "PeeringConfig", "peer_key_seed"]
+__all__ = ["CHECKPOINTS_TOPIC", "SUMMARIES_TOPIC", "PeeringConfig", "peer_key_seed"]
 
-# Offer summaries; ledger checkpoints will be a second topic.
+# Offer summaries, and each broker's latest ledger checkpoint with its keys.
 SUMMARIES_TOPIC = "icx/summaries/1"
+CHECKPOINTS_TOPIC = "icx/checkpoints/1"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
