@@ -272,10 +272,13 @@ class Broker:
     # ------------------------------------------------------------- user side
 
     def known_regions(self) -> frozenset[str]:
-        """Regions this broker can place work in or reason about: its centers' and its
-        policy's (latency, quotas, incentives). Recomputed only when a center joins or
-        changes region."""
+        """Regions this broker can place work in or reason about: its centers', its peer
+        brokers' and its policy's (latency, quotas, incentives). Recomputed only when
+        that set of regions changes."""
         centers = frozenset(c.region for c in self.centers.descriptors.values())
+        if self.peers is not None:  # the peers' regions, and their centers' regions
+            for summary in self.peers.views.values():
+                centers |= {summary.region, *(p.region for p in summary.pools)}
         if centers != self._center_regions:
             t = self.config.round_template
             policy = set(t.latency_ms) | {b for row in t.latency_ms.values() for b in row}

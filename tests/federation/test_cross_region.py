@@ -4,6 +4,7 @@ from home (status, output, cancel)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 
@@ -72,3 +73,17 @@ def test_a_forwarded_job_is_cancelled_from_home(three: dict[str, LocalFederation
         assert c.get_job(job.job_id).state == JobState.CANCELLED
     with three["west"].client("lab-a", role="coordinator") as w:
         wait_for(lambda: w.get_job(job.job_id).state == JobState.CANCELLED, 10, "cancelled at west")
+
+
+def test_a_job_held_to_its_home_region_is_never_forwarded(
+    three: dict[str, LocalFederation],
+) -> None:
+    """The matcher applies the job's region rule to peers' pools as to its own."""
+    with three["east"].client("lab-a") as c:
+        job = c.submit(dataclasses.replace(_spec("pass"), allowed_regions=("east",)))
+        done = wait_for(lambda: (j := c.get_job(job.job_id)).state.terminal and j, 30, "end")
+        assert (done.state, done.broker, done.center_id[:5]) == (JobState.SUCCEEDED, "", "east-")
+        # A peer's region is known at home: a job may ask for it by name.
+        west = c.submit(dataclasses.replace(_spec("pass"), allowed_regions=("central",)))
+        done = wait_for(lambda: (j := c.get_job(west.job_id)).state.terminal and j, 30, "end")
+        assert (done.state, done.broker) == (JobState.SUCCEEDED, "broker-central")
