@@ -11,6 +11,7 @@ from cli import (
     admin_cmd,
     bill_cmd,
     demo,
+    federation_cmd,
     ledger_cmd,
     match_cmd,
     member_cmd,
@@ -27,6 +28,7 @@ REGISTRY: list[Register] = [
     demo.register,
     ledger_cmd.register,
     match_cmd.register,
+    federation_cmd.register,
     admin_cmd.register,
     member_cmd.register,
 ]

@@ -37,6 +37,10 @@ def job_dict(job: Job) -> dict[str, Any]:
         "estimated_seconds": spec.estimated_s,
         "center_id": job.center_id,
         "pool_id": job.pool_id,
+        # Federation: the peer broker whose center runs it, and (at that peer) the broker
+        # it was submitted to; "" when not forwarded.
+        "broker": job.broker,
+        "home": job.home,
         "device_indices": list(job.device_indices),
         "attempts": job.attempts,
         "exit_code": job.exit_code,
@@ -62,6 +66,17 @@ def _runs_in(spec: JobSpec) -> str:
     if spec.network:
         parts.append("network")
     return ", ".join(parts)
+
+
+def where_it_runs(place: str, job: Job) -> str:
+    """`place` (a center, or center/pool; "-" when none yet) with the broker it was
+    forwarded to or by: `west-1 via broker-west` at the job's home,
+    `west-1, forwarded by broker-east` at the peer broker that runs it."""
+    if job.broker:
+        return f"{place} via {job.broker}" if job.center_id else f"via {job.broker}"
+    if job.home:
+        return f"{place}, forwarded by {job.home}"
+    return place
 
 
 def _when(ms: int) -> str:
@@ -156,13 +171,14 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(d)
         return EXIT_OK
+    place = f"{d['center_id']}/{d['pool_id']}" if d["center_id"] else "-"
     rows = [
         ("job", d["job_id"]),
         ("state", d["state"]),
         ("tenant", d["tenant"]),
         ("asks", f"{d['devices']} x {d['accelerator']} for {d['estimated_seconds']} s"),
         ("runs in", _runs_in(job.spec)),
-        ("center", f"{d['center_id']}/{d['pool_id']}" if d["center_id"] else "-"),
+        ("center", where_it_runs(place, job)),
         ("devices", ",".join(map(str, d["device_indices"])) or "-"),
         ("attempts", d["attempts"]),
         ("exit code", "-" if d["exit_code"] is None else d["exit_code"]),
@@ -196,7 +212,7 @@ def jobs(args: argparse.Namespace) -> int:
                     str(j.state),
                     j.spec.devices,
                     j.spec.accelerator,
-                    j.center_id or "-",
+                    where_it_runs(j.center_id or "-", j),
                     j.attempts,
                     j.spec.name,
                 )

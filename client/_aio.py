@@ -12,12 +12,14 @@ import grpc
 from client import _calls
 from core.states import JobState
 from core.types import Job, JobEvent, JobSpec, LogChunk
-from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
+from core.views import CenterStatus, Federation, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
 )
@@ -55,6 +57,7 @@ class AsyncBrokerClient:
         self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        self._federation = federation_pb2_grpc.FederationServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -173,6 +176,16 @@ class AsyncBrokerClient:
             self._admin.DumpRound, admin_pb2.DumpRoundRequest(current=current), timeout_s
         )
         return _calls.dump_of(reply)
+
+    # -------------------------------------------------------- FederationService
+
+    async def peers(self, *, timeout_s: float | None = None) -> Federation:
+        """The broker's peering: its peer brokers, their summaries' version and age, the
+        gossip counters and the forwarded jobs (`Federation.peering` False: the broker
+        does not peer)."""
+        request = federation_pb2.ListPeersRequest()
+        reply = await self._unary(self._federation.ListPeers, request, timeout_s)
+        return _calls.federation_of(reply)
 
     # ------------------------------------------------------------ LedgerService
 

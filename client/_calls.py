@@ -14,8 +14,16 @@ from core.errors import InvalidArgument, Unauthenticated, Unavailable
 from core.states import JobState
 from core.status import error_for
 from core.types import Job, JobEvent, JobSpec, LogChunk
-from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
-from icx.v1 import admin_pb2, broker_pb2, ledger_pb2
+from core.views import (
+    CenterStatus,
+    Federation,
+    JobPage,
+    PeerView,
+    QuoteLine,
+    RoundDump,
+    WhoAmI,
+)
+from icx.v1 import admin_pb2, broker_pb2, federation_pb2, ledger_pb2
 from identity import Credentials
 
 if TYPE_CHECKING:  # the ledger is loaded by the calls that use it
@@ -140,6 +148,38 @@ def whoami_of(reply: admin_pb2.WhoAmIResponse) -> WhoAmI:
         issuer=reply.issuer,
         not_after_ms=reply.not_after_ms,
         authenticated=reply.authenticated,
+    )
+
+
+# -------------------------------------------------------- FederationService
+
+
+def federation_of(reply: federation_pb2.ListPeersResponse) -> Federation:
+    """A broker's peering as it reports it; an empty broker name: it does not peer."""
+    return Federation(
+        broker=reply.broker,
+        region=reply.region,
+        peer_address=reply.peer_address,
+        peers=tuple(
+            PeerView(
+                broker=p.broker,
+                region=p.region,
+                address=p.address,
+                version=p.version,
+                age_ms=p.age_ms,
+                centers=p.centers,
+                devices_free=p.devices_free,
+                live=p.live,
+            )
+            for p in reply.peers
+        ),
+        published=reply.published,
+        received=reply.received,
+        pulls=reply.pulls,
+        pull_failures=reply.pull_failures,
+        dropped=tuple(sorted(reply.dropped.items())),
+        forwarded_out=reply.forwarded_out,
+        forwarded_in=reply.forwarded_in,
     )
 
 

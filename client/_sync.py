@@ -1,5 +1,5 @@
-"""BrokerClient: the broker's user, admin and ledger calls over a blocking gRPC channel,
-for the CLI, the tests and the benchmarks."""
+"""BrokerClient: the broker's user, admin, ledger and peering calls over a blocking gRPC
+channel, for the CLI, the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import grpc
 from client import _calls
 from core.states import JobState
 from core.types import Job, JobEvent, JobSpec, LogChunk
-from core.views import CenterStatus, JobPage, QuoteLine, RoundDump, WhoAmI
+from core.views import CenterStatus, Federation, JobPage, QuoteLine, RoundDump, WhoAmI
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
 )
@@ -56,6 +58,7 @@ class BrokerClient:
         self._broker = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        self._federation = federation_pb2_grpc.FederationServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -163,6 +166,16 @@ class BrokerClient:
             self._admin.DumpRound, admin_pb2.DumpRoundRequest(current=current), timeout_s
         )
         return _calls.dump_of(reply)
+
+    # -------------------------------------------------------- FederationService
+
+    def peers(self, *, timeout_s: float | None = None) -> Federation:
+        """The broker's peering: its peer brokers, their summaries' version and age, the
+        gossip counters and the forwarded jobs (`Federation.peering` False: the broker
+        does not peer)."""
+        request = federation_pb2.ListPeersRequest()
+        reply = self._unary(self._federation.ListPeers, request, timeout_s)
+        return _calls.federation_of(reply)
 
     # ------------------------------------------------------------ LedgerService
 

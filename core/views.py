@@ -99,3 +99,67 @@ class WhoAmI:
     not_after_ms: int = 0
     # False when the broker runs --insecure: the identity is only declared.
     authenticated: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerView:
+    """A peer broker as this broker holds it: its latest gossiped summary's version and
+    age, the centers and free devices it offers by that summary, and whether the summary
+    is still believed (`live`: younger than the summary expiry)."""
+
+    broker: str
+    region: str
+    address: str
+    version: int
+    age_ms: int
+    centers: int
+    devices_free: int
+    live: bool
+
+    def __post_init__(self) -> None:
+        for name in ("version", "age_ms", "centers", "devices_free"):
+            value = getattr(self, name)
+            if value < 0:
+                raise InvalidArgument(f"peer {self.broker}: {name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Federation:
+    """A broker's view of its peering: its own name, region and libp2p address, each
+    peer broker, the gossip counters since it started (envelopes published, newer ones
+    received, pulls, failed pulls, dropped by reason) and the forwarded jobs active now
+    (out: ours running at a peer; in: a peer's running here). `broker` is "" when the
+    broker does not peer (started without --peer-listen): then everything else is
+    empty or zero but the region."""
+
+    broker: str
+    region: str = ""
+    peer_address: str = ""
+    peers: tuple[PeerView, ...] = ()
+    published: int = 0
+    received: int = 0
+    pulls: int = 0
+    pull_failures: int = 0
+    # Reason -> envelopes dropped (docs/peering.md lists the reasons), sorted by reason.
+    dropped: tuple[tuple[str, int], ...] = ()
+    forwarded_out: int = 0
+    forwarded_in: int = 0
+
+    def __post_init__(self) -> None:
+        counters = ("published", "received", "pulls", "pull_failures")
+        for name in (*counters, "forwarded_out", "forwarded_in"):
+            value = getattr(self, name)
+            if value < 0:
+                raise InvalidArgument(f"{name} must be >= 0, got {value}")
+        for reason, n in self.dropped:
+            if n < 0:
+                raise InvalidArgument(f"dropped[{reason}] must be >= 0, got {n}")
+
+    @property
+    def peering(self) -> bool:
+        """Whether the broker peers with other brokers at all."""
+        return bool(self.broker)
+
+    @property
+    def live_peers(self) -> int:
+        return sum(1 for p in self.peers if p.live)
