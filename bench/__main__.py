@@ -23,6 +23,7 @@ BENCHES = (
     "ledger_bench",
     "backend_bench",
     "peering_bench",
+    "federation_bench",
 )
 
 
