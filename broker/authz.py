@@ -103,6 +103,7 @@ RULES: dict[str, Rule] = {
     "/icx.v1.FederationService/ForwardJob": Rule(BROKERS, Scope.PEER_JOB),
     "/icx.v1.FederationService/FollowJob": Rule(BROKERS, Scope.PEER_JOB),
     "/icx.v1.FederationService/CancelForwarded": Rule(BROKERS, Scope.PEER_JOB),
+    "/icx.v1.FederationService/JobRecords": Rule(BROKERS, Scope.PEER_JOB),
     "/icx.v1.FederationService/ListPeers": Rule(
         frozenset({Role.USER, Role.BROKER, Role.COORDINATOR}), Scope.NONE
     ),

@@ -14,6 +14,7 @@ import grpc
 
 from broker import authz
 from broker.core import Broker
+from broker.ledger import BrokerLedger
 from broker.service import abort, unary
 from core import wire
 from core.errors import FailedPrecondition, InvalidArgument
@@ -34,8 +35,15 @@ def _home() -> str:
 
 
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
-    def __init__(self, broker: Broker, host: PeerHost | None = None, region: str = "") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        ledger: BrokerLedger | None = None,
+        host: PeerHost | None = None,
+        region: str = "",
+    ) -> None:
         self.broker = broker
+        self.ledger = ledger
         self.host = host
         self.region = region
 
@@ -98,6 +106,20 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         job_id = JobId(wire.job_id_from_proto(request.job_id))
         job = await self.broker.cancel_forwarded(_home(), job_id)
         return federation_pb2.CancelForwardedResponse(job=wire.job_to_proto(job))
+
+    @unary
+    async def JobRecords(
+        self, request: federation_pb2.JobRecordsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> federation_pb2.JobRecordsResponse:
+        job = self.broker.check_home(_home(), JobId(wire.job_id_from_proto(request.job_id)))
+        if self.ledger is None:
+            raise FailedPrecondition("this broker keeps no ledger")
+        runs = [f"{c.pool.center_id}/{c.claim_id}" for c in self.broker.claims.of_job(job.job_id)]
+        bundles = []
+        for entry in await self.ledger.run_entries(runs):
+            text, _ = await self.ledger.prove(index=entry.index)
+            bundles.append(text)
+        return federation_pb2.JobRecordsResponse(bundles_json=bundles)
 
     @unary
     async def ListPeers(

@@ -18,7 +18,16 @@ from typing import TypeVar
 
 from core.errors import FailedPrecondition, IcxError, InvalidArgument, PermissionDenied
 from core.money import CURRENCY
-from ledger import Checkpoint, Log, Role, SignedRecord, SignerKey, UsageRecord, VerifierKey
+from ledger import (
+    AcceptedRecord,
+    Checkpoint,
+    Log,
+    Role,
+    SignedRecord,
+    SignerKey,
+    UsageRecord,
+    VerifierKey,
+)
 from ledger.bill import JobTotals, tenant_bill
 from ledger.note import parse_note
 from ledger.records import (
@@ -47,6 +56,9 @@ class BrokerLedger:
         self.witnesses = [VerifierKey.parse(w) for w in witnesses]
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="icx-ledger")
         self._log: Log | None = None
+        # This broker's party as a region, once it federates: its statements then carry
+        # what it owes the other regions for the records it accepted.
+        self.region = ""
         self._checkpointed = -1
         # Kept as the log grows (built when it opens): the latest correction of each
         # corrected record, and the entries of each consumer's usage and corrections, so
@@ -281,10 +293,49 @@ class BrokerLedger:
         return bundle.to_json(), parties
 
     async def statement(self, period: str, party: str = "") -> bytes:
-        """The signed statement of `period`: one party's, or ("") the whole federation's."""
+        """The signed statement of `period`: one party's, or ("") the whole federation's.
+        A federated broker's (`region` set) carries its region flows too."""
+        if self.region:
+            return await self.region_statement(period, party, home=self.region)
         await self.checkpoint()
         _, signed = await self._run(lambda ledger: ledger.settle(period, party=party))
         return signed
+
+    async def region_statement(self, period: str, party: str = "", *, home: str) -> bytes:
+        """`statement`, settled as region `home` (this broker's name): it also carries
+        what this region owes the others for the records it accepted (`accept`)."""
+        await self.checkpoint()
+        _, signed = await self._run(lambda ledger: ledger.settle(period, party=party, home=home))
+        return signed
+
+    async def accept(self, owner: str, bundle_json: str, owner_log_key: VerifierKey) -> int:
+        """Log that this broker accepted, for its tenant, the usage record that broker
+        `owner`'s log holds, proven by `bundle_json` (that log's proof bundle), once it
+        verifies under `owner_log_key`; its index here. Accepting the same record again
+        answers the same index, whichever checkpoint the bundle is under."""
+
+        def accept(ledger: Log) -> int:
+            accepted = AcceptedRecord.parse(owner, bundle_json)
+            size = ledger.size
+            index = ledger.accept(accepted, owner_log_key)
+            if index >= size:
+                record = accepted.record
+                log.info(
+                    "accepted %s of %s (center %s, tenant %s, %d minor) at entry %d",
+                    record.record_id,
+                    accepted.accepted_id,
+                    record.producer,
+                    record.consumer,
+                    record.charge_minor,
+                    index,
+                )
+            return index
+
+        return await self._run(accept)
+
+    async def has_accepted(self, accepted_id: str) -> bool:
+        """Whether the record `<origin>#<index>` of another log is accepted here."""
+        return await self._run(lambda ledger: ledger.find_accepted(accepted_id) is not None)
 
     async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         def prove(ledger: Log) -> list[bytes]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from core.errors import FailedPrecondition
 from core.states import JobState
@@ -118,6 +120,11 @@ class Metrics:
     def call_refused(self, method: str, code: grpc.StatusCode) -> None:
         self.calls_refused.labels(method=method.rpartition("/")[2], code=code.name).inc()
 
+    def include(self, other: CollectorRegistry) -> None:
+        """Expose `other`'s metrics with these (the peering host's, which its own thread
+        writes)."""
+        self.registry.register(_Registry(other))
+
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve /metrics over HTTP; returns the bound port (pass 0 for any). Unavailable
         if the port is taken."""
@@ -128,3 +135,13 @@ class Metrics:
                 f"cannot serve metrics on {host}:{port}: {exc.strerror}"
             ) from exc
         return int(server.server_port)
+
+
+class _Registry(Collector):
+    """Another registry's metrics, collected with this one's."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()

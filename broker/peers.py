@@ -48,6 +48,9 @@ SUMMARY_FORMAT = 1
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
 
+# After a restart, cancels of forwarded jobs this recent are relayed again.
+RELAY_CANCELS_WITHIN_MS = 3_600_000
+
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 5_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -190,6 +193,8 @@ class Peers:
         self.handed_back = 0
         # Brokers caught equivocating (broker.witnessing): never matched nor forwarded to.
         self.distrusted: dict[str, str] = {}
+        # Called with each forwarded job once it has ended here (its usage is collected).
+        self.on_ended: Callable[[Job], None] | None = None
 
     # ------------------------------------------------------------ summaries
 
@@ -271,10 +276,16 @@ class Peers:
         self._start(job.job_id, self._follow(job.job_id))
 
     def resume(self) -> int:
-        """Followers for every active forwarded job (after a restart); how many."""
+        """Followers for every active forwarded job (after a restart), and the cancel
+        relayed again for those cancelled lately (the relay may not have been answered
+        before the restart; a repeat is harmless); how many active."""
         active = [j for j in self.jobs.jobs.values() if j.broker and j.state in ACTIVE]
         for job in active:
             self.follow(job)
+        since = self.clock.now_ms() - RELAY_CANCELS_WITHIN_MS
+        for job in self.jobs.jobs.values():
+            if job.broker and job.state == JobState.CANCELLED and job.updated_at_ms >= since:
+                self._start(job.job_id, self._relay_cancel(job))
         return len(active)
 
     def cancelled(self, job: Job) -> None:
@@ -286,6 +297,11 @@ class Peers:
             return
         following.task.cancel()
         following.task.add_done_callback(lambda _: self._start(job.job_id, self._relay_cancel(job)))
+
+    def _ended(self, job_id: JobId) -> None:
+        job = self.jobs.find(job_id)
+        if job is not None and self.on_ended is not None:
+            self.on_ended(job)
 
     def _start(self, job_id: JobId, work: Coroutine[None, None, None]) -> None:
         task = asyncio.create_task(work, name=f"peer-{job_id}")
@@ -418,6 +434,7 @@ class Peers:
             return False
         if there.state in TERMINAL:
             await self._finish(job, there.state, there.exit_code, f"{where}: {there.reason}")
+            self._ended(job_id)
             return True
         return False
 
@@ -432,6 +449,7 @@ class Peers:
                     federation_pb2.CancelForwardedRequest(job_id=job.job_id), timeout=5.0
                 )
                 log.info("job %s: cancel relayed to %s", job.job_id, job.broker)
+                self._ended(job.job_id)  # it may have run for a while: collect its usage
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from broker.acceptance import Acceptance
 from broker.agent_link import AgentServicer
 from broker.authz import Gate
 from broker.core import Broker, BrokerConfig
@@ -137,10 +138,11 @@ class BrokerServer:
         self.metrics_port: int | None = None
         self.host: PeerHost | None = None
         self.witnessing: Witnessing | None = None
+        self.acceptance: Acceptance | None = None
         self._topic = ""  # the summaries' gossip topic, once peering
         self._checkpoint_topic = ""
         self.peers: Peers | None = None
-        self.federation = FederationServicer(self.broker)
+        self.federation = FederationServicer(self.broker, self.ledger)
         if options.peering is not None and self.credentials is None:
             raise FailedPrecondition(
                 "peering needs the broker's membership (--identity): peers accept only "
@@ -223,6 +225,7 @@ class BrokerServer:
         self._checkpoint_topic = CHECKPOINTS_TOPIC
         assert self.credentials is not None
         member = self.credentials.member
+        self.ledger.region = member.name
         self.peers = self.broker.federate(
             member.name, self.credentials, int(self.options.summary_expiry_s * 1000)
         )
@@ -235,8 +238,18 @@ class BrokerServer:
             state_path=db.with_suffix(".witness.json"),
             evidence_dir=db.parent / f"{db.stem}.evidence",
         )
+        self.acceptance = Acceptance(
+            ledger=self.ledger,
+            peers=self.peers,
+            witnessing=self.witnessing,
+            jobs=self.broker.jobs,
+            clock=self.broker.clock,
+        )
+        self.peers.on_ended = self.acceptance.ended
+        self.acceptance.resume()
         self.host = PeerHost(config, self.credentials, trust=self.trust, on_update=self._heard)
         await self.host.start()
+        self.broker.metrics.include(self.host.metrics.registry)
         self.federation.host = self.host
         self.federation.region = member.region
         log.info(
@@ -293,6 +306,8 @@ class BrokerServer:
             await asyncio.sleep(SUMMARY_CHECK_S)
 
     async def close_peering(self) -> None:
+        if self.acceptance is not None:
+            await self.acceptance.close()
         if self.peers is not None:
             await self.peers.close()
         if self.host is not None:

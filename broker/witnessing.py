@@ -113,6 +113,11 @@ class Witnessing:
         self._working: dict[str, asyncio.Task[None]] = {}
         self._load()
 
+    def log_key(self, broker: str) -> VerifierKey | None:
+        """`broker`'s log key as its membership-signed gossip announced it."""
+        known = self.logs.get(broker)
+        return None if known is None else VerifierKey.parse(known[1])
+
     # ------------------------------------------------------------ state
 
     def _load(self) -> None:

@@ -411,6 +411,90 @@ def _kilo(amount: object) -> str:
     return f"{amount / 1000:,.1f}"
 
 
+# ------------------------------------------------------------------ federation
+
+
+def _region_arg(text: str) -> tuple[str, Path]:
+    party, sep, path = text.partition("=")
+    if not sep or not party or not path:
+        raise argparse.ArgumentTypeError(f"expected BROKER=LEDGER_FILE, got {text!r}")
+    return party, Path(path)
+
+
+@command
+def cmd_federation(args: argparse.Namespace) -> int:
+    """Settle a period across regions, from each region broker's ledger file."""
+    from ledger import LedgerStore, Log
+    from ledger.settlement import federation_view
+
+    logs = []
+    try:
+        for party, path in args.region:
+            if not path.exists():
+                raise NotFound(f"no ledger file at {path} (region {party})")
+            logs.append(Log(LedgerStore(path)))
+        view = federation_view(
+            [log.region(party) for log, (party, _) in zip(logs, args.region, strict=True)],
+            period=args.period,
+            currency=args.currency,
+        )
+    finally:
+        for log in logs:
+            log.close()
+    flows = [
+        {
+            "payer": payer,
+            "payee": payee,
+            "amount_minor": amount,
+            "entries": [
+                {"index": r.index, "origin": r.origin, "owner_index": r.owner_index}
+                for r in view.statements[payer].region_entries[(payer, payee)]
+            ],
+        }
+        for (payer, payee), amount in sorted(view.regions.items())
+    ]
+    body: dict[str, Any] = {
+        "period": view.period,
+        "currency": view.currency,
+        "regions": {p: s.checkpoint.origin for p, s in sorted(view.statements.items())},
+        "positions": dict(sorted(view.positions.items())),
+        "region_positions": dict(sorted(view.region_positions.items())),
+        "region_flows": flows,
+        "accepted_checked": view.accepted,
+    }
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    cur = view.currency
+    print(f"federation {view.period}: {len(view.statements)} regions, {view.accepted} accepted "
+          "records checked against their owners' logs")  # fmt: skip
+    print_table(
+        ("REGION", "LOG", "CHECKPOINT SIZE", f"REGION NET {cur}"),
+        [
+            (p, s.checkpoint.origin, s.checkpoint.size, _money(view.region_positions.get(p, 0)))
+            for p, s in sorted(view.statements.items())
+        ],
+    )
+    print()
+    rows = []
+    for (payer, payee), amount in sorted(view.regions.items()):
+        refs = view.statements[payer].region_entries[(payer, payee)]
+        shown = ", ".join(f"{r.index}->{r.origin}#{r.owner_index}" for r in refs[:3])
+        rows.append((payer, payee, _money(amount), len(refs), shown + (" ..." * (len(refs) > 3))))
+    print_table(
+        ("PAYER REGION", "PAYEE REGION", f"AMOUNT {cur}", "RECORDS", "ENTRIES (HERE->OWNER)"),
+        rows,
+    )
+    print()
+    print_table(
+        ("PARTY", f"NET {cur}"),
+        [(p, _money(n)) for p, n in sorted(view.positions.items())],
+    )
+    total = sum(view.positions.values()) + sum(view.region_positions.values())
+    print(f"\npositions sum to {_money(total)} {cur} (tenants and centers, regions)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ register
 
 
@@ -509,3 +593,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     out.add_argument("--json", action="store_true")
     out.add_argument("--csv", action="store_true", help="positions and transfers, one table")
     p.set_defaults(func=cmd_settle)
+
+    p = lsub.add_parser(
+        "federation",
+        help="settle a period across regions from every region broker's ledger",
+        description="Settle a period across the federation from each region broker's ledger "
+        "file: tenant-center positions from every log's own records, region-region flows "
+        "from the records each region accepted for its tenants, every accepted record "
+        "checked against the entry in its owner's log (refused, naming both entries, if "
+        "they differ). Both sets of positions sum to zero.",
+    )
+    p.add_argument(
+        "--region",
+        action="append",
+        required=True,
+        type=_region_arg,
+        metavar="BROKER=LEDGER_FILE",
+        help="a region broker's name and its ledger file (repeat for every region)",
+    )
+    p.add_argument("--period", required=True, help="YYYY-MM")
+    p.add_argument("--currency", default="CNY")
+    _json_flag(p)
+    p.set_defaults(func=cmd_federation)

@@ -107,6 +107,7 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         peer_key_seed=peer_key_seed(key),
         republish_s=args.republish_s,
         silence_s=3 * args.republish_s,
+        test_drop_fraction=args.test_gossip_drop,
     )
 
 
@@ -414,6 +415,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=5.0,
         help="re-sign and publish this broker's summary this often (default 5)",
     )
+    # Tests only: discard this fraction of the gossip received, as a lossy mesh would.
+    g.add_argument("--test-gossip-drop", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=broker_serve)
     member_cmd.register_broker(bsub)

@@ -4,6 +4,7 @@ A pure library (no gRPC, no asyncio, no clock reads); SQLite lives in `ledger.st
 alone. `ledger.merkle` is usable on its own by outside auditors. See docs/ledger.md.
 """
 
+from ledger.accepted import AcceptedRecord
 from ledger.bundle import ProofBundle, verify_bundle
 from ledger.checkpoint import (
     Checkpoint,
@@ -30,19 +31,31 @@ from ledger.keyring import Role
 from ledger.keys import ALG_COSIGNATURE_V1, ALG_ED25519, SignerKey, VerifierKey
 from ledger.log import AuditReport, Log
 from ledger.records import RecordKind, UsageRecord
-from ledger.settlement import Settlement, settle, sign_statement, verify_statement
+from ledger.settlement import (
+    AcceptedRef,
+    FederationView,
+    RegionLog,
+    Settlement,
+    federation_view,
+    settle,
+    sign_statement,
+    verify_statement,
+)
 from ledger.signing import SignedRecord, countersign, sign_records
 from ledger.store import LedgerStore
 
 __all__ = [
     "ALG_COSIGNATURE_V1",
     "ALG_ED25519",
+    "AcceptedRecord",
+    "AcceptedRef",
     "AuditError",
     "AuditReport",
     "Checkpoint",
     "ConflictingRecord",
     "EntryNotFound",
     "EquivocationError",
+    "FederationView",
     "InvalidRecord",
     "LedgerError",
     "LedgerStore",
@@ -52,6 +65,7 @@ __all__ = [
     "ProofError",
     "RecordKind",
     "RefusedRecord",
+    "RegionLog",
     "Role",
     "Settlement",
     "SignatureError",
@@ -64,6 +78,7 @@ __all__ = [
     "Witness",
     "check_equivocation",
     "countersign",
+    "federation_view",
     "settle",
     "sign_checkpoint",
     "sign_records",

@@ -8,12 +8,16 @@ key is admitted by a key entry before it may sign (see `ledger.keyring`).
 Appends are all or nothing: a call whose records do not all check out changes nothing,
 except that a replayed record id with different bytes is kept in `conflicts` as
 evidence before the call is refused.
+
+Another log's record accepted for this log's tenant (`ledger.accepted`) is an entry too,
+checked under the owner's log key before it is appended; `records` yields only the log's
+own usage records, `accepted` those.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -24,6 +28,7 @@ from ledger import canonical, merkle
 from ledger._audit_rules import Rule, UsageRules, UsageRuleViolation
 from ledger._membership import check_admission
 from ledger._pool import VerifyPool
+from ledger.accepted import AcceptedRecord
 from ledger.bill import JobTotals, tenant_bill
 from ledger.bundle import ProofBundle
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -41,7 +46,7 @@ from ledger.keyring import KeyEvent, KeyRing, Role
 from ledger.keys import SignerKey, VerifierKey
 from ledger.note import open_note, parse_note
 from ledger.records import CHARGING_KINDS, RecordKind, UsageRecord
-from ledger.settlement import Settlement, settle, sign_statement, verify_statement
+from ledger.settlement import RegionLog, Settlement, settle, sign_statement, verify_statement
 from ledger.signing import (
     SignatureCache,
     SignedRecord,
@@ -73,6 +78,8 @@ class AuditReport:
     key_events: int
     checkpoints: int
     statements: int
+    accepted: int = 0  # entries accepting another log's record
+    accepted_verified: int = 0  # ... of which the owner's signatures were checked too
 
 
 def _check_refs(record: UsageRecord, original: UsageRecord | None) -> None:
@@ -92,13 +99,15 @@ def _check_refs(record: UsageRecord, original: UsageRecord | None) -> None:
         raise RefusedRecord(f"{where}: only the consumer of {record.refs!r} may {record.kind} it")
 
 
-def _parse(leaf: bytes) -> SignedRecord | KeyEvent:
+def _parse(leaf: bytes) -> SignedRecord | KeyEvent | AcceptedRecord:
     value = canonical.decode(leaf)
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "usage":
         return SignedRecord.from_json(value)
     if kind == "key":
         return KeyEvent.from_json(value)
+    if kind == "accepted":
+        return AcceptedRecord.from_entry(leaf)  # rare: decoded again, to its own bound
     raise InvalidRecord(f"unknown entry type {shown(kind)}")
 
 
@@ -270,6 +279,46 @@ class Log:
             self._cache.check_producer(sr, key)
         return countersign(signed, signer) if countersigned is None else countersigned
 
+    # Records of other logs, accepted for this log's tenants.
+
+    def accept(self, accepted: AcceptedRecord, owner_log_key: VerifierKey) -> int:
+        """Verify `accepted` under its owner's log key (`AcceptedRecord.verify`) and
+        append it; returns its index. The same record of the same owner accepted again
+        (with the same leaf, under whichever checkpoint) answers its index; other bytes
+        under the same `<origin>#<index>` are refused, and kept in `conflicts` as
+        evidence. A record of this log itself is refused: it is settled here already."""
+        self._require_signer()
+        where = f"accepted {accepted.accepted_id}"
+        if accepted.origin == self.origin:
+            raise RefusedRecord(f"{where}: the record is this log's own; it is settled here")
+        accepted.verify(owner_log_key)
+        leaf = accepted.entry()
+        stored = self.store.find(accepted.accepted_id)
+        if stored is not None:
+            before = AcceptedRecord.from_entry(stored.leaf)
+            if (before.owner, before.bundle.leaf) == (accepted.owner, accepted.bundle.leaf):
+                return stored.index
+            reason = (
+                f"{where} is already entry {stored.index} with another record"
+                if before.bundle.leaf != accepted.bundle.leaf
+                else f"{where} is already entry {stored.index}, from {before.owner!r}"
+            )
+            self.store.add_conflict(accepted.accepted_id, leaf, reason)
+            raise ConflictingRecord(f"{reason}; the new bytes are kept as evidence")
+        return self.store.append([(accepted.accepted_id, "accepted", leaf)])
+
+    def find_accepted(self, accepted_id: str) -> int | None:
+        """The index of the entry accepting `<origin>#<index>`, if any."""
+        stored = self.store.find(accepted_id)
+        return None if stored is None or stored.type != "accepted" else stored.index
+
+    def accepted(
+        self, begin: int = 0, end: int | None = None
+    ) -> Iterable[tuple[int, AcceptedRecord]]:
+        """The accepted records among entries [begin, end), with their indexes."""
+        for entry in self.store.entries(begin, end, type="accepted"):
+            yield entry.index, AcceptedRecord.from_entry(entry.leaf)
+
     # Checkpoints.
 
     def checkpoint(self) -> str:
@@ -349,11 +398,13 @@ class Log:
     # Settlement.
 
     def settle(
-        self, period: str, currency: str = CURRENCY, *, party: str = ""
+        self, period: str, currency: str = CURRENCY, *, party: str = "", home: str = ""
     ) -> tuple[Settlement, bytes]:
         """Settle `period` over the entries the latest checkpoint covers; sign the
         statement (only `party`'s figures when given: `Settlement.for_party`), keep it
-        under that party (`*` for the whole), and return it with its signed bytes."""
+        under that party (`*` for the whole), and return it with its signed bytes. With
+        `home`, this log's own party (its broker's name), the statement also carries
+        what it owes other regions for the records it accepted (`settle`)."""
         signer = self._require_signer()
         checkpoint = Checkpoint.from_text(parse_note(self.latest_note()).text)
         result = settle(
@@ -361,6 +412,8 @@ class Log:
             period=period,
             checkpoint=checkpoint,
             currency=currency,
+            home=home,
+            accepted=self.accepted(0, checkpoint.size) if home else (),
         )
         if party:
             result = result.for_party(party)
@@ -398,8 +451,14 @@ class Log:
             if not isinstance(size, int) or size not in roots:
                 raise VerificationError(f"{what} names no stored checkpoint")
             checkpoint = Checkpoint(origin=self.origin, size=size, root=roots[size])
+            home = Settlement.home_of(body)
             again = settle(
-                self.records(0, size), period=period, checkpoint=checkpoint, currency=currency
+                self.records(0, size),
+                period=period,
+                checkpoint=checkpoint,
+                currency=currency,
+                home=home,
+                accepted=self.accepted(0, size) if home else (),
             )
             if party != _WHOLE:
                 again = again.for_party(party)
@@ -413,7 +472,7 @@ class Log:
     def _warm_audit(
         self,
         cache: SignatureCache,
-        items: list[SignedRecord | KeyEvent],
+        items: list[SignedRecord | KeyEvent | AcceptedRecord],
         candidates: dict[str, VerifierKey],
     ) -> None:
         """Verify the chunk's signatures in bulk under the keys their ids were first
@@ -440,14 +499,40 @@ class Log:
         else:
             cache.warm(checks)
 
-    def audit(self, *, root: x509.Certificate | None = None) -> AuditReport:
+    def _audit_accepted(
+        self,
+        item: AcceptedRecord,
+        peer_logs: Mapping[str, VerifierKey],
+        cache: SignatureCache,
+        ids: set[str],
+    ) -> None:
+        if item.origin == self.origin:
+            raise VerificationError(f"accepted {item.accepted_id} is a record of this log")
+        if item.accepted_id in ids:
+            raise VerificationError(f"accepted {item.accepted_id} appears twice")
+        owner_log_key = peer_logs.get(item.origin)
+        if owner_log_key is None:
+            item.check_structure(cache)
+        else:
+            item.verify(owner_log_key)
+
+    def audit(
+        self,
+        *,
+        root: x509.Certificate | None = None,
+        peer_logs: Mapping[str, VerifierKey] | None = None,
+    ) -> AuditReport:
         """Replay the whole store: every index present once and in order, every leaf
         hash as stored, every key event and signature valid at its position, the usage
         rules over every record (`ledger._audit_rules`: ids in the producer's name
-        space, references, no run billed twice), every checkpoint's signature and root,
-        every statement recomputed. With the federation's `root`, also every key
-        admission but the log's own bound to a membership certificate that root issued
-        (`ledger._membership`). Raises AuditError naming the first bad index
+        space, references, no run billed twice), every accepted record's bundle as far as
+        it needs no outside key (`AcceptedRecord.check_structure`: another log's record,
+        accepted once), every checkpoint's signature and root, every statement
+        recomputed. With the federation's `root`, also every key admission but the log's
+        own bound to a membership certificate that root issued (`ledger._membership`).
+        With `peer_logs` (origin -> that log's key), also the owner's checkpoint
+        signature and countersignature of each accepted record from those logs
+        (`AcceptedRecord.verify`). Raises AuditError naming the first bad index
         (UsageRuleViolation, naming the rule too, for a broken usage rule)."""
         keyring = KeyRing()
         cache = SignatureCache()
@@ -457,8 +542,10 @@ class Log:
         if 0 in checkpoints:
             roots[0] = frontier.root()
         records: set[str] = set()
+        accepted_ids: set[str] = set()
         rules = UsageRules()
-        counts = {"usage": 0, "key": 0}
+        counts = {"usage": 0, "key": 0, "accepted": 0, "accepted_verified": 0}
+        peer_logs = peer_logs or {}
         expected = 0
         candidates: dict[str, VerifierKey] = {}
         rows = self.store.raw_rows()
@@ -469,7 +556,7 @@ class Log:
             # Parse and hash the chunk, stopping at its first bad entry; check its batch
             # roots and signatures in bulk; then replay it in order. An error found while
             # parsing is raised only once the entries before it have replayed clean.
-            parsed: list[tuple[int, bytes, SignedRecord | KeyEvent]] = []
+            parsed: list[tuple[int, bytes, SignedRecord | KeyEvent | AcceptedRecord]] = []
             stop: AuditError | None = None
             for idx, leaf, stored_hash in chunk:
                 if idx != expected + len(parsed):
@@ -504,6 +591,12 @@ class Log:
                             check_admission(item, root)
                         keyring.apply(item, idx)
                         counts["key"] += 1
+                    elif isinstance(item, AcceptedRecord):
+                        self._audit_accepted(item, peer_logs, cache, accepted_ids)
+                        accepted_ids.add(item.accepted_id)
+                        counts["accepted"] += 1
+                        if item.origin in peer_logs:
+                            counts["accepted_verified"] += 1
                     else:
                         record = item.record
                         key = keyring.signer(
@@ -563,6 +656,20 @@ class Log:
             key_events=counts["key"],
             checkpoints=len(checkpoints),
             statements=statements,
+            accepted=counts["accepted"],
+            accepted_verified=counts["accepted_verified"],
+        )
+
+    def region(self, party: str) -> RegionLog:
+        """This log at its latest checkpoint as `federation_view` reads it, `party` being
+        its region's party (its broker's name)."""
+        checkpoint = Checkpoint.from_text(parse_note(self.latest_note()).text)
+        return RegionLog(
+            party=party,
+            checkpoint=checkpoint,
+            records=list(self.records(0, checkpoint.size)),
+            accepted=list(self.accepted(0, checkpoint.size)),
+            leaf=lambda index: self.store.entry(index).leaf,
         )
 
     def records(self, begin: int = 0, end: int | None = None) -> Iterable[tuple[int, UsageRecord]]:

@@ -102,6 +102,9 @@ class PeerHost:
         """Start the host's thread; return once it listens, with its address."""
         if self._thread is not None:
             raise PeeringError("the peering host is started already")
+        # py-libp2p's own lines reach stderr bare (it stops them propagating) and repeat
+        # on every retry; this host logs connects, outages and refusals itself.
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
         self._loop = loop = asyncio.get_running_loop()
         ready: asyncio.Future[str] = loop.create_future()
         self._done = loop.create_future()

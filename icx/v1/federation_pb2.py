@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from icx.v1 import types_pb2 as icx_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17icx/v1/federation.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"f\n\x11\x46orwardJobRequest\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\x12\x11\n\tcenter_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"P\n\x12\x46orwardJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x03job\x18\x03 \x01(\x0b\x32\x0b.icx.v1.Job\"R\n\x10\x46ollowJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x66ter_event_seq\x18\x02 \x01(\x03\x12\x15\n\rafter_log_seq\x18\x03 \x01(\x03\"y\n\x11\x46ollowJobResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.icx.v1.JobEventH\x00\x12\x1f\n\x03log\x18\x02 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x12\x18\n\x03job\x18\x03 \x01(\x0b\x32\x0b.icx.v1.JobB\x06\n\x04item\"(\n\x16\x43\x61ncelForwardedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x17\x43\x61ncelForwardedResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"\x12\n\x10ListPeersRequest\"\x93\x01\n\nPeerStatus\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0e\n\x06\x61ge_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x63\x65nters\x18\x06 \x01(\x05\x12\x14\n\x0c\x64\x65vices_free\x18\x07 \x01(\x05\x12\x0c\n\x04live\x18\x08 \x01(\x08\"\xcd\x02\n\x11ListPeersResponse\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12!\n\x05peers\x18\x04 \x03(\x0b\x32\x12.icx.v1.PeerStatus\x12\x11\n\tpublished\x18\x05 \x01(\x03\x12\x10\n\x08received\x18\x06 \x01(\x03\x12\r\n\x05pulls\x18\x07 \x01(\x03\x12\x15\n\rpull_failures\x18\x08 \x01(\x03\x12\x37\n\x07\x64ropped\x18\t \x03(\x0b\x32&.icx.v1.ListPeersResponse.DroppedEntry\x12\x15\n\rforwarded_out\x18\n \x01(\x05\x12\x14\n\x0c\x66orwarded_in\x18\x0b \x01(\x05\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xb2\x02\n\x11\x46\x65\x64\x65rationService\x12\x43\n\nForwardJob\x12\x19.icx.v1.ForwardJobRequest\x1a\x1a.icx.v1.ForwardJobResponse\x12\x42\n\tFollowJob\x12\x18.icx.v1.FollowJobRequest\x1a\x19.icx.v1.FollowJobResponse0\x01\x12R\n\x0f\x43\x61ncelForwarded\x12\x1e.icx.v1.CancelForwardedRequest\x1a\x1f.icx.v1.CancelForwardedResponse\x12@\n\tListPeers\x12\x18.icx.v1.ListPeersRequest\x1a\x19.icx.v1.ListPeersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17icx/v1/federation.proto\x12\x06icx.v1\x1a\x12icx/v1/types.proto\"f\n\x11\x46orwardJobRequest\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\x12\x11\n\tcenter_id\x18\x02 \x01(\t\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"P\n\x12\x46orwardJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x03job\x18\x03 \x01(\x0b\x32\x0b.icx.v1.Job\"R\n\x10\x46ollowJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x66ter_event_seq\x18\x02 \x01(\x03\x12\x15\n\rafter_log_seq\x18\x03 \x01(\x03\"y\n\x11\x46ollowJobResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.icx.v1.JobEventH\x00\x12\x1f\n\x03log\x18\x02 \x01(\x0b\x32\x10.icx.v1.LogChunkH\x00\x12\x18\n\x03job\x18\x03 \x01(\x0b\x32\x0b.icx.v1.JobB\x06\n\x04item\"(\n\x16\x43\x61ncelForwardedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x17\x43\x61ncelForwardedResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.icx.v1.Job\"#\n\x11JobRecordsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x12JobRecordsResponse\x12\x14\n\x0c\x62undles_json\x18\x01 \x03(\t\"\x12\n\x10ListPeersRequest\"\x93\x01\n\nPeerStatus\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0e\n\x06\x61ge_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x63\x65nters\x18\x06 \x01(\x05\x12\x14\n\x0c\x64\x65vices_free\x18\x07 \x01(\x05\x12\x0c\n\x04live\x18\x08 \x01(\x08\"\xcd\x02\n\x11ListPeersResponse\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\x12!\n\x05peers\x18\x04 \x03(\x0b\x32\x12.icx.v1.PeerStatus\x12\x11\n\tpublished\x18\x05 \x01(\x03\x12\x10\n\x08received\x18\x06 \x01(\x03\x12\r\n\x05pulls\x18\x07 \x01(\x03\x12\x15\n\rpull_failures\x18\x08 \x01(\x03\x12\x37\n\x07\x64ropped\x18\t \x03(\x0b\x32&.icx.v1.ListPeersResponse.DroppedEntry\x12\x15\n\rforwarded_out\x18\n \x01(\x05\x12\x14\n\x0c\x66orwarded_in\x18\x0b \x01(\x05\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xf7\x02\n\x11\x46\x65\x64\x65rationService\x12\x43\n\nForwardJob\x12\x19.icx.v1.ForwardJobRequest\x1a\x1a.icx.v1.ForwardJobResponse\x12\x42\n\tFollowJob\x12\x18.icx.v1.FollowJobRequest\x1a\x19.icx.v1.FollowJobResponse0\x01\x12R\n\x0f\x43\x61ncelForwarded\x12\x1e.icx.v1.CancelForwardedRequest\x1a\x1f.icx.v1.CancelForwardedResponse\x12\x43\n\nJobRecords\x12\x19.icx.v1.JobRecordsRequest\x1a\x1a.icx.v1.JobRecordsResponse\x12@\n\tListPeers\x12\x18.icx.v1.ListPeersRequest\x1a\x19.icx.v1.ListPeersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELFORWARDEDREQUEST']._serialized_end=488
   _globals['_CANCELFORWARDEDRESPONSE']._serialized_start=490
   _globals['_CANCELFORWARDEDRESPONSE']._serialized_end=541
-  _globals['_LISTPEERSREQUEST']._serialized_start=543
-  _globals['_LISTPEERSREQUEST']._serialized_end=561
-  _globals['_PEERSTATUS']._serialized_start=564
-  _globals['_PEERSTATUS']._serialized_end=711
-  _globals['_LISTPEERSRESPONSE']._serialized_start=714
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1047
-  _globals['_LISTPEERSRESPONSE_DROPPEDENTRY']._serialized_start=1001
-  _globals['_LISTPEERSRESPONSE_DROPPEDENTRY']._serialized_end=1047
-  _globals['_FEDERATIONSERVICE']._serialized_start=1050
-  _globals['_FEDERATIONSERVICE']._serialized_end=1356
+  _globals['_JOBRECORDSREQUEST']._serialized_start=543
+  _globals['_JOBRECORDSREQUEST']._serialized_end=578
+  _globals['_JOBRECORDSRESPONSE']._serialized_start=580
+  _globals['_JOBRECORDSRESPONSE']._serialized_end=622
+  _globals['_LISTPEERSREQUEST']._serialized_start=624
+  _globals['_LISTPEERSREQUEST']._serialized_end=642
+  _globals['_PEERSTATUS']._serialized_start=645
+  _globals['_PEERSTATUS']._serialized_end=792
+  _globals['_LISTPEERSRESPONSE']._serialized_start=795
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1128
+  _globals['_LISTPEERSRESPONSE_DROPPEDENTRY']._serialized_start=1082
+  _globals['_LISTPEERSRESPONSE_DROPPEDENTRY']._serialized_end=1128
+  _globals['_FEDERATIONSERVICE']._serialized_start=1131
+  _globals['_FEDERATIONSERVICE']._serialized_end=1506
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,18 @@ class CancelForwardedResponse(_message.Message):
     job: _types_pb2.Job
     def __init__(self, job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ...) -> None: ...
 
+class JobRecordsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobRecordsResponse(_message.Message):
+    __slots__ = ("bundles_json",)
+    BUNDLES_JSON_FIELD_NUMBER: _ClassVar[int]
+    bundles_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundles_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ListPeersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

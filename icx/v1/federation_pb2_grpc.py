@@ -52,6 +52,11 @@ class FederationServiceStub(object):
                 request_serializer=icx_dot_v1_dot_federation__pb2.CancelForwardedRequest.SerializeToString,
                 response_deserializer=icx_dot_v1_dot_federation__pb2.CancelForwardedResponse.FromString,
                 _registered_method=True)
+        self.JobRecords = channel.unary_unary(
+                '/icx.v1.FederationService/JobRecords',
+                request_serializer=icx_dot_v1_dot_federation__pb2.JobRecordsRequest.SerializeToString,
+                response_deserializer=icx_dot_v1_dot_federation__pb2.JobRecordsResponse.FromString,
+                _registered_method=True)
         self.ListPeers = channel.unary_unary(
                 '/icx.v1.FederationService/ListPeers',
                 request_serializer=icx_dot_v1_dot_federation__pb2.ListPeersRequest.SerializeToString,
@@ -89,6 +94,14 @@ class FederationServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JobRecords(self, request, context):
+        """The usage records this broker's ledger holds for a job the caller forwarded, each
+        as a proof bundle (docs/ledger.md), so that the caller's ledger can accept them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPeers(self, request, context):
         """The peers this broker gossips with and what it holds of each (operators, tests).
         """
@@ -113,6 +126,11 @@ def add_FederationServiceServicer_to_server(servicer, server):
                     servicer.CancelForwarded,
                     request_deserializer=icx_dot_v1_dot_federation__pb2.CancelForwardedRequest.FromString,
                     response_serializer=icx_dot_v1_dot_federation__pb2.CancelForwardedResponse.SerializeToString,
+            ),
+            'JobRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobRecords,
+                    request_deserializer=icx_dot_v1_dot_federation__pb2.JobRecordsRequest.FromString,
+                    response_serializer=icx_dot_v1_dot_federation__pb2.JobRecordsResponse.SerializeToString,
             ),
             'ListPeers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPeers,
@@ -204,6 +222,33 @@ class FederationService(object):
             '/icx.v1.FederationService/CancelForwarded',
             icx_dot_v1_dot_federation__pb2.CancelForwardedRequest.SerializeToString,
             icx_dot_v1_dot_federation__pb2.CancelForwardedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/icx.v1.FederationService/JobRecords',
+            icx_dot_v1_dot_federation__pb2.JobRecordsRequest.SerializeToString,
+            icx_dot_v1_dot_federation__pb2.JobRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

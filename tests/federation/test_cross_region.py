@@ -5,15 +5,19 @@ from home (status, output, cancel)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from broker.ledger import ledger_paths
 from cli.federation import LocalFederation
 from core.states import JobState
 from core.types import JobSpec
-from tests.conftest import make_center, wait_centers, wait_for
+from tests.conftest import make_center, run_icx, wait_centers, wait_for
 from tests.federation.regions import regions
 
 
@@ -21,8 +25,9 @@ from tests.federation.regions import regions
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LocalFederation]]:
     root = tmp_path_factory.mktemp("regions")
     with regions(root, ("east", "central", "west")) as feds:
-        # East is dear, central dearer, west cheap.
-        for region, price in (("east", 900), ("central", 1200), ("west", 100)):
+        # East is dear, central dearer, west cheap (fen per device-hour: a second of a
+        # job is charged a few fen).
+        for region, price in (("east", 90_000), ("central", 120_000), ("west", 10_000)):
             for i in (1, 2):
                 center = make_center(
                     f"{region}-{i}", region=region, pools={"main": ("ascend-910", 4, price)}
@@ -87,3 +92,43 @@ def test_a_job_held_to_its_home_region_is_never_forwarded(
         west = c.submit(dataclasses.replace(_spec("pass"), allowed_regions=("central",)))
         done = wait_for(lambda: (j := c.get_job(west.job_id)).state.terminal and j, 30, "end")
         assert (done.state, done.broker) == (JobState.SUCCEEDED, "broker-central")
+
+
+def test_usage_is_accepted_at_home_and_the_federation_settles_to_zero(
+    three: dict[str, LocalFederation],
+) -> None:
+    """After a job of east's tenant ran at west: west's log holds the run, east's log
+    accepted it (naming west's entry), every log audits clean against the federation's
+    root, and across the three logs both sets of positions sum to zero."""
+    east = three["east"]
+    with east.client("lab-a") as c:
+        job = c.submit(_spec("import time; time.sleep(2.5)"))  # whole seconds are billed
+        wait_for(lambda: c.get_job(job.job_id).state.terminal, 30, "the job to end")
+    regions = [
+        arg
+        for name, fed in three.items()
+        for arg in ("--region", f"broker-{name}={ledger_paths(fed.db)[0]}")
+    ]
+    period = time.strftime("%Y-%m", time.gmtime())
+
+    def settled() -> dict[str, Any] | None:
+        run = run_icx("ledger", "federation", *regions, "--period", period, "--json")
+        assert run.returncode == 0, run.stderr
+        body: dict[str, Any] = json.loads(run.stdout)
+        west = [f for f in body["region_flows"] if f["payee"] == "broker-west"]
+        return body if west and west[0]["amount_minor"] > 0 else None  # this job's charge
+
+    body = wait_for(settled, 30, "east to accept west's records")
+    [flow] = [f for f in body["region_flows"] if f["payee"] == "broker-west"]
+    assert flow["payer"] == "broker-east" and flow["amount_minor"] > 0
+    assert {e["origin"] for e in flow["entries"]} == {"icx/broker-west"}
+    assert body["accepted_checked"] >= len(flow["entries"])
+    assert sum(body["positions"].values()) == 0
+    assert sum(body["region_positions"].values()) == 0
+    assert body["region_positions"]["broker-west"] == -body["region_positions"]["broker-east"]
+    root = east.authority.folder / "root.pem"
+    for fed in three.values():
+        audit = run_icx(
+            "ledger", "audit", "--db", str(ledger_paths(fed.db)[0]), "--root", str(root), "--json"
+        )
+        assert audit.returncode == 0, audit.stderr
