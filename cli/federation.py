@@ -134,6 +134,12 @@ class LocalFederation:
     # the multiaddrs of the peers to dial.
     peering: bool = False
     peers: tuple[str, ...] = ()
+    # The address the broker listens on (gRPC and libp2p) and that clients and agents
+    # dial: another than loopback goes into its certificate too. And what every child's
+    # command line starts with: `ip netns exec NS` runs the broker and the agents in a
+    # network namespace.
+    host: str = "127.0.0.1"
+    command_prefix: tuple[str, ...] = ()
     broker: Child | None = None
     broker_port: int = 0
     metrics_port: int | None = None
@@ -143,7 +149,7 @@ class LocalFederation:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.broker_port}"
+        return f"{self.host}:{self.broker_port}"
 
     @property
     def db(self) -> Path:
@@ -185,7 +191,11 @@ class LocalFederation:
         """A member folder for `name`, admitted in `role` (made once; kept)."""
         folder = folder or self.root / "members" / f"{role}-{name}"
         if not (folder / "cert.pem").exists():
-            hosts = ("localhost", "127.0.0.1") if role in (Role.BROKER, Role.CENTER) else ()
+            hosts: tuple[str, ...] = ()
+            if role in (Role.BROKER, Role.CENTER):
+                hosts = ("localhost", "127.0.0.1")
+            if role is Role.BROKER and self.host not in hosts:
+                hosts += (self.host,)
             init_member(folder, name, hosts=hosts, usage_key=usage_key)
             self.authority.admit_into(folder, role=role, region=region, tenant=tenant, days=days)
         return folder
@@ -253,7 +263,7 @@ class LocalFederation:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen(
-            [*icx_command(), *args],
+            [*self.command_prefix, *icx_command(), *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -270,7 +280,7 @@ class LocalFederation:
         listen_port = self.broker_port if port is None else port
         args = [
             "broker", "serve",
-            "--listen", f"127.0.0.1:{listen_port}",
+            "--listen", f"{self.host}:{listen_port}",
             "--db", str(self.db),
             "--metrics", "0",
             "--ready-file", str(ready),
@@ -303,7 +313,7 @@ class LocalFederation:
     def _peering(self) -> list[str]:
         if not self.peering:
             return []
-        args = ["--peer-listen", f"127.0.0.1:{self.peer_port}"]
+        args = ["--peer-listen", f"{self.host}:{self.peer_port}"]
         for address in self.peers:
             args += ["--peer", address]
         return args
