@@ -37,6 +37,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--republish-s", type=float, default=5.0)
     parser.add_argument("--silence-s", type=float, default=15.0)
     parser.add_argument("--redial-max-s", type=float, default=10.0)
+    parser.add_argument("--liveness-s", type=float, default=5.0)
+    parser.add_argument("--liveness-timeout-s", type=float, default=3.0)
     parser.add_argument("--test-drop-fraction", type=float, default=0.0)
     return parser.parse_args(argv)
 
@@ -74,6 +76,8 @@ async def _serve(args: argparse.Namespace) -> None:
         republish_s=args.republish_s,
         silence_s=args.silence_s,
         redial_max_s=args.redial_max_s,
+        liveness_s=args.liveness_s,
+        liveness_timeout_s=args.liveness_timeout_s,
         test_drop_fraction=args.test_drop_fraction,
     )
     async with PeerHost(config, Credentials.load(args.identity)) as host:

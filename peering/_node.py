@@ -65,6 +65,7 @@ log = logging.getLogger("peering")
 
 HELLO = TProtocol("/icx/peering/hello/1.0.0")
 PULL = TProtocol("/icx/peering/pull/1.0.0")
+PING = TProtocol("/icx/peering/ping/1.0.0")
 
 Deliver = Callable[[str, Summary], None]
 
@@ -151,6 +152,7 @@ class Node:
             self.host.get_network().register_notifee(_Notifee(self))
             self.rr.set_handler(HELLO, self._on_hello, BytesCodec(), self._rr_config)
             self.rr.set_handler(PULL, self._on_pull, BytesCodec(), self._rr_config)
+            self.rr.set_handler(PING, self._on_ping, BytesCodec(), self._rr_config)
             subscriptions = []
             for topic in self.config.topics:
                 validator = functools.partial(self._on_gossip, topic)
@@ -165,6 +167,7 @@ class Node:
                 for address in self.config.bootstrap:
                     nursery.start_soon(self._keep_dialling, address)
                 nursery.start_soon(self._puller)
+                nursery.start_soon(self._watch_liveness)
                 self.address = next(
                     (str(a) for a in self.host.get_addrs() if str(a).startswith("/ip4/")), ""
                 )
@@ -321,13 +324,55 @@ class Node:
     def _disconnected(self, peer: ID) -> None:
         if self.host.get_network().connections.get(peer):
             return
+        self._forget(peer)
+
+    def _forget(self, peer: ID) -> None:
+        """The peer is gone: unproven again, and its dialler (if any) dials anew."""
         member = self._members.pop(peer, None)
         self.metrics.peers.set(len(self._members))
-        who = f" ({member.describe()})" if member else ""
-        log.info("peering: disconnected from peer %s%s", peer, who)
+        if member is not None:  # once per proven peer (the close is reported again)
+            log.info("peering: disconnected from peer %s (%s)", peer, member.describe())
         gone = self._gone.pop(peer, None)
         if gone is not None:
             gone.set()
+
+    async def _on_ping(self, request: bytes, context: RequestContext) -> bytes:
+        return b"pong"
+
+    async def _watch_liveness(self) -> None:
+        """Ping every proven peer; close the connection of one that misses
+        `liveness_misses` pings in a row. A cut link leaves a TCP connection open for
+        minutes (its retransmissions back off to 2 min): closed, the dialler notices the
+        outage, logs it and reconnects soon after the link heals."""
+        missed: dict[ID, int] = {}
+        while True:
+            await trio.sleep(self.config.liveness_s)
+            for peer in list(self._members):
+                if await self._ping(peer):
+                    missed.pop(peer, None)
+                    continue
+                missed[peer] = missed.get(peer, 0) + 1
+                if missed[peer] >= self.config.liveness_misses:
+                    member = self._members.get(peer)
+                    log.warning(
+                        "peering: peer %s (%s) did not answer %d pings: closing its connection",
+                        peer,
+                        member.name if member else "?",
+                        missed.pop(peer),
+                    )
+                    with trio.move_on_after(self.config.dial_timeout_s):
+                        await self.host.disconnect(peer)
+                    if peer in self._members:  # the close did not go through: forget it
+                        self._forget(peer)
+
+    async def _ping(self, peer: ID) -> bool:
+        with trio.move_on_after(self.config.liveness_timeout_s):
+            try:
+                await self.rr.send_request(peer, [PING], b"ping", BytesCodec(), self._rr_config)
+                return True
+            except Exception:  # any failure of the exchange is a miss
+                return False
+        return False
 
     async def connect(self, address: str) -> Member:
         """Dial `address` (a multiaddr ending in /p2p/<peer id>) and exchange bindings."""

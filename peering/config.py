@@ -43,6 +43,11 @@ class PeeringConfig:
     redial_min_s: float = 0.25
     redial_max_s: float = 10.0
     dial_timeout_s: float = 5.0
+    # Each proven peer is pinged this often; one that misses this many pings in a row
+    # (each unanswered within the timeout) has its connection closed and re-dialled.
+    liveness_s: float = 5.0
+    liveness_timeout_s: float = 3.0
+    liveness_misses: int = 2
     # How long a binding of this host's peer id is valid (re-signed at half of it).
     binding_ttl_s: int = 3600
     # Test hook: the fraction of gossiped envelopes the receive path discards (relayed
@@ -74,6 +79,8 @@ class PeeringConfig:
             "pull_timeout_s",
             "redial_min_s",
             "dial_timeout_s",
+            "liveness_s",
+            "liveness_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidConfig(f"{name} must be > 0, got {getattr(self, name)}")
@@ -81,6 +88,8 @@ class PeeringConfig:
             raise InvalidConfig(
                 f"redial_max_s ({self.redial_max_s}) must be >= redial_min_s ({self.redial_min_s})"
             )
+        if self.liveness_misses < 1:
+            raise InvalidConfig(f"liveness_misses must be >= 1, got {self.liveness_misses}")
         if self.binding_ttl_s < 60:
             raise InvalidConfig(f"binding_ttl_s must be >= 60, got {self.binding_ttl_s}")
         if not 0 <= self.test_drop_fraction < 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -130,3 +131,31 @@ def test_processes_converge_and_a_restarted_host_is_redialled(tmp_path: Path) ->
     finally:
         for child in children:
             child.stop()
+
+
+def test_a_peer_that_stops_answering_is_cut_off_and_found_again(tmp_path: Path) -> None:
+    """A peer frozen in place (SIGSTOP: its TCP connection stays open, nothing answers)
+    misses its pings: its connection is closed, instead of lingering for the minutes TCP
+    takes to give up; resumed, it reconnects."""
+    fed = LocalFederation(root=tmp_path / "fed")
+    folders = {n: fed.member(n, Role.BROKER, region=n) for n in ("east", "west")}
+    fast = ("--liveness-s", "0.3", "--liveness-timeout-s", "0.3")
+    east = Child(folders["east"], tmp_path / "east.key", tmp_path / "east.log", *fast)
+    west = Child(folders["west"], tmp_path / "west.key", tmp_path / "west.log", "--peer",
+                 east.address, *fast)  # fmt: skip
+    try:
+
+        def peers(child: Child) -> int:
+            return int(child.ask(status=True)["counts"]["peers"])
+
+        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 20, "the two to peer")
+        west.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: peers(east) == 0, 10, "east to cut the silent peer off")
+        finally:
+            west.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 20, "the two to peer again")
+        assert "did not answer 2 pings" in (tmp_path / "east.log").read_text()
+    finally:
+        west.stop()
+        east.stop()
