@@ -191,6 +191,7 @@ class Peers:
         self._following: dict[JobId, _Following] = {}
         self.forwards_refused = 0
         self.handed_back = 0
+        self._silent: set[str] = set()  # peers whose summary expired (logged once)
         # Brokers caught equivocating (broker.witnessing): never matched nor forwarded to.
         self.distrusted: dict[str, str] = {}
         # Called with each forwarded job once it has ended here (its usage is collected).
@@ -210,6 +211,9 @@ class Peers:
             return False
         old = self.views.get(broker)
         self.views[broker] = summary
+        if broker in self._silent:
+            self._silent.discard(broker)
+            log.info("peer %s: heard from again (summary %d)", broker, version)
         if old is None:
             log.info(
                 "peer %s (%s) at %s: %d pools", broker, summary.region, summary.address,
@@ -228,7 +232,16 @@ class Peers:
 
     def capacity(self, at_ms: int, *, include_full: bool = False) -> Iterable[PoolCapacity]:
         for summary in list(self.views.values()):
+            if summary.broker in self.distrusted:
+                continue
             if not self.live(summary, at_ms):
+                if summary.broker not in self._silent:
+                    self._silent.add(summary.broker)
+                    log.warning(
+                        "peer %s: its summary is %.1f s old: its centers leave matching",
+                        summary.broker,
+                        (at_ms - summary.issued_at_ms) / 1000,
+                    )
                 continue
             for p in summary.pools:
                 free = max(0, p.free - self._since(p.ref, summary.issued_at_ms, at_ms))
