@@ -1,6 +1,7 @@
-"""`icx demo`: a federation of the 17 reference centers on this machine, a Philly-shaped
-workload through it, live progress, and the allocation by hub and center as the ledger
-recorded it."""
+"""`icx demo`: the 17 reference centers under the brokers of their 8 hubs on this machine,
+the brokers peering over libp2p; a Philly-shaped workload submitted at the hubs' brokers,
+live progress, where each job was submitted and where it ran, and the allocation by hub
+and center as the ledgers recorded it."""
 
 from __future__ import annotations
 
@@ -8,39 +9,72 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
-import textwrap
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli._output import EXIT_FAILED, EXIT_OK, command, print_json, print_table
-from core.errors import InvalidArgument
-from core.money import CURRENCY, format_major
-from core.states import JobState
-from core.types import CenterDescriptor, Job
-from core.views import CenterStatus
+from cli._demo_report import counts, print_report, summarise
+from cli._output import EXIT_FAILED, EXIT_OK, command, print_json
+from core.errors import InvalidArgument, Unavailable
+from core.types import CenterDescriptor, Job, JobSpec
 
 if TYPE_CHECKING:
     from cli.federation import LocalFederation
     from cli.slurm_local import LocalSlurm
     from client import BrokerClient
     from ledger import UsageRecord
+    from scenario import DemoJob
 
 STALL_S = 3.0
 # The demo's tenants: each submits its share of the workload as one of its users, and
 # the coordinator (who sees every tenant's jobs) watches the whole queue.
 TENANTS = ("lab-a", "lab-b", "lab-c")
-FIGURES = (
-    f"Figures are the ledger's: each run as its center metered and signed it (real "
-    f"device-seconds at the pool's price, in {CURRENCY}). The demo runs the trace's jobs "
-    "shortened to 1-5 s, so they are seconds of work, not the trace's hours, which a quote "
-    "prices."
-)
-_SUMS = ("jobs", "runs", "device_s", "charge_minor", "energy_wh", "carbon_g")
+# Where the workload is submitted: at every hub's broker, most at the eastern hubs, which
+# have the users and the data (the western ones have cheap, green power). Weights, in
+# the order the brokers start.
+SUBMIT_WEIGHTS = {"JJJ": 4, "YRD": 5, "GBA": 4, "CY": 2, "IM": 1, "GZ": 1, "GS": 1, "NX": 1}
+# The brokers start in waves, those of a wave side by side, each dialling every broker
+# of the waves before it: two, then the six others, each connected to both of the first.
+WAVES = (2, 6)
+# How long a broker may take to serve, or the centers to connect, or the brokers to see
+# each other's: generous, since the 25 processes share this machine's cores.
+START_S = 60.0
+# Centers lost after 5 s; summaries re-signed every 2 s, so a lost one is pulled after 6.
+BROKER_ARGS = ("--center-expiry-ms", "5000", "--republish-s", "2")
+# A one-device job of any model: a broker quotes it at every pool it knows of.
+_PROBE = JobSpec(accelerator="any", devices=1, estimated_s=60, command=("true",))
+
+
+def center_hub(center: CenterDescriptor) -> str:
+    """The hub whose broker a center joins: its own, or for a center in no hub (Wuhan,
+    Xi'an) the hub of its latency node (Wuhan's is Wuhu, YRD; Xi'an's Qingyang, GS)."""
+    from scenario import CENTER_NODE, HUB_NODES
+
+    if center.region in HUB_NODES:
+        return center.region
+    node = CENTER_NODE[center.center_id]
+    return next(hub for hub, nodes in HUB_NODES.items() if node in nodes)
+
+
+def submission_hubs(n: int, weights: Mapping[str, int] = SUBMIT_WEIGHTS) -> list[str]:
+    """The hub each of n jobs is submitted at: a smooth weighted round-robin (each hub
+    gets its share of every stretch of jobs, interleaved, the same every run)."""
+    total = sum(weights.values())
+    credit = dict.fromkeys(weights, 0)
+    out = []
+    for _ in range(n):
+        for hub, weight in weights.items():
+            credit[hub] += weight
+        hub = max(credit, key=lambda h: credit[h])
+        credit[hub] -= total
+        out.append(hub)
+    return out
 
 
 @dataclass(slots=True)
@@ -49,6 +83,7 @@ class Progress:
 
     quiet: bool
     tty: bool = field(default_factory=lambda: sys.stderr.isatty())
+    started: float = field(default_factory=time.monotonic)
     _last: float = 0.0
 
     def say(self, text: str) -> None:
@@ -58,6 +93,7 @@ class Progress:
     def update(self, text: str, final: bool = False) -> None:
         if self.quiet:
             return
+        text = f"[{time.monotonic() - self.started:5.1f}s] {text}"
         if self.tty:
             sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
             sys.stderr.flush()
@@ -66,157 +102,102 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def _counts(jobs: Iterable[Job]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for j in jobs:
-        counts[str(j.state)] = counts.get(str(j.state), 0) + 1
-    return counts
-
-
-def _progress_line(elapsed: float, submitted: int, total: int, counts: dict[str, int]) -> str:
+def _progress_line(submitted: int, total: int, jobs: Sequence[Job]) -> str:
     order = ("queued", "claimed", "running", "succeeded", "failed", "cancelled")
-    parts = " ".join(f"{s} {counts[s]}" for s in order if counts.get(s))
-    return f"[{elapsed:5.1f}s] submitted {submitted}/{total}  {parts}"
-
-
-def _zero(**keys: Any) -> dict[str, Any]:
-    return {**keys, **dict.fromkeys(_SUMS, 0), "currency": CURRENCY}
-
-
-def _total(rows: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any]:
-    total = _zero(**keys)
-    for row in rows:
-        for key in _SUMS:
-            total[key] += row[key]
-    return total
-
-
-def summarise(
-    jobs: Sequence[Job], centers: Sequence[CenterStatus], records: Iterable[UsageRecord]
-) -> dict[str, Any]:
-    """Allocation by center and hub: every center (those that ran nothing too) and a
-    totals row. Jobs are the broker's succeeded jobs; runs, device-seconds, charge,
-    energy and carbon are the ledger's usage records, as the centers signed them."""
-    by_center: dict[str, dict[str, Any]] = {
-        c.center.center_id: _zero(center_id=c.center.center_id, hub=c.center.region,
-                                  name=c.center.name)
-        for c in centers
-    }  # fmt: skip
-    for j in jobs:
-        if j.state == JobState.SUCCEEDED and j.center_id in by_center:
-            by_center[j.center_id]["jobs"] += 1
-    for r in records:
-        row = by_center.get(r.producer)
-        if row is None:  # a center of an earlier run of this database
-            continue
-        row["runs"] += 1
-        row["device_s"] += r.device_s
-        row["charge_minor"] += r.charge_minor
-        row["energy_wh"] += r.energy_wh
-        row["carbon_g"] += r.carbon_g
-    hubs: dict[str, list[dict[str, Any]]] = {}
-    for row in by_center.values():
-        hubs.setdefault(row["hub"], []).append(row)
-    by_hub = [_total(rows, hub=hub, centers=len(rows)) for hub, rows in hubs.items()]
-    counts = _counts(jobs)
-    return {
-        "jobs_submitted": len(jobs),
-        "jobs_succeeded": counts.get("succeeded", 0),
-        "jobs_failed": counts.get("failed", 0),
-        "jobs_cancelled": counts.get("cancelled", 0),
-        "jobs_unplaced": counts.get("queued", 0),
-        "jobs_unfinished": counts.get("claimed", 0) + counts.get("running", 0),
-        "unplaced": [
-            {"job_id": j.job_id, "reason": j.explanation or j.reason}
-            for j in jobs
-            if j.state == JobState.QUEUED
-        ],
-        "figures": FIGURES,
-        "by_hub": sorted(by_hub, key=lambda r: (-r["device_s"], r["hub"])),
-        "by_center": sorted(by_center.values(), key=lambda r: r["center_id"]),
-        "totals": _total(list(by_center.values()), centers=len(by_center)),
-    }
-
-
-def _allocation_rows(
-    rows: Sequence[dict[str, Any]], total: dict[str, Any], first: Sequence[str]
-) -> list[tuple[object, ...]]:
-    out: list[tuple[object, ...]] = []
-    for r in [*rows, total]:
-        out.append(
-            (*(r[k] for k in first), r["jobs"], r["runs"], r["device_s"],
-             format_major(r["charge_minor"]), r["energy_wh"], r["carbon_g"])
-        )  # fmt: skip
-    return out
-
-
-def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
-    print()
-    print(
-        f"{summary['jobs_submitted']} jobs: {summary['jobs_succeeded']} succeeded, "
-        f"{summary['jobs_failed']} failed, {summary['jobs_unplaced']} unplaceable, "
-        f"{summary['jobs_unfinished']} unfinished "
-        f"(up in {seconds['up']:.1f} s, all done in {seconds['total']:.1f} s)"
+    by_state = counts(jobs)
+    parts = " ".join(f"{s} {by_state[s]}" for s in order if by_state.get(s))
+    forwarded = sum(1 for j in jobs if j.broker)
+    return (
+        f"submitted {submitted}/{total}  {parts}{f'  (forwarded {forwarded})' if forwarded else ''}"
     )
-    money = ["JOBS", "RUNS", "DEVICE-S", f"CHARGE {CURRENCY}", "ENERGY WH", "CARBON G"]
-    totals = summary["totals"]
-    print()
-    print(textwrap.fill(FIGURES, width=88))
-    print("\nAllocation by hub:")
-    print_table(
-        ["HUB", "CENTERS", *money],
-        _allocation_rows(summary["by_hub"], {**totals, "hub": "total"}, ("hub", "centers")),
-    )
-    through = summary.get("slurm")
-    if through:
-        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(through["states"].items()))
-        print(
-            f"\nCenter {through['center']} ran its jobs through a real Slurm: "
-            f"{through['slurm_jobs']} Slurm jobs ({states or 'none'}); "
-            f"its logs in {through['root']}/log"
-        )
-    ledger = summary.get("ledger")
-    if ledger:
-        print(
-            f"\nLedger: {ledger['usage_records']} usage records, each signed by its center and "
-            f"countersigned by the broker;\n  checkpoint {ledger['origin']} size "
-            f"{ledger['entries']} root {ledger['root']}\n  audit it offline: "
-            f"icx ledger audit --db {ledger['db']}"
-        )
-    if summary["unplaced"]:
-        print("\nUnplaceable now (they stay queued, with the matcher's reason):")
-        for u in summary["unplaced"][:8]:
-            print(f"  {u['job_id']}: {u['reason']}")
-        if len(summary["unplaced"]) > 8:
-            print(f"  ... and {len(summary['unplaced']) - 8} more (icx jobs --state queued)")
-    print("\nBy center:")
-    print_table(
-        ["CENTER", "HUB", *money, "NAME"],
-        [
-            (*row, name)
-            for row, name in zip(
-                _allocation_rows(
-                    summary["by_center"],
-                    {**totals, "center_id": "total", "hub": ""},
-                    ("center_id", "hub"),
-                ),
-                [*(c["name"] for c in summary["by_center"]), ""],
-                strict=True,
+
+
+@dataclass(slots=True)
+class Hubs:
+    """The demo's federation: a broker per hub (in `SUBMIT_WEIGHTS`' order), each in
+    its own folder `ROOT/HUB` with its hub's centers, all admitted by one throw-away
+    root of trust in `ROOT/federation`."""
+
+    root: Path
+    brokers: dict[str, LocalFederation]
+    hub_of: dict[str, str]  # center id -> its hub
+
+    @classmethod
+    def plan(
+        cls, root: Path, centers: Sequence[CenterDescriptor], broker_args: tuple[str, ...]
+    ) -> Hubs:
+        from cli.federation import LocalFederation
+
+        brokers = {
+            hub: LocalFederation(
+                root=root / hub,
+                authority_root=root,
+                broker_name=f"broker-{hub}",
+                broker_region=hub,
+                broker_args=broker_args,
+                peering=True,
             )
-        ],
-    )
+            for hub in SUBMIT_WEIGHTS
+        }
+        return cls(root=root, brokers=brokers, hub_of={c.center_id: center_hub(c) for c in centers})
+
+    @property
+    def first(self) -> LocalFederation:
+        return next(iter(self.brokers.values()))
+
+    def centers_of(self, hub: str) -> list[str]:
+        return sorted(c for c, h in self.hub_of.items() if h == hub)
+
+    def start(self, port: int, start_agents: Callable[[str, LocalFederation], None]) -> None:
+        """Start the brokers in `WAVES`, those of a wave side by side, and each hub's
+        agents (`start_agents(hub, broker)`) as soon as its broker serves, while the next
+        wave starts. `port` (0: any) is the first broker's gRPC port, the others take the
+        next ones."""
+        from identity import Role
+
+        # Certificates first, one at a time (they share the root's folder).
+        for fed in self.brokers.values():
+            fed.member(fed.broker_name, Role.BROKER, region=fed.broker_region)
+        order = list(self.brokers.values())
+        ports = {fed.broker_name: port + i if port else 0 for i, fed in enumerate(order)}
+        started: list[LocalFederation] = []
+        for size in WAVES:
+            wave, order = order[:size], order[size:]
+            for fed in wave:
+                fed.peers = tuple(f.peer_address for f in started)
+            with ThreadPoolExecutor(len(wave)) as pool:
+                running = [
+                    pool.submit(fed.start_broker, ports[fed.broker_name], START_S) for fed in wave
+                ]
+                for done in running:
+                    done.result()
+            for fed in wave:
+                start_agents(fed.broker_region, fed)
+            started += wave
+
+    def stop(self) -> None:
+        """Every agent, then every broker: each signalled at once, then waited for."""
+        feds = self.brokers.values()
+        children = [c for fed in feds for c in fed.agents.values()]
+        children += [fed.broker for fed in feds if fed.broker is not None]
+        for child in children:
+            if child.alive():
+                child.proc.send_signal(signal.SIGTERM)
+        for fed in feds:
+            fed.stop()
 
 
 @command
 def demo(args: argparse.Namespace) -> int:
-    from cli.federation import LocalFederation
     from identity import Role
     from scenario import demo_workload, load_centers, region_latency_ms
 
+    _check(args)
+    centers = load_centers(scale=args.scale, min_devices=4)
+    slurm_center = _slurm_center(centers, args.slurm_center) if args.backend == "slurm" else None
     progress = Progress(quiet=args.json and not args.keep)
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="icx-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    centers = load_centers(scale=args.scale, min_devices=4)
     workload = demo_workload(args.jobs, span_s=args.span)
     policy = root / "policy.json"
     policy.write_text(
@@ -229,12 +210,9 @@ def demo(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
-    fed = LocalFederation(
-        root=root, broker_args=("--center-expiry-ms", "5000", "--policy", str(policy))
-    )
-    slurm_center = _slurm_center(centers, args.slurm_center) if args.backend == "slurm" else None
+    hubs = Hubs.plan(root, centers, (*BROKER_ARGS, "--policy", str(policy)))
     slurm: LocalSlurm | None = None
-    started = time.monotonic()
+    started = progress.started
     keep = False
     try:
         if slurm_center is not None:
@@ -244,65 +222,58 @@ def demo(args: argparse.Namespace) -> int:
             slurm = LocalSlurm(root=root / "slurm", gpus=gpus, cpus=max(16, gpus))
             progress.say(f"starting a one-node Slurm with {gpus} fake GPUs in {slurm.root}")
             slurm.start()
-        progress.say(f"starting a broker and {len(centers)} centers in {root}")
-        fed.start_broker(port=args.port)
-        for center in centers:
-            if slurm is not None and center is slurm_center:
-                progress.say(f"center {center.center_id} runs its jobs through Slurm")
-                fed.start_agent(center, backend_toml=slurm.backend_toml([center.pools[0].pool_id]))
-            else:
-                fed.start_agent(center)
+        progress.say(
+            f"starting {len(hubs.brokers)} hub brokers, peering over libp2p, and "
+            f"{len(centers)} centers in {root}"
+        )
+
+        def start_agents(hub: str, fed: LocalFederation) -> None:
+            for center in centers:
+                if hubs.hub_of[center.center_id] != hub:
+                    continue
+                if slurm is not None and center is slurm_center:
+                    progress.say(f"center {center.center_id} ({hub}) runs its jobs through Slurm")
+                    pools = [center.pools[0].pool_id]
+                    fed.start_agent(center, backend_toml=slurm.backend_toml(pools))
+                else:
+                    fed.start_agent(center)
+
+        hubs.start(args.port, start_agents)
         with contextlib.ExitStack() as clients:
-            # Over mutual TLS: the coordinator reads the queue, the allocation and the
-            # ledger; each tenant's user submits that tenant's jobs.
-            client = clients.enter_context(fed.client(role=Role.COORDINATOR))
-            users = {t: clients.enter_context(fed.client(t)) for t in TENANTS}
-            _wait_connected(client, len(centers), timeout_s=30)
+            # Over mutual TLS: the coordinator reads each broker's queue, allocation and
+            # ledger; each tenant's user submits that tenant's jobs at the hubs' brokers.
+            coordinators = {
+                hub: clients.enter_context(fed.client(role=Role.COORDINATOR))
+                for hub, fed in hubs.brokers.items()
+            }
+            users = _users(hubs, clients)
+            submitting = clients.enter_context(ThreadPoolExecutor(len(hubs.brokers)))
+            for hub, client in coordinators.items():
+                _wait_connected(client, len(hubs.centers_of(hub)), timeout_s=START_S)
+            _wait_meshed(coordinators, set(hubs.hub_of), timeout_s=START_S)
             up_s = time.monotonic() - started
             progress.say(
-                f"federation up in {up_s:.1f} s: broker {fed.address}, {len(centers)} centers"
+                f"federation up in {up_s:.1f} s: {len(hubs.brokers)} brokers, each seeing "
+                f"the {len(centers)} centers (its own, and its peers' through their summaries)"
             )
             if args.keep and args.jobs == 0:
                 keep = True
-                return _print_keep(fed, args.json)
+                return _print_keep(hubs, args.json)
             progress.say(
                 f"submitting {len(workload)} jobs shaped like the Philly trace "
-                f"over {args.span:.0f} s"
+                f"over {args.span:.0f} s at the {len(hubs.brokers)} hubs' brokers"
             )
-            t0 = time.monotonic()
-            ids: list[str] = []
-            pending = list(workload)
-            deadline = t0 + args.timeout
-            jobs: tuple[Job, ...] = ()
-            last_change, last_counts = time.monotonic(), dict[str, int]()
-            while time.monotonic() < deadline:
-                now = time.monotonic() - t0
-                while pending and pending[0].at_s <= now:
-                    user = users[TENANTS[len(ids) % len(TENANTS)]]
-                    ids.append(user.submit(pending.pop(0).spec).job_id)
-                jobs = client.list_jobs().jobs
-                counts = _counts(jobs)
-                done = sum(1 for j in jobs if j.state.terminal)
-                progress.update(
-                    _progress_line(time.monotonic() - started, len(ids), len(workload), counts)
-                )
-                if not pending and done == len(ids):
-                    break
-                # What is left can wait for capacity that will not come: nothing runs,
-                # and the queue has not moved for a while.
-                active = sum(counts.get(s, 0) for s in ("claimed", "running"))
-                if pending or active or counts != last_counts:
-                    last_change, last_counts = time.monotonic(), counts
-                elif time.monotonic() - last_change > STALL_S:
-                    break
-                time.sleep(0.25)
-            progress.update(
-                _progress_line(time.monotonic() - started, len(ids), len(workload), _counts(jobs)),
-                final=True,
-            )
+            submitted = _run(workload, users, coordinators, submitting, progress, args.timeout)
+            jobs = [j for hub_jobs in submitted.values() for j in hub_jobs]
             ran = sum(1 for j in jobs if j.state.terminal and j.center_id is not None)
-            ledger = _ledger_summary(client, fed, len(centers), ran)
-            summary = summarise(jobs, client.centers(), _ledger_records(Path(ledger["db"])))
+            ledger, records = _ledgers(hubs, coordinators, ran)
+            statuses = [c for client in coordinators.values() for c in client.centers()]
+            summary = summarise(submitted, statuses, hubs.hub_of, records)
+            summary["brokers"] = [
+                {"hub": hub, "broker": fed.broker_name, "address": fed.address,
+                 "centers": hubs.centers_of(hub), "jobs_submitted": len(submitted.get(hub, ()))}
+                for hub, fed in hubs.brokers.items()
+            ]  # fmt: skip
             summary["ledger"] = ledger
             if slurm is not None and slurm_center is not None:
                 summary["slurm"] = _slurm_summary(slurm, slurm_center.center_id)
@@ -313,7 +284,7 @@ def demo(args: argparse.Namespace) -> int:
             keep = True
             if not args.json:
                 print_report(summary, {"up": up_s, "total": total_s})
-            return _print_keep(fed, args.json)
+            return _print_keep(hubs, args.json)
         if args.json:
             print_json(summary)
         else:
@@ -325,7 +296,7 @@ def demo(args: argparse.Namespace) -> int:
             # Even when no one reads any more (`icx demo | head`), stop every process.
             with contextlib.suppress(BrokenPipeError):
                 progress.say("stopping the federation")
-            fed.stop()
+            hubs.stop()
             if slurm is not None:
                 slurm.stop()
             if not args.dir:  # a folder of our own, with the throw-away root key: gone
@@ -336,6 +307,111 @@ def demo(args: argparse.Namespace) -> int:
                 f"  kill {' '.join(map(str, slurm.pids))}",
                 file=sys.stderr,
             )
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse numbers out of range before anything starts."""
+    if args.jobs < 0:
+        raise InvalidArgument(f"--jobs must be 0 or more, got {args.jobs}")
+    if args.scale < 1:
+        raise InvalidArgument(f"--scale must be 1 or more, got {args.scale}")
+    if args.span < 0:
+        raise InvalidArgument(f"--span must be 0 or more seconds, got {args.span}")
+    if args.timeout <= 0:
+        raise InvalidArgument(f"--timeout must be more than 0 seconds, got {args.timeout}")
+    highest = 65535 - (len(SUBMIT_WEIGHTS) - 1)  # the brokers take port .. port + 7
+    if args.port != 0 and not 1 <= args.port <= highest:
+        raise InvalidArgument(
+            f"--port must be 0 (any free ones) or 1..{highest} (the {len(SUBMIT_WEIGHTS)} "
+            f"brokers take it and the next ones), got {args.port}"
+        )
+
+
+def _users(hubs: Hubs, clients: contextlib.ExitStack) -> dict[tuple[str, str], BrokerClient]:
+    """A client of every hub's broker for a user of every tenant: one member of each
+    tenant, admitted once, reaches any broker of the federation."""
+    from client import BrokerClient
+    from identity import Credentials, Role
+
+    out: dict[tuple[str, str], BrokerClient] = {}
+    for tenant in TENANTS:
+        member = hubs.first.member(f"{tenant}.user", Role.USER, tenant=tenant)
+        creds = Credentials.load(member)
+        for hub, fed in hubs.brokers.items():
+            out[hub, tenant] = clients.enter_context(BrokerClient(fed.address, creds))
+    return out
+
+
+def _run(
+    workload: Sequence[DemoJob],
+    users: Mapping[tuple[str, str], BrokerClient],
+    coordinators: Mapping[str, BrokerClient],
+    submitting: ThreadPoolExecutor,
+    progress: Progress,
+    timeout_s: float,
+) -> dict[str, tuple[Job, ...]]:
+    """Submit the workload as it arrives, each job at its hub's broker as one of the
+    tenants' users, and follow it until every job has ended, or what is left waits for
+    capacity that will not come, or `timeout_s`; each hub's jobs then."""
+    at_hub = submission_hubs(len(workload))
+    t0 = time.monotonic()
+    ids: list[str] = []
+    pending = list(workload)
+    submitted: dict[str, tuple[Job, ...]] = {}
+    jobs: list[Job] = []
+    last_change, last_counts = time.monotonic(), dict[str, int]()
+    while time.monotonic() < t0 + timeout_s:
+        now = time.monotonic() - t0
+        due: list[tuple[BrokerClient, JobSpec]] = []
+        while pending and pending[0].at_s <= now:
+            n = len(ids) + len(due)
+            user = users[at_hub[n], TENANTS[n % len(TENANTS)]]
+            due.append((user, pending.pop(0).spec))
+        ids += _submit(submitting, due)
+        submitted = _submitted(coordinators)
+        jobs = [j for hub_jobs in submitted.values() for j in hub_jobs]
+        by_state = counts(jobs)
+        done = sum(1 for j in jobs if j.state.terminal)
+        progress.update(_progress_line(len(ids), len(workload), jobs))
+        if not pending and done == len(ids):
+            break
+        # What is left can wait for capacity that will not come: nothing runs, and the
+        # queue has not moved for a while.
+        active = sum(by_state.get(s, 0) for s in ("claimed", "running"))
+        if pending or active or by_state != last_counts:
+            last_change, last_counts = time.monotonic(), by_state
+        elif time.monotonic() - last_change > STALL_S:
+            break
+        time.sleep(0.25)
+    progress.update(_progress_line(len(ids), len(workload), jobs), final=True)
+    return submitted
+
+
+def _submit(pool: ThreadPoolExecutor, due: Sequence[tuple[BrokerClient, JobSpec]]) -> list[str]:
+    """Submit the jobs due now, each broker's in turn and the brokers side by side (a
+    burst of the trace reaches every hub at once); their ids, in `due`'s order."""
+    by_broker: dict[str, list[int]] = {}
+    for i, (client, _) in enumerate(due):
+        by_broker.setdefault(client.address, []).append(i)
+    ids = [""] * len(due)
+
+    def submit(indexes: list[int]) -> None:
+        for i in indexes:
+            client, spec = due[i]
+            ids[i] = client.submit(spec).job_id
+
+    for done in [pool.submit(submit, indexes) for indexes in by_broker.values()]:
+        done.result()
+    return ids
+
+
+def _submitted(coordinators: Mapping[str, BrokerClient]) -> dict[str, tuple[Job, ...]]:
+    """Each hub's jobs that its broker took from users; a job forwarded there from
+    another hub is its home broker's."""
+    return {
+        hub: tuple(j for j in client.list_jobs().jobs if not j.home)
+        for hub, client in coordinators.items()
+    }
 
 
 def _slurm_center(centers: Sequence[CenterDescriptor], center_id: str) -> CenterDescriptor:
@@ -364,70 +440,104 @@ def _slurm_summary(slurm: LocalSlurm, center_id: str) -> dict[str, Any]:
     return {"center": center_id, "slurm_jobs": len(mine), "states": states, "root": str(slurm.root)}
 
 
-def _ledger_summary(
-    client: BrokerClient, fed: LocalFederation, centers: int, ran: int
-) -> dict[str, Any]:
-    """The signed usage log after the run. A center reports a run's usage just after the
-    run ends, so wait (up to 10 s) until the checkpoint holds a record for each of the
-    `ran` jobs that ended on a center."""
+def _ledgers(
+    hubs: Hubs, coordinators: Mapping[str, BrokerClient], ran: int
+) -> tuple[dict[str, Any], list[UsageRecord]]:
+    """Each hub broker's signed usage log after the run, and the usage records its
+    latest checkpoint covers. A center reports a run's usage to its own hub's broker just
+    after the run ends, so wait (up to 10 s) until the checkpoints hold a record for each
+    of the `ran` jobs that ended on a center."""
     from broker.ledger import ledger_paths
-
-    def usage_records(size: int) -> int:
-        return size - 1 - centers  # less the log's own key and each center's
 
     deadline = time.monotonic() + 10
     while True:
-        lines = client.checkpoint().splitlines()
-        size = int(lines[1])
-        if usage_records(size) >= ran or time.monotonic() > deadline:
-            break
+        brokers: list[dict[str, Any]] = []
+        records: list[UsageRecord] = []
+        for hub, client in coordinators.items():
+            lines = client.checkpoint().splitlines()
+            size = int(lines[1])
+            path = ledger_paths(hubs.brokers[hub].db)[0]
+            mine = _ledger_records(path, size)
+            records += mine
+            brokers.append(
+                {"hub": hub, "origin": lines[0], "entries": size, "usage_records": len(mine),
+                 "root": lines[2], "db": str(path)}
+            )  # fmt: skip
+        if len(records) >= ran or time.monotonic() > deadline:
+            return {"usage_records": len(records), "brokers": brokers}, records
         time.sleep(0.1)
-    return {
-        "entries": size,
-        "usage_records": usage_records(size),
-        "origin": lines[0],
-        "root": lines[2],
-        "db": str(ledger_paths(fed.db)[0]),
-    }
 
 
-def _ledger_records(path: Path) -> list[UsageRecord]:
-    """The usage records in the broker's ledger file, read with the ledger library (the
-    broker keeps writing it; SQLite's WAL lets this read alongside)."""
+def _ledger_records(path: Path, size: int) -> list[UsageRecord]:
+    """The usage records among the first `size` entries of a broker's ledger file, read
+    with the ledger library (the broker keeps writing it; SQLite's WAL lets this read
+    alongside)."""
     from ledger import LedgerStore, Log
 
     with LedgerStore(path) as store:
-        return [record for _, record in Log(store).records()]
+        return [record for _, record in Log(store).records(0, size)]
 
 
 def _wait_connected(client: BrokerClient, n: int, timeout_s: float) -> None:
-    from core.errors import Unavailable
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if sum(1 for c in client.centers() if c.connected and c.offer is not None) >= n:
             return
         time.sleep(0.1)
-    raise Unavailable(f"not all {n} centers connected within {timeout_s} s")
+    raise Unavailable(f"not all {n} centers connected to {client.address} within {timeout_s} s")
 
 
-def _print_keep(fed: LocalFederation, as_json: bool) -> int:
+def _wait_meshed(
+    coordinators: Mapping[str, BrokerClient], centers: set[str], timeout_s: float
+) -> None:
+    """Until every hub's broker quotes pools of all `centers`: its own, and every other
+    hub's through that hub's gossiped summary."""
+    deadline = time.monotonic() + timeout_s
+    missing = {hub: centers for hub in coordinators}
+    while True:
+        for hub in list(missing):
+            missing[hub] = centers - {q.center_id for q in coordinators[hub].quote(_PROBE)}
+            if not missing[hub]:
+                del missing[hub]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            unseen = "; ".join(f"{hub} not {' '.join(sorted(m))}" for hub, m in missing.items())
+            raise Unavailable(
+                f"the hubs' brokers did not all see each other's centers within {timeout_s} s "
+                f"({unseen}); see the brokers' logs"
+            )
+        time.sleep(0.1)
+
+
+def _print_keep(hubs: Hubs, as_json: bool) -> int:
     from identity import Role
 
+    first = hubs.first
+    feds = hubs.brokers.values()
     pids: dict[str, int | None] = {
-        "broker": fed.broker.pid if fed.broker else None,
-        **{f"agent-{cid}": child.pid for cid, child in fed.agents.items()},
+        **{fed.broker_name: fed.broker.pid if fed.broker else None for fed in feds},
+        **{f"agent-{cid}": child.pid for fed in feds for cid, child in fed.agents.items()},
     }
-    # Member folders to reach the broker with (--identity DIR or $ICX_CONFIG): the
-    # coordinator's, and a user of the first tenant's.
-    coordinator = fed.authority.folder / "coordinator"
-    user = fed.member(f"{TENANTS[0]}.user", Role.USER, tenant=TENANTS[0])
+    # Member folders to reach a broker with (--identity DIR or $ICX_CONFIG): the
+    # coordinator's, and a user of the first tenant's; both reach every hub's broker.
+    coordinator = first.authority.folder / "coordinator"
+    user = first.member(f"{TENANTS[0]}.user", Role.USER, tenant=TENANTS[0])
+    brokers = {
+        hub: {
+            "address": fed.address,
+            "db": str(fed.db),
+            "peer_address": fed.peer_address,
+            "metrics_port": fed.metrics_port,
+            "centers": hubs.centers_of(hub),
+        }
+        for hub, fed in hubs.brokers.items()
+    }
     info = {
-        "broker": fed.address,
-        "db": str(fed.db),
-        "root": str(fed.root),
-        "metrics_port": fed.metrics_port,
-        "federation": str(fed.authority.folder),
+        "broker": first.address,
+        "brokers": brokers,
+        "root": str(hubs.root),
+        "federation": str(first.authority.folder),
         "coordinator": str(coordinator),
         "user": {"tenant": TENANTS[0], "identity": str(user)},
         "pids": pids,
@@ -438,24 +548,32 @@ def _print_keep(fed: LocalFederation, as_json: bool) -> int:
     pid_list = " ".join(str(p) for p in pids.values() if p)
     # The command as this shell can run it (make demo runs the one in .venv/bin).
     icx = "icx" if shutil.which("icx") else str(Path(sys.executable).parent / "icx")
+    listing = "\n".join(
+        f"  {hub:<4} {fed.address:<16} {' '.join(hubs.centers_of(hub))}"
+        for hub, fed in hubs.brokers.items()
+    )
+    hub = first.broker_region
     print(
         f"""
-The federation keeps running over mutual TLS (logs in {fed.root}/logs).
-As the coordinator (sees every tenant's jobs, reads rounds and the whole ledger):
-  export ICX_BROKER={fed.address}
+The federation keeps running over mutual TLS: a broker per hub, peering over libp2p,
+each with its hub's centers (logs in {hubs.root}/HUB/logs):
+{listing}
+As the coordinator (sees every tenant's jobs, reads rounds and the whole ledger), at {hub}:
+  export ICX_BROKER={first.address}
   {icx} whoami --identity {coordinator}
-  {icx} centers --identity {coordinator}    # the 17 centers and their free devices
-  {icx} jobs --all --identity {coordinator} # every tenant's jobs, newest first
+  {icx} centers --identity {coordinator}    # {hub}'s own centers and their free devices
+  {icx} jobs --all --identity {coordinator} # every tenant's jobs submitted or run at {hub}
   {icx} admin dump-round --identity {coordinator} --out round.json
-As a user of tenant {TENANTS[0]} (submits, sees and cancels only {TENANTS[0]}'s jobs):
+  {icx} federation peers --identity {coordinator} # the other hubs' brokers, as {hub} hears them
+As a user of tenant {TENANTS[0]} (submits, sees and cancels only {TENANTS[0]}'s jobs), at any hub:
   export ICX_CONFIG={user}
-  {icx} quote --devices 2 --accelerator ascend-910 --hours 1
+  {icx} quote --devices 2 --accelerator ascend-910 --hours 1   # every hub's pools
   {icx} submit --devices 2 --accelerator ascend-910 --hours 1 -- sh -c 'echo hi; sleep 5'
-  {icx} jobs        # newest first
-  {icx} logs -f JOB # follow a job's output
+  {icx} jobs        # newest first; a job run at another hub names its broker
+  {icx} logs -f JOB # follow a job's output, wherever it runs
   {icx} ledger checkpoint
-  curl -s 127.0.0.1:{fed.metrics_port}/metrics | grep icx_
-The federation's root and its coordinator are in {fed.authority.folder}.
+  curl -s 127.0.0.1:{first.metrics_port}/metrics | grep icx_
+The federation's root and its coordinator are in {first.authority.folder}.
 Stop it with:
   kill {pid_list}"""
     )
@@ -465,12 +583,14 @@ Stop it with:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the 17 reference centers and a Philly-shaped workload on this machine",
+        help="run the 17 reference centers under their 8 hubs' brokers and a Philly-shaped "
+        "workload on this machine",
         description=(
-            "Start a broker and the 17 reference centers as local processes (SQLite in a "
-            "temporary folder), submit a workload shaped like the Philly GPU trace, show "
-            "progress, print the allocation by hub and center as the broker's ledger "
-            "recorded it, and stop."
+            "Start a broker for each of the 8 hubs, peering over libp2p, and the 17 "
+            "reference centers under their hubs' brokers as local processes (SQLite in a "
+            "temporary folder), submit a workload shaped like the Philly GPU trace at the "
+            "hubs' brokers, show progress, print where each hub's jobs ran and the "
+            "allocation by hub and center as the brokers' ledgers recorded it, and stop."
         ),
     )
     p.add_argument(
@@ -506,7 +626,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --backend slurm: the center that uses Slurm (default: the largest "
         "center with one pool)",
     )
-    p.add_argument("--port", type=int, default=0, help="broker port (default: any free one)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the first hub's broker port, the others' the next ones (default: any free ones)",
+    )
     p.add_argument(
         "--dir",
         help="keep the databases and logs here (default: a temporary folder, removed at the end "

@@ -1,4 +1,5 @@
-"""`icx demo` as a script would run it: a small workload, one JSON summary at the end."""
+"""`icx demo` as a script would run it: the 17 reference centers under their 8 hubs'
+brokers, a small workload submitted at the hubs, one JSON summary at the end."""
 
 from __future__ import annotations
 
@@ -6,17 +7,38 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli._demo_report import print_report
+from cli.demo import SUBMIT_WEIGHTS, center_hub, submission_hubs
+from client import BrokerClient
+from identity import Credentials
+from scenario import load_centers
+
+HUBS = list(SUBMIT_WEIGHTS)
 
 
-def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """One demo of 40 jobs in a folder of its own (TMPDIR points into the test's)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "TMPDIR": str(tmp)}
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--jobs", "40", "--span", "3",
-         "--dir", str(tmp_path / "demo"), "--json"],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "cli.main", "demo", "--jobs", "40", "--span", "3", "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout)
+    yield tmp, json.loads(result.stdout)
+
+
+def test_the_demo_runs_a_workload_over_the_reference_centers(
+    run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, summary = run
     assert summary["jobs_submitted"] == 40
     assert summary["jobs_unfinished"] == 0
     assert summary["jobs_failed"] == 0
@@ -26,9 +48,10 @@ def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None
     assert sum(c["jobs"] for c in summary["by_center"]) == placed
     assert sum(h["jobs"] for h in summary["by_hub"]) == placed
     assert len(summary["by_center"]) == 17  # every center, those that ran nothing too
+    assert sorted(h["hub"] for h in summary["by_hub"]) == sorted(HUBS)  # the hubs' brokers
     assert sum(1 for c in summary["by_center"] if c["jobs"]) >= 5  # the work spreads
     assert summary["ledger"]["usage_records"] == placed  # one signed record per run
-    # The allocation is the ledger's: each run as its center signed it, in CNY.
+    # The allocation is the ledgers': each run as its center signed it, in CNY.
     totals = summary["totals"]
     assert (totals["centers"], totals["jobs"], totals["currency"]) == (17, placed, "CNY")
     assert totals["runs"] == summary["ledger"]["usage_records"]
@@ -39,56 +62,151 @@ def test_demo_runs_a_workload_over_the_reference_centers(tmp_path: Path) -> None
     assert summary["figures"].startswith("Figures are the ledger's")
     for u in summary["unplaced"]:
         assert u["reason"]  # every job left in the queue says why
-    # Shut down cleanly: nothing left running from this demo.
+
+
+def test_jobs_submitted_at_one_hub_run_at_another(run: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = run
+    table = summary["cross_hub"]
+    assert table["hubs"] == HUBS
+    rows = {r["submitted_at"]: r for r in table["rows"]}
+    assert list(rows) == HUBS
+    for row in rows.values():  # every job once: where it ran, or not run
+        assert sum(row["ran_at"].values()) + row["not_run"] == row["jobs"]
+        assert row["jobs"] >= 1  # every hub's broker took jobs from users
+    assert sum(r["jobs"] for r in rows.values()) == summary["jobs_submitted"]
+    assert sum(r["not_run"] for r in rows.values()) == summary["jobs_unplaced"]
+    forwarded = sum(
+        n for r in rows.values() for to, n in r["ran_at"].items() if to != r["submitted_at"]
+    )
+    assert table["forwarded"] == forwarded >= 1
+    # No job failed or was cancelled, so what ran at a hub is what its ledger holds.
+    ran = {h["hub"]: h for h in summary["by_hub"]}
+    for hub in HUBS:
+        assert sum(r["ran_at"][hub] for r in rows.values()) == ran[hub]["jobs"] == ran[hub]["runs"]
+    # Every hub's broker took part: its jobs, its centers, its own signed log.
+    brokers = {b["hub"]: b for b in summary["brokers"]}
+    assert list(brokers) == HUBS
+    for hub, b in brokers.items():
+        assert b["broker"] == f"broker-{hub}"
+        assert b["jobs_submitted"] == rows[hub]["jobs"]
+        assert b["centers"]
+    assert sorted(c for b in brokers.values() for c in b["centers"]) == sorted(
+        c["center_id"] for c in summary["by_center"]
+    )
+    ledgers = {b["hub"]: b for b in summary["ledger"]["brokers"]}
+    assert list(ledgers) == HUBS
+    for hub, ledger in ledgers.items():
+        assert ledger["origin"].endswith(f"broker-{hub}")
+        assert ledger["usage_records"] == ran[hub]["runs"]
+
+
+def test_the_report_shows_where_each_hubs_jobs_ran(
+    run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, summary = run
+    print_report(summary, {"up": 1.0, "total": 2.0})
+    out = capsys.readouterr().out.splitlines()
+    header = out.index(next(line for line in out if line.startswith("SUBMITTED AT")))
+    assert out[header].split()[2:] == [*HUBS, "NOT", "RUN", "JOBS"]
+    table = out[header + 1 : header + 2 + len(HUBS)]
+    assert [line.split()[0] for line in table] == [*HUBS, "total"]
+    assert int(table[-1].split()[-1]) == 40
+    assert f"{summary['cross_hub']['forwarded']} of the" in out[header + 2 + len(HUBS)]
+    assert "Allocation by hub:" in out
+    assert "By center:" in out
+
+
+def test_a_demo_in_a_folder_of_its_own_leaves_nothing_behind(
+    run: tuple[Path, dict[str, Any]],
+) -> None:
+    """Without --dir or --keep the demo's folder (databases, logs, the throw-away
+    federation's root key) goes with it, and so does every process it started."""
+    tmp, _ = run
+    assert list(tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(tmp_path / "demo") not in ps
+    assert str(tmp) not in ps
 
 
 def test_demo_keep_json_prints_what_a_script_needs(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "demo", "--keep", "--jobs", "0", "--json",
          "--dir", str(tmp_path / "kept")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout)
     pids = info["pids"]
     try:
-        assert info["db"] == str(tmp_path / "kept" / "broker.db")
-        assert len(pids) == 18  # the broker and 17 agents
+        assert len(pids) == 25  # the 8 brokers and 17 agents
+        assert sorted(p for p in pids if p.startswith("broker-")) == sorted(
+            f"broker-{hub}" for hub in HUBS
+        )
+        brokers = info["brokers"]
+        assert list(brokers) == HUBS
+        assert info["broker"] == brokers[HUBS[0]]["address"]
         assert info["coordinator"] == str(tmp_path / "kept" / "federation" / "coordinator")
-        listed = subprocess.run(
-            [sys.executable, "-m", "cli.main", "centers", "--json", "--broker", info["broker"],
-             "--identity", info["coordinator"]],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert listed.returncode == 0, listed.stderr
-        assert len(json.loads(listed.stdout)) == 17
-        # The user it names is a user of its tenant, over TLS.
+        coordinator = Credentials.load(Path(info["coordinator"]))
+        for hub, b in brokers.items():
+            assert b["db"] == str(tmp_path / "kept" / hub / "broker.db")
+            with BrokerClient(b["address"], coordinator) as c:
+                assert sorted(s.center.center_id for s in c.centers()) == b["centers"]
+        assert sorted(c for b in brokers.values() for c in b["centers"]) == sorted(
+            c.center_id for c in load_centers()
+        )
+        # The user it names is a user of its tenant, over TLS, at any hub's broker; its
+        # quote there lists every hub's centers (the brokers see each other's).
+        user = Credentials.load(Path(info["user"]["identity"]))
+        with BrokerClient(brokers[HUBS[-1]]["address"], user) as c:
+            me = c.whoami()
+            assert (me.role, me.tenant, me.authenticated) == ("user", info["user"]["tenant"], True)
         who = subprocess.run(
-            [sys.executable, "-m", "cli.main", "whoami", "--json", "--broker", info["broker"],
+            [sys.executable, "-m", "cli.main", "quote", "--json", "--accelerator", "any",
+             "--devices", "1", "--hours", "1", "--broker", info["broker"],
              "--identity", info["user"]["identity"]],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert who.returncode == 0, who.stderr
-        me = json.loads(who.stdout)
-        assert (me["role"], me["tenant"], me["authenticated"]) == (
-            "user",
-            info["user"]["tenant"],
-            True,
-        )
+        quoted = {line["center_id"] for line in json.loads(who.stdout)}
+        assert quoted == {c.center_id for c in load_centers()}
     finally:
         subprocess.run(["kill", *(str(p) for p in pids.values())], check=False)
 
 
-def test_a_demo_in_a_folder_of_its_own_leaves_nothing_behind(tmp_path: Path) -> None:
-    """Without --dir or --keep the demo's folder (databases, logs, the throw-away
-    federation's root key) goes with it."""
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--port", "65530"], "--port must be 0 (any free ones) or 1..65528"),
+        (["--scale", "0"], "--scale must be 1 or more, got 0"),
+        (["--jobs", "-1"], "--jobs must be 0 or more, got -1"),
+        (["--backend", "slurm", "--slurm-center", "CN03"], "no such center with one pool"),
+    ],
+    ids=["port", "scale", "jobs", "slurm-center"],
+)
+def test_bad_flags_are_refused_before_anything_starts(
+    tmp_path: Path, flags: list[str], error: str
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "demo", "--jobs", "5", "--span", "1", "--json"],
-        capture_output=True, text=True, timeout=180, env=env,
+        [sys.executable, "-m", "cli.main", "demo", *flags, "--dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["jobs_submitted"] == 5
-    assert list(tmp_path.iterdir()) == []
+    assert result.returncode == 2
+    assert result.stderr.startswith("icx: error: ") and error in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_every_center_joins_its_hubs_broker() -> None:
+    hubs: dict[str, str] = {c.center_id: center_hub(c) for c in load_centers()}
+    assert set(hubs.values()) == set(HUBS)
+    # The centers in no hub join the hub of their latency node.
+    assert (hubs["CN02"], hubs["CN03"], hubs["CN05"]) == ("YRD", "YRD", "GS")
+    assert (hubs["CN07"], hubs["CN16"]) == ("JJJ", "NX")
+
+
+def test_jobs_are_submitted_at_every_hub_by_its_weight() -> None:
+    at = submission_hubs(38)
+    assert at == submission_hubs(38)  # the same every run
+    assert {h: at.count(h) for h in HUBS} == {h: 2 * w for h, w in SUBMIT_WEIGHTS.items()}
+    assert set(submission_hubs(19)) == set(HUBS)  # every hub within one round
+    assert at[:4] == ["YRD", "JJJ", "GBA", "CY"]  # interleaved, heaviest first
+    assert submission_hubs(0) == []
