@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 import grpc
@@ -23,15 +22,17 @@ from broker.ledger import BrokerLedger
 from broker.peers import Peers
 from broker.witnessing import Witnessing
 from core.clock import Clock
-from core.errors import IcxError
+from core.errors import IcxError, PermissionDenied
 from core.states import TERMINAL
 from core.types import Job, JobId
 from icx.v1 import federation_pb2, federation_pb2_grpc
+from ledger.bundle import ProofBundle
+from ledger.signing import SignedRecord
 
 log = logging.getLogger("icx.broker.acceptance")
 
 # After a forwarded job ends: ask its owner for the records then, and again.
-ASK_AFTER_S = (0.5, 2.0, 5.0, 15.0, 60.0)
+ASK_AFTER_S = (0.5, 2.0, 5.0, 15.0, 60.0, 300.0)
 RESUME_WITHIN_MS = 3_600_000
 
 
@@ -53,17 +54,17 @@ class Acceptance:
         self.clock = clock
         self.ask_after_s = ask_after_s
         self.accepted = 0
-        self._tasks: dict[JobId, asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[JobId, str], asyncio.Task[None]] = {}
 
-    def ended(self, job: Job) -> None:
-        """A forwarded job ended here: collect its records from its owner."""
-        if not job.broker or job.job_id in self._tasks:
+    def ended(self, job: Job, owner: str) -> None:
+        """A forwarded job is done at `owner` (ended, handed back, cancelled): collect
+        the records of what ran there."""
+        key = (job.job_id, owner)
+        if not owner or key in self._tasks:
             return
-        task = asyncio.create_task(
-            self._collect(job.job_id, job.broker), name=f"accept-{job.job_id}"
-        )
-        self._tasks[job.job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.job_id, None))
+        task = asyncio.create_task(self._collect(job, owner), name=f"accept-{job.job_id}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     def resume(self) -> int:
         """Collect again for forwarded jobs that ended recently (after a restart)."""
@@ -74,7 +75,7 @@ class Acceptance:
             if j.broker and j.state in TERMINAL and j.updated_at_ms >= since
         ]
         for job in recent:
-            self.ended(job)
+            self.ended(job, job.broker)
         return len(recent)
 
     async def close(self) -> None:
@@ -84,11 +85,12 @@ class Acceptance:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _collect(self, job_id: JobId, owner: str) -> None:
+    async def _collect(self, job: Job, owner: str) -> None:
+        job_id = job.job_id
         for delay in self.ask_after_s:
             await asyncio.sleep(delay)
             try:
-                await self._ask(job_id, owner)
+                await self._ask(job, owner)
             except grpc.aio.AioRpcError as exc:
                 log.info("records of job %s at %s: %s (asking again)", job_id, owner, exc.details())
             except IcxError as exc:
@@ -96,7 +98,8 @@ class Acceptance:
             except Exception:
                 log.exception("accepting the records of job %s from %s failed", job_id, owner)
 
-    async def _ask(self, job_id: JobId, owner: str) -> None:
+    async def _ask(self, job: Job, owner: str) -> None:
+        job_id = job.job_id
         key = self.witnessing.log_key(owner)
         channel = self.peers.channel(owner)
         if key is None or channel is None or owner in self.peers.distrusted:
@@ -104,7 +107,14 @@ class Acceptance:
         stub = federation_pb2_grpc.FederationServiceStub(channel)
         reply = await stub.JobRecords(federation_pb2.JobRecordsRequest(job_id=job_id), timeout=10)
         for text in reply.bundles_json:
-            accepted_id = f"{key.name}#{json.loads(text)['index']}"
+            bundle = ProofBundle.from_json(text)
+            record = SignedRecord.from_entry(bundle.leaf).record
+            if record.job_id != job_id or record.consumer != job.tenant:
+                raise PermissionDenied(
+                    f"{owner} answered for job {job_id} (tenant {job.tenant}) with a record of "
+                    f"job {record.job_id} (tenant {record.consumer})"
+                )
+            accepted_id = f"{key.name}#{bundle.index}"
             if await self.ledger.has_accepted(accepted_id):
                 continue
             index = await self.ledger.accept(owner, text, key)

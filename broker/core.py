@@ -206,6 +206,8 @@ class Broker:
         if why:
             return why, held
         if held is None:
+            if job.tenant in self.centers.descriptors:
+                raise PermissionDenied(f"tenant {job.tenant!r} is the name of a center here")
             held = await self.jobs.adopt(
                 Job(
                     job_id=job.job_id,

@@ -75,10 +75,14 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             await abort(context, exc)
             return
         event_seq, log_seq = request.after_event_seq, request.after_log_seq
+        # The state of the last committed event read (those the caller holds included).
+        held = [e for e in self.broker.events_after(job_id, 0) if e.seq <= event_seq]
+        committed: JobState | None = held[-1].state if held else None
         while True:
             changed = self.broker.change_event(job_id)
             job = self.broker.get(job_id)
             sent = False
+            # Output and events are read from the store: what is there is committed.
             for chunk in self.broker.logs_after(job_id, log_seq):
                 log_seq = chunk.seq
                 sent = True
@@ -87,14 +91,18 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 )
             for event in self.broker.events_after(job_id, event_seq):
                 event_seq = event.seq
+                committed = event.state
                 sent = True
                 yield federation_pb2.FollowJobResponse(
                     event=wire.event_to_proto(event), job=wire.job_to_proto(job)
                 )
             if not sent:  # the state as it is, so that the caller knows where it stands
                 yield federation_pb2.FollowJobResponse(job=wire.job_to_proto(job))
-            if job.state.terminal or job.state == JobState.QUEUED:
-                return  # ended, or handed back: the home broker takes it from here
+            final = job.state.terminal or job.state == JobState.QUEUED
+            if final and committed == job.state:
+                # Ended (or handed back), and that change committed: the output written
+                # before it is committed too (a store keeps its writes' order), and sent.
+                return
             await changed.wait()
 
     @unary
@@ -139,7 +147,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     region=summary.region,
                     address=summary.address,
                     version=summary.version,
-                    age_ms=max(0, now - summary.issued_at_ms),
+                    age_ms=max(0, summary.age_ms(now)),
                     centers=len({p.ref.center_id for p in summary.pools}),
                     devices_free=sum(p.free for p in summary.pools),
                     live=peers.live(summary, now),

@@ -44,6 +44,9 @@ log = logging.getLogger("icx.broker.peers")
 # The summary payload's format (its "v" field); a summary of another is dropped.
 SUMMARY_FORMAT = 1
 
+# How long a forward may take to be answered (the owner commits, then claims).
+FORWARD_TIMEOUT_S = 5.0
+
 # Re-sending a forward or re-following a job after a failure: from min to max, doubling.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
@@ -70,6 +73,12 @@ class PeerSummary:
     issued_at_ms: int
     version: int
     pools: tuple[PoolCapacity, ...]
+    heard_at_ms: int = 0  # by this broker's clock
+
+    def age_ms(self, at_ms: int) -> int:
+        """How old the summary is: since its broker signed it, or since it was heard if
+        that is longer ago (a broker whose clock runs ahead cannot stay believed)."""
+        return max(at_ms - self.issued_at_ms, at_ms - self.heard_at_ms)
 
 
 def summary_payload(region: str, address: str, pools: Iterable[PoolCapacity]) -> bytes:
@@ -192,10 +201,12 @@ class Peers:
         self.forwards_refused = 0
         self.handed_back = 0
         self._silent: set[str] = set()  # peers whose summary expired (logged once)
+        self._closing = False
         # Brokers caught equivocating (broker.witnessing): never matched nor forwarded to.
         self.distrusted: dict[str, str] = {}
-        # Called with each forwarded job once it has ended here (its usage is collected).
-        self.on_ended: Callable[[Job], None] | None = None
+        # Called with a forwarded job and a broker it ran at, once it is done there (its
+        # usage there is collected).
+        self.on_ended: Callable[[Job, str], None] | None = None
 
     # ------------------------------------------------------------ summaries
 
@@ -209,6 +220,7 @@ class Peers:
         except InvalidArgument as exc:
             log.warning("peer %s: summary %d dropped: %s", broker, version, exc)
             return False
+        summary = replace(summary, heard_at_ms=self.clock.now_ms())
         old = self.views.get(broker)
         self.views[broker] = summary
         if broker in self._silent:
@@ -222,9 +234,7 @@ class Peers:
         return True
 
     def live(self, summary: PeerSummary, at_ms: int) -> bool:
-        return (
-            at_ms - summary.issued_at_ms < self.expiry_ms and summary.broker not in self.distrusted
-        )
+        return summary.age_ms(at_ms) < self.expiry_ms and summary.broker not in self.distrusted
 
     def distrust(self, broker: str, reason: str) -> None:
         """Match nothing at `broker` and forward nothing there from now on."""
@@ -240,7 +250,7 @@ class Peers:
                     log.warning(
                         "peer %s: its summary is %.1f s old: its centers leave matching",
                         summary.broker,
-                        (at_ms - summary.issued_at_ms) / 1000,
+                        summary.age_ms(at_ms) / 1000,
                     )
                 continue
             for p in summary.pools:
@@ -309,12 +319,16 @@ class Peers:
             self._start(job.job_id, self._relay_cancel(job))
             return
         following.task.cancel()
-        following.task.add_done_callback(lambda _: self._start(job.job_id, self._relay_cancel(job)))
+        following.task.add_done_callback(
+            lambda _: None if self._closing else self._start(job.job_id, self._relay_cancel(job))
+        )
 
-    def _ended(self, job_id: JobId) -> None:
+    def _ended(self, job_id: JobId, owner: str) -> None:
+        """The job is done at `owner` (ended, handed back, cancelled): its usage there
+        is collected."""
         job = self.jobs.find(job_id)
         if job is not None and self.on_ended is not None:
-            self.on_ended(job)
+            self.on_ended(job, owner)
 
     def _start(self, job_id: JobId, work: Coroutine[None, None, None]) -> None:
         task = asyncio.create_task(work, name=f"peer-{job_id}")
@@ -334,6 +348,7 @@ class Peers:
         return out, into
 
     async def close(self) -> None:
+        self._closing = True  # no relay starts from a follower cancelled here
         for following in list(self._following.values()):
             following.task.cancel()
         for following in list(self._following.values()):
@@ -361,14 +376,18 @@ class Peers:
     async def _follow(self, job_id: JobId) -> None:
         delay = RETRY_MIN_S
         forwarded = False
+        # Whether any forward so far may have reached the owner: until one may have, a
+        # refusal is final and an owner gone for good can be given up on.
+        maybe_delivered = False
         while True:
             job = self.jobs.find(job_id)
             if job is None or not job.broker or job.state not in ACTIVE:
                 return
-            stub = self._stub(job.broker)
+            peer = job.broker
+            stub = self._stub(peer)
             try:
                 if stub is None:
-                    raise _Unreachable(f"no summary of {job.broker} yet")
+                    raise _Unreachable(f"no summary of {peer} yet")
                 if not forwarded and job.state == JobState.CLAIMED:
                     reply = await stub.ForwardJob(
                         federation_pb2.ForwardJobRequest(
@@ -377,82 +396,119 @@ class Peers:
                             pool_id=job.pool_id or "",
                             explanation=job.explanation,
                         ),
-                        timeout=5.0,
+                        timeout=FORWARD_TIMEOUT_S,
                     )
                     if not reply.accepted:
                         self.forwards_refused += 1
-                        await self._requeue(
-                            job, f"{job.broker} refused the forward: {reply.reason}", lost=False
-                        )
+                        if (j := self._release(job_id)) is not None:
+                            why = f"{peer} refused the forward: {reply.reason}"
+                            await self._requeue(j, why, lost=False)
                         return
-                    log.info("job %s accepted by %s", job_id, job.broker)
-                forwarded = True
-                if await self._mirror(stub, job_id):
+                    log.info("job %s accepted by %s", job_id, peer)
+                forwarded = maybe_delivered = True
+                if await self._mirror(stub, job_id, peer):
                     return
             except (grpc.aio.AioRpcError, _Unreachable) as exc:
-                peer = job.broker
                 what = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                if not forwarded and _never(exc):
-                    # The peer will never take it: match it again here.
-                    job = self.jobs.find(job_id)
-                    if job is not None and job.state == JobState.CLAIMED:
-                        self.forwards_refused += 1
-                        await self._requeue(job, f"{peer} refused: {what}", lost=False)
-                        return
-                following = self._following.get(job_id)
-                if following is not None and following.failing != what:
-                    following.failing = what
-                    log.warning("job %s at %s: %s; retrying", job_id, peer, what)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(RETRY_MAX_S, delay * 2)
+                never_sent = isinstance(exc, _Unreachable) or _not_sent(exc)
+                if not forwarded and not maybe_delivered and _never(exc):
+                    # The peer will never take it, and no earlier forward reached it.
+                    self.forwards_refused += 1
+                    if (j := self._release(job_id)) is not None:
+                        await self._requeue(j, f"{peer} refused: {what}", lost=False)
+                    return
+                maybe_delivered = maybe_delivered or not never_sent
+                if not maybe_delivered and not self._believed(peer):
+                    # No forward ever left, and its broker is out of matching: match again.
+                    if (j := self._release(job_id)) is not None:
+                        why = f"{peer} unreachable; the forward never reached it"
+                        await self._requeue(j, why, lost=False)
+                    return
+                self._failing(job_id, peer, what)
+            except Exception as exc:  # a store or a message error: logged, then retried
+                self._failing(job_id, peer, repr(exc), unexpected=True)
+            else:
+                delay = RETRY_MIN_S
                 continue
-            delay = RETRY_MIN_S
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(RETRY_MAX_S, delay * 2)
 
-    async def _mirror(self, stub: federation_pb2_grpc.FederationServiceStub, job_id: JobId) -> bool:
+    def _failing(self, job_id: JobId, peer: str, what: str, *, unexpected: bool = False) -> None:
+        """Log a follower's failure once per kind of failure, not every retry."""
+        following = self._following.get(job_id)
+        if following is not None and following.failing != what:
+            following.failing = what
+            if unexpected:
+                log.exception("job %s at %s: %s; retrying", job_id, peer, what)
+            else:
+                log.warning("job %s at %s: %s; retrying", job_id, peer, what)
+
+    def _believed(self, peer: str) -> bool:
+        summary = self.views.get(peer)
+        return summary is not None and self.live(summary, self.clock.now_ms())
+
+    def _release(self, job_id: JobId) -> Job | None:
+        """Before the follower's last change to the job (requeue, end): it leaves
+        `_following`, since a round may claim the job again while that change commits,
+        and that claim must get a follower of its own. The job, if still active."""
+        following = self._following.get(job_id)
+        if following is not None and following.task is asyncio.current_task():
+            del self._following[job_id]
+        job = self.jobs.find(job_id)
+        return job if job is not None and job.state in ACTIVE else None
+
+    async def _mirror(
+        self, stub: federation_pb2_grpc.FederationServiceStub, job_id: JobId, peer: str
+    ) -> bool:
         """Follow the job at its broker until the stream ends; True once it is settled
-        here (ended, or handed back and queued again)."""
+        here (ended, or handed back and queued again). Output is kept as it comes, a
+        start at once; an end (or a hand-back) only once the stream has ended, the owner
+        having sent all of the job's output first."""
         stream = stub.FollowJob(
             federation_pb2.FollowJobRequest(job_id=job_id, after_log_seq=self.jobs.log_seq(job_id))
         )
+        there: Job | None = None
         async for item in stream:
             if item.HasField("log"):
-                self.jobs.append_log(wire.log_from_proto(item.log))
+                chunk = wire.log_from_proto(item.log)
+                if chunk.job_id != job_id:
+                    raise InvalidArgument(f"{peer} sent output of job {chunk.job_id} for {job_id}")
+                self.jobs.append_log(chunk)
             there = wire.job_from_proto(item.job)
-            if await self._apply(job_id, there):
-                return True
-        return False
+            if there.job_id != job_id:
+                raise InvalidArgument(f"{peer} sent job {there.job_id} for {job_id}")
+            if there.state == JobState.RUNNING:
+                await self._started(job_id, there)
+        if there is None or there.state not in (JobState.QUEUED, *TERMINAL):
+            return False  # the stream ended early: follow again
+        await self._ended_there(job_id, there, peer)
+        return True
 
-    async def _apply(self, job_id: JobId, there: Job) -> bool:
-        """The owner's state of the job, here; True once settled."""
+    async def _started(self, job_id: JobId, there: Job) -> None:
         job = self.jobs.find(job_id)
-        if job is None or job.state not in ACTIVE or job.broker == "":
-            return True
-        where = f"at {job.broker}"
-        if there.state == JobState.QUEUED:
-            self.handed_back += 1
-            await self._requeue(
-                job,
-                f"handed back by {job.broker}: {there.reason}",
-                lost=job.state == JobState.RUNNING,
-            )
-            return True
-        if there.state == JobState.RUNNING and job.state == JobState.CLAIMED:
+        if job is not None and job.state == JobState.CLAIMED and job.broker:
             await self.jobs.transition(
                 job,
                 JobState.RUNNING,
-                f"{where}: {there.reason}",
+                f"at {job.broker}: {there.reason}",
                 device_indices=there.device_indices,
                 attempts=job.attempts + 1,
             )
-            return False
-        if there.state in TERMINAL:
-            await self._finish(job, there.state, there.exit_code, f"{where}: {there.reason}")
-            self._ended(job_id)
-            return True
-        return False
+
+    async def _ended_there(self, job_id: JobId, there: Job, peer: str) -> None:
+        """The owner ended the job, or handed it back (queued there again)."""
+        job = self._release(job_id)
+        if job is not None and there.state == JobState.QUEUED:
+            self.handed_back += 1
+            why = f"handed back by {peer}: {there.reason}"
+            await self._requeue(job, why, lost=job.state == JobState.RUNNING)
+        elif job is not None:
+            await self._finish(job, there.state, there.exit_code, f"at {peer}: {there.reason}")
+        self._ended(job_id, peer)  # what ran there, if anything, is billed there
 
     async def _relay_cancel(self, job: Job) -> None:
         delay = RETRY_MIN_S
+        failing = ""
         while True:
             stub = self._stub(job.broker)
             try:
@@ -462,13 +518,18 @@ class Peers:
                     federation_pb2.CancelForwardedRequest(job_id=job.job_id), timeout=5.0
                 )
                 log.info("job %s: cancel relayed to %s", job.job_id, job.broker)
-                self._ended(job.job_id)  # it may have run for a while: collect its usage
+                self._ended(job.job_id, job.broker)  # it may have run: collect its usage
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                     return  # never arrived there, or ended there already
-            except _Unreachable:
-                pass
+                what = exc.details() or exc.code().name
+            except _Unreachable as exc:
+                what = str(exc)
+            if what != failing:
+                failing = what
+                log.warning("job %s: relaying the cancel to %s: %s; retrying", job.job_id,
+                            job.broker, what)  # fmt: skip
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(RETRY_MAX_S, delay * 2)
 
@@ -480,6 +541,15 @@ def _never(exc: Exception) -> bool:
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+def _not_sent(exc: Exception) -> bool:
+    """gRPC failed the call before sending it: no connection to the peer could be made."""
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in (exc.details() or "").lower()
     )
 
 

@@ -26,7 +26,7 @@ from broker.ledger import BrokerLedger
 from broker.peers import Peers, summary_payload
 from broker.service import AdminServicer, BrokerServicer, LedgerServicer
 from broker.sqlite_store import SqliteStore
-from broker.witnessing import Witnessing, announcement, witness_key
+from broker.witnessing import Witnessing, announcement, log_origin, witness_key
 from core.errors import FailedPrecondition
 from icx.v1 import (
     admin_pb2,
@@ -120,8 +120,15 @@ class BrokerServer:
         self.credentials, self.trust = _membership(options)
         self.store = SqliteStore(options.db)
         origin = options.name
-        if options.peering is not None and origin == DEFAULT_ORIGIN and self.credentials:
-            origin = f"icx/{self.credentials.member.name}"  # one log per broker, by its name
+        if options.peering is not None and self.credentials is not None:
+            # A federated broker's log is named after it, so that its peers can tell whose
+            # log a checkpoint belongs to (broker.witnessing).
+            origin = log_origin(self.credentials.member.name)
+            if options.name not in (DEFAULT_ORIGIN, origin):
+                raise FailedPrecondition(
+                    f"a peering broker's log is named after it ({origin}), not {options.name!r}:"
+                    " leave out --name"
+                )
         self.ledger = BrokerLedger(options.db, origin=origin, witnesses=options.witnesses)
         self.broker = Broker(
             self.store,
@@ -147,6 +154,12 @@ class BrokerServer:
             raise FailedPrecondition(
                 "peering needs the broker's membership (--identity): peers accept only "
                 "admitted brokers"
+            )
+        wildcard = options.listen.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::")
+        if options.peering is not None and wildcard and not options.advertise:
+            raise FailedPrecondition(
+                f"--listen {options.listen} is every address: give --advertise HOST:PORT, "
+                "the address (in the broker's certificate) that peers forward jobs to"
             )
 
     async def start(self) -> None:
@@ -292,6 +305,7 @@ class BrokerServer:
             return
         region = self.credentials.member.region
         last = b""
+        failing = ""
         while True:
             at = self.broker.clock.now_ms()
             payload = summary_payload(
@@ -301,17 +315,23 @@ class BrokerServer:
                 try:
                     await self.host.publish(self._topic, payload)
                     last = payload
-                except Exception:
-                    log.exception("publishing the offer summary failed")
+                    failing = ""
+                except Exception as exc:
+                    if repr(exc) != failing:  # once per kind of failure, not every tick
+                        failing = repr(exc)
+                        log.exception("publishing the offer summary failed")
             await asyncio.sleep(SUMMARY_CHECK_S)
 
     async def close_peering(self) -> None:
+        """The host first (nothing more is heard), then what works on what it heard."""
+        if self.host is not None:
+            await self.host.stop()
+        if self.witnessing is not None:
+            await self.witnessing.close()
         if self.acceptance is not None:
             await self.acceptance.close()
         if self.peers is not None:
             await self.peers.close()
-        if self.host is not None:
-            await self.host.stop()
 
     def _keep_revocations(self, taken: Revocations) -> None:
         """Keep the newest revocation list beside the broker's identity, so that a

@@ -8,8 +8,10 @@ broker cosigned for that log (fetched from the log's broker), and the cosignatur
 sent back there (LedgerService.AddCosignature), where it is kept because the cosigner's
 key came the same way.
 
-Two different roots for one origin and size, a checkpoint that does not extend the last
-one cosigned, or a log key that changes: an equivocation alarm. It is logged, counted
+A federated broker's log is named after it (`icx/<broker>`): an announcement of another
+log is dropped. An older checkpoint than the one cosigned is ignored (a lagging relay).
+Two different roots for one origin and size, a larger checkpoint that does not extend
+the last one cosigned, or a log key that changes: an equivocation alarm. It is logged, counted
 (`icx_equivocations`), its evidence (both signed notes) is stored in a file, and the log's
 broker is no longer trusted: its pools leave matching, nothing more is forwarded there,
 its checkpoints are no longer cosigned.
@@ -21,6 +23,7 @@ fork of what it cosigned before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -51,6 +54,12 @@ class LogAnnouncement:
     log_key: str
     witness_key: str
     note: str
+
+
+def log_origin(broker: str) -> str:
+    """The origin of a federated broker's log: named after the broker, so that the log
+    and its keys are bound to the membership that announces them."""
+    return f"icx/{broker}"
 
 
 def announcement(origin: str, log_key: str, witness_key: str, note: str) -> bytes:
@@ -118,6 +127,13 @@ class Witnessing:
         known = self.logs.get(broker)
         return None if known is None else VerifierKey.parse(known[1])
 
+    async def close(self) -> None:
+        for task in list(self._working.values()):
+            task.cancel()
+        for task in list(self._working.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     # ------------------------------------------------------------ state
 
     def _load(self) -> None:
@@ -155,6 +171,16 @@ class Witnessing:
         except (ValueError, KeyError, TypeError, LedgerError) as exc:
             log.warning("peer %s: checkpoint announcement dropped: %s", broker, exc)
             return
+        if said.origin != log_origin(broker):
+            # A broker's log is named after it: another name would let one broker speak
+            # for another's log (and have it blamed for the mismatch).
+            log.warning(
+                "peer %s: checkpoint announcement for log %s dropped: its log is %s",
+                broker,
+                said.origin,
+                log_origin(broker),
+            )
+            return
         known = self.logs.get(broker)
         if known is not None and known != (said.origin, said.log_key):
             self._alarm(
@@ -189,6 +215,8 @@ class Witnessing:
             return
         new = Checkpoint.from_text(parse_note(said.note).text)
         previous = self.witness.latest.get(said.origin)
+        if previous is not None and new.size < previous[0].size:
+            return  # an older checkpoint (a lagging relay, a replay): nothing to cosign
         same = previous is not None and (previous[0].size, previous[0].root) == (new.size, new.root)
         if same and self._delivered.get(said.origin) == new.size:
             return  # cosigned, and the cosignature kept there

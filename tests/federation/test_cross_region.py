@@ -132,3 +132,13 @@ def test_usage_is_accepted_at_home_and_the_federation_settles_to_zero(
             "ledger", "audit", "--db", str(ledger_paths(fed.db)[0]), "--root", str(root), "--json"
         )
         assert audit.returncode == 0, audit.stderr
+
+
+def test_all_of_a_forwarded_jobs_output_reaches_home(three: dict[str, LocalFederation]) -> None:
+    """Output written just before the job ends is all at home once it has ended there."""
+    with three["east"].client("lab-a") as c:
+        job = c.submit(_spec("import sys\nfor i in range(300): print(f'line {i}', flush=True)"))
+        done = wait_for(lambda: (j := c.get_job(job.job_id)).state.terminal and j, 30, "end")
+        assert (done.state, done.broker) == (JobState.SUCCEEDED, "broker-west")
+        out = b"".join(i.data for i in c.watch(job.job_id, include_logs=True) if hasattr(i, "data"))
+    assert out.decode().splitlines() == [f"line {i}" for i in range(300)]

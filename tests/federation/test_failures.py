@@ -85,7 +85,7 @@ def test_two_brokers_forwarding_on_one_stale_summary_book_the_device_once(
     with three[loser].client("lab-a") as c:
         events: list[JobEvent] = [e for e in c.watch(done[loser].job_id) if isinstance(e, JobEvent)]
     assert any("refused the forward" in e.message for e in events), [e.message for e in events]
-    assert done[loser].center_id == f"{loser}-1"  # re-matched at home
+    assert done[loser].center_id in ("east-1", "central-1")  # re-matched elsewhere
     runs = _runs(out)
     assert len(runs) == 2  # each job ran once
     west = [r for r in runs if r["center"] == "west-1"]
@@ -115,3 +115,30 @@ def test_the_owner_killed_mid_run_loses_and_repeats_nothing(
     assert done.state == JobState.SUCCEEDED, done.reason
     [run] = _runs(out)  # ran once, to its end, at west
     assert run["center"] == "west-1" and run["end"]
+
+
+def test_a_forward_that_never_left_is_matched_again_once_the_owner_is_gone(
+    three: dict[str, LocalFederation], tmp_path: Path
+) -> None:
+    """The owner dies before a forward reaches it: the connection is refused, so nothing
+    was delivered; once its summary expires the job is matched again elsewhere."""
+    east, west = three["east"], three["west"]
+    out = tmp_path / "runs"
+    out.mkdir()
+    with east.client("lab-a") as c:
+        wait_for(lambda: any(q.center_id == "west-1" for q in c.quote(_spec())), 20, "west")
+        assert west.broker is not None
+        west.broker.kill()
+        job = c.submit(_spec(out, seconds=0.5))  # type: ignore[arg-type]
+        done = wait_for(
+            lambda: (j := c.get_job(job.job_id)).state.terminal and j, 30, "the job to end"
+        )
+        events = [e.message for e in c.watch(job.job_id) if isinstance(e, JobEvent)]
+    assert done.state == JobState.SUCCEEDED, done.reason
+    assert done.center_id in ("east-1", "central-1") and done.broker == ""
+    # Matched at west first (its summary still believed), then matched again.
+    assert any("forwarded to broker-west" in m for m in events), events
+    assert any("the forward never reached it" in m for m in events), events
+    [run] = _runs(out)
+    assert run["center"] == done.center_id
+    west.start_broker()

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from broker.ledger import ledger_paths
 from broker.witnessing import announcement
 from cli.federation import LocalFederation
 from identity import Credentials, Role
-from ledger import Checkpoint, SignerKey, sign_checkpoint
+from ledger import Checkpoint, LedgerStore, SignerKey, sign_checkpoint
 from ledger.note import parse_note
 from peering import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeerHost, PeeringConfig
 from tests.conftest import make_center, run_icx, wait_centers, wait_for
@@ -72,9 +73,9 @@ def test_each_broker_cosigns_the_others_checkpoints(
     assert verified.returncode == 0, verified.stderr
 
 
-async def _publish_forged(west: LocalFederation, east_address: str, payload: bytes) -> None:
-    """Publish `payload` on the checkpoints topic as broker-west (its membership key),
-    from another libp2p host, as a broker that shows two histories would."""
+async def _publish_forged(west: LocalFederation, east_address: str, *payloads: bytes) -> None:
+    """Publish `payloads` in turn on the checkpoints topic as broker-west (its membership
+    key), from another libp2p host, as a broker that shows two histories would."""
     config = PeeringConfig(
         bootstrap=(east_address,),
         topics=(SUMMARIES_TOPIC, CHECKPOINTS_TOPIC),
@@ -83,8 +84,30 @@ async def _publish_forged(west: LocalFederation, east_address: str, payload: byt
     creds = Credentials.load(west.member("broker-west", Role.BROKER, region="west"))
     async with PeerHost(config, creds) as host:
         await host.connect(east_address)
-        await host.publish(CHECKPOINTS_TOPIC, payload)
-        await asyncio.sleep(1.5)  # let the mesh carry it before the host leaves
+        for payload in payloads:
+            await host.publish(CHECKPOINTS_TOPIC, payload)
+            await asyncio.sleep(1.5)  # let the mesh carry it before the next, or the end
+
+
+def test_an_older_checkpoint_or_another_brokers_log_raises_no_alarm(
+    pair: dict[str, LocalFederation],
+) -> None:
+    """West's own older checkpoint (as a lagging relay would bring it) is ignored, and an
+    announcement by west of a log not named after it is dropped: neither blames anyone."""
+    east, west = pair["east"], pair["west"]
+    size = wait_for(lambda: _cosigned_size(east, "icx/broker-west"), 20, "a cosigned size")
+    log_key = SignerKey.parse(west.db.with_name(west.db.name + ".ledger.key").read_text())
+    with LedgerStore(ledger_paths(west.db)[0]) as store:
+        older = min((c for c in store.checkpoints() if c[0] < size), key=lambda c: c[0])[1]
+    witness = SignerKey.parse(west.db.with_suffix(".witness-key").read_text()).verifier.text()
+    stale = announcement("icx/broker-west", log_key.verifier.text(), witness, older)
+    squat = announcement("icx/broker-east", log_key.verifier.text(), witness, older)
+    asyncio.run(_publish_forged(west, east.peer_address, stale, squat))
+    east_log = east.root / "logs" / "broker.log"
+    wait_for(lambda: "for log icx/broker-east dropped" in east_log.read_text(), 20, "the drop")
+    assert not (east.db.parent / f"{east.db.stem}.evidence").exists()
+    assert _witness_state(east).get("distrusted", {}) == {}
+    assert _cosigned_size(east, "icx/broker-west") >= size
 
 
 def test_a_broker_that_signs_two_trees_of_one_size_is_caught(
