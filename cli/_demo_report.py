@@ -153,6 +153,30 @@ def print_cross_hub(table: dict[str, Any]) -> None:
     print(textwrap.fill(forwarded, width=88))
 
 
+def print_settlement(s: dict[str, Any]) -> None:
+    """What each hub owes the hubs that ran its forwarded jobs, from the ledgers."""
+    cur = s["currency"]
+    print(
+        f"\nSettlement between hubs, {s['period']} (each home hub's ledger accepted "
+        f"{s['accepted_records']} of the {s['forwarded_records']} records of its forwarded "
+        "runs, each checked against the owner hub's log):"
+    )
+    print_table(
+        ["PAYER HUB", "PAYEE HUB", f"AMOUNT {cur}", "RECORDS"],
+        [(f["payer"], f["payee"], format_major(f["amount_minor"]), f["records"])
+         for f in s["flows"]],
+    )  # fmt: skip
+    nets = ", ".join(f"{h} {format_major(n)}" for h, n in s["hub_positions"].items())
+    print(
+        textwrap.fill(
+            f"Net by hub: {nets}. Positions sum to {format_major(s['hub_positions_sum_minor'])} "
+            f"{cur} between hubs and {format_major(s['positions_sum_minor'])} {cur} between "
+            "tenants and centers.",
+            width=88,
+        )
+    )
+
+
 def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
     print()
     print(
@@ -162,10 +186,9 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
         f"(up in {seconds['up']:.1f} s, all done in {seconds['total']:.1f} s)"
     )
     print_cross_hub(summary["cross_hub"])
-    # The settlement between hubs goes here, as summary["settlement"] from demo's
-    # `_ledgers`: what each hub owes the hubs that ran its forwarded jobs, and each hub's
-    # net position, as the ledgers settle them (ledger.settlement.federation_view over
-    # every hub broker's log).
+    settlement = summary.get("settlement")
+    if settlement:
+        print_settlement(settlement)
     money = ["JOBS", "RUNS", "DEVICE-S", f"CHARGE {CURRENCY}", "ENERGY WH", "CARBON G"]
     totals = summary["totals"]
     print()

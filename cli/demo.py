@@ -275,6 +275,9 @@ def demo(args: argparse.Namespace) -> int:
                 for hub, fed in hubs.brokers.items()
             ]  # fmt: skip
             summary["ledger"] = ledger
+            forwarded = {j.job_id for j in jobs if j.broker}
+            owed = sum(1 for r in records if r.job_id in forwarded)
+            summary["settlement"] = _settlement(hubs, owed, _period())
             if slurm is not None and slurm_center is not None:
                 summary["slurm"] = _slurm_summary(slurm, slurm_center.center_id)
         total_s = time.monotonic() - started
@@ -466,6 +469,57 @@ def _ledgers(
         if len(records) >= ran or time.monotonic() > deadline:
             return {"usage_records": len(records), "brokers": brokers}, records
         time.sleep(0.1)
+
+
+def _period() -> str:
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+def _settlement(hubs: Hubs, owed: int, period: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The period across the hubs, from every hub broker's ledger: what each hub owes the
+    hubs that ran its forwarded jobs and the net positions, once the home brokers have
+    accepted the `owed` records of those runs (each asks the owner after the job ends),
+    or after `timeout_s`. Every accepted record is checked against its owner's log."""
+    from broker.ledger import ledger_paths
+    from ledger import LedgerStore, Log
+    from ledger.settlement import federation_view
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stores = [LedgerStore(ledger_paths(fed.db)[0]) for fed in hubs.brokers.values()]
+        try:
+            view = federation_view(
+                [
+                    Log(store).region(fed.broker_name)
+                    for store, fed in zip(stores, hubs.brokers.values(), strict=True)
+                ],
+                period=period,
+            )
+        finally:
+            for store in stores:
+                store.close()
+        if view.accepted >= owed or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    hub = {fed.broker_name: name for name, fed in hubs.brokers.items()}
+    return {
+        "period": period,
+        "currency": view.currency,
+        "accepted_records": view.accepted,
+        "forwarded_records": owed,
+        "flows": [
+            {
+                "payer": hub[payer],
+                "payee": hub[payee],
+                "amount_minor": amount,
+                "records": len(view.statements[payer].region_entries[(payer, payee)]),
+            }
+            for (payer, payee), amount in sorted(view.regions.items())
+        ],
+        "hub_positions": {hub[p]: n for p, n in sorted(view.region_positions.items())},
+        "positions_sum_minor": sum(view.positions.values()),
+        "hub_positions_sum_minor": sum(view.region_positions.values()),
+    }
 
 
 def _ledger_records(path: Path, size: int) -> list[UsageRecord]:

@@ -100,6 +100,25 @@ def test_jobs_submitted_at_one_hub_run_at_another(run: tuple[Path, dict[str, Any
         assert ledger["usage_records"] == ran[hub]["runs"]
 
 
+def test_the_hubs_settle_the_forwarded_runs_to_zero(run: tuple[Path, dict[str, Any]]) -> None:
+    """Each home hub's ledger accepted the records of its jobs that ran at another hub;
+    what the hubs owe each other is what those runs were charged, and it nets to zero."""
+    _, summary = run
+    settlement = summary["settlement"]
+    assert settlement["forwarded_records"] >= 1
+    assert settlement["accepted_records"] == settlement["forwarded_records"]
+    flows = settlement["flows"]
+    assert flows and all(f["payer"] != f["payee"] for f in flows)
+    assert sum(f["records"] for f in flows) == settlement["accepted_records"]
+    assert settlement["hub_positions_sum_minor"] == 0
+    assert settlement["positions_sum_minor"] == 0
+    assert sum(settlement["hub_positions"].values()) == 0
+    # The hubs that ran others' jobs are owed for them; the homes owe.
+    rows = {r["submitted_at"]: r for r in summary["cross_hub"]["rows"]}
+    for f in flows:
+        assert rows[f["payer"]]["ran_at"][f["payee"]] >= 1
+
+
 def test_the_report_shows_where_each_hubs_jobs_ran(
     run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -114,6 +133,8 @@ def test_the_report_shows_where_each_hubs_jobs_ran(
     assert f"{summary['cross_hub']['forwarded']} of the" in out[header + 2 + len(HUBS)]
     assert "Allocation by hub:" in out
     assert "By center:" in out
+    assert any(line.startswith("Settlement between hubs") for line in out)
+    assert "Positions sum to 0.00 CNY between hubs" in " ".join(out)
 
 
 def test_a_demo_in_a_folder_of_its_own_leaves_nothing_behind(
