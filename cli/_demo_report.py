@@ -154,26 +154,31 @@ def print_cross_hub(table: dict[str, Any]) -> None:
 
 
 def print_settlement(s: dict[str, Any]) -> None:
-    """What each hub owes the hubs that ran its forwarded jobs, from the ledgers."""
+    """What each hub owes the hubs that ran its forwarded jobs, and is owed, from the
+    ledgers (every pair of hubs in the JSON's `flows`)."""
     cur = s["currency"]
-    print(
-        f"\nSettlement between hubs, {s['period']} (each home hub's ledger accepted "
-        f"{s['accepted_records']} of the {s['forwarded_records']} records of its forwarded "
-        "runs, each checked against the owner hub's log):"
+    text = (
+        f"Settlement between hubs, {s['period']}: each home hub's ledger accepted "
+        f"{s['accepted_records']} of the {s['forwarded_records']} usage records of its "
+        "forwarded runs, each checked against the entry in the owner hub's log."
     )
+    print("\n" + textwrap.fill(text, width=88))
+    rows: dict[str, list[int]] = {hub: [0, 0, 0, 0] for hub in s["hub_positions"]}
+    for f in s["flows"]:
+        rows[f["payer"]][0] += f["amount_minor"]
+        rows[f["payer"]][2] += f["records"]
+        rows[f["payee"]][1] += f["amount_minor"]
+        rows[f["payee"]][3] += f["records"]
     print_table(
-        ["PAYER HUB", "PAYEE HUB", f"AMOUNT {cur}", "RECORDS"],
-        [(f["payer"], f["payee"], format_major(f["amount_minor"]), f["records"])
-         for f in s["flows"]],
-    )  # fmt: skip
-    nets = ", ".join(f"{h} {format_major(n)}" for h, n in s["hub_positions"].items())
+        ["HUB", f"OWES {cur}", f"IS OWED {cur}", f"NET {cur}", "RECORDS OUT", "RECORDS IN"],
+        [
+            (hub, format_major(o), format_major(i), format_major(s["hub_positions"][hub]), ro, ri)
+            for hub, (o, i, ro, ri) in rows.items()
+        ],
+    )
     print(
-        textwrap.fill(
-            f"Net by hub: {nets}. Positions sum to {format_major(s['hub_positions_sum_minor'])} "
-            f"{cur} between hubs and {format_major(s['positions_sum_minor'])} {cur} between "
-            "tenants and centers.",
-            width=88,
-        )
+        f"Positions sum to {format_major(s['hub_positions_sum_minor'])} {cur} between hubs and "
+        f"{format_major(s['positions_sum_minor'])} {cur} between tenants and centers."
     )
 
 
