@@ -169,6 +169,7 @@ class Broker:
             expiry_ms=expiry_ms,
             requeue=self._requeue,
             finish=self._finish,
+            metrics=self.metrics,
         )
         self.peers = peers
         self.rounds.sources = [*self.rounds.sources, peers]

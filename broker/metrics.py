@@ -48,6 +48,22 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.forwards = Counter(
+            "icx_forwards",
+            "Jobs this broker forwarded to peer brokers, by outcome: accepted, refused (by the"
+            " owner's own view), handed_back (after acceptance), never_delivered (the owner"
+            " gone before any forward reached it)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("accepted", "refused", "handed_back", "never_delivered"):
+            self.forwards.labels(outcome=outcome)
+        self.peer_brokers = Gauge(
+            "icx_peer_brokers",
+            "Peer brokers whose summary this broker holds, by whether it is still believed",
+            ["live"],
+            registry=self.registry,
+        )
         self.cosigned = Counter(
             "icx_checkpoints_cosigned",
             "Peer brokers' checkpoints this broker cosigned as a witness",

@@ -30,6 +30,7 @@ import grpc
 
 from broker.capacity import PoolCapacity
 from broker.jobs import ACTIVE, JobBook
+from broker.metrics import Metrics
 from core import wire
 from core.clock import Clock
 from core.errors import InvalidArgument
@@ -186,6 +187,7 @@ class Peers:
         expiry_ms: int,
         requeue: Requeue,
         finish: Finish,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.jobs = jobs
@@ -198,8 +200,9 @@ class Peers:
         self._sent: dict[PoolRef, list[_Sent]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._following: dict[JobId, _Following] = {}
-        self.forwards_refused = 0
-        self.handed_back = 0
+        self.metrics = metrics or Metrics()
+        self.metrics.peer_brokers.labels(live="yes").set_function(lambda: self._count(True))
+        self.metrics.peer_brokers.labels(live="no").set_function(lambda: self._count(False))
         self._silent: set[str] = set()  # peers whose summary expired (logged once)
         self._closing = False
         # Brokers caught equivocating (broker.witnessing): never matched nor forwarded to.
@@ -232,6 +235,10 @@ class Peers:
                 len(summary.pools),
             )  # fmt: skip
         return True
+
+    def _count(self, live: bool) -> int:
+        at = self.clock.now_ms()
+        return sum(1 for s in self.views.values() if self.live(s, at) == live)
 
     def live(self, summary: PeerSummary, at_ms: int) -> bool:
         return summary.age_ms(at_ms) < self.expiry_ms and summary.broker not in self.distrusted
@@ -399,12 +406,13 @@ class Peers:
                         timeout=FORWARD_TIMEOUT_S,
                     )
                     if not reply.accepted:
-                        self.forwards_refused += 1
+                        self.metrics.forwards.labels(outcome="refused").inc()
                         if (j := self._release(job_id)) is not None:
                             why = f"{peer} refused the forward: {reply.reason}"
                             await self._requeue(j, why, lost=False)
                         return
                     log.info("job %s accepted by %s", job_id, peer)
+                    self.metrics.forwards.labels(outcome="accepted").inc()
                 forwarded = maybe_delivered = True
                 if await self._mirror(stub, job_id, peer):
                     return
@@ -413,13 +421,14 @@ class Peers:
                 never_sent = isinstance(exc, _Unreachable) or _not_sent(exc)
                 if not forwarded and not maybe_delivered and _never(exc):
                     # The peer will never take it, and no earlier forward reached it.
-                    self.forwards_refused += 1
+                    self.metrics.forwards.labels(outcome="refused").inc()
                     if (j := self._release(job_id)) is not None:
                         await self._requeue(j, f"{peer} refused: {what}", lost=False)
                     return
                 maybe_delivered = maybe_delivered or not never_sent
                 if not maybe_delivered and not self._believed(peer):
                     # No forward ever left, and its broker is out of matching: match again.
+                    self.metrics.forwards.labels(outcome="never_delivered").inc()
                     if (j := self._release(job_id)) is not None:
                         why = f"{peer} unreachable; the forward never reached it"
                         await self._requeue(j, why, lost=False)
@@ -499,7 +508,7 @@ class Peers:
         """The owner ended the job, or handed it back (queued there again)."""
         job = self._release(job_id)
         if job is not None and there.state == JobState.QUEUED:
-            self.handed_back += 1
+            self.metrics.forwards.labels(outcome="handed_back").inc()
             why = f"handed back by {peer}: {there.reason}"
             await self._requeue(job, why, lost=job.state == JobState.RUNNING)
         elif job is not None:

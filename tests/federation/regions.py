@@ -4,6 +4,8 @@ its own database, centers and libp2p host, all admitted by one throw-away root."
 from __future__ import annotations
 
 import contextlib
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +40,12 @@ def regions(
     finally:
         for fed in reversed(list(started.values())):
             fed.stop()
+
+
+def metric(fed: LocalFederation, name: str, labels: str = "") -> float:
+    """One sample of the broker's metrics (0 if absent): `labels` as exposed, with braces."""
+    url = f"http://127.0.0.1:{fed.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    found = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from cli.federation import LocalFederation
+from client import BrokerClient
 from core.states import JobState
 from core.types import Job, JobEvent
 from tests.conftest import make_center, record_spec, wait_centers, wait_for
-from tests.federation.regions import regions
+from tests.federation.regions import metric, regions
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,10 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LocalF
 def _spec(out: Path | None = None, seconds: float = 0.5) -> object:
     spec = record_spec(out or Path("/nonexistent"), seconds)
     return dataclasses.replace(spec, accelerator="ascend-910")
+
+
+def _west_free(c: BrokerClient) -> bool:
+    return any(q.center_id == "west-1" and q.has_capacity for q in c.quote(_spec()))  # type: ignore[arg-type]
 
 
 def _runs(out: Path) -> list[dict[str, object]]:
@@ -85,6 +90,7 @@ def test_two_brokers_forwarding_on_one_stale_summary_book_the_device_once(
     with three[loser].client("lab-a") as c:
         events: list[JobEvent] = [e for e in c.watch(done[loser].job_id) if isinstance(e, JobEvent)]
     assert any("refused the forward" in e.message for e in events), [e.message for e in events]
+    assert metric(three[loser], "icx_forwards_total", '{outcome="refused"}') >= 1
     assert done[loser].center_id in ("east-1", "central-1")  # re-matched elsewhere
     runs = _runs(out)
     assert len(runs) == 2  # each job ran once
@@ -99,6 +105,7 @@ def test_the_owner_killed_mid_run_loses_and_repeats_nothing(
     out = tmp_path / "runs"
     out.mkdir()
     with east.client("lab-a") as c:
+        wait_for(lambda: _west_free(c), 20, "west-1's device free in east's view")
         job = c.submit(_spec(out, seconds=6.0))  # type: ignore[arg-type]
         wait_for(lambda: c.get_job(job.job_id).state == JobState.RUNNING, 20, "running")
         assert c.get_job(job.job_id).broker == "broker-west"
@@ -126,7 +133,7 @@ def test_a_forward_that_never_left_is_matched_again_once_the_owner_is_gone(
     out = tmp_path / "runs"
     out.mkdir()
     with east.client("lab-a") as c:
-        wait_for(lambda: any(q.center_id == "west-1" for q in c.quote(_spec())), 20, "west")
+        wait_for(lambda: _west_free(c), 20, "west-1's device free in east's view")
         assert west.broker is not None
         west.broker.kill()
         job = c.submit(_spec(out, seconds=0.5))  # type: ignore[arg-type]

@@ -4,9 +4,7 @@ its metrics."""
 
 from __future__ import annotations
 
-import re
 import sys
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from cli.federation import LocalFederation
 from core.types import JobSpec
 from tests.conftest import make_center, wait_centers, wait_for
-from tests.federation.regions import PEER_BROKER, regions
+from tests.federation.regions import PEER_BROKER, metric, regions
 
 NAMES = ("east", "central", "west")
 
@@ -30,15 +28,6 @@ def lossy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LocalF
         yield feds
 
 
-def _metric(fed: LocalFederation, name: str, labels: str = "") -> float:
-    url = f"http://127.0.0.1:{fed.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text = reply.read().decode()
-    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$"
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_every_view_converges_through_pulls(lossy: dict[str, LocalFederation]) -> None:
     spec = JobSpec(accelerator="any", devices=1, estimated_s=60, command=(sys.executable, "-V"))
     for name, fed in lossy.items():
@@ -50,6 +39,6 @@ def test_every_view_converges_through_pulls(lossy: dict[str, LocalFederation]) -
                 f"{name} to see every center",
             )
     for fed in lossy.values():
-        dropped = _metric(fed, "icx_peering_dropped_total", '{reason="test_loss"}')
+        dropped = metric(fed, "icx_peering_dropped_total", '{reason="test_loss"}')
         assert dropped > 0  # the hook did discard gossip ...
-        assert _metric(fed, "icx_peering_pulls_total") > 0  # ... and pulls made up for it
+        assert metric(fed, "icx_peering_pulls_total") > 0  # ... and pulls made up for it
