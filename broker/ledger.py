@@ -65,6 +65,8 @@ class BrokerLedger:
         # that neither a chain check nor a tenant's bill reads the whole log.
         self._corrected: dict[str, str] = {}
         self._by_consumer: dict[str, list[int]] = {}
+        self._accepted_of_job: dict[str, list[int]] = {}
+        self._accepted_of_consumer: dict[str, list[int]] = {}
 
     def open(self) -> None:
         """Open (or create) the log and its key; runs on the ledger thread."""
@@ -82,6 +84,8 @@ class BrokerLedger:
         self._log = Log(store, signer) if store.size else Log.create(store, signer)
         for index, record in self._log.records():
             self._index(index, record)
+        for index, accepted in self._log.accepted():
+            self._index_accepted(index, accepted.record)
         log.info("ledger %s: %d entries, key %s", self.path, store.size, signer.verifier.text())
 
     def close(self) -> None:
@@ -161,6 +165,26 @@ class BrokerLedger:
             self._corrected[record.refs] = record.record_id
         if record.kind in CHARGING_KINDS:
             self._by_consumer.setdefault(record.consumer, []).append(index)
+
+    def _index_accepted(self, index: int, record: UsageRecord) -> None:
+        """A record of another region's log accepted here for this broker's tenant: in
+        its bill and its job's records, as the log's own records are."""
+        self._accepted_of_job.setdefault(record.job_id, []).append(index)
+        if record.kind in CHARGING_KINDS:
+            self._accepted_of_consumer.setdefault(record.consumer, []).append(index)
+
+    async def accepted_of_job(self, job_id: str) -> list[tuple[int, bytes]]:
+        """The records accepted here for `job_id` (it ran at a peer): each with the index
+        of its accepted entry here and its leaf as the owner's log holds it."""
+
+        def find(ledger: Log) -> list[tuple[int, bytes]]:
+            out = []
+            for i in self._accepted_of_job.get(job_id, []):
+                accepted = AcceptedRecord.from_entry(ledger.store.entry(i).leaf)
+                out.append((i, accepted.bundle.leaf))
+            return out
+
+        return await self._run(find)
 
     def _in_force(self, ledger: Log, record_id: str) -> UsageRecord | None:
         """The record `record_id` as in force: its latest correction, if any."""
@@ -247,11 +271,16 @@ class BrokerLedger:
                 ledger.checkpoint()
             size = Checkpoint.from_text(parse_note(ledger.latest_note()).text).size
             mine = self._by_consumer.get(tenant, [])
-            records = (
-                (i, SignedRecord.from_entry(ledger.store.entry(i).leaf).record)
-                for i in mine
-                if i < size
-            )
+            accepted = self._accepted_of_consumer.get(tenant, [])
+            records = sorted(
+                [
+                    *((i, SignedRecord.from_entry(ledger.store.entry(i).leaf).record)
+                      for i in mine if i < size),
+                    *((i, AcceptedRecord.from_entry(ledger.store.entry(i).leaf).record)
+                      for i in accepted if i < size),
+                ],
+                key=lambda pair: pair[0],
+            )  # fmt: skip
             jobs = tenant_bill(
                 records, period=period, consumer=tenant, size=size, currency=CURRENCY
             )
@@ -320,6 +349,7 @@ class BrokerLedger:
             index = ledger.accept(accepted, owner_log_key)
             if index >= size:
                 record = accepted.record
+                self._index_accepted(index, record)
                 log.info(
                     "accepted %s of %s (center %s, tenant %s, %d minor) at entry %d",
                     record.record_id,

@@ -317,12 +317,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             raise InvalidArgument(f"after_index must be >= 0, got {request.after_index}")
         job = authz.check_job(self.broker.get(wire.job_id_from_proto(request.job_id)))
         runs = [f"{c.pool.center_id}/{c.claim_id}" for c in self.broker.claims.of_job(job.job_id)]
-        entries = [e for e in await self.ledger.run_entries(runs) if e.index > request.after_index]
+        own = [(e.index, e.leaf) for e in await self.ledger.run_entries(runs)]
+        # What ran at a peer broker: the records this broker accepted from the peer's log.
+        accepted = await self.ledger.accepted_of_job(job.job_id)
+        entries = sorted(e for e in (*own, *accepted) if e[0] > request.after_index)
         page = entries[:RECORDS_PAGE]
         more = len(entries) > len(page)
         return ledger_pb2.ListJobRecordsResponse(
-            records=[ledger_pb2.JobRecord(index=e.index, entry=e.leaf) for e in page],
-            next_after_index=page[-1].index if more else 0,
+            records=[ledger_pb2.JobRecord(index=i, entry=leaf) for i, leaf in page],
+            next_after_index=page[-1][0] if more else 0,
         )
 
     @unary

@@ -104,6 +104,12 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         listen_port=int(port),
         bootstrap=tuple(args.peer),
         topics=(SUMMARIES_TOPIC, CHECKPOINTS_TOPIC),
+        # A federation has tens of brokers, not thousands: a mesh that holds most of them
+        # pushes every envelope directly, instead of relying on GossipSub's lazy gossip
+        # to the peers outside the mesh (pulls remain the repair).
+        mesh_degree=6,
+        mesh_degree_low=4,
+        mesh_degree_high=12,
         peer_key_seed=peer_key_seed(key),
         republish_s=args.republish_s,
         silence_s=3 * args.republish_s,

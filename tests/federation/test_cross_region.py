@@ -142,3 +142,25 @@ def test_all_of_a_forwarded_jobs_output_reaches_home(three: dict[str, LocalFeder
         assert (done.state, done.broker) == (JobState.SUCCEEDED, "broker-west")
         out = b"".join(i.data for i in c.watch(job.job_id, include_logs=True) if hasattr(i, "data"))
     assert out.decode().splitlines() == [f"line {i}" for i in range(300)]
+
+
+def test_a_forwarded_jobs_bill_is_at_home(three: dict[str, LocalFederation]) -> None:
+    """The user sees one job and one bill at home: `icx bill JOB` and the tenant's bill
+    for the month count what the job was charged at the peer (the records home accepted)."""
+    east = three["east"]
+    with east.client("lab-a") as c:
+        job = c.submit(_spec("import time; time.sleep(2.5)"))  # whole seconds are billed
+        wait_for(lambda: c.get_job(job.job_id).state.terminal, 30, "the job to end")
+        records = wait_for(lambda: c.job_records(job.job_id), 30, "the records at home")
+        assert {r.record.job_id for r in records} == {job.job_id}
+        assert {r.record.producer for r in records} == {"west-1"}
+        charged = sum(r.record.charge_minor for r in records)
+        assert charged > 0
+        period = time.strftime("%Y-%m", time.gmtime())
+        # As of the next checkpoint (one every 2 s), which covers the accepted records.
+        [line] = wait_for(
+            lambda: [j for j in c.tenant_bill(period).jobs if j.job_id == job.job_id],
+            15,
+            "the job in the month's bill",
+        )
+    assert line.charge_minor == charged
