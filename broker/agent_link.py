@@ -75,6 +75,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 # TLS proved the certified key; the certificate names the center and the
                 # key that signs its usage.
                 authz.check_center(center.center_id)
+                if member.region and center.region != member.region:
+                    raise PermissionDenied(
+                        f"center {center.center_id} was admitted in region {member.region}, "
+                        f"not {center.region!r} (its config's [center] region)"
+                    )
                 usage_key = _certified_usage_key(member, hello.usage_key)
                 certificate = _peer_certificate(context)
             else:  # --insecure: the center proves the key it declares (kept on first use)

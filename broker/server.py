@@ -41,6 +41,7 @@ from icx.v1 import (
     ledger_pb2_grpc,
 )
 from identity import Credentials, Revocations, Role
+from identity.certs import served_hosts
 from identity.files import REVOCATIONS
 from identity.revocation import EMPTY, verify_revocations
 from identity.tls import Trust, server_credentials
@@ -155,6 +156,15 @@ class BrokerServer:
                 "peering needs the broker's membership (--identity): peers accept only "
                 "admitted brokers"
             )
+        if options.peering is not None and options.advertise and self.credentials is not None:
+            host = options.advertise.rpartition(":")[0].strip("[]")
+            served = served_hosts(self.credentials.chain_pem)
+            if host not in served:
+                raise FailedPrecondition(
+                    f"--advertise {options.advertise}: peers check the broker's certificate "
+                    f"against {host!r}, and it names only {', '.join(served) or 'no host'}"
+                    " (admit the broker with that host name)"
+                )
         wildcard = options.listen.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::")
         if options.peering is not None and wildcard and not options.advertise:
             raise FailedPrecondition(

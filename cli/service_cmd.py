@@ -93,13 +93,18 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         if args.peer:
             raise InvalidConfig("--peer needs --peer-listen (the broker's own libp2p address)")
         return None
+    if args.insecure:
+        raise InvalidConfig(
+            "--peer-listen needs the broker's membership (--identity): peers accept only "
+            "admitted brokers, never an --insecure one"
+        )
     from peering import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeeringConfig, peer_key_seed
 
     host, _, port = args.peer_listen.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidConfig(f"--peer-listen must be HOST:PORT, got {args.peer_listen!r}")
     key = Path(args.peer_key) if args.peer_key else Path(args.db).with_suffix(".peer-key")
-    return PeeringConfig(
+    config = PeeringConfig(
         listen_host=host.strip("[]"),
         listen_port=int(port),
         bootstrap=tuple(args.peer),
@@ -110,11 +115,12 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
         mesh_degree=6,
         mesh_degree_low=4,
         mesh_degree_high=12,
-        peer_key_seed=peer_key_seed(key),
         republish_s=args.republish_s,
         silence_s=3 * args.republish_s,
         test_drop_fraction=args.test_gossip_drop,
     )
+    # Checked before the key file is made: a refused start leaves nothing behind.
+    return dataclasses.replace(config, peer_key_seed=peer_key_seed(key))
 
 
 @command

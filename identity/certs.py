@@ -190,6 +190,12 @@ def _hosts_of(ext: x509.Extensions) -> list[x509.GeneralName]:
     return [n for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
 
 
+def served_hosts(cert_pem: bytes) -> list[str]:
+    """The host names and addresses a member's (leaf) certificate lets it serve as."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return [str(n.value) for n in _hosts_of(cert.extensions)]
+
+
 def _hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:

@@ -60,6 +60,7 @@ class PeeringConfig:
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise InvalidConfig(f"bootstrap peer must end in /p2p/<peer id>, got {addr!r}")
+            _check_peer_address(addr)
         if not self.topics:
             raise InvalidConfig("topics must name at least one topic")
         if self.peer_key_seed is not None and len(self.peer_key_seed) != 32:
@@ -96,6 +97,20 @@ class PeeringConfig:
             raise InvalidConfig(
                 f"test_drop_fraction must be in [0, 1), got {self.test_drop_fraction}"
             )
+
+
+def _check_peer_address(addr: str) -> None:
+    """A peer's multiaddr that libp2p can dial: /ip4|ip6|dns/HOST/tcp/PORT/p2p/<peer id>."""
+    import multiaddr  # type: ignore[import-untyped]
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    try:
+        info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:  # the parsers raise several unrelated types
+        raise InvalidConfig(
+            f"not a peer address: {addr!r} ({exc}); expected "
+            "/ip4/HOST/tcp/PORT/p2p/<peer id>, as the peer's broker logs it at start"
+        ) from None
 
 
 def peer_key_seed(path: Path) -> bytes:

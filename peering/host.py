@@ -39,7 +39,17 @@ __all__ = ["PeerHost"]
 log = logging.getLogger("peering")
 
 T = TypeVar("T")
+
+# How long `stop` waits for the host's thread to finish.
+STOP_TIMEOUT_S = 10.0
 OnUpdate = Callable[[str, Summary], None]
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first exception that is not a group (trio wraps failures in nurseries')."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _settle(fut: asyncio.Future[Any], result: object, exc: BaseException | None) -> None:
@@ -80,6 +90,7 @@ class PeerHost:
         self._done: asyncio.Future[None] | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._node: Node | None = None
+        self._failed_start = False
 
     @property
     def name(self) -> str:
@@ -115,6 +126,7 @@ class PeerHost:
         try:
             self.address = await ready
         except BaseException:
+            self._failed_start = True  # said by the caller: not again by stop()
             await self.stop()
             raise
         return self.address
@@ -127,12 +139,24 @@ class PeerHost:
         if self._token is not None and self._node is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._node.stop)
+        stopped = True
         try:
-            await done
+            await asyncio.wait_for(asyncio.shield(done), STOP_TIMEOUT_S)
+        except TimeoutError:
+            # A connection py-libp2p cannot close (a peer gone silent mid-close) must not
+            # keep the broker from stopping: the thread is a daemon, left to the exit.
+            stopped = False
+            log.warning(
+                "peering: host %s did not stop within %.0f s; leaving its thread",
+                self.name,
+                STOP_TIMEOUT_S,
+            )
         except Exception as exc:
-            log.warning("peering: host %s ended with an error: %s", self.name, exc)
+            if not self._failed_start:
+                log.warning("peering: host %s ended with an error: %s", self.name, exc)
         finally:
-            await asyncio.to_thread(thread.join)
+            if stopped:
+                await asyncio.to_thread(thread.join)
             self._thread = self._done = None
             self._token = None
             self._node = None
@@ -150,10 +174,15 @@ class PeerHost:
         try:
             trio.run(self._trio_main, ready)
         except BaseException as exc:
-            error = PeeringError(
-                f"peering host {self.name} on {self.config.listen_host}:"
-                f"{self.config.listen_port} failed: {exc!r}"
-            )
+            where = f"{self.config.listen_host}:{self.config.listen_port}"
+            cause = _first_cause(exc)
+            if isinstance(cause, OSError):
+                error = PeeringError(
+                    f"cannot listen for peers on {where}: {cause.strerror or cause} (the port "
+                    "is taken, or the address is not this host's)"
+                )
+            else:
+                error = PeeringError(f"peering host {self.name} on {where} failed: {cause!r}")
             self._post(ready, exc=error)
             self._post(self._done, exc=error)
         else:

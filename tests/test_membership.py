@@ -232,6 +232,20 @@ def test_a_user_certificate_on_the_agent_stream_is_refused(fed: LocalFederation)
     assert _state(fed) == before
 
 
+def test_a_center_is_refused_in_a_region_it_was_not_admitted_in(fed: LocalFederation) -> None:
+    """The region a coordinator admitted a center in is the one it joins: a config that
+    says another is refused, and the center does not join."""
+    before = _state(fed)
+    fed.center_identity("c-region", region="TF")  # admitted in TF
+    elsewhere = make_center("c-region", region="GS")
+    hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(center=wire.center_to_proto(elsewhere)))
+    with pytest.raises(grpc.RpcError) as err:
+        converse(fed.address, hello, credentials=fed.credentials(Role.CENTER, "c-region"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admitted in region TF, not 'GS'" in (err.value.details() or "")
+    assert _state(fed) == before
+
+
 def test_a_center_certificate_on_the_user_api_is_refused(fed: LocalFederation) -> None:
     before = _state(fed)
     center = fed.credentials(Role.CENTER, "c1")
