@@ -22,6 +22,10 @@ FIGURES = (
     "shortened to 1-5 s, so they are seconds of work, not the trace's hours, which a quote "
     "prices."
 )
+SETTLEMENT_RUNS = ("ITS JOBS RUN ELSEWHERE", "OTHERS' JOBS RUN HERE")
+LEDGER_LEGEND = (
+    "SIZE counts every entry: RECORDS (runs here), ACCEPTED (its jobs' runs elsewhere), key events."
+)
 _SUMS = ("jobs", "runs", "device_s", "charge_minor", "energy_wh", "carbon_g")
 
 
@@ -153,27 +157,31 @@ def print_cross_hub(table: dict[str, Any]) -> None:
     print(textwrap.fill(forwarded, width=88))
 
 
-def print_settlement(s: dict[str, Any]) -> None:
+def print_settlement(s: dict[str, Any], hubs: Sequence[str]) -> None:
     """What each hub owes the hubs that ran its forwarded jobs, and is owed, from the
-    ledgers (every pair of hubs in the JSON's `flows`)."""
+    ledgers (every pair of hubs in the JSON's `flows`): a row per hub, in `hubs`' order
+    (those without flows too)."""
     cur = s["currency"]
     text = (
-        f"Settlement between hubs, {s['period']}: each home hub's ledger accepted "
-        f"{s['accepted_records']} of the {s['forwarded_records']} usage records of its "
-        "forwarded runs, each checked against the entry in the owner hub's log."
+        f"Settlement between hubs for {s['period']}, this month: each home hub's ledger "
+        f"accepted {s['accepted_records']} of the {s['forwarded_records']} usage records of "
+        "its forwarded runs, each checked against the entry in the owner hub's log. A hub "
+        "owes for its jobs run elsewhere and is owed for others' jobs run here; the last two "
+        "columns count those runs."
     )
     print("\n" + textwrap.fill(text, width=88))
-    rows: dict[str, list[int]] = {hub: [0, 0, 0, 0] for hub in s["hub_positions"]}
+    rows: dict[str, list[int]] = {hub: [0, 0, 0, 0] for hub in [*hubs, *s["hub_positions"]]}
     for f in s["flows"]:
         rows[f["payer"]][0] += f["amount_minor"]
         rows[f["payer"]][2] += f["records"]
         rows[f["payee"]][1] += f["amount_minor"]
         rows[f["payee"]][3] += f["records"]
+    net = s["hub_positions"]
     print_table(
-        ["HUB", f"OWES {cur}", f"IS OWED {cur}", f"NET {cur}", "RECORDS OUT", "RECORDS IN"],
+        ["HUB", f"OWES {cur}", f"IS OWED {cur}", f"NET {cur}", *SETTLEMENT_RUNS],
         [
-            (hub, format_major(o), format_major(i), format_major(s["hub_positions"][hub]), ro, ri)
-            for hub, (o, i, ro, ri) in rows.items()
+            (hub, format_major(o), format_major(i), format_major(net.get(hub, 0)), out, into)
+            for hub, (o, i, out, into) in rows.items()
         ],
     )
     print(
@@ -182,7 +190,16 @@ def print_settlement(s: dict[str, Any]) -> None:
     )
 
 
-def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
+def print_report(
+    summary: dict[str, Any],
+    seconds: dict[str, float],
+    *,
+    kept_folder: bool = False,
+    still_running: bool = False,
+) -> None:
+    """The summary as tables. Commands that read the demo's files are shown only if
+    `kept_folder` (it outlives the demo), those that ask its brokers only if
+    `still_running`."""
     print()
     print(
         f"{summary['jobs_submitted']} jobs: {summary['jobs_succeeded']} succeeded, "
@@ -193,7 +210,7 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
     print_cross_hub(summary["cross_hub"])
     settlement = summary.get("settlement")
     if settlement:
-        print_settlement(settlement)
+        print_settlement(settlement, summary["cross_hub"]["hubs"])
     money = ["JOBS", "RUNS", "DEVICE-S", f"CHARGE {CURRENCY}", "ENERGY WH", "CARBON G"]
     totals = summary["totals"]
     print()
@@ -218,20 +235,27 @@ def print_report(summary: dict[str, Any], seconds: dict[str, float]) -> None:
             "and countersigned by the broker of its hub:"
         )
         print_table(
-            ["HUB", "RECORDS", "CHECKPOINT", "SIZE", "ROOT"],
+            ["HUB", "RECORDS", "ACCEPTED", "CHECKPOINT", "SIZE", "ROOT"],
             [
-                (b["hub"], b["usage_records"], b["origin"], b["entries"], b["root"])
+                (b["hub"], b["usage_records"], b.get("accepted_records", ""), b["origin"],
+                 b["entries"], b["root"])
                 for b in ledger["brokers"]
             ],
-        )
-        if ledger["brokers"]:
+        )  # fmt: skip
+        print(LEDGER_LEGEND)
+        if ledger["brokers"] and kept_folder:
             print(f"audit one offline: icx ledger audit --db {ledger['brokers'][0]['db']}")
+        elif ledger["brokers"]:
+            print("to audit a ledger offline, keep the ledgers: run with --dir DIR or --keep")
     if summary["unplaced"]:
-        print("\nUnplaceable now (they stay queued, with the matcher's reason):")
+        print("\nUnplaceable now (left queued, with the matcher's reason):")
         for u in summary["unplaced"][:8]:
             print(f"  {u['job_id']}: {u['reason']}")
-        if len(summary["unplaced"]) > 8:
-            print(f"  ... and {len(summary['unplaced']) - 8} more (icx jobs --state queued)")
+        more = len(summary["unplaced"]) - 8
+        if more > 0 and still_running:
+            print(f"  ... and {more} more (as the coordinator: icx jobs --all --state queued)")
+        elif more > 0:
+            print(f"  ... and {more} more (--json lists them all)")
     print("\nBy center:")
     print_table(
         ["CENTER", "HUB", *money, "NAME"],

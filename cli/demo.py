@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,21 +85,26 @@ class Progress:
     tty: bool = field(default_factory=lambda: sys.stderr.isatty())
     started: float = field(default_factory=time.monotonic)
     _last: float = 0.0
+    _shown: str = ""  # off a terminal: the last state printed
 
     def say(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
     def update(self, text: str, final: bool = False) -> None:
+        """Show the state now (`text`); `final`: the last one, which stays. Off a terminal,
+        a line at most every 3 s, and the final state unless it is the line just printed."""
         if self.quiet:
             return
-        text = f"[{time.monotonic() - self.started:5.1f}s] {text}"
+        stamped = f"[{time.monotonic() - self.started:5.1f}s] {text}"
         if self.tty:
-            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
+            sys.stderr.write("\r\033[K" + stamped + ("\n" if final else ""))
             sys.stderr.flush()
+        elif final and text == self._shown:
+            return
         elif final or time.monotonic() - self._last >= 3.0:
-            self._last = time.monotonic()
-            print(text, file=sys.stderr, flush=True)
+            self._last, self._shown = time.monotonic(), text
+            print(stamped, file=sys.stderr, flush=True)
 
 
 def _progress_line(submitted: int, total: int, jobs: Sequence[Job]) -> str:
@@ -266,7 +271,8 @@ def demo(args: argparse.Namespace) -> int:
             submitted = _run(workload, users, coordinators, submitting, progress, args.timeout)
             jobs = [j for hub_jobs in submitted.values() for j in hub_jobs]
             ran = sum(1 for j in jobs if j.state.terminal and j.center_id is not None)
-            ledger, records = _ledgers(hubs, coordinators, ran)
+            forwarded = {j.job_id for j in jobs if j.broker}
+            ledger, records = _ledgers(hubs, coordinators, ran, forwarded)
             statuses = [c for client in coordinators.values() for c in client.centers()]
             summary = summarise(submitted, statuses, hubs.hub_of, records)
             summary["brokers"] = [
@@ -275,7 +281,6 @@ def demo(args: argparse.Namespace) -> int:
                 for hub, fed in hubs.brokers.items()
             ]  # fmt: skip
             summary["ledger"] = ledger
-            forwarded = {j.job_id for j in jobs if j.broker}
             owed = sum(1 for r in records if r.job_id in forwarded)
             summary["settlement"] = _settlement(hubs, owed, _period())
             if slurm is not None and slurm_center is not None:
@@ -283,15 +288,17 @@ def demo(args: argparse.Namespace) -> int:
         total_s = time.monotonic() - started
         summary["seconds_up"] = round(up_s, 2)
         summary["seconds_total"] = round(total_s, 2)
+        seconds = {"up": up_s, "total": total_s}
         if args.keep:
             keep = True
             if not args.json:
-                print_report(summary, {"up": up_s, "total": total_s})
+                print_report(summary, seconds, kept_folder=True, still_running=True)
             return _print_keep(hubs, args.json)
         if args.json:
             print_json(summary)
         else:
-            print_report(summary, {"up": up_s, "total": total_s})
+            # Without --dir, the folder (and with it the ledgers) goes when the demo ends.
+            print_report(summary, seconds, kept_folder=bool(args.dir))
         ok = summary["jobs_unfinished"] == 0 and summary["jobs_failed"] == 0
         return EXIT_OK if ok else EXIT_FAILED
     finally:
@@ -444,30 +451,37 @@ def _slurm_summary(slurm: LocalSlurm, center_id: str) -> dict[str, Any]:
 
 
 def _ledgers(
-    hubs: Hubs, coordinators: Mapping[str, BrokerClient], ran: int
+    hubs: Hubs, coordinators: Mapping[str, BrokerClient], ran: int, forwarded: Container[str]
 ) -> tuple[dict[str, Any], list[UsageRecord]]:
-    """Each hub broker's signed usage log after the run, and the usage records its
-    latest checkpoint covers. A center reports a run's usage to its own hub's broker just
-    after the run ends, so wait (up to 10 s) until the checkpoints hold a record for each
-    of the `ran` jobs that ended on a center."""
+    """Each hub broker's signed usage log after the run: its latest checkpoint, and the
+    entries it covers: the usage records (runs at the hub's centers, returned too) and the
+    accepted records (the hub's own jobs' runs at other hubs, from their logs). A center
+    reports a run's usage to its own hub's broker just after the run ends, and the job's
+    home broker then asks for that record, so wait (up to 20 s) until the checkpoints hold
+    a usage record for each of the `ran` jobs that ended on a center, and an accepted
+    record for each of those usage records whose job is among the `forwarded`."""
     from broker.ledger import ledger_paths
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:
         brokers: list[dict[str, Any]] = []
         records: list[UsageRecord] = []
+        accepted = 0
         for hub, client in coordinators.items():
             lines = client.checkpoint().splitlines()
             size = int(lines[1])
             path = ledger_paths(hubs.brokers[hub].db)[0]
-            mine = _ledger_records(path, size)
+            mine, taken = _ledger_entries(path, size)
             records += mine
+            accepted += taken
             brokers.append(
                 {"hub": hub, "origin": lines[0], "entries": size, "usage_records": len(mine),
-                 "root": lines[2], "db": str(path)}
+                 "accepted_records": taken, "root": lines[2], "db": str(path)}
             )  # fmt: skip
-        if len(records) >= ran or time.monotonic() > deadline:
-            return {"usage_records": len(records), "brokers": brokers}, records
+        owed = sum(1 for r in records if r.job_id in forwarded)
+        if (len(records) >= ran and accepted >= owed) or time.monotonic() > deadline:
+            counted = {"usage_records": len(records), "accepted_records": accepted}
+            return {**counted, "brokers": brokers}, records
         time.sleep(0.1)
 
 
@@ -516,20 +530,26 @@ def _settlement(hubs: Hubs, owed: int, period: str, timeout_s: float = 20.0) -> 
             }
             for (payer, payee), amount in sorted(view.regions.items())
         ],
-        "hub_positions": {hub[p]: n for p, n in sorted(view.region_positions.items())},
+        "hub_positions": {  # in the plan's order, as every table
+            name: view.region_positions[fed.broker_name]
+            for name, fed in hubs.brokers.items()
+            if fed.broker_name in view.region_positions
+        },
         "positions_sum_minor": sum(view.positions.values()),
         "hub_positions_sum_minor": sum(view.region_positions.values()),
     }
 
 
-def _ledger_records(path: Path, size: int) -> list[UsageRecord]:
-    """The usage records among the first `size` entries of a broker's ledger file, read
-    with the ledger library (the broker keeps writing it; SQLite's WAL lets this read
-    alongside)."""
+def _ledger_entries(path: Path, size: int) -> tuple[list[UsageRecord], int]:
+    """The usage records among the first `size` entries of a broker's ledger file, and
+    how many of those entries are accepted records, read with the ledger library (the
+    broker keeps writing it; SQLite's WAL lets this read alongside)."""
     from ledger import LedgerStore, Log
 
     with LedgerStore(path) as store:
-        return [record for _, record in Log(store).records(0, size)]
+        log = Log(store)
+        records = [record for _, record in log.records(0, size)]
+        return records, sum(1 for _ in log.accepted(0, size))
 
 
 def _wait_connected(client: BrokerClient, n: int, timeout_s: float) -> None:

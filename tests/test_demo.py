@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from cli._demo_report import print_report
-from cli.demo import SUBMIT_WEIGHTS, center_hub, submission_hubs
+from cli.demo import SUBMIT_WEIGHTS, Progress, center_hub, submission_hubs
 from client import BrokerClient
 from identity import Credentials
 from scenario import load_centers
@@ -135,6 +136,123 @@ def test_the_report_shows_where_each_hubs_jobs_ran(
     assert "By center:" in out
     assert any(line.startswith("Settlement between hubs") for line in out)
     assert "Positions sum to 0.00 CNY between hubs" in " ".join(out)
+
+
+def _table(out: list[str], header: str, rows: int) -> tuple[list[str], list[list[str]]]:
+    """The columns and the first `rows` rows of the printed table whose header starts
+    with `header`, each split at its gaps of two or more spaces."""
+    at = next(i for i, line in enumerate(out) if line.startswith(header))
+    cells = [re.split(r"\s{2,}", line.strip()) for line in out[at : at + 1 + rows]]
+    return cells[0], cells[1:]
+
+
+def test_the_settlement_table_says_what_its_columns_are_in_the_plans_order(
+    run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row per hub in the order of every other table; each hub's runs elsewhere (it
+    owes for them) and others' runs at its centers (it is owed for them) are those of the
+    table of where jobs ran."""
+    _, summary = run
+    print_report(summary, {"up": 1.0, "total": 2.0})
+    out = capsys.readouterr().out.splitlines()
+    period = summary["settlement"]["period"]
+    assert re.fullmatch(r"\d{4}-\d{2}", period)
+    assert any(
+        line.startswith(f"Settlement between hubs for {period}, this month:") for line in out
+    )
+    columns, rows = _table(out, "HUB  OWES CNY", len(HUBS))
+    assert columns == [
+        "HUB", "OWES CNY", "IS OWED CNY", "NET CNY", "ITS JOBS RUN ELSEWHERE",
+        "OTHERS' JOBS RUN HERE",
+    ]  # fmt: skip
+    assert [r[0] for r in rows] == HUBS
+    ran = {r["submitted_at"]: r["ran_at"] for r in summary["cross_hub"]["rows"]}
+    for hub, *_, elsewhere, here in rows:
+        assert int(elsewhere) == sum(n for at, n in ran[hub].items() if at != hub)
+        assert int(here) == sum(ran[home][hub] for home in HUBS if home != hub)
+
+
+def test_the_ledgers_table_counts_accepted_records_and_says_what_size_counts(
+    run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hub's ledger holds a usage record per run at its centers and an accepted record
+    per run of its jobs at another hub; its size counts those and its key events."""
+    _, summary = run
+    ledger = summary["ledger"]
+    ran = {r["submitted_at"]: r["ran_at"] for r in summary["cross_hub"]["rows"]}
+    for b in ledger["brokers"]:
+        hub = b["hub"]
+        assert b["accepted_records"] == sum(n for at, n in ran[hub].items() if at != hub)
+        keys = b["entries"] - b["usage_records"] - b["accepted_records"]
+        assert keys == 1 + len(summary["brokers"][HUBS.index(hub)]["centers"])
+    assert ledger["accepted_records"] == summary["settlement"]["accepted_records"]
+    print_report(summary, {"up": 1.0, "total": 2.0})
+    out = capsys.readouterr().out.splitlines()
+    columns, rows = _table(out, "HUB  RECORDS", len(HUBS) + 1)
+    assert columns == ["HUB", "RECORDS", "ACCEPTED", "CHECKPOINT", "SIZE", "ROOT"]
+    shown = [
+        (hub, int(records), int(accepted), int(size))
+        for hub, records, accepted, _, size, _ in rows[:-1]
+    ]
+    assert shown == [
+        (b["hub"], b["usage_records"], b["accepted_records"], b["entries"])
+        for b in ledger["brokers"]
+    ]
+    assert rows[-1] == [
+        "SIZE counts every entry: RECORDS (runs here), ACCEPTED (its jobs' runs elsewhere), "
+        "key events."
+    ]
+
+
+def test_the_report_names_no_command_that_cannot_work(
+    run: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder with the ledgers goes at the end unless --dir or --keep, and the
+    brokers stop unless --keep: the report offers an audit of a ledger file only if the
+    file outlives the demo, and a command asking the brokers only if they still run."""
+    _, summary = run
+    unplaced = [{"job_id": f"j-{i:012x}", "reason": "no pool"} for i in range(11)]
+    summary = {**summary, "unplaced": unplaced}
+    db = summary["ledger"]["brokers"][0]["db"]
+
+    print_report(summary, {"up": 1.0, "total": 2.0})
+    out = capsys.readouterr().out
+    assert "icx ledger audit" not in out and "icx jobs" not in out
+    assert "to audit a ledger offline, keep the ledgers: run with --dir DIR or --keep\n" in out
+    assert "  ... and 3 more (--json lists them all)\n" in out
+
+    print_report(summary, {"up": 1.0, "total": 2.0}, kept_folder=True)
+    out = capsys.readouterr().out
+    assert f"audit one offline: icx ledger audit --db {db}\n" in out
+    assert "icx jobs" not in out
+
+    print_report(summary, {"up": 1.0, "total": 2.0}, kept_folder=True, still_running=True)
+    out = capsys.readouterr().out
+    assert f"audit one offline: icx ledger audit --db {db}\n" in out
+    assert "  ... and 3 more (as the coordinator: icx jobs --all --state queued)\n" in out
+
+
+def test_the_final_progress_line_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal, the final state is not printed again when it is the last line
+    shown; a state that changed since is. On a terminal, the line is rewritten in place
+    and the final one ends it."""
+    progress = Progress(quiet=False, tty=False)
+    progress.update("submitted 3/3  running 1")
+    progress.update("submitted 3/3  succeeded 3")  # within 3 s of the last: not shown
+    progress.update("submitted 3/3  succeeded 3", final=True)
+    progress.update("submitted 3/3  succeeded 3", final=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "submitted 3/3  running 1",
+        "submitted 3/3  succeeded 3",
+    ]
+
+    progress = Progress(quiet=False, tty=True)
+    progress.update("submitted 3/3  running 1")
+    progress.update("submitted 3/3  succeeded 3", final=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("] submitted 3/3  succeeded 3\n")
+    assert err.rsplit("\r\033[K", 1)[1].startswith("[")  # the last write replaced the line
 
 
 def test_a_demo_in_a_folder_of_its_own_leaves_nothing_behind(
