@@ -29,20 +29,59 @@ if TYPE_CHECKING:  # the ledger takes a quarter second to import: commands load 
     from cryptography import x509
 
     from ledger import Log, TrustPolicy
+    from ledger.settlement import RegionLog
 
 _DEFAULT_ORIGIN = "icx.local/ledger"
+_LEDGER_FILE = "<db>.ledger, the broker's ledger file beside its database"
+_FEDERATED = "icx/"  # a federated broker's log origin is icx/<its name> (broker.witnessing)
 
 
 def _key_path(args: argparse.Namespace) -> Path:
     return Path(args.key) if args.key else Path(f"{args.db}.key")
 
 
+def _check_ledger_file(path: Path) -> None:
+    """Refuse, in one line naming `path` and what is expected, anything but a ledger
+    file: nothing there (NotFound), a folder, a file that is not SQLite or holds no log
+    key (InvalidArgument). Reads through a read-only connection: LedgerStore opens for
+    writing and would add the ledger's tables to a wrong file."""
+    if not path.exists():
+        raise NotFound(f"no ledger file at {path}: give {_LEDGER_FILE}")
+    if path.is_dir():
+        raise InvalidArgument(f"{path} is a folder, not a ledger file: give {_LEDGER_FILE}")
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            has_meta = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            key = has_meta and db.execute("SELECT 1 FROM meta WHERE name = 'log_key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise InvalidArgument(f"{path} is not a ledger ({exc}): give {_LEDGER_FILE}") from exc
+    if not key:
+        beside = path.with_name(f"{path.name}.ledger")
+        expected = (
+            f"{beside}, the broker's ledger file beside its database"
+            if beside.is_file()
+            else _LEDGER_FILE
+        )
+        raise InvalidArgument(f"{path} is not a ledger (it holds no log key): give {expected}")
+
+
+def _broker_of(origin: str) -> str:
+    """The broker a federated log is named after (origin `icx/<name>`), else ""."""
+    return origin.removeprefix(_FEDERATED) if origin.startswith(_FEDERATED) else ""
+
+
 def _open(args: argparse.Namespace, *, signing: bool = False) -> Log:
     from ledger import LedgerStore, Log, SignerKey
 
     path = Path(args.db)
-    if not path.exists():
-        raise NotFound(f"no ledger file at {path}")
+    _check_ledger_file(path)
     signer = None
     key_path = _key_path(args)
     if signing:
@@ -349,7 +388,8 @@ def cmd_settle(args: argparse.Namespace) -> int:
     log key."""
     if args.db:
         log = _open(args, signing=True)
-        settlement, _ = log.settle(args.period, args.currency)
+        # A federated broker's statement also carries its region flows, as its broker's.
+        settlement, _ = log.settle(args.period, args.currency, home=_broker_of(log.origin))
         body: dict[str, Any] = dict(settlement.to_json())
         signed_by = f"checkpoint {settlement.checkpoint.origin} size {settlement.checkpoint.size}"
     else:
@@ -368,6 +408,8 @@ def cmd_settle(args: argparse.Namespace) -> int:
     currency = str(body["currency"])
     parties = [p for p in body["parties"] if isinstance(p, dict)]
     transfers = [t for t in body["transfers"] if isinstance(t, dict)]
+    # A federated broker's: what this region owes others for the records it accepted.
+    flows = [f for f in body.get("regions", ()) if isinstance(f, dict)]
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(CSV_HEADERS)
@@ -381,9 +423,31 @@ def cmd_settle(args: argparse.Namespace) -> int:
                 ("transfer", t["payer"], t["payee"], currency, "", "", "", t["amount_minor"],
                  "", "")
             )  # fmt: skip
+        for f in flows:
+            writer.writerow(
+                ("region", f["payer"], f["payee"], currency, "", "", "", f["amount_minor"],
+                 "", "")
+            )  # fmt: skip
         return EXIT_OK
     print(f"period {args.period} ({body['records']} records), {signed_by}")
     print(f"amounts in {currency}, major units")
+    if parties:
+        _print_positions(currency, parties, transfers)
+    else:
+        print("no usage at this broker's own centers in the period")
+    if flows:
+        print()
+        print("between regions: owed for the records of other regions accepted for tenants here")
+        print_table(
+            ("PAYER REGION", "PAYEE REGION", f"AMOUNT {currency}", "RECORDS"),
+            [(f["payer"], f["payee"], _money(f["amount_minor"]), len(f["entries"])) for f in flows],
+        )
+    return EXIT_OK
+
+
+def _print_positions(
+    currency: str, parties: list[dict[str, Any]], transfers: list[dict[str, Any]]
+) -> None:
     print_table(
         ("PARTY", f"PAID {currency}", f"RECEIVED {currency}", f"NET {currency}", "ENERGY KWH",
          "CARBON KG"),
@@ -398,7 +462,6 @@ def cmd_settle(args: argparse.Namespace) -> int:
         ("PAYER", "PAYEE", f"AMOUNT {currency}"),
         [(t["payer"], t["payee"], _money(t["amount_minor"])) for t in transfers],
     )
-    return EXIT_OK
 
 
 def _money(amount_minor: object) -> str:
@@ -415,32 +478,72 @@ def _kilo(amount: object) -> str:
 
 
 def _region_arg(text: str) -> tuple[str, Path]:
-    party, sep, path = text.partition("=")
-    if not sep or not party or not path:
-        raise argparse.ArgumentTypeError(f"expected BROKER=LEDGER_FILE, got {text!r}")
-    return party, Path(path)
+    """`[BROKER=]LEDGER_FILE`: the broker's name ("" when left out) and the file."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        return "", Path(text)
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected [BROKER=]LEDGER_FILE, got {text!r}")
+    return name, Path(path)
+
+
+def _region_party(name: str, path: Path, origin: str) -> str:
+    """The region's party: the broker a federated log is named after, which a given
+    `name` must match; `name` for a log with another origin, which then needs one."""
+    broker = _broker_of(origin)
+    if not broker:
+        if name:
+            return name
+        raise InvalidArgument(
+            f"{path} is the log {origin}, not a federated broker's ({_FEDERATED}<name>): "
+            f"name its region, --region NAME={path}"
+        )
+    if name and name != broker:
+        raise InvalidArgument(
+            f"{path} is the log of {broker} ({origin}), not {name}: "
+            f"give --region {broker}={path} or just --region {path}"
+        )
+    return broker
+
+
+def _check_complete(regions: list[tuple[Path, RegionLog]]) -> None:
+    """Refuse a view that leaves out a log whose records a given one accepted, naming
+    the first such entry and the ledger to add."""
+    given = {region.origin for _, region in regions}
+    for path, region in regions:
+        for index, item in region.accepted:
+            if item.origin not in given:
+                raise InvalidArgument(
+                    f"{path} ({region.party}) entry {index} accepts {item.accepted_id}, but "
+                    f"log {item.origin} is not given: add {item.owner}'s ledger file "
+                    f"(--region {item.owner}=LEDGER_FILE, or just --region LEDGER_FILE)"
+                )
 
 
 @command
 def cmd_federation(args: argparse.Namespace) -> int:
-    """Settle a period across regions, from each region broker's ledger file."""
+    """Settle a period across regions, from each region broker's ledger file. Each file
+    is checked to be a ledger read-only first; the ledger then only reads it."""
     from ledger import LedgerStore, Log
     from ledger.settlement import federation_view
 
-    logs = []
+    stores: list[LedgerStore] = []
     try:
-        for party, path in args.region:
-            if not path.exists():
-                raise NotFound(f"no ledger file at {path} (region {party})")
-            logs.append(Log(LedgerStore(path)))
+        regions: list[tuple[Path, RegionLog]] = []
+        for name, path in args.region:
+            _check_ledger_file(path)
+            stores.append(store := LedgerStore(path))
+            if store.latest_checkpoint() is None:
+                raise InvalidArgument(f"{path} has no checkpoint yet: nothing in it is settled")
+            log = Log(store)
+            regions.append((path, log.region(_region_party(name, path, log.origin))))
+        _check_complete(regions)
         view = federation_view(
-            [log.region(party) for log, (party, _) in zip(logs, args.region, strict=True)],
-            period=args.period,
-            currency=args.currency,
+            [region for _, region in regions], period=args.period, currency=args.currency
         )
     finally:
-        for log in logs:
-            log.close()
+        for store in stores:
+            store.close()
     flows = [
         {
             "payer": payer,
@@ -583,7 +686,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Settle a month: each party's paid, received and net amounts and the "
         "transfers that clear them, from the broker's signed statement (default) or a "
         "ledger file (--db). Tables print major units of the named currency; --json and "
-        "--csv keep integer minor units (*_minor) with the currency beside them.",
+        "--csv keep integer minor units (*_minor) with the currency beside them. A "
+        "federated broker's statement also shows what its region owes the other regions "
+        "for the records it accepted for its tenants (between regions).",
     )
     _db_args(p, remote=True)
     p.add_argument("--out", help="from a broker: keep the signed statement in this file")
@@ -591,7 +696,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--currency", default="CNY", help="with --db: the statement's currency")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true", help="positions and transfers, one table")
+    out.add_argument(
+        "--csv",
+        action="store_true",
+        help="positions, transfers and region flows, one table (kind: position, transfer, region)",
+    )
     p.set_defaults(func=cmd_settle)
 
     p = lsub.add_parser(
@@ -602,14 +711,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "from the records each region accepted for its tenants, every accepted record "
         "checked against the entry in its owner's log (refused, naming both entries, if "
         "they differ). Both sets of positions sum to zero.",
+        epilog="Copying a running broker's ledger: it is SQLite in WAL mode, its latest "
+        "entries possibly only in LEDGER_FILE-wal, so a plain copy of the file (cp, scp) "
+        'can miss them or be torn. Copy with `sqlite3 LEDGER_FILE ".backup COPY"` (a '
+        "consistent snapshot, safe while the broker writes), or name the live file: this "
+        "command only reads the files it is given.",
     )
     p.add_argument(
         "--region",
         action="append",
         required=True,
         type=_region_arg,
-        metavar="BROKER=LEDGER_FILE",
-        help="a region broker's name and its ledger file (repeat for every region)",
+        metavar="[BROKER=]LEDGER_FILE",
+        help="a region broker's ledger file (DB.ledger, beside its database), optionally "
+        "with the broker's name, which its log's origin icx/BROKER gives anyway; repeat "
+        "for every region",
     )
     p.add_argument("--period", required=True, help="YYYY-MM")
     p.add_argument("--currency", default="CNY")
