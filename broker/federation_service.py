@@ -23,6 +23,7 @@ from core.types import CenterId, JobId, PoolId, PoolRef
 from icx.v1 import federation_pb2, federation_pb2_grpc
 
 if TYPE_CHECKING:
+    from broker.witnessing import Witnessing
     from peering import PeerHost
 
 
@@ -46,6 +47,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self.ledger = ledger
         self.host = host
         self.region = region
+        # The peers' witness keys and this broker's own, once peering.
+        self.witnessing: Witnessing | None = None
 
     @unary
     async def ForwardJob(
@@ -140,6 +143,10 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         now = self.broker.clock.now_ms()
         reply.broker = peers.name
         reply.peer_address = self.host.address
+        keys: dict[str, str] = {}
+        if self.witnessing is not None:
+            reply.witness_key = self.witnessing.key.verifier.text()
+            keys = self.witnessing.witness_keys
         for summary in sorted(peers.views.values(), key=lambda s: s.broker):
             reply.peers.append(
                 federation_pb2.PeerStatus(
@@ -151,6 +158,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     centers=len({p.ref.center_id for p in summary.pools}),
                     devices_free=sum(p.free for p in summary.pools),
                     live=peers.live(summary, now),
+                    witness_key=keys.get(summary.broker, ""),
                 )
             )
         counts = self.host.counts()

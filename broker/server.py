@@ -274,6 +274,7 @@ class BrokerServer:
         await self.host.start()
         self.broker.metrics.include(self.host.metrics.registry)
         self.federation.host = self.host
+        self.federation.witnessing = self.witnessing
         self.federation.region = member.region
         log.info(
             "peering as %s (%s) on %s, forwards to %s; %d configured peers",

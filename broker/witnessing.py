@@ -116,6 +116,8 @@ class Witnessing:
         self.witness = Witness(key=key, logs={})
         # broker -> (origin, log key text) as first announced
         self.logs: dict[str, tuple[str, str]] = {}
+        # broker -> its witness key text as last announced (shown by ListPeers)
+        self.witness_keys: dict[str, str] = {}
         self.cosigned = 0
         self._pending: dict[str, LogAnnouncement] = {}
         self._delivered: dict[str, int] = {}  # origin -> size whose cosignature its log kept
@@ -143,6 +145,7 @@ class Witnessing:
         for broker, (origin, key_text) in state.get("logs", {}).items():
             self.logs[broker] = (origin, key_text)
             self.witness.logs[origin] = VerifierKey.parse(key_text)
+        self.witness_keys.update(state.get("witness_keys", {}))
         for origin, note in state.get("latest", {}).items():
             self.witness.latest[origin] = (Checkpoint.from_text(parse_note(note).text), note)
         for broker, reason in state.get("distrusted", {}).items():
@@ -153,6 +156,7 @@ class Witnessing:
             "logs": {b: list(v) for b, v in self.logs.items()},
             "latest": {o: note for o, (_, note) in self.witness.latest.items()},
             "distrusted": dict(self.peers.distrusted),
+            "witness_keys": dict(self.witness_keys),
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
@@ -195,6 +199,9 @@ class Witnessing:
             self.witness.logs[said.origin] = VerifierKey.parse(said.log_key)
             log.info("witnessing %s's log %s", broker, said.origin)
         self.ledger.accept_witness(witness)
+        if self.witness_keys.get(broker) != witness.text():
+            self.witness_keys[broker] = witness.text()
+            self._save()
         self._pending[broker] = said
         if broker not in self._working:
             task = asyncio.create_task(self._work(broker), name=f"witness-{broker}")

@@ -1,6 +1,7 @@
 """The operator's view of the federation: `icx federation peers` shows the peer brokers a
 broker gossips with, what it holds of each (summary version and age, centers, free
-devices, whether it still believes it), the gossip counters and the forwarded jobs."""
+devices, whether it still believes it, its witness key), the gossip counters and the
+forwarded jobs active now."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def peer_dict(p: PeerView) -> dict[str, Any]:
         "centers": p.centers,
         "devices_free": p.devices_free,
         "live": p.live,
+        "witness_key": p.witness_key,
     }
 
 
@@ -39,18 +41,20 @@ def federation_dict(f: Federation) -> dict[str, Any]:
         "dropped": dict(f.dropped),
         "forwarded_out": f.forwarded_out,
         "forwarded_in": f.forwarded_in,
+        "witness_key": f.witness_key,
     }
 
 
 def counters_line(f: Federation) -> str:
-    """The gossip and forwarding counters in one line, drops by reason when any."""
+    """The gossip counters and the forwarded jobs active now in one line, drops by reason
+    when any."""
     dropped = sum(n for _, n in f.dropped)
     reasons = ", ".join(f"{reason} {n}" for reason, n in f.dropped if n)
     return (
         f"gossip: published {f.published}, received {f.received}, pulls {f.pulls}, "
         f"pull failures {f.pull_failures}, dropped {dropped}"
         + (f" ({reasons})" if reasons else "")
-        + f"; forwarded jobs: out {f.forwarded_out}, in {f.forwarded_in}"
+        + f"; active forwarded jobs: out {f.forwarded_out}, in {f.forwarded_in}"
     )
 
 
@@ -61,6 +65,12 @@ def peers(args: argparse.Namespace) -> int:
         address = client.address
     if args.json:
         print_json(federation_dict(view))
+        return EXIT_OK
+    if args.witness_keys:
+        # One key a line, for `icx ledger trust --witness KEY ...`: the peers heard from.
+        for p in view.peers:
+            if p.witness_key:
+                print(p.witness_key)
         return EXIT_OK
     if not view.peering:
         print(
@@ -100,8 +110,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "believed (live); then the gossip counters (envelopes published, received, "
         "pulled, failed pulls, dropped by reason) and the forwarded jobs active now (out: "
         "this broker's jobs running at a peer; in: a peer's jobs running here). A broker "
-        "started without --peer-listen says that it does not peer.",
+        "started without --peer-listen says that it does not peer. The JSON also has each "
+        "peer's witness key and this broker's own.",
     )
     add_broker_flag(p)
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON for scripts")
+    out.add_argument(
+        "--witness-keys",
+        action="store_true",
+        help="print the peers' witness (cosignature/v1) keys, one a line, for "
+        "`icx ledger trust --witness KEY`",
+    )
     p.set_defaults(func=peers)

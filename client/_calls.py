@@ -170,6 +170,7 @@ def federation_of(reply: federation_pb2.ListPeersResponse) -> Federation:
                 centers=p.centers,
                 devices_free=p.devices_free,
                 live=p.live,
+                witness_key=p.witness_key,
             )
             for p in reply.peers
         ),
@@ -180,6 +181,7 @@ def federation_of(reply: federation_pb2.ListPeersResponse) -> Federation:
         dropped=tuple(sorted(reply.dropped.items())),
         forwarded_out=reply.forwarded_out,
         forwarded_in=reply.forwarded_in,
+        witness_key=reply.witness_key,
     )
 
 

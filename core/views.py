@@ -105,7 +105,9 @@ class WhoAmI:
 class PeerView:
     """A peer broker as this broker holds it: its latest gossiped summary's version and
     age, the centers and free devices it offers by that summary, and whether the summary
-    is still believed (`live`: younger than the summary expiry)."""
+    is still believed (`live`: younger than the summary expiry); its witness
+    (cosignature/v1) verifier key as its membership-signed checkpoint announcement gave it
+    ("" until one was heard)."""
 
     broker: str
     region: str
@@ -115,6 +117,7 @@ class PeerView:
     centers: int
     devices_free: int
     live: bool
+    witness_key: str = ""
 
     def __post_init__(self) -> None:
         for name in ("version", "age_ms", "centers", "devices_free"):
@@ -128,9 +131,9 @@ class Federation:
     """A broker's view of its peering: its own name, region and libp2p address, each
     peer broker, the gossip counters since it started (envelopes published, newer ones
     received, pulls, failed pulls, dropped by reason) and the forwarded jobs active now
-    (out: ours running at a peer; in: a peer's running here). `broker` is "" when the
-    broker does not peer (started without --peer-listen): then everything else is
-    empty or zero but the region."""
+    (out: ours running at a peer; in: a peer's running here), and its own witness
+    (cosignature/v1) verifier key. `broker` is "" when the broker does not peer (started
+    without --peer-listen): then everything else is empty or zero but the region."""
 
     broker: str
     region: str = ""
@@ -144,6 +147,7 @@ class Federation:
     dropped: tuple[tuple[str, int], ...] = ()
     forwarded_out: int = 0
     forwarded_in: int = 0
+    witness_key: str = ""
 
     def __post_init__(self) -> None:
         counters = ("published", "received", "pulls", "pull_failures")

@@ -78,7 +78,7 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerStatus(_message.Message):
-    __slots__ = ("broker", "region", "address", "version", "age_ms", "centers", "devices_free", "live")
+    __slots__ = ("broker", "region", "address", "version", "age_ms", "centers", "devices_free", "live", "witness_key")
     BROKER_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class PeerStatus(_message.Message):
     CENTERS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FREE_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     broker: str
     region: str
     address: str
@@ -95,10 +96,11 @@ class PeerStatus(_message.Message):
     centers: int
     devices_free: int
     live: bool
-    def __init__(self, broker: _Optional[str] = ..., region: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[int] = ..., age_ms: _Optional[int] = ..., centers: _Optional[int] = ..., devices_free: _Optional[int] = ..., live: bool = ...) -> None: ...
+    witness_key: str
+    def __init__(self, broker: _Optional[str] = ..., region: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[int] = ..., age_ms: _Optional[int] = ..., centers: _Optional[int] = ..., devices_free: _Optional[int] = ..., live: bool = ..., witness_key: _Optional[str] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
-    __slots__ = ("broker", "region", "peer_address", "peers", "published", "received", "pulls", "pull_failures", "dropped", "forwarded_out", "forwarded_in")
+    __slots__ = ("broker", "region", "peer_address", "peers", "published", "received", "pulls", "pull_failures", "dropped", "forwarded_out", "forwarded_in", "witness_key")
     class DroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class ListPeersResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_OUT_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_IN_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     broker: str
     region: str
     peer_address: str
@@ -128,4 +131,5 @@ class ListPeersResponse(_message.Message):
     dropped: _containers.ScalarMap[str, int]
     forwarded_out: int
     forwarded_in: int
-    def __init__(self, broker: _Optional[str] = ..., region: _Optional[str] = ..., peer_address: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., published: _Optional[int] = ..., received: _Optional[int] = ..., pulls: _Optional[int] = ..., pull_failures: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., forwarded_out: _Optional[int] = ..., forwarded_in: _Optional[int] = ...) -> None: ...
+    witness_key: str
+    def __init__(self, broker: _Optional[str] = ..., region: _Optional[str] = ..., peer_address: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., published: _Optional[int] = ..., received: _Optional[int] = ..., pulls: _Optional[int] = ..., pull_failures: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., forwarded_out: _Optional[int] = ..., forwarded_in: _Optional[int] = ..., witness_key: _Optional[str] = ...) -> None: ...

@@ -22,6 +22,7 @@ from core.errors import InvalidArgument
 from core.states import JobState
 from core.views import Federation, PeerView
 from identity import Role
+from ledger import SignerKey
 from tests.conftest import make_center, run_icx, wait_centers, wait_for
 from tests.federation.regions import regions
 
@@ -132,7 +133,54 @@ def test_peers_text_names_the_peer_and_the_counters(two: dict[str, LocalFederati
     )
     assert len(lines) == 4
     assert lines[3].startswith("gossip: published ")
-    assert lines[3].endswith("; forwarded jobs: out 0, in 0")
+    assert lines[3].endswith("; active forwarded jobs: out 0, in 0")
+
+
+def _witness_key(fed: LocalFederation) -> str:
+    """The broker's witness verifier key, from its key file."""
+    return SignerKey.parse(fed.db.with_suffix(".witness-key").read_text()).verifier.text()
+
+
+def test_peers_show_each_brokers_witness_key(two: dict[str, LocalFederation]) -> None:
+    east, west = two["east"], two["west"]
+    # West's key reaches east with west's first checkpoint announcement.
+    view = wait_for(
+        lambda: (
+            (v := _icx_json(east, "federation", "peers"))
+            and v["peers"]
+            and v["peers"][0]["witness_key"]
+            and v
+        ),
+        15,
+        "broker-west's witness key at east",
+    )
+    assert view["witness_key"] == _witness_key(east)
+    assert [(p["broker"], p["witness_key"]) for p in view["peers"]] == [
+        ("broker-west", _witness_key(west))
+    ]
+    assert view["witness_key"] != _witness_key(west)
+    # Kept with what east witnesses, so a restart still shows it.
+    kept = json.loads(east.db.with_suffix(".witness.json").read_text())
+    assert kept["witness_keys"] == {"broker-west": _witness_key(west)}
+    # Each broker tells its own; the keys name their brokers.
+    assert _icx_json(west, "federation", "peers")["witness_key"] == _witness_key(west)
+    assert _witness_key(west).startswith("broker-west+")
+
+    # One key a line, for `icx ledger trust --witness`; the table leaves them out.
+    listed = _icx(east, "federation", "peers", "--witness-keys")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert listed.stdout == f"{_witness_key(west)}\n"
+    trust = _icx(east, "ledger", "trust", "--witness", listed.stdout.strip(), "--quorum", "1")
+    assert trust.returncode == 0, trust.stderr
+    policy = json.loads(trust.stdout)
+    assert _witness_key(west) in json.dumps(policy)
+    assert _witness_key(west) not in _icx(east, "federation", "peers").stdout
+    # The two forms of output do not mix.
+    both = _icx(east, "federation", "peers", "--json", "--witness-keys")
+    assert (both.returncode, both.stdout) == (2, "")
+    assert both.stderr.splitlines()[-1].endswith(
+        "argument --witness-keys: not allowed with argument --json"
+    )
 
 
 def test_a_broker_that_does_not_peer_says_so(tmp_path: Path) -> None:
@@ -150,6 +198,9 @@ def test_a_broker_that_does_not_peer_says_so(tmp_path: Path) -> None:
             [],
             "",
         )
+        assert view["witness_key"] == ""
+        keys = _icx(solo, "federation", "peers", "--witness-keys")
+        assert (keys.returncode, keys.stdout, keys.stderr) == (0, "", "")
 
 
 def test_peers_errors_are_one_line_with_their_exit_code(two: dict[str, LocalFederation]) -> None:
@@ -194,7 +245,7 @@ def test_the_counters_line_names_each_drop_reason() -> None:
     )
     assert counters_line(view) == (
         "gossip: published 5, received 4, pulls 2, pull failures 1, dropped 5 "
-        "(non_member 2, stale 3); forwarded jobs: out 1, in 0"
+        "(non_member 2, stale 3); active forwarded jobs: out 1, in 0"
     )
     assert not Federation(broker="").peering
 
