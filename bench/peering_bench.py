@@ -52,10 +52,14 @@ async def _child(args: argparse.Namespace) -> None:
     def updated(_topic: str, summary: Summary) -> None:
         say({"update": summary.origin, "version": summary.version, "t": time.monotonic()})
 
+    low, high = MESH_BOUNDS[args.mesh]
     config = PeeringConfig(
         bootstrap=tuple(args.peer),
         peer_key_seed=peer_key_seed(args.peer_key),
         test_drop_fraction=args.drop,
+        mesh_degree=args.mesh,
+        mesh_degree_low=low,
+        mesh_degree_high=high,
     )
     host = PeerHost(config, Credentials.load(args.identity), on_update=updated)
     async with host:
@@ -89,18 +93,29 @@ async def _child(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------- the parent
 
+# GossipSub mesh degree -> (low, high): the peering package's default, and the broker's.
+MESH_BOUNDS = {3: (2, 4), 6: (4, 12)}
+
 
 class Child:
     """One host process; its update lines are recorded as they come."""
 
     def __init__(
-        self, name: str, folder: Path, key: Path, log: Path, peers: list[str], drop: float
+        self,
+        name: str,
+        folder: Path,
+        key: Path,
+        log: Path,
+        peers: list[str],
+        drop: float,
+        mesh: int,
     ):
         self.name = name
         self._log = log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.peering_bench", "--child", "--identity", str(folder),
-             "--peer-key", str(key), "--drop", str(drop), *(f"--peer={p}" for p in peers)],
+             "--peer-key", str(key), "--drop", str(drop), "--mesh", str(mesh),
+             *(f"--peer={p}" for p in peers)],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -169,7 +184,9 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def run_n(root: Path, n: int, changes: int, quiet_s: float, drop: float) -> dict[str, float]:
+def run_n(
+    root: Path, n: int, changes: int, quiet_s: float, drop: float, mesh: int
+) -> dict[str, float]:
     from cli.federation import LocalFederation
     from identity import Role
 
@@ -181,7 +198,7 @@ def run_n(root: Path, n: int, changes: int, quiet_s: float, drop: float) -> dict
             folder = fed.member(name, Role.BROKER, region=name)
             hosts.append(
                 Child(name, folder, root / f"{name}.key", root / f"{name}.log",
-                      [h.address for h in hosts], drop)
+                      [h.address for h in hosts], drop, mesh)
             )  # fmt: skip
         for h in hosts:
             h.ask(publish="start")
@@ -241,6 +258,14 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=24)
     parser.add_argument("--quiet-s", type=float, default=20.0)
     parser.add_argument("--drop", type=float, default=0.1)
+    parser.add_argument(
+        "--mesh",
+        type=int,
+        nargs="+",
+        default=[3],
+        choices=sorted(MESH_BOUNDS),
+        help="GossipSub mesh degrees to compare (3: the peering default; 6: the broker's)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer changes, shorter quiet")
     # The child (one host), started by the parent.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -250,23 +275,28 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        args.mesh = args.mesh[0]
         asyncio.run(_child(args))
         return 0
     if args.quick:
         args.changes, args.quiet_s = 10, 8.0
-    results = {}
+    results: dict[tuple[int, int], dict[str, float]] = {}
+    runs = [(n, mesh) for n in args.hosts for mesh in args.mesh]
     with tempfile.TemporaryDirectory(prefix="icx-peering-bench-") as tmp:
-        for n in args.hosts:
+        for n, mesh in runs:
             began = time.monotonic()
-            results[n] = run_n(Path(tmp) / f"n{n}", n, args.changes, args.quiet_s, args.drop)
+            results[(n, mesh)] = run_n(
+                Path(tmp) / f"n{n}-m{mesh}", n, args.changes, args.quiet_s, args.drop, mesh
+            )
             print(
-                f"{n} hosts ({time.monotonic() - began:.0f} s): "
-                + ", ".join(f"{k} {v:.3f}" for k, v in results[n].items()),
+                f"{n} hosts, mesh {mesh} ({time.monotonic() - began:.0f} s): "
+                + ", ".join(f"{k} {v:.3f}" for k, v in results[(n, mesh)].items()),
                 flush=True,
             )
     print()
-    print(f"| figure | {' | '.join(f'{n} hosts' for n in args.hosts)} | goal (8 brokers) |")
-    print(f"|---|{'---|' * len(args.hosts)}---|")
+    heads = " | ".join(f"{n} hosts, mesh {m}" for n, m in runs)
+    print(f"| figure | {heads} | goal (8 brokers) |")
+    print(f"|---|{'---|' * len(runs)}---|")
     rows = (
         ("median_s", f"converge after a change, median s ({args.drop:.0%} dropped)", "< 2 s"),
         ("p99_s", "converge after a change, p99 s", "reported"),
@@ -277,10 +307,10 @@ def main() -> int:
         ("pulls_per_s", "steady state, pull requests per host, /s", "-"),
     )
     for key, label, goal in rows:
-        print(f"| {label} | {' | '.join(f'{results[n][key]:.2f}' for n in args.hosts)} | {goal} |")
+        print(f"| {label} | {' | '.join(f'{results[r][key]:.2f}' for r in runs)} | {goal} |")
     print(
         f"\n{args.changes} changes per N (each host in turn), {args.quiet_s:.0f} s quiet period;"
-        f" package default settings; Python {sys.version.split()[0]}"
+        f" package default settings but the mesh; Python {sys.version.split()[0]}"
     )
     return 0
 
