@@ -38,6 +38,7 @@ from core.states import TERMINAL, JobState
 from core.types import CenterId, Job, JobId, Pool, PoolId, PoolRef
 from icx.v1 import federation_pb2, federation_pb2_grpc
 from identity import Credentials
+from identity.certs import broker_host
 from identity.tls import aio_channel
 
 log = logging.getLogger("icx.broker.peers")
@@ -198,7 +199,7 @@ class Peers:
         self._finish = finish
         self.views: dict[str, PeerSummary] = {}
         self._sent: dict[PoolRef, list[_Sent]] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._following: dict[JobId, _Following] = {}
         self.metrics = metrics or Metrics()
         self.metrics.peer_brokers.labels(live="yes").set_function(lambda: self._count(True))
@@ -370,10 +371,17 @@ class Peers:
         summary = self.views.get(broker)
         if summary is None:
             return None
-        chan = self._channels.get(summary.address)
+        key = (broker, summary.address)
+        chan = self._channels.get(key)
         if chan is None:
-            chan = aio_channel(summary.address, self.credentials, CHANNEL_OPTIONS)
-            self._channels[summary.address] = chan
+            options: tuple[tuple[str, str | int], ...] = CHANNEL_OPTIONS
+            own = broker_host(broker)
+            if own is not None:
+                # TLS checks the server's certificate against the broker's own name, not
+                # the address's: a member advertising another member's address is refused.
+                options = (*options, ("grpc.ssl_target_name_override", own))
+            chan = aio_channel(summary.address, self.credentials, options)
+            self._channels[key] = chan
         return chan
 
     def _stub(self, broker: str) -> federation_pb2_grpc.FederationServiceStub | None:

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import enum
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -190,6 +191,19 @@ def _hosts_of(ext: x509.Extensions) -> list[x509.GeneralName]:
     return [n for n in names if isinstance(n, x509.DNSName | x509.IPAddress)]
 
 
+# The DNS name under which a broker's certificate names the broker itself.
+BROKER_HOST_SUFFIX = ".broker.icx.internal"
+
+
+def broker_host(name: str) -> str | None:
+    """The host name a broker's certificate carries for the broker itself; None for a
+    name that is not a DNS label (its peers then check only that it is a member)."""
+    label = name.lower()
+    if re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) is None:
+        return None
+    return label + BROKER_HOST_SUFFIX
+
+
 def served_hosts(cert_pem: bytes) -> list[str]:
     """The host names and addresses a member's (leaf) certificate lets it serve as."""
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -341,11 +355,15 @@ def admit(
         "tenant": tenant,
         "usage_key": usage_key,
     }
-    # Brokers, centers and coordinators serve: their host names come from the request.
+    # Brokers, centers and coordinators serve: their host names come from the request. A
+    # broker's certificate also names it as a host (`broker_host`), so that a peer broker
+    # can demand that very broker at whatever address it dials.
     serves = role in (Role.BROKER, Role.CENTER, Role.COORDINATOR)
-    builder = builder.add_extension(
-        _alt_names(identity, _hosts_of(csr.extensions) if serves else ()), critical=False
-    )
+    hosts = _hosts_of(csr.extensions) if serves else []
+    own = broker_host(name) if role is Role.BROKER else None
+    if own is not None and own not in {str(h.value) for h in hosts}:
+        hosts.append(x509.DNSName(own))
+    builder = builder.add_extension(_alt_names(identity, hosts), critical=False)
     if role is Role.TENANT_ADMIN:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=0), critical=True
