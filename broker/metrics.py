@@ -69,6 +69,12 @@ class Metrics:
             "Peer brokers' checkpoints this broker cosigned as a witness",
             registry=self.registry,
         )
+        self.checkpoints_ignored = Counter(
+            "icx_checkpoints_ignored",
+            "Peer checkpoints not cosigned because they are older than the one cosigned (a"
+            " lagging relay, a replay)",
+            registry=self.registry,
+        )
         self.equivocations = Counter(
             "icx_equivocations",
             "Peer logs caught showing two histories (evidence stored; the peer distrusted)",

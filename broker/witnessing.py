@@ -223,7 +223,8 @@ class Witnessing:
         new = Checkpoint.from_text(parse_note(said.note).text)
         previous = self.witness.latest.get(said.origin)
         if previous is not None and new.size < previous[0].size:
-            return  # an older checkpoint (a lagging relay, a replay): nothing to cosign
+            self.metrics.checkpoints_ignored.inc()  # a lagging relay, a replay: no alarm
+            return
         same = previous is not None and (previous[0].size, previous[0].root) == (new.size, new.root)
         if same and self._delivered.get(said.origin) == new.size:
             return  # cosigned, and the cosignature kept there

@@ -72,7 +72,7 @@ def test_a_job_submitted_east_runs_at_a_west_center(three: dict[str, LocalFedera
 
 def test_a_forwarded_job_is_cancelled_from_home(three: dict[str, LocalFederation]) -> None:
     with three["east"].client("lab-a") as c:
-        job = c.submit(_spec("import time; time.sleep(60)"))
+        job = c.submit(_spec("import time; time.sleep(60)"))  # runs until cancelled
         wait_for(lambda: c.get_job(job.job_id).state == JobState.RUNNING, 30, "running")
         c.cancel(job.job_id)
         assert c.get_job(job.job_id).state == JobState.CANCELLED

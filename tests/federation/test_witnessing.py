@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,13 @@ import pytest
 from broker.ledger import ledger_paths
 from broker.witnessing import announcement
 from cli.federation import LocalFederation
+from core.types import JobSpec
 from identity import Credentials, Role
 from ledger import Checkpoint, LedgerStore, SignerKey, sign_checkpoint
 from ledger.note import parse_note
 from peering import CHECKPOINTS_TOPIC, SUMMARIES_TOPIC, PeerHost, PeeringConfig
 from tests.conftest import make_center, run_icx, wait_centers, wait_for
-from tests.federation.regions import regions
+from tests.federation.regions import metric, regions
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,12 @@ def test_each_broker_cosigns_the_others_checkpoints(
     assert verified.returncode == 0, verified.stderr
 
 
-async def _publish_forged(west: LocalFederation, east_address: str, *payloads: bytes) -> None:
-    """Publish `payloads` in turn on the checkpoints topic as broker-west (its membership
-    key), from another libp2p host, as a broker that shows two histories would."""
+async def _publish_forged(
+    west: LocalFederation, east_address: str, *steps: tuple[bytes, Callable[[], object]]
+) -> None:
+    """For each (payload, until): publish the payload on the checkpoints topic as
+    broker-west (its membership key), from another libp2p host, as a broker that shows two
+    histories would, and keep publishing nothing else until `until()` holds."""
     config = PeeringConfig(
         bootstrap=(east_address,),
         topics=(SUMMARIES_TOPIC, CHECKPOINTS_TOPIC),
@@ -84,9 +89,9 @@ async def _publish_forged(west: LocalFederation, east_address: str, *payloads: b
     creds = Credentials.load(west.member("broker-west", Role.BROKER, region="west"))
     async with PeerHost(config, creds) as host:
         await host.connect(east_address)
-        for payload in payloads:
+        for payload, until in steps:
             await host.publish(CHECKPOINTS_TOPIC, payload)
-            await asyncio.sleep(1.5)  # let the mesh carry it before the next, or the end
+            await asyncio.to_thread(wait_for, until, 20, "the forged announcement's effect")
 
 
 def test_an_older_checkpoint_or_another_brokers_log_raises_no_alarm(
@@ -102,9 +107,15 @@ def test_an_older_checkpoint_or_another_brokers_log_raises_no_alarm(
     witness = SignerKey.parse(west.db.with_suffix(".witness-key").read_text()).verifier.text()
     stale = announcement("icx/broker-west", log_key.verifier.text(), witness, older)
     squat = announcement("icx/broker-east", log_key.verifier.text(), witness, older)
-    asyncio.run(_publish_forged(west, east.peer_address, stale, squat))
     east_log = east.root / "logs" / "broker.log"
-    wait_for(lambda: "for log icx/broker-east dropped" in east_log.read_text(), 20, "the drop")
+    asyncio.run(
+        _publish_forged(
+            west,
+            east.peer_address,
+            (stale, lambda: metric(east, "icx_checkpoints_ignored_total") >= 1),
+            (squat, lambda: "for log icx/broker-east dropped" in east_log.read_text()),
+        )
+    )
     assert not (east.db.parent / f"{east.db.stem}.evidence").exists()
     assert _witness_state(east).get("distrusted", {}) == {}
     assert _cosigned_size(east, "icx/broker-west") >= size
@@ -121,10 +132,11 @@ def test_a_broker_that_signs_two_trees_of_one_size_is_caught(
     )
     witness = SignerKey.parse(west.db.with_suffix(".witness-key").read_text()).verifier.text()
     payload = announcement("icx/broker-west", log_key.verifier.text(), witness, forged)
-    asyncio.run(_publish_forged(west, east.peer_address, payload))
-
     evidence_dir = east.db.parent / f"{east.db.stem}.evidence"
-    [path] = wait_for(lambda: list(evidence_dir.glob("*.json")), 20, "the evidence")
+    asyncio.run(
+        _publish_forged(west, east.peer_address, (payload, lambda: list(evidence_dir.glob("*"))))
+    )
+    [path] = list(evidence_dir.glob("*.json"))
     evidence = json.loads(path.read_text())
     assert evidence["broker"] == "broker-west"
     assert evidence["origin"] == "icx/broker-west"
@@ -134,19 +146,8 @@ def test_a_broker_that_signs_two_trees_of_one_size_is_caught(
     # East no longer offers west's pools.
     with east.client() as c:
         assert all(q.center_id != "west-1" for q in c.quote(_any_spec()))
-    assert 'icx_equivocations_total{origin="icx/broker-west"} 1.0' in _metrics(east)
+    assert metric(east, "icx_equivocations_total", '{origin="icx/broker-west"}') == 1
 
 
-def _any_spec():  # type: ignore[no-untyped-def]
-    import sys
-
-    from core.types import JobSpec
-
+def _any_spec() -> JobSpec:
     return JobSpec(accelerator="any", devices=1, estimated_s=60, command=(sys.executable, "-V"))
-
-
-def _metrics(fed: LocalFederation) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{fed.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
