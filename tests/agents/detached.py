@@ -135,6 +135,13 @@ class DetachedRun:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._pgid, signal.SIGKILL)
             await self._follow
+        # The wrapper writes the exit code a moment before it exits: the run is over only
+        # once the wrapper is gone too.
+        while self._alive():
+            if self._proc is not None:
+                await self._proc.wait()
+            else:
+                await asyncio.sleep(POLL_S)
 
     def _ended(self) -> bool:
         return (self._folder / "exit").exists()
@@ -143,10 +150,10 @@ class DetachedRun:
         if self._proc is not None:
             return self._proc.returncode is None
         try:
-            os.kill(self._pgid, 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{self._pgid}/stat").read_text()
+        except FileNotFoundError:
             return False
-        return True
+        return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie waits for its reaper
 
     async def _follow_output(self) -> None:
         """Hand over new output until the run ended and all of it was handed over."""
