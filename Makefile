@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/icx/v1/*.proto)
-SRCS := core identity broker node_agent matcher ledger client cli peering tests bench
+SRCS := core identity broker node_agent matcher ledger client cli peering dashboard tests bench
 
 .PHONY: help setup demo test check lint fmt typecheck proto proto-check bench lock clean
 
@@ -21,6 +21,7 @@ help:
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(PY) -m dashboard.assets  # ECharts for the dashboard, from npm, integrity checked
 	touch $@
 
 setup: $(STAMP)
@@ -43,7 +44,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix $(SRCS)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core identity broker node_agent matcher ledger client cli peering scenario
+	$(BIN)/mypy core identity broker node_agent matcher ledger client cli peering scenario dashboard
 
 # The generated code comes from the pinned grpcio-tools (protoc 31.1), whose output
 # the pinned protobuf runtime (6.33) accepts.

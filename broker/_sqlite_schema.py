@@ -5,7 +5,8 @@ protobuf bytes. Version 1 keeps domain columns: the spec's fields in `jobs`, a c
 attributes in `centers` and its pools in `pools`. Version 2 adds `claims`. Version 3 adds
 a job's container (image, memory_mb, millicpus, network) and a center's accepted images.
 Version 4 adds a job's federation (broker: the peer it was forwarded to; home: the broker
-that forwarded it here).
+that forwarded it here). Version 5 adds `policy_changes`, the coordinator's policy as set
+(one row per version).
 The version lives in `schema_version`. Every migration runs in one transaction: it
 completes or leaves the file as it was.
 
@@ -141,6 +142,16 @@ CREATE TABLE claims (
 CREATE INDEX claims_job ON claims(job_id);
 """
 
+_POLICY_CHANGES = """
+CREATE TABLE policy_changes (
+    seq INTEGER PRIMARY KEY,                      -- the policy's version: 1, 2, ...
+    at_ms INTEGER NOT NULL,
+    who TEXT NOT NULL,                            -- who set it (a certificate name)
+    comment TEXT NOT NULL DEFAULT '',
+    policy_json TEXT NOT NULL                     -- the policy file (docs/policy.md)
+);
+"""
+
 # Columns added to a table after it was first created: (table, column, definition).
 _ADDED_IN_3 = (
     ("jobs", "image", "TEXT NOT NULL DEFAULT ''"),
@@ -207,7 +218,7 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def _create(conn: sqlite3.Connection) -> None:
-    for script in (_JOBS, _CENTERS, _EVENTS_AND_LOGS, _CLAIMS, _VERSION):
+    for script in (_JOBS, _CENTERS, _EVENTS_AND_LOGS, _CLAIMS, _POLICY_CHANGES, _VERSION):
         _run_script(conn, script)
     _set_version(conn, SCHEMA_VERSION)
 
@@ -228,6 +239,9 @@ def upgrade(conn: sqlite3.Connection, start: int) -> None:
         if start < 4:
             _add_columns(conn, _ADDED_IN_4)
             _set_version(conn, 4)
+        if start < 5:
+            _run_script(conn, _POLICY_CHANGES)
+            _set_version(conn, 5)
 
     _in_transaction(conn, steps)
 

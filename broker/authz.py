@@ -76,6 +76,9 @@ COORDINATOR = frozenset({Role.COORDINATOR})
 EVERYONE = frozenset({Role.USER, Role.CENTER, Role.BROKER, Role.COORDINATOR})
 READERS = frozenset({Role.USER, Role.COORDINATOR})
 BROKERS = frozenset({Role.BROKER})
+# The national view: the coordinator, and peer brokers (a federation's view is built
+# from its members').
+NATIONAL_READERS = frozenset({Role.COORDINATOR, Role.BROKER})
 
 # Every method the broker serves has a row; a method without one is refused.
 RULES: dict[str, Rule] = {
@@ -107,6 +110,13 @@ RULES: dict[str, Rule] = {
     "/icx.v1.FederationService/ListPeers": Rule(
         frozenset({Role.USER, Role.BROKER, Role.COORDINATOR}), Scope.NONE
     ),
+    "/icx.v1.NationalService/GetOverview": Rule(NATIONAL_READERS, Scope.FEDERATION),
+    "/icx.v1.NationalService/GetCenter": Rule(NATIONAL_READERS, Scope.FEDERATION),
+    "/icx.v1.NationalService/GetTimeSeries": Rule(NATIONAL_READERS, Scope.FEDERATION),
+    "/icx.v1.NationalService/ListRounds": Rule(NATIONAL_READERS, Scope.FEDERATION),
+    "/icx.v1.NationalService/GetPolicy": Rule(NATIONAL_READERS, Scope.FEDERATION),
+    "/icx.v1.NationalService/SetPolicy": Rule(COORDINATOR, Scope.FEDERATION),
+    "/icx.v1.NationalService/ListPolicyChanges": Rule(NATIONAL_READERS, Scope.FEDERATION),
     "/grpc.health.v1.Health/Check": Rule(EVERYONE, Scope.NONE),
     "/grpc.health.v1.Health/Watch": Rule(EVERYONE, Scope.NONE),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(EVERYONE, Scope.NONE),

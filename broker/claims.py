@@ -7,7 +7,7 @@ again (invariant 1: the broker believes an offer minus its own unanswered claims
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from core.types import ClaimId, JobId, PoolRef
@@ -31,6 +31,8 @@ class ClaimBook:
         self.records: dict[ClaimId, ClaimRecord] = {}
         # Each job's claims, in the order they were made: a job's usage is found by them.
         self._by_job: dict[JobId, list[ClaimId]] = {}
+        # Told of every record noted (the national figures' index).
+        self.on_note: Callable[[ClaimRecord], None] | None = None
 
     def load(self, records: Iterable[ClaimRecord]) -> None:
         for r in records:
@@ -47,6 +49,8 @@ class ClaimBook:
         if record.claim_id not in self.records:
             self._by_job.setdefault(record.job_id, []).append(record.claim_id)
         self.records[record.claim_id] = record
+        if self.on_note is not None:
+            self.on_note(record)
         return record
 
     def __contains__(self, claim_id: object) -> bool:

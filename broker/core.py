@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ from broker.claims import ClaimBook
 from broker.jobs import ACTIVE, DEFAULT_MAX_LOG_BYTES, JobBook
 from broker.ledger import BrokerLedger
 from broker.metrics import Metrics
+from broker.national import NationalView, Site, local_sites, peer_sites
 from broker.peers import Peers
+from broker.policy_book import PolicyBook
 from broker.rounds import Round, Rounds
 from broker.store import Store
 from broker.usage import MIN_INTERVAL_S, UsageIntake
@@ -66,6 +69,7 @@ from core.types import (
 from core.views import CenterStatus, QuoteLine
 from identity import Credentials, Member, Revocations
 from identity.tls import Trust
+from ledger import SignedRecord
 from matcher import ANY, GreedyMatcher, Matcher, Problem
 
 log = logging.getLogger("icx.broker")
@@ -137,6 +141,14 @@ class Broker:
             template=self.config.round_template,
             max_jobs_per_round=self.config.max_jobs_per_round,
         )
+        self.rounds.on_round = self._on_round
+        # The coordinator's figures and policy (NationalService). `region`: this broker's
+        # hub, the home of the jobs submitted here that name no data region.
+        self.region = ""
+        self.national = NationalView(
+            self.jobs, self.claims, self._sites, self._home_region, clock.now_ms
+        )
+        self.policy = PolicyBook(store, clock, self.config.round_template, self._use_policy)
         self.usage = UsageIntake(
             self.claims,
             store,
@@ -257,10 +269,19 @@ class Broker:
     def load(self) -> None:
         """Read the store into memory. Centers holding active work get one expiry period
         (from now) to reconnect before their jobs are requeued."""
-        snapshot = self.store.load()
-        self.jobs.load(snapshot)
-        self.centers.load(snapshot)
-        self.claims.load(snapshot.claims)
+        # Loading makes objects that live as long as the broker: the collector would walk
+        # them all, again and again, while they are made (the server then freezes them).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            snapshot = self.store.load()
+            self.jobs.load(snapshot)
+            self.centers.load(snapshot)
+            self.claims.load(snapshot.claims)
+            self.policy.load(snapshot)
+        finally:
+            if collecting:
+                gc.enable()
         counts = self.jobs.counts
         log.info(
             "loaded %d jobs (%d queued, %d active) and %d centers from %s",
@@ -283,7 +304,7 @@ class Broker:
             for summary in self.peers.views.values():
                 centers |= {summary.region, *(p.region for p in summary.pools)}
         if centers != self._center_regions:
-            t = self.config.round_template
+            t = self.rounds.template
             policy = set(t.latency_ms) | {b for row in t.latency_ms.values() for b in row}
             policy |= set(t.policy.quota_devices) | set(t.policy.incentive_regions)
             self._center_regions = centers
@@ -365,6 +386,34 @@ class Broker:
 
     def current_problem(self) -> Problem:
         return self.rounds.current_problem()
+
+    # ------------------------------------------------------- the coordinator
+
+    def _use_policy(self, template: Problem) -> None:
+        """A policy in force from the next round on."""
+        self.rounds.template = template
+        self._center_regions = None  # the known regions include the policy's
+        self._wake.set()
+
+    def _on_round(self, solved: Round) -> None:
+        self.national.note_round(solved)
+
+    def _sites(self, at_ms: int) -> list[Site]:
+        sites = local_sites(self.centers, at_ms)
+        if self.peers is not None:
+            sites += peer_sites(self.peers, at_ms)
+        return sites
+
+    def _home_region(self, job: Job) -> str:
+        """The hub a job was submitted in: its data's, else its home broker's, else
+        this broker's."""
+        if job.spec.data_region:
+            return job.spec.data_region
+        if job.home and self.peers is not None:
+            summary = self.peers.views.get(job.home)
+            if summary is not None:
+                return summary.region
+        return self.region
 
     # ------------------------------------------------------------ agent side
 
@@ -511,7 +560,10 @@ class Broker:
 
     async def on_usage(self, session: Session, entry: bytes) -> UsageAck:
         self.centers.heard_from(session)
-        return await self.usage.receive(session.center_id, entry)
+        ack = await self.usage.receive(session.center_id, entry)
+        if ack.accepted:
+            self.national.note_usage([SignedRecord.from_entry(entry).record])
+        return ack
 
     def on_log(self, session: Session, chunk: LogChunk) -> None:
         job = self.jobs.find(chunk.job_id)
@@ -540,6 +592,7 @@ class Broker:
 
     async def match_round(self) -> int:
         """One round; returns the claims sent."""
+        self.national.sample_queue()
         return await self.rounds.run()
 
     async def run_expiry(self) -> None:
@@ -600,8 +653,8 @@ class Broker:
         silent = self.centers.expire(self.config.center_expiry_ms)
         if not silent:
             return
-        for job in list(self.jobs.jobs.values()):
-            if job.state in ACTIVE and job.center_id in silent and not job.broker:
+        for job in list(self.jobs.page(ACTIVE)):  # the active jobs only, not every job
+            if job.center_id in silent and not job.broker:
                 await self._requeue(job, f"center {job.center_id} lost (silent past expiry)")
 
     # ----------------------------------------------------------- transitions

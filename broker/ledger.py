@@ -3,7 +3,9 @@
 The ledger library is synchronous and owns its SQLite connection; every call runs on one
 dedicated thread (its single writer), so the event loop never blocks on it. Files:
 `<db>.ledger` (the log) and `<db>.ledger.key` (the log's signer key, mode 0600); the
-`icx ledger` commands work on them offline with `--db <db>.ledger`.
+`icx ledger` commands work on them offline with `--db <db>.ledger`. A broker whose store
+is PostgreSQL keeps the log in that database (broker/pg_ledger_store.py) and only its key
+in a file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ledger.records import (
     interval_id,
     split_interval_id,
 )
-from ledger.store import LedgerStore, StoredEntry
+from ledger.store import LedgerStore, LogStore, StoredEntry
 
 log = logging.getLogger("icx.broker.ledger")
 
@@ -49,8 +51,19 @@ def ledger_paths(db: Path) -> tuple[Path, Path]:
 
 
 class BrokerLedger:
-    def __init__(self, db: Path, origin: str, witnesses: Sequence[str] = ()) -> None:
+    """`open_store` opens the log where it lives when not in `<db>.ledger` (the PostgreSQL
+    ledger of a broker whose store is PostgreSQL); the key is `<db>.ledger.key` either way."""
+
+    def __init__(
+        self,
+        db: Path,
+        origin: str,
+        witnesses: Sequence[str] = (),
+        *,
+        open_store: Callable[[], LogStore] | None = None,
+    ) -> None:
         self.path, self.key_path = ledger_paths(db)
+        self._open_store = open_store or (lambda: LedgerStore(self.path))
         self.origin = origin
         # The witnesses whose cosignatures this broker keeps (cosignature/v1 keys).
         self.witnesses = [VerifierKey.parse(w) for w in witnesses]
@@ -73,22 +86,31 @@ class BrokerLedger:
         self._pool.submit(self._open).result()
 
     def _open(self) -> None:
+        store = self._open_store()
         if self.key_path.exists():
             signer = SignerKey.parse(self.key_path.read_text())
+        elif store.size:
+            store.close()
+            raise FailedPrecondition(
+                f"the ledger in {store.path} is signed with key {store.meta('log_key')}:"
+                f" put that key's file at {self.key_path} (copy it from the broker that"
+                " created the ledger)"
+            )
         else:
             signer = SignerKey.generate(self.origin)
             fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(signer.text() + "\n")
-        store = LedgerStore(self.path)
         self._log = Log(store, signer) if store.size else Log.create(store, signer)
         for index, record in self._log.records():
             self._index(index, record)
         for index, accepted in self._log.accepted():
             self._index_accepted(index, accepted.record)
-        log.info("ledger %s: %d entries, key %s", self.path, store.size, signer.verifier.text())
+        log.info("ledger %s: %d entries, key %s", store.path, store.size, signer.verifier.text())
 
     def close(self) -> None:
+        if self._log is not None:
+            self._pool.submit(self._log.store.close).result()
         self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[Log], T]) -> T:
@@ -250,6 +272,10 @@ class BrokerLedger:
                 f"{where}: {successor!r} continues the interval, so it keeps end_ms "
                 f"{in_force.end_ms}"
             )
+
+    async def usage_records(self) -> list[UsageRecord]:
+        """Every usage record and correction in the log, in log order."""
+        return await self._run(lambda ledger: [r for _, r in ledger.records()])
 
     async def run_entries(self, bases: Sequence[str]) -> list[StoredEntry]:
         """The entries of the runs whose first records are `bases` (every metering

@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import grpc
 
 from broker.capacity import PoolCapacity
+from broker.centers import Centers
 from broker.jobs import ACTIVE, JobBook
 from broker.metrics import Metrics
 from core import wire
@@ -76,6 +78,8 @@ class PeerSummary:
     version: int
     pools: tuple[PoolCapacity, ...]
     heard_at_ms: int = 0  # by this broker's clock
+    # Where its centers are (summaries from brokers before places were sent have none).
+    places: Mapping[str, Place] = field(default_factory=dict)
 
     def age_ms(self, at_ms: int) -> int:
         """How old the summary is: since its broker signed it, or since it was heard if
@@ -83,9 +87,44 @@ class PeerSummary:
         return max(at_ms - self.issued_at_ms, at_ms - self.heard_at_ms)
 
 
-def summary_payload(region: str, address: str, pools: Iterable[PoolCapacity]) -> bytes:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Place:
+    """A center's name and coordinates, as its broker's summary states them."""
+
+    name: str
+    latitude: float
+    longitude: float
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.name) <= MAX_PLACE_NAME:
+            raise ValueError(f"center name must be 1..{MAX_PLACE_NAME} characters")
+        if not (math.isfinite(self.latitude) and -90 <= self.latitude <= 90):
+            raise ValueError(f"latitude must be -90..90, got {self.latitude}")
+        if not (math.isfinite(self.longitude) and -180 <= self.longitude <= 180):
+            raise ValueError(f"longitude must be -180..180, got {self.longitude}")
+
+
+MAX_PLACE_NAME = 200
+
+
+def places_of(centers: Centers) -> dict[str, Place]:
+    """This broker's centers' places, from their descriptors."""
+    return {
+        str(cid): Place(name=c.name or str(cid), latitude=c.latitude, longitude=c.longitude)
+        for cid, c in centers.descriptors.items()
+    }
+
+
+def summary_payload(
+    region: str,
+    address: str,
+    pools: Iterable[PoolCapacity],
+    places: Mapping[str, Place] | None = None,
+) -> bytes:
     """This broker's summary: its centers' pools (full ones included, so that peers see
-    the whole federation), sorted, as canonical JSON: equal offers give equal bytes."""
+    the whole federation), sorted, as canonical JSON: equal offers give equal bytes.
+    `places` adds the name and coordinates of each center with a pool in it (under
+    "centers", which brokers that predate it ignore)."""
     rows = sorted(
         (
             {
@@ -107,7 +146,19 @@ def summary_payload(region: str, address: str, pools: Iterable[PoolCapacity]) ->
         ),
         key=lambda r: (r["center"], r["pool"]),
     )
-    body = {"v": SUMMARY_FORMAT, "region": region, "address": address, "pools": rows}
+    body: dict[str, object] = {
+        "v": SUMMARY_FORMAT,
+        "region": region,
+        "address": address,
+        "pools": rows,
+    }
+    named = {r["center"] for r in rows}
+    if places:
+        body["centers"] = {
+            c: {"name": p.name, "lat": p.latitude, "lon": p.longitude}
+            for c, p in places.items()
+            if c in named
+        }
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -140,6 +191,10 @@ def parse_summary(broker: str, version: int, issued_at_ms: int, payload: bytes) 
             )
             for r in body["pools"]
         )
+        places = {
+            str(c): Place(name=str(p["name"]), latitude=float(p["lat"]), longitude=float(p["lon"]))
+            for c, p in body.get("centers", {}).items()
+        }
         return PeerSummary(
             broker=broker,
             region=str(body["region"]),
@@ -147,6 +202,7 @@ def parse_summary(broker: str, version: int, issued_at_ms: int, payload: bytes) 
             issued_at_ms=issued_at_ms,
             version=version,
             pools=pools,
+            places=places,
         )
     except InvalidArgument:
         raise

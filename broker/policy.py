@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidConfig
-from matcher import InvalidProblem, Problem, load_problem
+from matcher import InvalidProblem, Problem, dump_problem, load_problem
 
 _NOT_HERE = ("pools", "jobs")
 
@@ -52,6 +52,15 @@ def parse_policy(doc: object) -> Problem:
         return load_problem(full)
     except InvalidProblem as exc:
         raise InvalidConfig(f"policy: {exc}") from exc
+
+
+def policy_document(template: Problem) -> dict[str, Any]:
+    """The policy file of a round template: `parse_policy(policy_document(t))` gives `t`
+    back (its regions named by the figures that use them)."""
+    doc = dump_problem(template)
+    for key in (*_NOT_HERE, "regions"):
+        doc.pop(key, None)
+    return doc
 
 
 def load_policy(path: Path) -> Problem:

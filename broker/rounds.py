@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matcher
@@ -66,6 +66,8 @@ class Rounds:
         self.count = 0
         self.last: Round | None = None
         self._last_outcome: tuple[object, ...] = ()
+        # Told of each solved round (the national view keeps the latest).
+        self.on_round: Callable[[Round], None] | None = None
 
     def pools(self, at_ms: int, *, include_full: bool = False) -> dict[str, PoolCapacity]:
         """Every source's pools, by the name the matcher uses."""
@@ -97,6 +99,8 @@ class Rounds:
         self.count += 1
         self.last = Round(number=self.count, at_ms=at, problem=problem, solution=solution)
         self._record(problem, solution)
+        if self.on_round is not None:
+            self.on_round(self.last)
         claims = []
         for a in solution.assignments:
             ref = pools[a.pool_id].ref

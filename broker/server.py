@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,9 +26,11 @@ from broker.authz import Gate
 from broker.core import Broker, BrokerConfig
 from broker.federation_service import FederationServicer
 from broker.ledger import BrokerLedger
-from broker.peers import Peers, summary_payload
+from broker.national_service import NationalServicer
+from broker.peers import Peers, places_of, summary_payload
 from broker.service import AdminServicer, BrokerServicer, LedgerServicer
 from broker.sqlite_store import SqliteStore
+from broker.store import Store
 from broker.witnessing import Witnessing, announcement, log_origin, witness_key
 from core.errors import FailedPrecondition
 from icx.v1 import (
@@ -39,15 +44,19 @@ from icx.v1 import (
     federation_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
+    national_pb2,
+    national_pb2_grpc,
 )
 from identity import Credentials, Revocations, Role
 from identity.certs import served_hosts
 from identity.files import REVOCATIONS
 from identity.revocation import EMPTY, verify_revocations
 from identity.tls import Trust, server_credentials
+from ledger.store import LogStore
 from matcher import make_matcher
 
 if TYPE_CHECKING:  # peering loads libp2p and trio: only a federated broker imports it
+    from broker.lease import Lease, LeaseLost
     from peering import PeerHost, PeeringConfig, Summary
 
 log = logging.getLogger("icx.broker")
@@ -58,6 +67,7 @@ SERVICES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
+    national_pb2.DESCRIPTOR.services_by_name["NationalService"].full_name,
 )
 
 DEFAULT_ORIGIN = "icx.local/broker"
@@ -84,7 +94,11 @@ SERVER_OPTIONS = [
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
     listen: str
+    # The SQLite store's file; with `store` (a PostgreSQL URL) the store and the ledger
+    # live in that database instead, and `db` names only the broker's own files beside
+    # it (the ledger key `<db>.ledger.key`, the peer and witness keys).
     db: Path
+    store: str = ""
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     # Written once serving: {"port", "metrics_port", "pid"}, for scripts and tests.
@@ -111,15 +125,45 @@ class ServeOptions:
     peering: PeeringConfig | None = None
     advertise: str = ""
     summary_expiry_s: float = 15.0
+    # With PostgreSQL: how long the active broker's lease lasts (broker/lease.py). A
+    # standby on the same database takes over this long after the active one stopped.
+    failover_s: float = 10.0
+
+
+def open_store(options: ServeOptions, lease: Lease | None = None) -> Store:
+    """The broker's store: PostgreSQL at `options.store` (every write fenced by the
+    lease), else SQLite at `options.db`."""
+    if options.store:
+        from broker.pg_store import PostgresStore  # psycopg: only a broker that uses it
+
+        if lease is None:
+            return PostgresStore(options.store)
+        return PostgresStore(options.store, fence=lease.check, exclusive=False)
+    return SqliteStore(options.db)
+
+
+def open_ledger_store(
+    options: ServeOptions, lease: Lease | None = None
+) -> Callable[[], LogStore] | None:
+    """How to open the ledger where the store is PostgreSQL (None: `<db>.ledger`)."""
+    if not options.store:
+        return None
+    from broker.pg_ledger_store import PostgresLedgerStore
+
+    url = options.store
+    fence = None if lease is None else lease.check
+    return lambda: PostgresLedgerStore(url, fence=fence)
 
 
 class BrokerServer:
     """A started broker; `port` and `metrics_port` are the bound ones."""
 
-    def __init__(self, options: ServeOptions) -> None:
+    def __init__(self, options: ServeOptions, lease: Lease | None = None) -> None:
         self.options = options
+        self.lease = lease
+        self.lease_lost: LeaseLost | None = None
         self.credentials, self.trust = _membership(options)
-        self.store = SqliteStore(options.db)
+        self.store = open_store(options, lease)
         origin = options.name
         if options.peering is not None and self.credentials is not None:
             # A federated broker's log is named after it, so that its peers can tell whose
@@ -130,7 +174,12 @@ class BrokerServer:
                     f"a peering broker's log is named after it ({origin}), not {options.name!r}:"
                     " leave out --name"
                 )
-        self.ledger = BrokerLedger(options.db, origin=origin, witnesses=options.witnesses)
+        self.ledger = BrokerLedger(
+            options.db,
+            origin=origin,
+            witnesses=options.witnesses,
+            open_store=open_ledger_store(options, lease),
+        )
         self.broker = Broker(
             self.store,
             config=options.config,
@@ -175,6 +224,10 @@ class BrokerServer:
     async def start(self) -> None:
         self.ledger.open()
         self.broker.load()
+        self.broker.national.note_usage(await self.ledger.usage_records())
+        # What was loaded lives as long as the process: out of the collector's full
+        # passes, which would otherwise walk every job (a pause of a second at scale).
+        gc.freeze()
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(
             BrokerServicer(self.broker), self.server
         )
@@ -184,6 +237,9 @@ class BrokerServer:
             LedgerServicer(self.ledger, self.broker), self.server
         )
         federation_pb2_grpc.add_FederationServiceServicer_to_server(self.federation, self.server)
+        national_pb2_grpc.add_NationalServiceServicer_to_server(
+            NationalServicer(self.broker), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -222,9 +278,9 @@ class BrokerServer:
             tmp.write_text(json.dumps(ready))
             tmp.replace(self.options.ready_file)
         log.info(
-            "broker serving on port %d (db %s%s), %s",
+            "broker serving on port %d (store %s%s), %s",
             self.port,
-            self.options.db,
+            self.store.location,
             f", metrics on port {self.metrics_port}" if self.metrics_port else "",
             "PLAINTEXT, callers unauthenticated (--insecure)"
             if self.credentials is None
@@ -249,6 +305,7 @@ class BrokerServer:
         assert self.credentials is not None
         member = self.credentials.member
         self.ledger.region = member.name
+        self.broker.region = member.region
         self.peers = self.broker.federate(
             member.name, self.credentials, int(self.options.summary_expiry_s * 1000)
         )
@@ -320,7 +377,10 @@ class BrokerServer:
         while True:
             at = self.broker.clock.now_ms()
             payload = summary_payload(
-                region, self.advertised, self.broker.local.capacity(at, include_full=True)
+                region,
+                self.advertised,
+                self.broker.local.capacity(at, include_full=True),
+                places_of(self.broker.centers),
             )
             if payload != last:
                 try:
@@ -376,6 +436,7 @@ class BrokerServer:
             expiry = tg.create_task(self.broker.run_expiry())
             checkpoints = tg.create_task(self._checkpoints())
             summaries = tg.create_task(self._publish_summaries())
+            keeping = tg.create_task(self._keep_lease(stop))
             await stop.wait()
             log.info("broker stopping")
             for name in ("", *SERVICES):
@@ -385,11 +446,30 @@ class BrokerServer:
             expiry.cancel()
             checkpoints.cancel()
             summaries.cancel()
+            keeping.cancel()
         await self.close_peering()
-        await self.ledger.checkpoint()
+        if self.lease_lost is None:  # else another broker writes now: nothing more here
+            await self.ledger.checkpoint()
         self.ledger.close()
         self.store.close()
+        if self.lease is not None and self.lease_lost is None:
+            await self.lease.release()  # a standby takes over now, not at expiry
         log.info("broker stopped")
+        if self.lease_lost is not None:
+            raise self.lease_lost
+
+    async def _keep_lease(self, stop: asyncio.Event) -> None:
+        """Renew the active broker's lease; once it is lost, stop serving at once."""
+        if self.lease is None:
+            return
+        from broker.lease import LeaseLost
+
+        try:
+            await self.lease.kept()
+        except LeaseLost as exc:
+            log.error("%s: this broker stops; the one that holds the lease serves", exc)
+            self.lease_lost = exc
+            stop.set()
 
 
 def _membership(options: ServeOptions) -> tuple[Credentials | None, Trust | None]:
@@ -424,8 +504,18 @@ def _membership(options: ServeOptions) -> tuple[Credentials | None, Trust | None
 
 
 async def serve(options: ServeOptions) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    server = BrokerServer(options)
+    """Serve until SIGINT or SIGTERM; with PostgreSQL, first stand by until this broker
+    holds the database's lease."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    lease = None
+    if options.store:
+        lease = await _take_lease(options, stop)
+        if lease is None:
+            return
+    server = BrokerServer(options, lease)
     try:
         await server.start()
     except BaseException:
@@ -435,9 +525,57 @@ async def serve(options: ServeOptions) -> None:
             await server.close_peering()
         server.ledger.close()
         server.store.close()
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await lease.release()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await server.run(stop)
+
+
+async def _take_lease(options: ServeOptions, stop: asyncio.Event) -> Lease | None:
+    """Wait until this broker is the database's active one (None: stopped first). A
+    standby does not listen on its port, so agents and clients reach the active broker;
+    it refuses to start on a port another process holds, as an active broker does."""
+    from broker.lease import Lease
+
+    _check_port_free(options.listen)
+    name = options.name
+    if options.identity is not None and not options.insecure:
+        name = Credentials.load(options.identity).member.name
+    lease = Lease(options.store, f"{name}@{options.listen}", duration_s=options.failover_s)
+
+    def waiting(holder: str) -> None:
+        log.info(
+            "standing by: %s is the active broker; taking over once its lease lapses (%g s)",
+            holder,
+            options.failover_s,
+        )
+
+    acquiring = asyncio.create_task(lease.acquire(waiting=waiting))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not acquiring.done():
+        acquiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquiring
+        log.info("standby stopped")
+        return None
+    acquiring.result()  # raises what stopped it (the database unreachable)
+    lease.start_keeping()  # from now: opening the stores can take longer than the lease
+    return lease
+
+
+def _check_port_free(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot listen on {listen}: the port is in use or the address is not this host's"
+            ) from exc

@@ -21,12 +21,13 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from broker import _sqlite_schema as schema
 from broker.claims import ClaimRecord
 from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
 from core.errors import FailedPrecondition, InvalidConfig, NotFound
+from core.national import PolicyVersion
 from core.states import JobState
 from core.types import (
     CenterDescriptor,
@@ -97,8 +98,9 @@ class SqliteStore:
 
     def load(self) -> Snapshot:
         db = self._reader
+        specs: dict[tuple[object, ...], JobSpec] = {}  # a spec seen before is reused
         jobs = [
-            StoredJob(job=_job_from_row(r), request_id=r["request_id"] or "")
+            StoredJob(job=_job_from_row(r, specs), request_id=r["request_id"] or "")
             for r in db.execute("SELECT * FROM jobs")
         ]
         pools: dict[str, list[Pool]] = {}
@@ -123,7 +125,18 @@ class SqliteStore:
         ):
             log_seq[JobId(j)] = seq
             log_bytes[JobId(j)] = size
-        claims = [_claim_from_row(r) for r in db.execute("SELECT * FROM claims")]
+        refs: dict[tuple[str, str, str], PoolRef] = {}
+        claims = [_claim_from_row(r, refs) for r in db.execute("SELECT * FROM claims")]
+        policy_changes = [
+            PolicyVersion(
+                version=r["seq"],
+                policy_json=r["policy_json"],
+                set_by=r["who"],
+                set_at_ms=r["at_ms"],
+                comment=r["comment"],
+            )
+            for r in db.execute("SELECT * FROM policy_changes ORDER BY seq")
+        ]
         return Snapshot(
             jobs=jobs,
             centers=centers,
@@ -131,6 +144,7 @@ class SqliteStore:
             log_seq=log_seq,
             log_bytes=log_bytes,
             claims=claims,
+            policy_changes=policy_changes,
         )
 
     def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:
@@ -233,6 +247,27 @@ class SqliteStore:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(schema.upsert_claim_sql(), values)
+
+        return self._write(write)
+
+    def put_policy_change(self, change: PolicyVersion) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            latest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM policy_changes").fetchone()[0]
+            if change.version != latest + 1:
+                raise FailedPrecondition(
+                    f"policy version {change.version} does not follow the stored {latest}"
+                )
+            conn.execute(
+                "INSERT INTO policy_changes (seq, at_ms, who, comment, policy_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    change.version,
+                    change.set_at_ms,
+                    change.set_by,
+                    free_text(change.comment),
+                    change.policy_json,
+                ),
+            )
 
         return self._write(write)
 
@@ -375,6 +410,20 @@ def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
 # ---------------------------------------------------------------- rows
 
 
+class Columns(Protocol):
+    """A row read by column name: sqlite3.Row here, a dict in the PostgreSQL store."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def free_text(value: str) -> str:
+    """Free text as every store keeps it (a job's reason and explanation, an event's
+    message, a policy change's comment): each NUL replaced by U+FFFD, since a PostgreSQL
+    text column cannot hold NUL. One rule on both stores, so a job reads back the same
+    from either."""
+    return value.replace("\0", "\ufffd")
+
+
 def _state_values(job: Job) -> tuple[Any, ...]:
     return (
         job.state.value,
@@ -385,8 +434,8 @@ def _state_values(job: Job) -> tuple[Any, ...]:
         ",".join(str(i) for i in job.device_indices),
         job.attempts,
         job.exit_code,
-        job.reason,
-        job.explanation,
+        free_text(job.reason),
+        free_text(job.explanation),
         job.broker,
         job.home,
     )
@@ -396,30 +445,31 @@ def _insert_event(conn: sqlite3.Connection, event: JobEvent) -> None:
     conn.execute(
         "INSERT INTO events (job_id, seq, at_ms, state, center_id, message)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (event.job_id, event.seq, event.at_ms, event.state.value, event.center_id, event.message),
+        (
+            event.job_id,
+            event.seq,
+            event.at_ms,
+            event.state.value,
+            event.center_id,
+            free_text(event.message),
+        ),
     )
 
 
-def _job_from_row(row: sqlite3.Row) -> Job:
+# The columns a job's spec is read from: equal columns, equal (immutable) spec.
+_SPEC_KEY = tuple(c.strip() for c in schema.SPEC_COLUMNS.split(","))
+
+
+def _job_from_row(row: Columns, specs: dict[tuple[object, ...], JobSpec] | None = None) -> Job:
+    """The job of a row; `specs` (when given) holds the specs already read, so that a
+    large load parses and checks each distinct spec once."""
     indices = row["device_indices"]
-    spec = JobSpec(
-        name=row["name"],
-        accelerator=row["accelerator"],
-        devices=row["devices"],
-        estimated_s=row["estimated_s"],
-        allowed_regions=tuple(json.loads(row["allowed_regions"])),
-        max_price_minor=row["max_price_minor"],
-        deadline_ms=row["deadline_ms"],
-        priority=row["priority"],
-        data_region=row["data_region"],
-        data_mb=row["data_mb"],
-        command=tuple(json.loads(row["command"])),
-        env=tuple((k, v) for k, v in json.loads(row["env"])),
-        image=row["image"],
-        memory_mb=row["memory_mb"],
-        millicpus=row["millicpus"],
-        network=bool(row["network"]),
-    )
+    key = tuple(row[c] for c in _SPEC_KEY) if specs is not None else ()
+    spec = specs.get(key) if specs is not None else None
+    if spec is None:
+        spec = _spec_from_row(row)
+        if specs is not None:
+            specs[key] = spec
     return Job(
         job_id=JobId(row["job_id"]),
         tenant=row["tenant"],
@@ -440,16 +490,43 @@ def _job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
-def _claim_from_row(row: sqlite3.Row) -> ClaimRecord:
+def _spec_from_row(row: Columns) -> JobSpec:
+    return JobSpec(
+        name=row["name"],
+        accelerator=row["accelerator"],
+        devices=row["devices"],
+        estimated_s=row["estimated_s"],
+        allowed_regions=tuple(json.loads(row["allowed_regions"])),
+        max_price_minor=row["max_price_minor"],
+        deadline_ms=row["deadline_ms"],
+        priority=row["priority"],
+        data_region=row["data_region"],
+        data_mb=row["data_mb"],
+        command=tuple(json.loads(row["command"])),
+        env=tuple((k, v) for k, v in json.loads(row["env"])),
+        image=row["image"],
+        memory_mb=row["memory_mb"],
+        millicpus=row["millicpus"],
+        network=bool(row["network"]),
+    )
+
+
+def _claim_from_row(
+    row: Columns, refs: dict[tuple[str, str, str], PoolRef] | None = None
+) -> ClaimRecord:
+    """The claim record of a row; `refs` (when given) holds the pool references already
+    made, shared by the claims on one pool."""
+    where = (row["broker"], row["center_id"], row["pool_id"])
+    pool = refs.get(where) if refs is not None else None
+    if pool is None:
+        pool = PoolRef(broker=where[0], center_id=CenterId(where[1]), pool_id=PoolId(where[2]))
+        if refs is not None:
+            refs[where] = pool
     return ClaimRecord(
         claim_id=ClaimId(row["claim_id"]),
         job_id=JobId(row["job_id"]),
         tenant=row["tenant"],
-        pool=PoolRef(
-            broker=row["broker"],
-            center_id=CenterId(row["center_id"]),
-            pool_id=PoolId(row["pool_id"]),
-        ),
+        pool=pool,
         accelerator=row["accelerator"],
         devices=row["devices"],
         price_minor_per_device_hour=row["price_minor_per_device_hour"],
@@ -463,7 +540,7 @@ def _claim_from_row(row: sqlite3.Row) -> ClaimRecord:
     )
 
 
-def _pool_from_row(row: sqlite3.Row) -> Pool:
+def _pool_from_row(row: Columns) -> Pool:
     return Pool(
         pool_id=PoolId(row["pool_id"]),
         accelerator=row["accelerator"],
@@ -476,7 +553,7 @@ def _pool_from_row(row: sqlite3.Row) -> Pool:
     )
 
 
-def _center_from_row(row: sqlite3.Row, pools: list[Pool]) -> CenterDescriptor:
+def _center_from_row(row: Columns, pools: list[Pool]) -> CenterDescriptor:
     return CenterDescriptor(
         center_id=CenterId(row["center_id"]),
         name=row["name"],

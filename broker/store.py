@@ -23,11 +23,12 @@ from typing import Protocol
 
 from broker.claims import ClaimRecord
 from core.errors import FailedPrecondition
+from core.national import PolicyVersion
 from core.types import CenterDescriptor, Job, JobEvent, JobId, LogChunk
 
 # The schema this code reads and writes. A store refuses a newer one, and an older one
 # until it is migrated (`icx broker migrate`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaError(FailedPrecondition):
@@ -59,6 +60,8 @@ class Snapshot:
     # The bytes of output kept for each job that has any.
     log_bytes: dict[JobId, int] = field(default_factory=dict)
     claims: Sequence[ClaimRecord] = ()
+    # The coordinator's policy changes, oldest first (version 1, 2, ...).
+    policy_changes: Sequence[PolicyVersion] = ()
 
 
 class Store(Protocol):
@@ -95,6 +98,12 @@ class Store(Protocol):
 
     def put_claim(self, record: ClaimRecord) -> asyncio.Future[None]:
         """What the broker saw of a claim, as it last changed (keyed by claim id)."""
+        ...
+
+    def put_policy_change(self, change: PolicyVersion) -> asyncio.Future[None]:
+        """A new policy version: `change.version` must be one more than the latest stored
+        (1 for the first), else the future fails with FailedPrecondition and nothing is
+        stored."""
         ...
 
     def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]: ...

@@ -9,7 +9,9 @@ command declare a tenant (--tenant, $ICX_TENANT)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,8 +54,9 @@ def configured_broker(folder: Path) -> str | None:
 
 def broker_address(flag: str | None, folder: Path | None = None) -> str:
     """--broker, else $ICX_BROKER, else the member folder's config, else the default:
-    HOST:PORT (a bare HOST gets the default port). InvalidArgument naming where it came
-    from if the port is not one."""
+    HOST:PORT (a bare HOST gets the default port), or several, comma-separated (a
+    region's active broker and its standbys: `reachable_broker` picks the one that
+    listens). InvalidArgument naming where it came from if a port is not one."""
     configured = configured_broker(folder) if folder is not None else None
     source = (
         "--broker"
@@ -64,7 +67,14 @@ def broker_address(flag: str | None, folder: Path | None = None) -> str:
         if configured
         else ""
     )
-    address = flag or os.environ.get("ICX_BROKER") or configured or DEFAULT_BROKER
+    given = flag or os.environ.get("ICX_BROKER") or configured or DEFAULT_BROKER
+    addresses = [_one_address(a.strip(), source) for a in given.split(",") if a.strip()]
+    if not addresses:
+        raise InvalidArgument(f"{source or 'the broker address'} names no HOST:PORT")
+    return ",".join(addresses)
+
+
+def _one_address(address: str, source: str) -> str:
     host, colon, port = address.rpartition(":")
     if not colon or "]" in port:  # no port (an IPv6 literal in brackets keeps its colons)
         return f"{address}:{DEFAULT_BROKER.rpartition(':')[2]}"
@@ -73,6 +83,21 @@ def broker_address(flag: str | None, folder: Path | None = None) -> str:
             f"{source or 'the broker address'} must be HOST:PORT, got {address!r}"
         )
     return address
+
+
+def reachable_broker(addresses: str, timeout_s: float = 1.0) -> str:
+    """The first of comma-separated broker addresses whose port takes a connection: a
+    standby broker does not listen until it takes over. The first one if none does (the
+    call then fails with the broker's own error)."""
+    choices = addresses.split(",")
+    if len(choices) == 1:
+        return choices[0]
+    for address in choices:
+        host, _, port = address.rpartition(":")
+        with contextlib.suppress(OSError):
+            socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+            return address
+    return choices[0]
 
 
 def tenant(flag: str | None) -> str:
@@ -126,7 +151,7 @@ def connect(args: argparse.Namespace, *, timeout_s: float = 10.0) -> BrokerClien
     creds = credentials(args)
     folder = None if creds is None else config_folder(getattr(args, "identity", None))
     return BrokerClient(
-        broker_address(getattr(args, "broker", None), folder),
+        reachable_broker(broker_address(getattr(args, "broker", None), folder)),
         creds,
         tenant=tenant(getattr(args, "tenant", None)),
         timeout_s=timeout_s,

@@ -10,11 +10,14 @@ from collections.abc import Callable
 from cli import (
     admin_cmd,
     bill_cmd,
+    dashboard_cmd,
     demo,
     federation_cmd,
     ledger_cmd,
     match_cmd,
     member_cmd,
+    national_cmd,
+    policy_cmd,
     service_cmd,
     user_cmd,
 )
@@ -31,4 +34,7 @@ REGISTRY: list[Register] = [
     federation_cmd.register,
     admin_cmd.register,
     member_cmd.register,
+    dashboard_cmd.register,
+    national_cmd.register,
+    policy_cmd.register,
 ]

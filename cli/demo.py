@@ -607,7 +607,16 @@ def _print_keep(hubs: Hubs, as_json: bool) -> int:
         }
         for hub, fed in hubs.brokers.items()
     }
+    # The coordinator's dashboard on the first hub's broker (its region's view).
+    from cli.dashboard_cmd import start_beside
+
+    dashboard = start_beside(first, coordinator)
+    pids["dashboard"] = dashboard.child.pid
     info = {
+        "dashboard": {
+            "url": dashboard.url,
+            "token_url": f"{dashboard.url}?token={dashboard.token}",
+        },
         "broker": first.address,
         "brokers": brokers,
         "root": str(hubs.root),
@@ -647,6 +656,8 @@ As a user of tenant {TENANTS[0]} (submits, sees and cancels only {TENANTS[0]}'s 
   {icx} logs -f JOB # follow a job's output, wherever it runs
   {icx} ledger checkpoint
   curl -s 127.0.0.1:{first.metrics_port}/metrics | grep icx_
+The coordinator's dashboard (the {hub} broker's view): {dashboard.url}
+  to change policy from it, open {dashboard.url}?token={dashboard.token}
 The federation's root and its coordinator are in {first.authority.folder}.
 Stop it with:
   kill {pid_list}"""

@@ -140,6 +140,8 @@ class LocalFederation:
     # network namespace.
     host: str = "127.0.0.1"
     command_prefix: tuple[str, ...] = ()
+    # The broker's store: a PostgreSQL URL, or "" for the SQLite file `db`.
+    store: str = ""
     broker: Child | None = None
     broker_port: int = 0
     metrics_port: int | None = None
@@ -256,6 +258,11 @@ class LocalFederation:
         """A raw channel to the broker as a member (for tests that speak protobuf)."""
         return channel(self.address, self.credentials(role, name, tenant=tenant))
 
+    def start_child(self, name: str, args: list[str]) -> Child:
+        """`icx ARGS` as a child beside the federation (its log in `logs/NAME.log`), such
+        as a dashboard on its broker; the caller stops it."""
+        return self._spawn(name, args)
+
     def _spawn(self, name: str, args: list[str]) -> Child:
         log_path = self.root / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +288,8 @@ class LocalFederation:
         args = [
             "broker", "serve",
             "--listen", f"{self.host}:{listen_port}",
-            "--db", str(self.db),
+            *(["--store", self.store, "--state-dir", str(self.root)] if self.store
+              else ["--db", str(self.db)]),
             "--metrics", "0",
             "--ready-file", str(ready),
             *self._broker_identity(),

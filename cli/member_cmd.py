@@ -10,7 +10,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli._client import add_broker_flag, broker_address, config_folder, connect
+from cli._client import (
+    add_broker_flag,
+    broker_address,
+    config_folder,
+    connect,
+    reachable_broker,
+)
 from cli._output import EXIT_OK, command, print_json
 from core.errors import InvalidArgument, NotFound
 
@@ -131,7 +137,7 @@ def revoke(args: argparse.Namespace) -> int:
             raise NotFound(f"this federation issued no certificate with serial {what}")
         serials.append(serial)
     taken = authority.revoke(serials)
-    pushed = [broker_address(b) for b in args.broker or ()]
+    pushed = [reachable_broker(broker_address(b)) for b in args.broker or ()]
     if pushed:  # as the federation's coordinator unless --identity names another
         creds = Credentials.load(Path(args.identity or authority.folder / "coordinator"))
         for broker in pushed:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli import member_cmd
-from cli._client import add_broker_flag, broker_address
+from cli._client import add_broker_flag, broker_address, reachable_broker
 from cli._output import EXIT_OK, command, print_json
-from core.errors import InvalidArgument, InvalidConfig, NotFound
+from core.errors import FailedPrecondition, InvalidArgument, InvalidConfig, NotFound
 
 if TYPE_CHECKING:
     from peering import PeeringConfig
@@ -68,7 +68,8 @@ def broker_serve(args: argparse.Namespace) -> int:
     metrics = metrics_address(args.metrics)
     options = ServeOptions(
         listen=args.listen,
-        db=Path(args.db),
+        db=broker_files(args),
+        store=store_url(args.store),
         metrics_port=None if metrics is None else metrics[1],
         metrics_host="127.0.0.1" if metrics is None else metrics[0],
         config=config,
@@ -82,9 +83,37 @@ def broker_serve(args: argparse.Namespace) -> int:
         peering=_peering(args),
         advertise=args.advertise or "",
         summary_expiry_s=args.summary_expiry_s,
+        failover_s=args.failover_s,
     )
+    if options.failover_s <= 0:
+        raise InvalidArgument("--failover-s must be more than 0")
     asyncio.run(serve(options))
     return EXIT_OK
+
+
+def store_url(url: str | None) -> str:
+    """A PostgreSQL URL as given to --store ('' for none), checked for its form."""
+    if url is None:
+        return ""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidConfig(
+            f"--store must be a PostgreSQL URL postgresql://USER@HOST:PORT/DB, got"
+            f" {url.split('://')[0][:20]!r}... (the SQLite store is --db FILE)"
+        )
+    return url
+
+
+def broker_files(args: argparse.Namespace) -> Path:
+    """Where the broker's own files live: beside --db (its name the stem), or, with
+    --store, as `broker.*` in --state-dir."""
+    if args.store:
+        folder = Path(args.state_dir or ".")
+        if not folder.is_dir():
+            raise InvalidConfig(f"--state-dir {folder} is not a folder")
+        return folder / "broker"
+    if args.state_dir:
+        raise InvalidConfig("--state-dir goes with --store; with --db the files are beside it")
+    return Path(args.db)
 
 
 def _peering(args: argparse.Namespace) -> PeeringConfig | None:
@@ -103,7 +132,7 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
     host, _, port = args.peer_listen.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidConfig(f"--peer-listen must be HOST:PORT, got {args.peer_listen!r}")
-    key = Path(args.peer_key) if args.peer_key else Path(args.db).with_suffix(".peer-key")
+    key = Path(args.peer_key) if args.peer_key else broker_files(args).with_suffix(".peer-key")
     config = PeeringConfig(
         listen_host=host.strip("[]"),
         listen_port=int(port),
@@ -125,18 +154,34 @@ def _peering(args: argparse.Namespace) -> PeeringConfig | None:
 
 @command
 def broker_migrate(args: argparse.Namespace) -> int:
-    from broker.sqlite_store import migrate
+    if args.store:
+        from broker.lease import active_holder
+        from broker.pg_store import describe_url
+        from broker.pg_store import migrate as migrate_postgres
 
-    path = Path(args.db)
-    if not path.exists():
-        raise NotFound(f"no database at {path}")
-    before, after = migrate(path)
-    if args.json:
-        print_json({"db": str(path), "from": before, "to": after})
-    elif before == after:
-        print(f"{path}: schema version {after}, already current")
+        url = store_url(args.store)
+        where = describe_url(url)
+        holder = active_holder(url)
+        if holder is not None:
+            raise FailedPrecondition(
+                f"broker database {where} is in use by the broker {holder.partition('#')[0]}:"
+                " stop it (and its standbys) first"
+            )
+        before, after = migrate_postgres(url)
     else:
-        print(f"{path}: schema version {before} -> {after}")
+        from broker.sqlite_store import migrate
+
+        path = Path(args.db)
+        if not path.exists():
+            raise NotFound(f"no database at {path}")
+        where = str(path)
+        before, after = migrate(path)
+    if args.json:
+        print_json({"store" if args.store else "db": where, "from": before, "to": after})
+    elif before == after:
+        print(f"{where}: schema version {after}, already current")
+    else:
+        print(f"{where}: schema version {before} -> {after}")
     return EXIT_OK
 
 
@@ -270,7 +315,8 @@ def health(args: argparse.Namespace) -> int:
     from cli.federation import wait_serving
 
     creds = credentials(args)
-    address = broker_address(args.broker, None if creds is None else config_folder(args.identity))
+    folder = None if creds is None else config_folder(args.identity)
+    address = reachable_broker(broker_address(args.broker, folder))
     wait_serving(address, timeout_s=args.timeout, credentials=creds)
     if args.json:
         print_json({"address": address, "status": "SERVING"})
@@ -335,7 +381,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="127.0.0.1:7700",
         help="HOST:PORT (default 127.0.0.1:7700; port 0 picks one)",
     )
-    p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite database file (created if missing)")
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        help="PostgreSQL instead: postgresql://USER@HOST:PORT/DB (the store and the ledger;"
+        " a password is best given by PGPASSWORD or ~/.pgpass, never logged)",
+    )
+    p.add_argument(
+        "--failover-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --store: the active broker's lease; another broker started on the same "
+        "database stands by and takes over this long after the active one stops (default 10)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with --store: the folder of the broker's own files (the ledger key, the peer"
+        " and witness keys; default: the current folder)",
+    )
     p.add_argument(
         "--metrics", help="serve Prometheus metrics on [HOST:]PORT (default host 127.0.0.1)"
     )
@@ -440,7 +507,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "transaction: it completes or leaves the database as it was. A broker refuses to "
         "serve a database of another schema version.",
     )
-    p.add_argument("--db", required=True, help="SQLite database file")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="SQLite database file")
+    where.add_argument("--store", metavar="URL", help="PostgreSQL: postgresql://USER@HOST:PORT/DB")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=broker_migrate)
 

@@ -10,6 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from client import _calls
+from core import national_wire as nw
+from core.national import (
+    CenterDetail,
+    Overview,
+    PolicyVersion,
+    RoundSummary,
+    TimeSeries,
+)
 from core.states import JobState
 from core.types import Job, JobEvent, JobSpec, LogChunk
 from core.views import CenterStatus, Federation, JobPage, QuoteLine, RoundDump, WhoAmI
@@ -22,6 +30,8 @@ from icx.v1 import (
     federation_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
+    national_pb2,
+    national_pb2_grpc,
 )
 from identity.tls import aio_channel
 
@@ -58,6 +68,7 @@ class AsyncBrokerClient:
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
         self._federation = federation_pb2_grpc.FederationServiceStub(self._channel)
+        self._national = national_pb2_grpc.NationalServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -176,6 +187,61 @@ class AsyncBrokerClient:
             self._admin.DumpRound, admin_pb2.DumpRoundRequest(current=current), timeout_s
         )
         return _calls.dump_of(reply)
+
+    # --------------------------------------------------------- NationalService
+
+    async def overview(self, *, period_ms: int = 0, timeout_s: float | None = None) -> Overview:
+        """Every center's and hub's figures over the last `period_ms` (0: one hour), the totals
+        and the flows between hubs."""
+        request = national_pb2.GetOverviewRequest(period_ms=period_ms)
+        reply = await self._unary(self._national.GetOverview, request, timeout_s)
+        return nw.overview_from_proto(reply)
+
+    async def center_figures(
+        self, center_id: str, *, period_ms: int = 0, timeout_s: float | None = None
+    ) -> CenterDetail:
+        """One center's figures over the last `period_ms` and its running jobs; NotFound if
+        the broker knows no such center."""
+        request = national_pb2.GetCenterRequest(center_id=center_id, period_ms=period_ms)
+        reply = await self._unary(self._national.GetCenter, request, timeout_s)
+        return nw.center_detail_from_proto(reply)
+
+    async def time_series(
+        self, *, window_ms: int = 0, step_ms: int = 0, timeout_s: float | None = None
+    ) -> TimeSeries:
+        """The last `window_ms` (0: one hour) in steps of `step_ms` (0: one minute)."""
+        request = national_pb2.GetTimeSeriesRequest(window_ms=window_ms, step_ms=step_ms)
+        reply = await self._unary(self._national.GetTimeSeries, request, timeout_s)
+        return nw.series_from_proto(reply)
+
+    async def rounds(self, *, limit: int = 0, timeout_s: float | None = None) -> list[RoundSummary]:
+        """The latest matching rounds, newest first (`limit` 0: 20)."""
+        request = national_pb2.ListRoundsRequest(limit=limit)
+        reply = await self._unary(self._national.ListRounds, request, timeout_s)
+        return [nw.round_from_proto(r) for r in reply.rounds]
+
+    async def policy(self, *, timeout_s: float | None = None) -> PolicyVersion:
+        """The coordinator's policy in force (version 0: never set on this broker)."""
+        request = national_pb2.GetPolicyRequest()
+        reply = await self._unary(self._national.GetPolicy, request, timeout_s)
+        return nw.policy_from_proto(reply.policy)
+
+    async def set_policy(
+        self, policy_json: str, *, comment: str = "", timeout_s: float | None = None
+    ) -> PolicyVersion:
+        """A new policy (a coordinator only), in force from the next round; InvalidArgument
+        naming the field for a bad one, and nothing changes."""
+        request = national_pb2.SetPolicyRequest(policy_json=policy_json, comment=comment)
+        reply = await self._unary(self._national.SetPolicy, request, timeout_s)
+        return nw.policy_from_proto(reply.policy)
+
+    async def policy_history(
+        self, *, limit: int = 0, timeout_s: float | None = None
+    ) -> list[PolicyVersion]:
+        """The policy's stored changes, newest first (`limit` 0: 20)."""
+        request = national_pb2.ListPolicyChangesRequest(limit=limit)
+        reply = await self._unary(self._national.ListPolicyChanges, request, timeout_s)
+        return [nw.policy_from_proto(c) for c in reply.changes]
 
     # -------------------------------------------------------- FederationService
 

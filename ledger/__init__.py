@@ -42,7 +42,7 @@ from ledger.settlement import (
     verify_statement,
 )
 from ledger.signing import SignedRecord, countersign, sign_records
-from ledger.store import LedgerStore
+from ledger.store import LedgerStore, LogStore
 
 __all__ = [
     "ALG_COSIGNATURE_V1",
@@ -60,6 +60,7 @@ __all__ = [
     "LedgerError",
     "LedgerStore",
     "Log",
+    "LogStore",
     "NoteError",
     "ProofBundle",
     "ProofError",

@@ -55,7 +55,7 @@ from ledger.signing import (
     countersign,
     producer_message,
 )
-from ledger.store import LedgerStore
+from ledger.store import LogStore
 
 __all__ = ["AuditReport", "Log", "Rule", "UsageRuleViolation"]
 
@@ -120,7 +120,7 @@ class Log:
     and stores: per-record signatures then use every core."""
 
     def __init__(
-        self, store: LedgerStore, signer: SignerKey | None = None, *, workers: int = 1
+        self, store: LogStore, signer: SignerKey | None = None, *, workers: int = 1
     ) -> None:
         self.store = store
         self._pool = VerifyPool(workers) if workers > 1 else None
@@ -138,7 +138,7 @@ class Log:
         self._cache = SignatureCache()
 
     @classmethod
-    def create(cls, store: LedgerStore, signer: SignerKey, *, workers: int = 1) -> Log:
+    def create(cls, store: LogStore, signer: SignerKey, *, workers: int = 1) -> Log:
         """Start a ledger in an empty store: record the log key and admit it as broker."""
         if store.size or store.meta("log_key") is not None:
             raise LedgerError(f"{store.path}: already holds a ledger")

@@ -98,7 +98,10 @@ class Link:
         metrics: AgentMetrics,
     ) -> None:
         self.center = center
-        self.broker = broker
+        # A region's brokers, tried in turn: one active, the others standing by on the
+        # same database without listening until they take over (docs/deploy.md).
+        self._brokers = [b for b in broker.split(",") if b]
+        self._current = 0
         self.connected = asyncio.Event()
         self.heartbeat_s = 1.0
         self.fence_after_ms = 5_000
@@ -114,6 +117,11 @@ class Link:
         self._held_bytes = 0
         # When the broker was last heard from (any message, heartbeat answers included).
         self._last_heard_ms = clock.now_ms()
+
+    @property
+    def broker(self) -> str:
+        """The broker address the agent dials now."""
+        return self._brokers[self._current]
 
     def silent_ms(self) -> int:
         """How long the broker has not been heard from."""
@@ -188,12 +196,14 @@ class Link:
         """Connect, and reconnect with capped exponential back-off, forever."""
         backoff = _FIRST_BACKOFF_S
         while True:
+            refused = False
             try:
                 await self._session(handler)
                 backoff = _FIRST_BACKOFF_S
             except grpc.aio.AioRpcError as exc:
                 unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
-                if unavailable and await _nobody_listens(self.broker):
+                refused = unavailable and await _nobody_listens(self.broker)
+                if refused:
                     # No broker is counting this center's silence, and a restarted one
                     # grants a full expiry from its start. Only silence from a live
                     # broker (or one cut off from here) means fencing.
@@ -210,6 +220,12 @@ class Link:
                 self.connected.clear()
                 self._metrics.connected.set(0)
                 self._out = None
+            if refused and len(self._brokers) > 1:
+                # Nobody listens there: another of the region's brokers may have taken
+                # over. Each is tried once before the back-off.
+                self._current = (self._current + 1) % len(self._brokers)
+                if self._current != 0:
+                    continue
             await asyncio.sleep(backoff * (0.5 + random.random()))
             # Reconnect well within the grace a restarted broker gives (its expiry).
             backoff = min(backoff * 2, _MAX_BACKOFF_S, self.fence_after_ms / 2000)

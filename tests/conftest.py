@@ -24,6 +24,7 @@ from core.errors import Unavailable
 from core.types import CenterDescriptor, CenterId, Job, JobId, JobSpec, Pool, PoolId
 from core.views import CenterStatus
 from icx.v1 import broker_pb2, broker_pb2_grpc
+from tests.pg_cluster import pg_cluster, pg_url  # noqa: F401  (fixtures for every test)
 
 RECORD_JOB = Path(__file__).parent / "jobs" / "record.py"
 

@@ -17,12 +17,21 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from broker.authz import RULES
 from cli.federation import LocalFederation
-from icx.v1 import admin_pb2, agent_pb2, broker_pb2, federation_pb2, ledger_pb2
+from icx.v1 import admin_pb2, agent_pb2, broker_pb2, federation_pb2, ledger_pb2, national_pb2
 from identity import Credentials, Role
 from identity.tls import channel
 from tests.conftest import FAST_BROKER
 
-SERVED = (broker_pb2, agent_pb2, admin_pb2, federation_pb2, ledger_pb2, health_pb2, reflection_pb2)
+SERVED = (
+    broker_pb2,
+    agent_pb2,
+    admin_pb2,
+    federation_pb2,
+    ledger_pb2,
+    national_pb2,
+    health_pb2,
+    reflection_pb2,
+)
 ROLES = (Role.USER, Role.CENTER, Role.BROKER, Role.COORDINATOR)
 
 

@@ -550,6 +550,27 @@ def test_flags_beside_a_spec_file_are_refused_not_ignored(tmp_path: Path) -> Non
     )
 
 
+def test_a_region_s_brokers_are_comma_separated_and_the_listening_one_is_chosen() -> None:
+    from cli._client import broker_address, reachable_broker
+
+    assert broker_address("10.0.0.5:7801, localhost") == "10.0.0.5:7801,localhost:7700"
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        up, down = (f"127.0.0.1:{s.getsockname()[1]}" for s in (listening, closed))
+        assert reachable_broker(f"{down},{up}") == up
+        assert reachable_broker(f"{up},{down}") == up
+        assert reachable_broker(down) == down  # one address: no probe
+    for bad in (",", "a:1,b:notaport"):
+        out = subprocess.run(
+            [sys.executable, "-m", "cli.main", "jobs", "--insecure", "--broker", bad],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 2
+        assert out.stderr.startswith("icx: error: --broker ")
+
+
 def test_a_broker_address_without_a_port_gets_the_default_and_a_bad_port_is_refused() -> None:
     from cli._client import broker_address
 

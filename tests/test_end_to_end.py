@@ -5,13 +5,18 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from cli.federation import LocalFederation
 from client import BrokerClient
 from core.states import JobState
 from core.types import Job
 from tests.conftest import (
+    FAST_BROKER,
     assert_no_overlaps,
     jobs_by_id,
     make_center,
@@ -106,7 +111,32 @@ def test_agent_killed_midjob_its_jobs_complete_elsewhere(
     assert_no_overlaps(records, totals)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalFederation]:
+    """A federation whose broker keeps its store in SQLite, or in PostgreSQL."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    with LocalFederation(root=tmp_path / "fed", broker_args=FAST_BROKER, store=store) as fed:
+        yield fed
+
+
+def _stored_job_ids(fed: LocalFederation) -> set[str]:
+    """The job ids committed to the broker's store, read around the broker."""
+    if fed.store:
+        with psycopg.connect(fed.store) as pg:
+            return {str(row[0]) for row in pg.execute("SELECT job_id FROM jobs")}
+    with sqlite3.connect(fed.db) as db:
+        return {row[0] for row in db.execute("SELECT job_id FROM jobs")}
+
+
 def test_broker_killed_and_restarted_loses_no_accepted_job(
+    any_store: LocalFederation, tmp_path: Path
+) -> None:
+    federation = any_store
+    with federation.client() as client:
+        _killed_and_restarted(federation, client, tmp_path)
+
+
+def _killed_and_restarted(
     federation: LocalFederation, client: BrokerClient, tmp_path: Path
 ) -> None:
     for c in (make_center("CA"), make_center("CB")):
@@ -122,9 +152,8 @@ def test_broker_killed_and_restarted_loses_no_accepted_job(
     )
 
     federation.broker.kill()  # SIGKILL: no shutdown, no flush
-    with sqlite3.connect(federation.db) as db:
-        on_disk = {row[0] for row in db.execute("SELECT job_id FROM jobs")}
-    assert set(ids) <= on_disk  # every acknowledged submit was already committed
+    # Every acknowledged submit was already committed.
+    assert set(ids) <= _stored_job_ids(federation)
     federation.start_broker()
 
     jobs = wait_for(lambda: _all_done(client, ids), 90, "every job to end after the restart")

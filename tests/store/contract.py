@@ -334,3 +334,70 @@ class StoreContract:
             assert list(store.load().claims) == [ended]
 
         self.run(body)
+
+    def test_policy_changes_come_back_in_order_and_a_gap_is_refused(self) -> None:
+        from core.national import PolicyVersion
+
+        async def main() -> None:
+            store = self.make_store()
+            first = PolicyVersion(
+                version=1, policy_json='{"weights": {"carbon": 2}}', set_by="coordinator",
+                set_at_ms=1_000, comment="greener, é",
+            )  # fmt: skip
+            second = dataclasses.replace(first, version=2, policy_json="{}", comment="")
+            await store.put_policy_change(first)
+            with pytest.raises(FailedPrecondition, match="policy version 3 does not follow"):
+                await store.put_policy_change(dataclasses.replace(second, version=3))
+            with pytest.raises(FailedPrecondition, match="policy version 1 does not follow"):
+                await store.put_policy_change(first)
+            await store.put_policy_change(second)
+            store = self.reopen(store)
+            try:
+                assert list(store.load().policy_changes) == [first, second]
+            finally:
+                store.close()
+
+        asyncio.run(main())
+
+    def test_free_text_with_nul_is_kept_with_u_fffd_in_its_place(self) -> None:
+        """A PostgreSQL text column cannot hold NUL: on every store a job's reason and
+        explanation, an event's message and a policy comment keep U+FFFD in its place,
+        and the write (and the others of its commit) goes through."""
+        from core.national import PolicyVersion
+
+        async def main() -> None:
+            store = self.make_store()
+            j, other = job("j-1"), job("j-2")
+            await store.insert_job(j, event(j, 1, "accepted \0 by\0"))
+            ended = dataclasses.replace(
+                j, state=JobState.FAILED, updated_at_ms=2_000, reason="exit\0 1",
+                explanation="\0cheapest",
+            )  # fmt: skip
+            results = await asyncio.gather(
+                store.update_job(ended, event(ended, 2, "failed: \0")),
+                store.insert_job(other, event(other, 1, "accepted")),
+                store.put_policy_change(
+                    PolicyVersion(
+                        version=1, policy_json="{}", set_by="coordinator", set_at_ms=1_000,
+                        comment="why\0",
+                    )
+                ),
+            )  # fmt: skip
+            assert list(results) == [None, None, None]
+            store = self.reopen(store)
+            try:
+                snap = store.load()
+                stored = {s.job.job_id: s.job for s in snap.jobs}
+                assert stored[j.job_id] == dataclasses.replace(
+                    ended, reason="exit\ufffd 1", explanation="\ufffdcheapest"
+                )
+                assert stored[other.job_id] == other
+                assert [e.message for e in store.events_after(j.job_id, 0)] == [
+                    "accepted \ufffd by\ufffd",
+                    "failed: \ufffd",
+                ]
+                assert [p.comment for p in snap.policy_changes] == ["why\ufffd"]
+            finally:
+                store.close()
+
+        asyncio.run(main())

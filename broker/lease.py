@@ -1,0 +1,223 @@
+"""One active broker per database: a lease held in PostgreSQL.
+
+A region may run two or more broker processes on one PostgreSQL database: one active, the
+others standing by (docs/deploy.md says why active-standby and not active-active). The
+active broker holds the lease, a single row renewed every third of its duration; a
+standby does not listen on its gRPC port, so agents and clients given every address of
+the region (`--broker A,B`) reach the active one, and waits until the lease lapses, then
+takes it with a higher epoch, loads the store and serves.
+
+The database's clock decides expiry (`now()`), so brokers' clocks need not agree. Every
+write transaction of the stores checks, in the transaction, that this broker still holds
+the lease at its epoch (`FENCE`, with a share lock that a taker's update waits for): a
+broker that lost its lease (paused past its expiry, cut off from the database) cannot
+commit anything after another took over. It also stops by itself once it could not renew
+within the lease's duration (`Lease.kept` raises `LeaseLost`).
+
+    lease = Lease(url, "broker-east@host:7700", duration_s=10)
+    epoch = await lease.acquire()     # waits while another broker holds it
+    lease.start_keeping()             # renews on a thread of its own
+    await lease.kept()                # raises LeaseLost once lost
+    await lease.release()             # a clean stop: a standby takes over at once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from core.errors import FailedPrecondition
+
+log = logging.getLogger("icx.broker.lease")
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS icx_broker_lease (
+    id integer PRIMARY KEY CHECK (id = 1),
+    holder text NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+)
+"""
+
+# In a store's write transaction: the row exists only while this holder's lease lives.
+FENCE = """
+SELECT 1 FROM icx_broker_lease
+WHERE id = 1 AND holder = %s AND epoch = %s AND expires_at > now()
+FOR SHARE
+"""
+
+
+class LeaseLost(FailedPrecondition):
+    """Another broker holds the lease now, or it could not be renewed in time."""
+
+
+class Lease:
+    def __init__(self, url: str, name: str, *, duration_s: float = 10.0) -> None:
+        self.url = url
+        # Unique per process: a restarted broker is a new holder and waits like any other.
+        self.holder = f"{name}#{secrets.token_hex(4)}"
+        self.duration_s = duration_s
+        self.epoch = 0
+        self._renewed = 0.0  # monotonic time of the last acquire or renewal asked
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lost: asyncio.Future[None] | None = None
+
+    async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        from broker.pg_store import connect_error, describe_url
+
+        try:
+            return await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise connect_error(describe_url(self.url), exc) from exc
+
+    async def acquire(self, *, waiting: Callable[[str], None] | None = None) -> int:
+        """Wait until this broker holds the lease; its epoch. `waiting(holder)` is called
+        once when another broker holds it."""
+        told = False
+        async with await self._connect() as conn:
+            await conn.execute(TABLE)
+            await conn.execute(
+                "INSERT INTO icx_broker_lease VALUES (1, '', 0, '-infinity') "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+            while True:
+                self._renewed = time.monotonic()
+                row = await (
+                    await conn.execute(
+                        "UPDATE icx_broker_lease SET holder = %s, epoch = epoch + 1,"
+                        " expires_at = now() + make_interval(secs => %s)"
+                        " WHERE id = 1 AND expires_at <= now() RETURNING epoch",
+                        (self.holder, self.duration_s),
+                    )
+                ).fetchone()
+                if row is not None:
+                    self.epoch = int(str(row[0]))
+                    log.info("holds the lease (epoch %d, %.1f s)", self.epoch, self.duration_s)
+                    return self.epoch
+                if not told:
+                    held = await (
+                        await conn.execute("SELECT holder FROM icx_broker_lease WHERE id = 1")
+                    ).fetchone()
+                    if waiting is not None and held is not None:
+                        waiting(str(held[0]))
+                    told = True
+                await asyncio.sleep(min(self.duration_s / 5, 1.0))
+
+    def start_keeping(self) -> None:
+        """Renew from now on, every third of the duration, on a thread of its own (a
+        busy event loop, a long start-up or matching round, must not cost the lease);
+        `kept` raises LeaseLost once another broker took the lease or no renewal
+        succeeded within the duration (the database unreachable)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._lost = future
+        self._stop.clear()
+
+        def lost(exc: LeaseLost) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        def keep() -> None:
+            exc = self._keep()
+            if exc is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+                    loop.call_soon_threadsafe(lost, exc)
+
+        self._thread = threading.Thread(target=keep, name="icx-lease", daemon=True)
+        self._thread.start()
+
+    async def kept(self) -> None:
+        """Wait while the lease is kept; LeaseLost when it is lost."""
+        assert self._lost is not None, "start_keeping first"
+        await self._lost
+
+    def stop_keeping(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.duration_s)
+            self._thread = None
+
+    def _keep(self) -> LeaseLost | None:
+        """Renew until lost (the reason) or stopped (None)."""
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        step_s = self.duration_s / 3
+        try:
+            while not self._stop.wait(step_s):
+                ours: bool | None  # None: unknown, the database did not answer
+                asked = time.monotonic()  # the database's expiry counts from no earlier
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = psycopg.connect(
+                            self.url, autocommit=True, connect_timeout=max(1, int(step_s))
+                        )
+                        conn.execute(f"SET statement_timeout = {max(1, int(step_s * 1000))}")
+                    ours = self._renew(conn)
+                except (psycopg.Error, OSError) as exc:
+                    log.warning("cannot renew the lease: %s", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn, ours = None, None
+                if ours is False:
+                    return LeaseLost(f"another broker took the lease (epoch {self.epoch} ended)")
+                if ours:
+                    self._renewed = asked
+                elif time.monotonic() - self._renewed >= self.duration_s:
+                    return LeaseLost(f"the lease could not be renewed for {self.duration_s} s")
+            return None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _renew(self, conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+        """True: renewed; False: not ours any more."""
+        cur = conn.execute(
+            "UPDATE icx_broker_lease SET expires_at = now() + make_interval(secs => %s)"
+            " WHERE id = 1 AND holder = %s AND epoch = %s AND expires_at > now()",
+            (self.duration_s, self.holder, self.epoch),
+        )
+        return cur.rowcount == 1
+
+    async def release(self) -> None:
+        """Stop renewing and let a standby take over at once (a clean stop)."""
+        self.stop_keeping()
+        async with await self._connect() as conn:
+            await conn.execute(
+                "UPDATE icx_broker_lease SET expires_at = '-infinity'"
+                " WHERE id = 1 AND holder = %s AND epoch = %s",
+                (self.holder, self.epoch),
+            )
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        """The fence a store runs first in each write transaction (on its own, blocking
+        connection): LeaseLost when this broker no longer holds the lease."""
+        if conn.execute(FENCE, (self.holder, self.epoch)).fetchone() is None:
+            raise LeaseLost(f"this broker's lease (epoch {self.epoch}) is no longer held")
+
+    def fence(self) -> tuple[str, tuple[str, int]]:
+        """The statement and parameters a store runs first in each write transaction; a
+        transaction where it returns no row must not commit."""
+        return FENCE, (self.holder, self.epoch)
+
+
+def active_holder(url: str) -> str | None:
+    """The broker that holds a live lease on the database at `url`, if any (a migration
+    must not run under a serving broker)."""
+    from broker.pg_store import connect_url
+
+    with connect_url(url) as conn:
+        exists = conn.execute("SELECT to_regclass('icx_broker_lease')").fetchone()
+        if exists is None or exists[0] is None:
+            return None
+        row = conn.execute(
+            "SELECT holder FROM icx_broker_lease WHERE id = 1 AND expires_at > now()"
+        ).fetchone()
+        return None if row is None else str(row[0])

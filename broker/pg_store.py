@@ -1,0 +1,586 @@
+"""The production store: PostgreSQL through psycopg 3, written by one thread that owns the
+write connection and commits in groups, as the SQLite store does.
+
+Each write is queued in the order the broker changed its memory; the writer runs a batch
+of them in one transaction (`_write_transaction`, the one place a write transaction
+opens), commits once, then resolves each caller's future, so nothing is acknowledged
+before PostgreSQL has it (with the server's `synchronous_commit`, on by default). A batch
+runs without savepoints; if a write in it fails, the batch is rolled back and run again
+with each write under its own savepoint, so one failure does not undo the others (a
+failed write is rare: a duplicate request id, an unknown job). A job's row and its event
+go in one statement (a data-modifying WITH), one round trip to the server each. Reads
+come from a small connection pool on the caller's (the event loop's) thread and see only
+committed data. Free text is kept as on SQLite: NUL, which a PostgreSQL text column
+cannot hold, becomes U+FFFD (`free_text`).
+
+While a store is open, its write connection holds a session advisory lock on the
+database, so a second broker on the same database is refused (the lock is released when
+that connection ends, a killed broker's included). Brokers that share a database under a
+lease (broker/lease.py) open it with `exclusive=False` and a `fence`: a check that runs
+inside every write transaction before its writes; raising there fails the whole batch.
+
+`connect_url` turns what libpq says about a URL that does not work into the error tree:
+unreachable (Unavailable), refused credentials (PermissionDenied), no such database
+(NotFound), a malformed URL (InvalidConfig). `describe_url` is the location shown in
+logs and errors: host, port and database, never a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from broker import _pg_schema as schema
+from broker._sqlite_schema import SPEC_COLUMNS, STATE_COLUMNS, spec_values
+from broker.claims import ClaimRecord
+from broker.sqlite_store import (
+    _center_from_row,
+    _claim_from_row,
+    _job_from_row,
+    _pool_from_row,
+    _resolve,
+    _state_values,
+    free_text,
+)
+from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
+from core.errors import (
+    FailedPrecondition,
+    InvalidConfig,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from core.national import PolicyVersion
+from core.states import JobState
+from core.types import CenterDescriptor, CenterId, Job, JobEvent, JobId, LogChunk, Pool
+
+log = logging.getLogger("icx.broker.store")
+
+_STOP = object()
+_MAX_BATCH = 512
+# The advisory lock a broker holds on its database (any fixed 64-bit number: "icx").
+_LOCK_KEY = 0x696378
+# How long a starting broker waits for the lock: a killed broker's session ends moments
+# after its process.
+_LOCK_WAIT_MS = 3_000
+_CONNECT_TIMEOUT_S = 10
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+Fence = Callable[[Conn], None]
+_Write = Callable[[Conn], None]
+
+
+def describe_url(url: str) -> str:
+    """`postgresql://HOST:PORT/DB`: where a URL points, without user or password."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidConfig(f"--store: not a PostgreSQL URL: {_first_line(exc)}") from exc
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    port = str(parts.get("port") or "5432")
+    return f"postgresql://{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+def connect_url(url: str, *, autocommit: bool = True) -> Conn:
+    """A connection to `url`, or the error tree's reason it cannot be one."""
+    where = describe_url(url)
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=_CONNECT_TIMEOUT_S)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidConfig(f"--store: not a PostgreSQL URL: {_first_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise connect_error(where, exc) from exc
+
+
+def connect_error(where: str, exc: psycopg.OperationalError) -> Exception:
+    text = str(exc)
+    reason = _first_line(exc).removeprefix("connection failed: ")
+    if "authentication failed" in text or "pg_hba.conf rejects" in text or "role" in text:
+        return PermissionDenied(f"PostgreSQL at {where} refused the credentials: {reason}")
+    if "does not exist" in text and "database" in text:
+        return NotFound(f"PostgreSQL at {where}: {reason}")
+    return Unavailable(f"PostgreSQL at {where} is unreachable: {reason}")
+
+
+def _first_line(exc: BaseException) -> str:
+    # libpq's last line names what failed; the ones before it, each address it tried.
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    failed = [line for line in lines if "failed" in line or "FATAL" in line]
+    return (failed[-1] if failed else lines[0] if lines else type(exc).__name__)[:300]
+
+
+class PostgresStore:
+    """broker.store.Store on one PostgreSQL database. Creates the schema in an empty
+    database; refuses one of another schema version (see `migrate`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fence: Fence | None = None,
+        exclusive: bool = True,
+        pool_size: int = 4,
+    ) -> None:
+        self._location = describe_url(url)
+        self._fence = fence
+        self._exclusive = exclusive
+        self._url = url
+        self._writer = connect_url(url)
+        try:
+            self._hold_lock(self._writer)
+            with self._writer.transaction():
+                found = schema.version(self._writer, self._location)
+                if found is None:
+                    schema.upgrade(self._writer, None)
+                elif found != SCHEMA_VERSION:
+                    raise SchemaError(version_message(self._location, found))
+            self._pool: ConnectionPool[Conn] = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+                open=True,
+                name="icx-store-read",
+            )
+        except BaseException:
+            self._writer.close()
+            raise
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="icx-store-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def schema_version(self) -> int:
+        with self._pool.connection() as conn:
+            return schema.version(conn, self._location) or 0
+
+    # ------------------------------------------------------------------- reads
+
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            yield cur
+
+    def load(self) -> Snapshot:
+        with self._read() as db, db.connection.transaction():
+            jobs = [
+                StoredJob(job=_job_from_row(r), request_id=r["request_id"] or "")
+                for r in db.execute("SELECT * FROM jobs").fetchall()
+            ]
+            pools: dict[str, list[Pool]] = {}
+            for r in db.execute("SELECT * FROM pools ORDER BY center_id, position").fetchall():
+                pools.setdefault(r["center_id"], []).append(_pool_from_row(r))
+            centers = [
+                StoredCenter(
+                    center=_center_from_row(r, pools.get(r["center_id"], [])),
+                    first_seen_ms=r["first_seen_ms"],
+                    last_seen_ms=r["last_seen_ms"],
+                )
+                for r in db.execute("SELECT * FROM centers").fetchall()
+            ]
+            event_seq = {
+                JobId(r["job_id"]): int(r["seq"])
+                for r in db.execute(
+                    "SELECT job_id, MAX(seq) AS seq FROM events GROUP BY job_id"
+                ).fetchall()
+            }
+            log_seq: dict[JobId, int] = {}
+            log_bytes: dict[JobId, int] = {}
+            for r in db.execute(
+                "SELECT job_id, MAX(seq) AS seq, SUM(LENGTH(data)) AS size FROM logs"
+                " GROUP BY job_id"
+            ).fetchall():
+                log_seq[JobId(r["job_id"])] = int(r["seq"])
+                log_bytes[JobId(r["job_id"])] = int(r["size"])
+            claims = [_claim_from_row(r) for r in db.execute("SELECT * FROM claims").fetchall()]
+            policy_changes = [
+                PolicyVersion(
+                    version=r["seq"],
+                    policy_json=r["policy_json"],
+                    set_by=r["who"],
+                    set_at_ms=r["at_ms"],
+                    comment=r["comment"],
+                )
+                for r in db.execute("SELECT * FROM policy_changes ORDER BY seq").fetchall()
+            ]
+        return Snapshot(
+            jobs=jobs,
+            centers=centers,
+            event_seq=event_seq,
+            log_seq=log_seq,
+            log_bytes=log_bytes,
+            claims=claims,
+            policy_changes=policy_changes,
+        )
+
+    def events_after(self, job_id: JobId, seq: int) -> list[JobEvent]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM events WHERE job_id = %s AND seq > %s ORDER BY seq", (job_id, seq)
+            ).fetchall()
+        return [
+            JobEvent(
+                job_id=JobId(r["job_id"]),
+                seq=r["seq"],
+                at_ms=r["at_ms"],
+                state=JobState(r["state"]),
+                center_id=CenterId(r["center_id"]) if r["center_id"] else None,
+                message=r["message"],
+            )
+            for r in rows
+        ]
+
+    def logs_after(self, job_id: JobId, seq: int) -> list[LogChunk]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM logs WHERE job_id = %s AND seq > %s ORDER BY seq", (job_id, seq)
+            ).fetchall()
+        return [
+            LogChunk(job_id=JobId(r["job_id"]), seq=r["seq"], stream=r["stream"], data=r["data"])
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ writes
+
+    def insert_job(self, job: Job, event: JobEvent, request_id: str = "") -> asyncio.Future[None]:
+        values = (
+            job.job_id,
+            job.tenant,
+            request_id or None,
+            *spec_values(job.spec),
+            job.submitted_at_ms,
+            *_state_values(job),
+            *_event_values(event),
+        )
+        # The job and its first event in one statement (one round trip): ON CONFLICT DO
+        # NOTHING makes a duplicate a refusal (no row, so no event), not an error that
+        # would abort the batch's transaction.
+        sql = (
+            f"WITH job AS (INSERT INTO jobs (job_id, tenant, request_id, {SPEC_COLUMNS},"
+            f" submitted_at_ms, {STATE_COLUMNS}) VALUES ({_marks(len(values) - 5)})"
+            f" ON CONFLICT DO NOTHING RETURNING job_id) {_EVENT_AFTER}"
+        ).encode()
+
+        def write(conn: Conn) -> None:
+            if conn.execute(sql, values).rowcount == 0:
+                raise FailedPrecondition(
+                    f"job {job.job_id} or request {request_id!r} of tenant {job.tenant!r}"
+                    " is already stored"
+                )
+
+        return self._write(write)
+
+    def update_job(self, job: Job, event: JobEvent | None = None) -> asyncio.Future[None]:
+        assignments = ", ".join(f"{c.strip()} = %s" for c in STATE_COLUMNS.split(","))
+        update = f"UPDATE jobs SET {assignments} WHERE job_id = %s"
+        values: tuple[Any, ...] = (*_state_values(job), job.job_id)
+        if event is not None:  # the change and its event in one statement (one round trip)
+            update = f"WITH job AS ({update} RETURNING job_id) {_EVENT_AFTER}"
+            values += _event_values(event)
+        sql = update.encode()
+
+        def write(conn: Conn) -> None:
+            if conn.execute(sql, values).rowcount == 0:
+                raise NotFound(f"no job {job.job_id!r} in the store")
+
+        return self._write(write)
+
+    def insert_log(self, chunk: LogChunk) -> asyncio.Future[None]:
+        def write(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO logs (job_id, seq, stream, data) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (chunk.job_id, chunk.seq, chunk.stream, chunk.data),
+            )
+
+        return self._write(write)
+
+    def upsert_center(self, center: CenterDescriptor, at_ms: int) -> asyncio.Future[None]:
+        def write(conn: Conn) -> None:
+            _upsert_center(conn, center, at_ms)
+
+        return self._write(write)
+
+    def put_claim(self, record: ClaimRecord) -> asyncio.Future[None]:
+        values = (
+            record.claim_id,
+            record.job_id,
+            record.tenant,
+            record.pool.broker,
+            record.pool.center_id,
+            record.pool.pool_id,
+            record.accelerator,
+            record.devices,
+            record.price_minor_per_device_hour,
+            record.power_w,
+            record.pue_milli,
+            record.grid_g_co2_per_kwh,
+            record.claimed_at_ms,
+            record.started_at_ms,
+            record.ended_at_ms,
+            record.billed_record_id,
+        )
+
+        def write(conn: Conn) -> None:
+            conn.execute(_UPSERT_CLAIM, values)
+
+        return self._write(write)
+
+    def put_policy_change(self, change: PolicyVersion) -> asyncio.Future[None]:
+        def write(conn: Conn) -> None:
+            # The next version only: a concurrent writer's row makes the insert conflict.
+            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM policy_changes").fetchone()
+            latest = int(row[0]) if row else 0
+            if change.version != latest + 1:
+                raise FailedPrecondition(
+                    f"policy version {change.version} does not follow the stored {latest}"
+                )
+            conn.execute(
+                "INSERT INTO policy_changes (seq, at_ms, who, comment, policy_json)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    change.version,
+                    change.set_at_ms,
+                    change.set_by,
+                    free_text(change.comment),
+                    change.policy_json,
+                ),
+            )
+
+        return self._write(write)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._pool.close()
+        self._writer.close()
+
+    # ------------------------------------------------------------ the writer
+
+    def _write(self, fn: _Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        return fut
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Conn]:
+        """The one place a write transaction opens: BEGIN, the fence, the caller's
+        writes, COMMIT (or ROLLBACK on an exception)."""
+        conn = self._connection()
+        with conn.transaction():
+            if self._fence is not None:
+                self._fence(conn)
+            yield conn
+
+    def _connection(self) -> Conn:
+        """The write connection, opened anew (with its lock) if the server dropped it."""
+        if self._writer.closed or self._writer.broken:
+            self._writer.close()
+            self._writer = connect_url(self._url)
+            self._hold_lock(self._writer)
+            log.warning("store %s: write connection reopened", self._location)
+        return self._writer
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            results = self._commit(batch)
+            for (_, fut, loop), error in zip(batch, results, strict=True):
+                loop.call_soon_threadsafe(_resolve, fut, error)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[_Write, Any, Any]]) -> list[BaseException | None]:
+        """Commit `batch`; each write's error, or None."""
+        try:
+            with self._write_transaction() as conn:
+                for fn, _, _ in batch:
+                    fn(conn)
+            return [None] * len(batch)
+        except Exception:  # some write failed: again, each under its savepoint
+            pass
+        results: list[BaseException | None] = []
+        try:
+            with self._write_transaction() as conn:
+                for fn, _, _ in batch:
+                    try:
+                        with conn.transaction():  # a savepoint
+                            fn(conn)
+                        results.append(None)
+                    except Exception as exc:  # one bad write must not undo the batch
+                        results.append(_domain_error(self._location, exc))
+        except Exception as exc:
+            log.exception("store %s: commit failed", self._location)
+            return [_domain_error(self._location, exc)] * len(batch)
+        return results
+
+    def _hold_lock(self, conn: Conn) -> None:
+        """The database's broker lock, for as long as `conn` lives (unless the store is
+        not `exclusive`); FailedPrecondition if another broker holds it."""
+        if not self._exclusive:
+            return
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}".encode())
+                conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise FailedPrecondition(
+                f"broker database {self._location} is in use by another broker"
+            ) from None
+
+
+def version_message(location: str, version: int) -> str:
+    if version > SCHEMA_VERSION:
+        return (
+            f"broker database {location} has schema version {version}, newer than this "
+            f"broker's {SCHEMA_VERSION}: run the icx release that wrote it, or a newer one"
+        )
+    return (
+        f"broker database {location} has schema version {version}; this broker uses "
+        f"{SCHEMA_VERSION}: back it up, then run `icx broker migrate --store URL`"
+    )
+
+
+def migrate(url: str) -> tuple[int, int]:
+    """Bring the PostgreSQL store at `url` to SCHEMA_VERSION in one transaction; returns
+    (from, to). An empty database gets the current schema; a newer schema is refused, and
+    so is a database a broker is using."""
+    location = describe_url(url)
+    conn = connect_url(url)
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY,)).fetchone()
+            if not (row and row[0]):
+                raise FailedPrecondition(
+                    f"broker database {location} is in use by a broker: stop it first"
+                )
+            before = schema.version(conn, location)
+            if before is not None and before > SCHEMA_VERSION:
+                raise SchemaError(version_message(location, before))
+            if before is not None and before < schema.FIRST_VERSION:
+                raise SchemaError(
+                    f"broker database {location} has schema version {before}, older than any"
+                    " PostgreSQL store"
+                )
+            schema.upgrade(conn, before)
+        return before or 0, SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def _domain_error(location: str, exc: BaseException) -> BaseException:
+    """A write's error as the broker sees it: ours as they are, the driver's as
+    Unavailable (the server went away) or the error itself."""
+    if isinstance(exc, psycopg.OperationalError):
+        return Unavailable(f"store {location}: {_first_line(exc)}")
+    return exc
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _event_values(event: JobEvent) -> tuple[Any, ...]:
+    return (event.seq, event.at_ms, event.state.value, event.center_id, free_text(event.message))
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+# The event of the job the statement before it (`job`) wrote; no row when there is none.
+_EVENT_AFTER = (
+    "INSERT INTO events (job_id, seq, at_ms, state, center_id, message)"
+    " SELECT job_id, %s::integer, %s::bigint, %s::text, %s::text, %s::text FROM job"
+)
+
+
+def _upsert_center(conn: Conn, center: CenterDescriptor, at_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO centers (center_id, name, region, latitude, longitude, pue_milli,"
+        " grid_g_co2_per_kwh, images, first_seen_ms, last_seen_ms)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (center_id) DO UPDATE SET name = excluded.name,"
+        " region = excluded.region, latitude = excluded.latitude,"
+        " longitude = excluded.longitude, pue_milli = excluded.pue_milli,"
+        " grid_g_co2_per_kwh = excluded.grid_g_co2_per_kwh, images = excluded.images,"
+        " last_seen_ms = excluded.last_seen_ms",
+        (
+            center.center_id,
+            center.name,
+            center.region,
+            center.latitude,
+            center.longitude,
+            center.pue_milli,
+            center.grid_g_co2_per_kwh,
+            json.dumps(list(center.images)),
+            at_ms,
+            at_ms,
+        ),
+    )
+    conn.execute("DELETE FROM pools WHERE center_id = %s", (center.center_id,))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pools (center_id, pool_id, position, accelerator, devices_total,"
+            " devices_free, memory_gb, fp16_tflops, power_w, price_minor_per_device_hour)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    center.center_id,
+                    p.pool_id,
+                    i,
+                    p.accelerator,
+                    p.devices_total,
+                    p.devices_free,
+                    p.memory_gb,
+                    p.fp16_tflops,
+                    p.power_w,
+                    p.price_minor_per_device_hour,
+                )
+                for i, p in enumerate(center.pools)
+            ],
+        )
+
+
+_UPSERT_CLAIM = (
+    "INSERT INTO claims (claim_id, job_id, tenant, broker, center_id, pool_id, accelerator,"
+    " devices, price_minor_per_device_hour, power_w, pue_milli, grid_g_co2_per_kwh,"
+    " claimed_at_ms, started_at_ms, ended_at_ms, billed_record_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (claim_id) DO UPDATE SET job_id = excluded.job_id,"
+    " tenant = excluded.tenant, broker = excluded.broker, center_id = excluded.center_id,"
+    " pool_id = excluded.pool_id, accelerator = excluded.accelerator,"
+    " devices = excluded.devices,"
+    " price_minor_per_device_hour = excluded.price_minor_per_device_hour,"
+    " power_w = excluded.power_w, pue_milli = excluded.pue_milli,"
+    " grid_g_co2_per_kwh = excluded.grid_g_co2_per_kwh,"
+    " claimed_at_ms = excluded.claimed_at_ms, started_at_ms = excluded.started_at_ms,"
+    " ended_at_ms = excluded.ended_at_ms, billed_record_id = excluded.billed_record_id"
+)

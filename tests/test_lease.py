@@ -1,0 +1,112 @@
+"""The active broker's lease in a real PostgreSQL (tests/pg_cluster.py): one holder at a
+time, a standby takes over once the holder stops renewing, and the old holder is fenced
+out of every write transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from broker.lease import Lease, LeaseLost
+from broker.pg_store import describe_url
+from tests.conftest import run_icx
+
+DURATION_S = 1.0
+
+
+def _fenced(url: str, lease: Lease) -> bool:
+    """Whether a write transaction of `lease`'s holder would be refused."""
+    statement, params = lease.fence()
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement, params).fetchone() is None
+
+
+def test_one_holder_at_a_time_and_a_standby_takes_over_when_it_stops_renewing(pg_url: str) -> None:
+    async def scenario() -> None:
+        active = Lease(pg_url, "east", duration_s=DURATION_S)
+        standby = Lease(pg_url, "east", duration_s=DURATION_S)
+        assert await active.acquire() == 1
+        active.start_keeping()
+        waited: list[str] = []
+        taking = asyncio.create_task(standby.acquire(waiting=waited.append))
+        await asyncio.sleep(3 * DURATION_S)  # three durations renewed: still the active's
+        assert not taking.done()
+        assert waited == [active.holder]
+        assert not _fenced(pg_url, active)
+
+        active.stop_keeping()  # the active broker dies: nobody renews
+        stopped = time.monotonic()
+        assert await asyncio.wait_for(taking, 5 * DURATION_S) == 2
+        assert time.monotonic() - stopped <= DURATION_S + 1.0
+        assert _fenced(pg_url, active)
+        assert not _fenced(pg_url, standby)
+
+        # The old holder comes back (it was only paused): its first renewal finds the
+        # lease taken and it stops.
+        active.start_keeping()
+        with pytest.raises(LeaseLost, match="another broker took the lease"):
+            await asyncio.wait_for(active.kept(), 3 * DURATION_S)
+
+    asyncio.run(scenario())
+
+
+def test_a_released_lease_is_taken_at_once(pg_url: str) -> None:
+    async def scenario() -> None:
+        first = Lease(pg_url, "east", duration_s=30.0)
+        second = Lease(pg_url, "east", duration_s=30.0)
+        await first.acquire()
+        taking = asyncio.create_task(second.acquire())
+        await asyncio.sleep(0.2)
+        assert not taking.done()
+        await first.release()
+        assert await asyncio.wait_for(taking, 3.0) == 2  # a standby looks every second
+        assert _fenced(pg_url, first)
+
+    asyncio.run(scenario())
+
+
+def test_an_expired_lease_fences_its_holder_even_before_anyone_takes_it(pg_url: str) -> None:
+    async def scenario() -> None:
+        lease = Lease(pg_url, "east", duration_s=DURATION_S)
+        await lease.acquire()
+        assert not _fenced(pg_url, lease)
+        await asyncio.sleep(DURATION_S + 0.2)  # not renewed
+        assert _fenced(pg_url, lease)
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_that_cannot_be_renewed_is_given_up_within_its_duration(pg_url: str) -> None:
+    async def scenario() -> None:
+        lease = Lease(pg_url, "east", duration_s=DURATION_S)
+        await lease.acquire()
+        lease.url = "postgresql://postgres@127.0.0.1:1/nowhere"  # the database unreachable
+        started = time.monotonic()
+        lease.start_keeping()
+        with pytest.raises(LeaseLost, match="could not be renewed"):
+            await asyncio.wait_for(lease.kept(), 5 * DURATION_S)
+        assert time.monotonic() - started <= DURATION_S + 0.7
+
+    asyncio.run(scenario())
+
+
+def test_a_migration_is_refused_while_a_broker_holds_the_lease(pg_url: str) -> None:
+    async def scenario() -> None:
+        lease = Lease(pg_url, "east@127.0.0.1:7700", duration_s=30.0)
+        await lease.acquire()
+        refused = run_icx("broker", "migrate", "--store", pg_url)
+        assert (refused.returncode, refused.stderr.strip()) == (
+            1,
+            f"icx: error: broker database {describe_url(pg_url)} is in use by the broker "
+            "east@127.0.0.1:7700: stop it (and its standbys) first",
+        )
+        with psycopg.connect(pg_url) as conn:  # nothing was created
+            assert conn.execute("SELECT to_regclass('jobs')").fetchone() == (None,)
+        await lease.release()
+        done = run_icx("broker", "migrate", "--store", pg_url, "--json")
+        assert done.returncode == 0, done.stderr
+
+    asyncio.run(scenario())
