@@ -36,10 +36,11 @@ from typing import Any
 
 from bench.national_load import fill, usage_records
 from broker.core import Broker
-from broker.national import REUSE_MS
+from broker.national import REUSE_MS, ROUNDS_KEPT
 from broker.sqlite_store import SqliteStore
 from core import national_wire as nw
 from core.clock import ManualClock
+from core.national import ReasonCount, RoundSummary
 from icx.v1 import national_pb2 as pb
 
 HOUR_MS = 3_600_000
@@ -83,7 +84,7 @@ def _calls(broker: Broker) -> dict[str, Callable[[], object]]:
 def _measure(broker: Broker, calls: int) -> dict[str, dict[str, float]]:
     clock = broker.clock
     assert isinstance(clock, ManualClock)
-    asyncio.run(_rounds(broker))
+    _rounds(broker)
     out = {}
     for name, call in _calls(broker).items():
         took = []
@@ -101,11 +102,30 @@ def _measure(broker: Broker, calls: int) -> dict[str, dict[str, float]]:
     return out
 
 
-async def _rounds(broker: Broker) -> None:
-    """A few matching rounds (no center is connected: every queued job waits), so that
-    ListRounds has rounds with reasons to group."""
-    for _ in range(5):
-        await broker.match_round()
+def _rounds(broker: Broker) -> None:
+    """A full history of rounds (no center is connected, so none runs here): each with
+    the matcher's figures and four kinds of reasons for the jobs that wait."""
+    at = broker.clock.now_ms()
+    for n in range(ROUNDS_KEPT):
+        broker.national.rounds.append(
+            RoundSummary(
+                number=n + 1,
+                at_ms=at - (ROUNDS_KEPT - n) * 2_000,
+                objective=1234.5,
+                bound=1200.0,
+                gap=0.028,
+                solver="cp-sat",
+                solve_seconds=0.4,
+                pools=1_000,
+                jobs_considered=3_000,
+                jobs_placed=40,
+                jobs_waiting=2_960,
+                waiting=tuple(
+                    ReasonCount(reason=f"reason {k} N", example=f"reason {k} 8", jobs=740)
+                    for k in range(4)
+                ),
+            )
+        )
 
 
 def _scale(db: Path, calls: int) -> dict[str, Any]:

@@ -283,7 +283,7 @@ def test_indexed_figures_equal_after_a_load_and_when_built_run_by_run(
     assert sum(s.jobs_finished for s in series.steps) == everything.jobs_done
 
 
-def test_a_summary_carries_its_centers_places_and_older_ones_still_read() -> None:
+def test_a_summary_carries_its_centers_places_and_older_ones_still_read(tmp_path: Path) -> None:
     pool = PoolCapacity(
         ref=PoolRef(center_id=CenterId("w1"), pool_id=PoolId("p")),
         region="CY",
@@ -297,6 +297,18 @@ def test_a_summary_carries_its_centers_places_and_older_ones_still_read() -> Non
     assert parse_summary("b", 1, 0, payload).places == {"w1": place}
     older = summary_payload("CY", "h:1", [pool])
     assert b"centers" not in older and parse_summary("b", 1, 0, older).places == {}
+    # A broker that federates shows the peer's center where the peer says it is.
+    store = SqliteStore(tmp_path / "home.db")
+    try:
+        home = Broker(store, clock=ManualClock(NOW_MS))
+        home.load()
+        peers = home.federate("broker-home", None, 60_000)
+        assert peers.update("broker-west", 1, NOW_MS, payload)
+        [shown] = home.national.overview(0).centers
+        assert (shown.center_id, shown.broker, shown.name) == ("w1", "broker-west", "Chengdu 1")
+        assert (shown.latitude, shown.longitude, shown.region) == (30.6, 104.1, "CY")
+    finally:
+        store.close()
     bad = json.loads(payload)
     bad["centers"]["w1"]["lat"] = 91.0
     with pytest.raises(InvalidArgument, match=r"latitude must be -90\.\.90, got 91\.0"):

@@ -35,7 +35,7 @@ class NationalServiceStub(object):
 
     Where the figures come from:
     - a center's devices, pools, price, PUE and grid intensity: its descriptor and latest
-    offer (a peer's center: the peer's latest summary, which names no coordinates);
+    offer (a peer's center: the peer's latest summary, with its name and place);
     - runs (started, finished, busy device-seconds, flows): the broker's record of each
     claim (when it saw the run start and end), kept in its store, so they survive a
     restart; a run still going counts up to "as of";
@@ -113,7 +113,7 @@ class NationalServiceServicer(object):
 
     Where the figures come from:
     - a center's devices, pools, price, PUE and grid intensity: its descriptor and latest
-    offer (a peer's center: the peer's latest summary, which names no coordinates);
+    offer (a peer's center: the peer's latest summary, with its name and place);
     - runs (started, finished, busy device-seconds, flows): the broker's record of each
     claim (when it saw the run start and end), kept in its store, so they survive a
     restart; a run still going counts up to "as of";
@@ -236,7 +236,7 @@ class NationalService(object):
 
     Where the figures come from:
     - a center's devices, pools, price, PUE and grid intensity: its descriptor and latest
-    offer (a peer's center: the peer's latest summary, which names no coordinates);
+    offer (a peer's center: the peer's latest summary, with its name and place);
     - runs (started, finished, busy device-seconds, flows): the broker's record of each
     claim (when it saw the run start and end), kept in its store, so they survive a
     restart; a run still going counts up to "as of";
