@@ -94,9 +94,11 @@ class DockerEngine:
                 os.kill(pid, signal.SIGKILL)
 
 
-def start_engine(root: Path) -> DockerEngine:
+def start_engine(root: Path, storage_driver: str = "vfs") -> DockerEngine:
     """Install what is missing, start dockerd under `root`, wait until it answers, and
-    import the test image. Raises SetupError saying what failed."""
+    import the test image. Raises SetupError saying what failed. `vfs` works on any file
+    system; `overlay2` (where the kernel and the file system under `root` allow it)
+    shares layers instead of copying them, for images of hundreds of MB."""
     started = time.monotonic()
     ensure_debian({"dockerd": "docker.io", "busybox": "busybox-static"})
     installed = time.monotonic()
@@ -115,7 +117,7 @@ def start_engine(root: Path) -> DockerEngine:
             "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "dockerd.pid"),
             "-H", socket,
-            "--storage-driver", "vfs",
+            "--storage-driver", storage_driver,
             "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",

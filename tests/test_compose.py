@@ -1,18 +1,24 @@
-"""Static checks of the container deployment in compose/ (no container engine runs here).
+"""Static checks of the container deployment in compose/ (tests/test_compose_up.py runs
+it on a real engine).
 
 `check_compose` reads a compose file the way an operator's `docker compose up` would use
 it and returns every problem it finds, one line each:
 
 - the YAML parses and has services;
-- every service runs the image's `icx` entrypoint with a command that the project's own
-  argument parser accepts (healthchecks that call `icx` too);
+- every service but `postgres` (the store: `ADDRESS PORT`) runs the image's `icx`
+  entrypoint with a command that the project's own argument parser accepts
+  (healthchecks that call `icx` too);
 - every host file or folder it mounts exists, every named volume is declared;
 - each agent's `--config` is a mounted, read-only file that `load_center` accepts, and
   no two agents serve the same center;
-- each agent's `--broker` names a broker service and the port it listens on;
-- the broker listens on every address of its container, publishes that port, and keeps
-  its database on a volume;
-- ports are published on loopback only, and never by an agent (agents dial out);
+- every service is on the host's network (no bridge networks, no published ports) and
+  binds its own 127.0.0.x address (`--listen`, `--metrics`, `--health`), never 0.0.0.0:
+  no two services bind the same address;
+- each agent's `--broker` is the address a broker service listens on; each healthcheck
+  probes the address its own service serves;
+- the broker keeps its SQLite file (`--db`) on a volume, or its `--store` is the
+  `postgres` service's address, its own files (`--state-dir`) on a volume and its
+  password file mounted read-only; the cluster itself is on a volume;
 - membership: nothing runs `--insecure`; the broker and every agent present a member
   folder (`--identity`) mounted from the host (an agent's read-only; the broker's
   writable, as it keeps the newest revocation list there), and an agent's usage key
@@ -24,8 +30,9 @@ it and returns every problem it finds, one line each:
 Member folders (`*.identity`) and usage keys (`*.key`) are made at deployment, by
 compose/init-members.sh, and are not in the repository. With `members=True` (after
 running it) they must exist and hold what the service needs: a broker's certificate
-that names the host agents dial, each center's certificate with its own id and region,
-binding the usage key its config names, all issued by one federation root.
+that names the address agents dial, each center's certificate with its own id and region,
+binding the usage key its config names and naming its health endpoint's address, all
+issued by one federation root.
 
 The real files must give no problem; each negative test corrupts one thing in a copy
 and expects exactly the matching problem.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import shlex
@@ -56,10 +64,13 @@ from node_agent.config import load_center, usage_key_path
 
 COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-LOOPBACK = ("127.0.0.1", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::")
 DEFAULT_LISTEN = "127.0.0.1:7700"  # `icx broker serve`'s default --listen
-MADE_AT_DEPLOYMENT = (".identity", ".key")  # by init-members.sh: not in the repository
+BOUND = ("--listen", "--metrics", "--health")  # the flags that bind an address
+# Made by init-members.sh, not in the repository: member folders, usage keys, and the
+# store's password (for PostgreSQL, and for the broker as a libpq password file).
+MADE_AT_DEPLOYMENT = (".identity", ".key", ".password", ".pgpass")
+DATABASE = "postgres"  # the service that runs the broker's store: `ADDRESS PORT`
 
 
 # ---------------------------------------------------------------- the checker
@@ -161,17 +172,18 @@ def _split_address(address: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
-def _published(entry: Any) -> tuple[str, str]:
-    """(host address, container port) of a `ports` entry; host '' when not given."""
-    if isinstance(entry, dict):
-        return str(entry.get("host_ip", "")), str(entry.get("target", ""))
-    text = str(entry).split("/")[0]
-    if text.startswith("["):  # [::1]:7700:7700
-        host, _, rest = text[1:].partition("]:")
-        return host, rest.rsplit(":", 1)[-1]
-    parts = text.split(":")
-    host = parts[0] if len(parts) == 3 else ""
-    return host, parts[-1]
+def _on_loopback_v4(host: str) -> bool:
+    """Whether `host` is an address in 127.0.0.0/8."""
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network("127.0.0.0/8")
+    except ValueError:
+        return False
+
+
+def _serves(listen: str, dial: str) -> bool:
+    """Whether a server bound to `listen` answers a client dialling `dial`."""
+    (listen_host, listen_port), (dial_host, dial_port) = map(_split_address, (listen, dial))
+    return listen_port == dial_port and listen_host in (dial_host, *ANY_ADDRESS)
 
 
 def _bind_at(service: dict[str, Any], target: str) -> tuple[str, str, str, bool] | None:
@@ -232,6 +244,45 @@ def check_identity(
     return problems, creds
 
 
+def check_store(name: str, services: dict[str, dict[str, Any]], argv: list[str]) -> list[str]:
+    """A broker's store: a SQLite file (--db) on a volume, or (--store) the database
+    service's address, the broker's own files (--state-dir) on a volume and the password
+    file mounted read-only where PGPASSFILE says."""
+    service = services[name]
+    volumes = [target for kind, _, target, _ in _mounts(service) if kind == "volume"]
+    url = _flag(argv, "--store")
+    if url is None:
+        db = _flag(argv, "--db") or ""
+        if not any(Path(db).is_relative_to(target) for target in volumes):
+            return [
+                f"service {name}: --db {db} is not on a volume; the store would not "
+                "survive the container"
+            ]
+        return []
+    problems = []
+    database = services.get(DATABASE, {}).get("command", [])
+    served = ":".join(str(word) for word in database[:2])
+    where = url.split("@", 1)[-1].split("/", 1)[0]
+    if not database or where != served:
+        problems.append(
+            f"service {name}: --store {url} is not the address of the {DATABASE} service "
+            f"({served or 'none'})"
+        )
+    state = _flag(argv, "--state-dir") or "."
+    if not any(Path(state).is_relative_to(target) for target in volumes):
+        problems.append(
+            f"service {name}: --state-dir {state} is not on a volume; the ledger's key would "
+            "not survive the container"
+        )
+    passfile = (service.get("environment") or {}).get("PGPASSFILE", "")
+    mount = _bind_at(service, passfile)
+    if mount is None or not mount[3]:
+        problems.append(
+            f"service {name}: PGPASSFILE {passfile or '(unset)'} is not a file mounted read-only"
+        )
+    return problems
+
+
 def check_compose(path: Path, *, members: bool = False) -> list[str]:
     """Every problem found in the compose file at `path`, one line each. With
     `members`, the member folders and usage keys it mounts are checked too (they exist
@@ -246,7 +297,10 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
     services: dict[str, dict[str, Any]] = doc["services"]
     declared_volumes = set(doc.get("volumes") or {})
     problems: list[str] = []
+    if "networks" in doc:
+        problems.append(f"{path.name} declares networks; every service uses the host's")
     argvs: dict[str, list[str]] = {}  # every icx command, accepted or refused
+    bound: dict[str, str] = {}  # address -> the service that binds it
     accepted: set[str] = set()
     image_entrypoints: dict[str, list[str]] = {}
 
@@ -273,15 +327,45 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
             entrypoint = [str(w) for w in override]
         command = service.get("command", [])
         command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
-        if entrypoint != ["icx"]:
+        if service.get("network_mode") != "host" or "networks" in service:
+            problems.append(
+                f"service {name}: not on the host network (network_mode: host): no bridge networks"
+            )
+        if service.get("ports"):
+            problems.append(
+                f"service {name}: publishes ports; on the host network it binds its own "
+                "127.0.0.x address instead"
+            )
+        addresses = [(f, _flag(command, f)) for f in BOUND]
+        if name == DATABASE:
+            addresses = [("address", ":".join(command[:2]))]
+            if not any(m[2] == "/data" for m in _mounts(service) if m[0] == "volume"):
+                problems.append(f"service {name}: its cluster (/data) is not on a volume")
+        elif entrypoint != ["icx"]:
             problems.append(f"service {name}: entrypoint is {entrypoint!r}, not ['icx']")
             continue
-        error = parse_icx(command)
-        if error is not None:
-            problems.append(f"service {name}: `icx {shlex.join(command)}` is refused: {error}")
         else:
-            accepted.add(name)
-        argvs[name] = command
+            error = parse_icx(command)
+            if error is not None:
+                problems.append(f"service {name}: `icx {shlex.join(command)}` is refused: {error}")
+            else:
+                accepted.add(name)
+            argvs[name] = command
+        for flag, address in addresses:
+            if address is None:
+                continue
+            host, _ = _split_address(address)
+            if not _on_loopback_v4(host):
+                problems.append(
+                    f"service {name}: {flag} {address} binds beyond 127.0.0.x on the host's network"
+                )
+            elif address in bound:
+                problems.append(
+                    f"service {name}: {flag} {address} is bound by {bound[address]} too "
+                    "(one host network)"
+                )
+            else:
+                bound[address] = name
 
         if "--insecure" in command:
             problems.append(
@@ -303,6 +387,13 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
                     f"service {name}: healthcheck `{shlex.join(test[1:])}` presents no mounted "
                     "member folder (--identity): the endpoint serves members only"
                 )
+            served = _flag(command, "--listen") or _flag(command, "--health")
+            probed = _flag(words, "--broker")
+            if words[:1] == ["health"] and served and probed and not _serves(served, probed):
+                problems.append(
+                    f"service {name}: healthcheck probes {probed}, which the service does not "
+                    f"serve ({served})"
+                )
 
         for kind, source, target, _ in _mounts(service):
             if kind == "bind":
@@ -315,14 +406,6 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
             elif kind == "volume" and source and source not in declared_volumes:
                 problems.append(f"service {name}: volume {source!r} is not declared in volumes")
 
-        for entry in service.get("ports", []):
-            host, _ = _published(entry)
-            if host not in LOOPBACK:
-                problems.append(
-                    f"service {name}: port {entry!r} is published on "
-                    f"{host or 'every address'}, not on loopback only"
-                )
-
     brokers = {n: a for n, a in argvs.items() if a[:2] == ["broker", "serve"]}
     # A refused agent command is reported once, above; a refused broker command still
     # names the broker that agents point at.
@@ -332,20 +415,7 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
         problems.append("no service runs `icx broker serve`")
     for name, argv in brokers.items():
         listen = _flag(argv, "--listen") or DEFAULT_LISTEN
-        listen_host, listen_port = _split_address(listen)
-        if listen_host not in ANY_ADDRESS:
-            problems.append(
-                f"service {name}: --listen {listen} is not reachable from other containers "
-                f"(listen on 0.0.0.0)"
-            )
-        if not any(_published(e)[1] == listen_port for e in services[name].get("ports", [])):
-            problems.append(f"service {name}: its gRPC port {listen_port} is not published")
-        db = _flag(argv, "--db") or ""
-        if not any(Path(db).is_relative_to(target) for _, _, target, _ in _mounts(services[name])):
-            problems.append(
-                f"service {name}: --db {db} is not on a volume; the store would not "
-                f"survive the container"
-            )
+        problems += check_store(name, services, argv)
         found, creds = check_identity(
             name, services[name], argv, base=base, members=members, read_only=False
         )
@@ -356,23 +426,22 @@ def check_compose(path: Path, *, members: bool = False) -> list[str]:
                     f"service {name}: its member folder holds the certificate of "
                     f"{creds.member.describe()}, not of a broker"
                 )
-            if name not in _cert_hosts(creds):
+            listen_host = _split_address(listen)[0]
+            if listen_host not in _cert_hosts(creds):
                 problems.append(
-                    f"service {name}: its certificate does not name {name!r}, the host agents "
-                    f"dial (icx broker init --host {name})"
+                    f"service {name}: its certificate does not name {listen_host!r}, the "
+                    f"address agents dial (icx broker init --host {listen_host})"
                 )
             roots[name] = creds.root_pem
     seen_centers: dict[str, str] = {}
     for name, argv in agents.items():
         service = services[name]
-        if service.get("ports"):
-            problems.append(f"service {name}: an agent publishes ports; agents only dial out")
         broker = _flag(argv, "--broker") or ""
-        host, port = _split_address(broker)
-        if host not in brokers:
-            problems.append(f"service {name}: --broker {broker} names no broker service")
-        elif port != _split_address(_flag(brokers[host], "--listen") or DEFAULT_LISTEN)[1]:
-            problems.append(f"service {name}: --broker {broker} is not the port {host} listens on")
+        listens = [_flag(b, "--listen") or DEFAULT_LISTEN for b in brokers.values()]
+        if not any(_serves(listen, broker) for listen in listens):
+            problems.append(
+                f"service {name}: --broker {broker} is not the address of a broker service"
+            )
 
         config = _flag(argv, "--config") or ""
         mount = next(
@@ -461,6 +530,12 @@ def check_center_membership(
             f"service {name}: its member folder holds the certificate of {member.describe()}, "
             f"not of center {center.center_id} in region {center.region}"
         )
+    health = _split_address(_flag(argv, "--health") or "")[0]
+    if health and health not in _cert_hosts(creds):
+        problems.append(
+            f"service {name}: its certificate does not name {health!r}, the address its "
+            f"health endpoint is dialled at (icx agent init --host {health})"
+        )
     if key_mount is not None:
         try:
             key = SignerKey.parse((base / key_mount[1]).read_text(encoding="utf-8"))
@@ -491,13 +566,17 @@ def test_compose_runs_a_broker_and_three_centers() -> None:
         "agent-cn16",
     ]
     assert doc["services"]["broker"]["command"] == [
-        "broker", "serve", "--listen", "0.0.0.0:7700", "--db", "/data/broker.db",
-        "--metrics", "0.0.0.0:9100", "--identity", "/etc/icx/identity",
+        "broker", "serve", "--listen", "127.0.0.11:7700",
+        "--store", "postgresql://icx@127.0.0.10:5432/icx", "--state-dir", "/data",
+        "--metrics", "127.0.0.11:9100", "--identity", "/etc/icx/identity",
     ]  # fmt: skip
+    assert {s["network_mode"] for s in doc["services"].values()} == {"host"}
     assert doc["services"]["broker"]["volumes"] == [
         "broker-data:/data",
         "./broker.identity:/etc/icx/identity",
+        "./postgres.pgpass:/etc/icx/pgpass:ro",
     ]
+    assert doc["services"]["postgres"]["command"] == ["127.0.0.10", "5432"]
 
 
 def test_center_configs_are_the_scenario_rows() -> None:
@@ -525,8 +604,14 @@ def test_dockerfile_installs_the_package_with_icx_as_entrypoint() -> None:
     assert problems == []
     assert entrypoint == ["icx"]
     instructions = dockerfile_instructions(dockerfile)
-    assert instructions[0] == ("FROM", "python:3.11-slim AS build")
-    assert any("pip install --no-cache-dir -c requirements.lock ." in a for _, a in instructions)
+    # The base is a build argument: python:3.11-slim where a registry is at hand, the
+    # local Debian base (cli/base_image.py) where none is.
+    assert instructions[:2] == [("ARG", "BASE=python:3.11-slim"), ("FROM", "${BASE}")]
+    assert instructions[-1] == ("CMD", '["--help"]')
+    run = next(a for k, a in instructions if k == "RUN" and "pip install" in a)
+    words = run.split()
+    assert '"/src/$WHEELS"' in words and "--no-index" in words  # offline, from the wheels
+    assert "pip install --no-cache-dir -c /src/requirements.lock /src" in run  # or PyPI
 
 
 # ---------------------------------------------------------------- the checker can fail
@@ -559,15 +644,16 @@ def test_unknown_icx_command_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, "- serve", "- serv")
     first, *rest = check_compose(compose_copy)
     assert first.startswith(
-        "service broker: `icx broker serv --listen 0.0.0.0:7700 --db /data/broker.db "
-        "--metrics 0.0.0.0:9100 --identity /etc/icx/identity` is refused: icx broker: error: "
+        "service broker: `icx broker serv --listen 127.0.0.11:7700 --store "
+        "postgresql://icx@127.0.0.10:5432/icx --state-dir /data --metrics 127.0.0.11:9100 "
+        "--identity /etc/icx/identity` is refused: icx broker: error: "
         "argument COMMAND: invalid choice: 'serv'"
     )
     assert rest == [
         "no service runs `icx broker serve`",
-        "service agent-cn06: --broker broker:7700 names no broker service",
-        "service agent-cn08: --broker broker:7700 names no broker service",
-        "service agent-cn16: --broker broker:7700 names no broker service",
+        "service agent-cn06: --broker 127.0.0.11:7700 is not the address of a broker service",
+        "service agent-cn08: --broker 127.0.0.11:7700 is not the address of a broker service",
+        "service agent-cn16: --broker 127.0.0.11:7700 is not the address of a broker service",
     ]
 
 
@@ -576,7 +662,7 @@ def test_missing_required_flag_is_reported(compose_copy: Path) -> None:
     [problem] = check_compose(compose_copy)
     assert problem == (
         "service agent-cn06: `icx agent run --identity /etc/icx/CN06.identity --broker "
-        "broker:7700 --workdir /data/work --health 127.0.0.1:7800` is refused: "
+        "127.0.0.11:7700 --workdir /data/work --health 127.0.0.21:7800` is refused: "
         "icx agent run: error: the following arguments are required: --config"
     )
 
@@ -584,14 +670,14 @@ def test_missing_required_flag_is_reported(compose_copy: Path) -> None:
 def test_unknown_flag_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, "- --metrics", "- --metrix")
     [problem] = check_compose(compose_copy)
-    assert problem.endswith("unrecognized arguments: --metrix 0.0.0.0:9100")
+    assert problem.endswith("unrecognized arguments: --metrix 127.0.0.11:9100")
 
 
 def test_bad_healthcheck_command_is_reported(compose_copy: Path) -> None:
     edit(compose_copy, '"icx", "health"', '"icx", "healt"')
     [problem] = check_compose(compose_copy)
     assert problem.startswith(
-        "service broker: healthcheck `icx healt --broker 127.0.0.1:7700 --identity "
+        "service broker: healthcheck `icx healt --broker 127.0.0.11:7700 --identity "
         "/etc/icx/identity`: icx: error: argument COMMAND: invalid choice: 'healt'"
     )
 
@@ -650,29 +736,51 @@ def test_two_agents_for_one_center_are_reported(compose_copy: Path) -> None:
 
 
 def test_agent_pointing_elsewhere_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, '--broker, "broker:7700",', '--broker, "broker:7701",')
-    edit(compose_copy, '--broker, "broker:7700",', '--broker, "brokr:7700",')
+    edit(compose_copy, '--broker, "127.0.0.11:7700",', '--broker, "127.0.0.11:7701",')
+    edit(compose_copy, '--broker, "127.0.0.11:7700",', '--broker, "broker:7700",')
     assert check_compose(compose_copy) == [
-        "service agent-cn06: --broker broker:7701 is not the port broker listens on",
-        "service agent-cn08: --broker brokr:7700 names no broker service",
+        "service agent-cn06: --broker 127.0.0.11:7701 is not the address of a broker service",
+        "service agent-cn08: --broker broker:7700 is not the address of a broker service",
     ]
 
 
-def test_port_published_beyond_loopback_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, '"127.0.0.1:7700:7700"', '"7700:7700"')
-    assert check_compose(compose_copy) == [
-        "service broker: port '7700:7700' is published on every address, not on loopback only"
-    ]
-
-
-def test_agent_publishing_a_port_is_reported(compose_copy: Path) -> None:
+def test_a_published_port_is_reported(compose_copy: Path) -> None:
     edit(
         compose_copy,
         "    depends_on: [broker]\n",
         '    depends_on: [broker]\n    ports: ["127.0.0.1:8000:8000"]\n',
     )
     assert check_compose(compose_copy) == [
-        "service agent-cn06: an agent publishes ports; agents only dial out"
+        "service agent-cn06: publishes ports; on the host network it binds its own 127.0.0.x "
+        "address instead"
+    ]
+
+
+def test_services_off_the_host_network_are_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "  network_mode: host\n", "  network_mode: bridge\n")
+    edit(compose_copy, "\nvolumes:\n", "\nnetworks:\n  default:\n\nvolumes:\n")
+    assert check_compose(compose_copy) == [
+        "docker-compose.yml declares networks; every service uses the host's",
+        *(
+            f"service {name}: not on the host network (network_mode: host): no bridge networks"
+            for name in ("broker", "agent-cn06", "agent-cn08", "agent-cn16")
+        ),
+    ]
+
+
+def test_two_services_on_one_address_are_reported(compose_copy: Path) -> None:
+    text = compose_copy.read_text(encoding="utf-8")
+    compose_copy.write_text(text.replace('"127.0.0.22:7800"', '"127.0.0.21:7800"'))
+    assert check_compose(compose_copy) == [
+        "service agent-cn08: --health 127.0.0.21:7800 is bound by agent-cn06 too (one host network)"
+    ]
+
+
+def test_a_healthcheck_of_another_address_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, '"--broker", "127.0.0.11:7700"', '"--broker", "127.0.0.1:7700"')
+    assert check_compose(compose_copy) == [
+        "service broker: healthcheck probes 127.0.0.1:7700, which the service does not serve "
+        "(127.0.0.11:7700)"
     ]
 
 
@@ -707,24 +815,41 @@ def test_other_entrypoint_is_reported(compose_copy: Path) -> None:
     )
 
 
-def test_broker_on_container_loopback_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, "- 0.0.0.0:7700", "- 127.0.0.1:7700")
+def test_binding_beyond_loopback_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "- 127.0.0.11:7700", "- 0.0.0.0:7700")
+    edit(compose_copy, '--health, "127.0.0.23:7800"', '--health, "192.0.2.1:7800"')
+    edit(compose_copy, '"--broker", "127.0.0.23:7800"', '"--broker", "192.0.2.1:7800"')
     assert check_compose(compose_copy) == [
-        "service broker: --listen 127.0.0.1:7700 is not reachable from other containers "
-        "(listen on 0.0.0.0)"
+        "service broker: --listen 0.0.0.0:7700 binds beyond 127.0.0.x on the host's network",
+        "service agent-cn16: --health 192.0.2.1:7800 binds beyond 127.0.0.x on the host's network",
     ]
 
 
-def test_unpublished_broker_port_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, '"127.0.0.1:7700:7700"', '"127.0.0.1:7800:7800"')
-    assert check_compose(compose_copy) == ["service broker: its gRPC port 7700 is not published"]
-
-
 def test_database_outside_the_volume_is_reported(compose_copy: Path) -> None:
-    edit(compose_copy, "- /data/broker.db", "- /tmp/broker.db")
+    edit(
+        compose_copy,
+        "      - --store\n      - postgresql://icx@127.0.0.10:5432/icx\n"
+        "      - --state-dir\n      - /data\n",
+        "      - --db\n      - /tmp/broker.db\n",
+    )
     assert check_compose(compose_copy) == [
         "service broker: --db /tmp/broker.db is not on a volume; the store would not "
         "survive the container"
+    ]
+
+
+def test_a_store_that_is_not_the_database_service_is_reported(compose_copy: Path) -> None:
+    edit(compose_copy, "icx@127.0.0.10:5432/icx", "icx@127.0.0.12:5432/icx")
+    edit(compose_copy, "      - /data\n      - --metrics", "      - /tmp\n      - --metrics")
+    edit(compose_copy, "      - ./postgres.pgpass:/etc/icx/pgpass:ro\n", "")
+    edit(compose_copy, "      - postgres-data:/data\n", "")
+    assert check_compose(compose_copy) == [
+        "service postgres: its cluster (/data) is not on a volume",
+        "service broker: --store postgresql://icx@127.0.0.12:5432/icx is not the address of "
+        "the postgres service (127.0.0.10:5432)",
+        "service broker: --state-dir /tmp is not on a volume; the ledger's key would not "
+        "survive the container",
+        "service broker: PGPASSFILE /etc/icx/pgpass is not a file mounted read-only",
     ]
 
 
@@ -755,7 +880,7 @@ def test_an_unmounted_or_writable_agent_identity_is_reported(compose_copy: Path)
     )
     edit(compose_copy, "      - ./centers/CN08.identity:/etc/icx/CN08.identity:ro\n", "")
     assert check_compose(compose_copy) == [
-        "service agent-cn08: healthcheck `icx health --broker 127.0.0.1:7800 --identity "
+        "service agent-cn08: healthcheck `icx health --broker 127.0.0.22:7800 --identity "
         "/etc/icx/CN08.identity` presents no mounted member folder (--identity): the "
         "endpoint serves members only",
         "service agent-cn06: member folder ./centers/CN06.identity is not mounted read-only",
@@ -856,10 +981,12 @@ def test_members_that_do_not_fit_are_reported(with_members: Path, tmp_path: Path
     assert admitted.returncode == 0, admitted.stderr
     shutil.copy(other / "root.pem", cn16 / "root.pem")
     assert check_compose(with_members, members=True) == [
-        "service broker: its certificate does not name 'broker', the host agents dial "
-        "(icx broker init --host broker)",
+        "service broker: its certificate does not name '127.0.0.11', the address agents "
+        "dial (icx broker init --host 127.0.0.11)",
         "service agent-cn06: its member folder holds the certificate of center CN08 in "
         "region YRD, not of center CN06 in region CY",
+        "service agent-cn06: its certificate does not name '127.0.0.21', the address its "
+        "health endpoint is dialled at (icx agent init --host 127.0.0.21)",
         "service agent-cn06: its certificate binds another usage key than ./centers/CN06.key",
         "services agent-cn06, agent-cn08, agent-cn16, broker are members of different "
         "federations (their root.pem differ)",
