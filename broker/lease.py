@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from core.errors import FailedPrecondition
+from core.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("icx.broker.lease")
 
@@ -53,6 +53,10 @@ SELECT 1 FROM icx_broker_lease
 WHERE id = 1 AND holder = %s AND epoch = %s AND expires_at > now()
 FOR SHARE
 """
+
+
+# An advisory lock key (any 64-bit number no other part uses) for creating the table.
+_CREATE_LOCK = 0x1C5_1EA5E
 
 
 class LeaseLost(FailedPrecondition):
@@ -81,36 +85,67 @@ class Lease:
 
     async def acquire(self, *, waiting: Callable[[str], None] | None = None) -> int:
         """Wait until this broker holds the lease; its epoch. `waiting(holder)` is called
-        once when another broker holds it."""
+        once when another broker holds it. A database that cannot be reached at first is
+        an error (Unavailable, with the reason); one lost later, while standing by, is
+        waited out."""
         told = False
-        async with await self._connect() as conn:
+        reached = False
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    reached = True
+                    await self._create(conn)
+                    while True:
+                        epoch = await self._take(conn)
+                        if epoch is not None:
+                            return epoch
+                        if not told:
+                            held = await (
+                                await conn.execute(
+                                    "SELECT holder FROM icx_broker_lease WHERE id = 1"
+                                )
+                            ).fetchone()
+                            if waiting is not None and held is not None:
+                                waiting(str(held[0]))
+                            told = True
+                        await asyncio.sleep(self._poll_s)
+            except (psycopg.OperationalError, Unavailable) as exc:
+                if not reached:
+                    raise
+                log.warning("standing by: lost the database (%s); reconnecting", exc)
+                await asyncio.sleep(self._poll_s)
+
+    @property
+    def _poll_s(self) -> float:
+        return min(self.duration_s / 5, 1.0)
+
+    async def _create(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """The lease's table and row, once (brokers starting together on a new database
+        take turns: CREATE TABLE IF NOT EXISTS alone races)."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
             await conn.execute(TABLE)
             await conn.execute(
                 "INSERT INTO icx_broker_lease VALUES (1, '', 0, '-infinity') "
                 "ON CONFLICT (id) DO NOTHING"
             )
-            while True:
-                self._renewed = time.monotonic()
-                row = await (
-                    await conn.execute(
-                        "UPDATE icx_broker_lease SET holder = %s, epoch = epoch + 1,"
-                        " expires_at = now() + make_interval(secs => %s)"
-                        " WHERE id = 1 AND expires_at <= now() RETURNING epoch",
-                        (self.holder, self.duration_s),
-                    )
-                ).fetchone()
-                if row is not None:
-                    self.epoch = int(str(row[0]))
-                    log.info("holds the lease (epoch %d, %.1f s)", self.epoch, self.duration_s)
-                    return self.epoch
-                if not told:
-                    held = await (
-                        await conn.execute("SELECT holder FROM icx_broker_lease WHERE id = 1")
-                    ).fetchone()
-                    if waiting is not None and held is not None:
-                        waiting(str(held[0]))
-                    told = True
-                await asyncio.sleep(min(self.duration_s / 5, 1.0))
+
+    async def _take(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int | None:
+        """The new epoch if the lease had lapsed and is this broker's now."""
+        self._renewed = time.monotonic()
+        row = await (
+            await conn.execute(
+                "UPDATE icx_broker_lease SET holder = %s, epoch = epoch + 1,"
+                " expires_at = now() + make_interval(secs => %s)"
+                " WHERE id = 1 AND expires_at <= now() RETURNING epoch",
+                (self.holder, self.duration_s),
+            )
+        ).fetchone()
+        if row is None:
+            return None
+        self.epoch = int(str(row[0]))
+        log.info("holds the lease (epoch %d, %g s)", self.epoch, self.duration_s)
+        return self.epoch
 
     def start_keeping(self) -> None:
         """Renew from now on, every third of the duration, on a thread of its own (a
@@ -136,9 +171,23 @@ class Lease:
         self._thread.start()
 
     async def kept(self) -> None:
-        """Wait while the lease is kept; LeaseLost when it is lost."""
-        assert self._lost is not None, "start_keeping first"
-        await self._lost
+        """Wait while the lease is kept; LeaseLost when it is lost. Also a watchdog: a
+        renewal stuck on a database that stopped answering (no reply, no reset) cannot
+        hold the thread's own deadline check, so the deadline is watched here too."""
+        lost = self._lost
+        assert lost is not None, "start_keeping first"
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(lost), self.duration_s / 3)
+                return
+            except TimeoutError:
+                if time.monotonic() - self._renewed >= self.duration_s:
+                    self._stop.set()
+                    lost.cancel()  # what the stuck thread reports later goes nowhere
+                    raise LeaseLost(
+                        f"the lease could not be renewed for {self.duration_s:g} s"
+                        " (the database does not answer)"
+                    ) from None
 
     def stop_keeping(self) -> None:
         self._stop.set()
@@ -151,13 +200,21 @@ class Lease:
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         step_s = self.duration_s / 3
         try:
-            while not self._stop.wait(step_s):
+            while True:
                 ours: bool | None  # None: unknown, the database did not answer
                 asked = time.monotonic()  # the database's expiry counts from no earlier
                 try:
                     if conn is None or conn.closed or conn.broken:
                         conn = psycopg.connect(
-                            self.url, autocommit=True, connect_timeout=max(1, int(step_s))
+                            self.url,
+                            autocommit=True,
+                            connect_timeout=max(1, int(step_s)),
+                            # A host that stops answering is noticed within the lease.
+                            keepalives=1,
+                            keepalives_idle=1,
+                            keepalives_interval=1,
+                            keepalives_count=max(1, int(step_s)),
+                            tcp_user_timeout=max(1000, int(step_s * 1000)),
                         )
                         conn.execute(f"SET statement_timeout = {max(1, int(step_s * 1000))}")
                     ours = self._renew(conn)
@@ -171,8 +228,9 @@ class Lease:
                 if ours:
                     self._renewed = asked
                 elif time.monotonic() - self._renewed >= self.duration_s:
-                    return LeaseLost(f"the lease could not be renewed for {self.duration_s} s")
-            return None
+                    return LeaseLost(f"the lease could not be renewed for {self.duration_s:g} s")
+                if self._stop.wait(step_s):
+                    return None
         finally:
             if conn is not None:
                 conn.close()

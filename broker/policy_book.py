@@ -76,15 +76,19 @@ class PolicyBook:
                 f"comment must be at most {MAX_COMMENT_CHARS} characters, got {shown(comment)}"
             )
         try:
-            doc = json.loads(policy_json)
+            doc = json.loads(policy_json, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise InvalidArgument(
                 f"policy_json is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from exc
+        except (ValueError, RecursionError) as exc:
+            raise InvalidArgument(f"policy_json: {_reason(exc)}") from exc
         try:
             template = parse_policy(doc)
         except InvalidConfig as exc:
             raise InvalidArgument(str(exc)) from exc
+        except (ArithmeticError, ValueError, RecursionError) as exc:  # e.g. 1e308 yuan
+            raise InvalidArgument(f"policy: {_reason(exc)}") from exc
         change = PolicyVersion(
             version=self.current.version + 1 if self.changes else 1,
             policy_json=json.dumps(doc, indent=2),
@@ -123,6 +127,18 @@ def _flat(doc: object, prefix: str = "") -> dict[str, object]:
             out |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
         return out
     return {prefix: doc}
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number a policy can hold")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ArithmeticError):
+        return f"a number out of range ({exc})"
+    return str(exc)
 
 
 def _differences(before: dict[str, object], after: dict[str, object]) -> list[str]:

@@ -32,7 +32,7 @@ from broker.service import AdminServicer, BrokerServicer, LedgerServicer
 from broker.sqlite_store import SqliteStore
 from broker.store import Store
 from broker.witnessing import Witnessing, announcement, log_origin, witness_key
-from core.errors import FailedPrecondition
+from core.errors import FailedPrecondition, InvalidArgument
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -546,9 +546,8 @@ async def _take_lease(options: ServeOptions, stop: asyncio.Event) -> Lease | Non
 
     def waiting(holder: str) -> None:
         log.info(
-            "standing by: %s is the active broker; taking over once its lease lapses (%g s)",
-            holder,
-            options.failover_s,
+            "standing by: %s is the active broker; taking over once its lease lapses",
+            holder.partition("#")[0],
         )
 
     acquiring = asyncio.create_task(lease.acquire(waiting=waiting))
@@ -568,6 +567,8 @@ async def _take_lease(options: ServeOptions, stop: asyncio.Event) -> Lease | Non
 
 def _check_port_free(listen: str) -> None:
     host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"--listen must be HOST:PORT, got {listen!r}")
     if int(port) == 0:
         return
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
@@ -575,7 +576,7 @@ def _check_port_free(listen: str) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise FailedPrecondition(
                 f"cannot listen on {listen}: the port is in use or the address is not this host's"
             ) from exc

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli._client import add_broker_flag, connect
 from cli._output import EXIT_OK, command, print_json, print_table
+from core.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from core.national import PolicyVersion
@@ -55,7 +56,10 @@ def show(args: argparse.Namespace) -> int:
 @command
 def set_policy(args: argparse.Namespace) -> int:
     """Send a policy file to the broker; it is in force from the next round."""
-    text = Path(args.file).read_text(encoding="utf-8")
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{args.file} is not UTF-8 text (byte {exc.start})") from exc
     with connect(args) as client:
         policy = client.set_policy(text, comment=args.comment)
     if args.json:

@@ -85,8 +85,10 @@ def broker_serve(args: argparse.Namespace) -> int:
         summary_expiry_s=args.summary_expiry_s,
         failover_s=args.failover_s,
     )
-    if options.failover_s <= 0:
-        raise InvalidArgument("--failover-s must be more than 0")
+    if not 0 < options.failover_s <= 3600:  # NaN too
+        raise InvalidArgument(
+            f"--failover-s must be more than 0 and at most 3600, got {args.failover_s}"
+        )
     asyncio.run(serve(options))
     return EXIT_OK
 

@@ -196,12 +196,13 @@ class Link:
         """Connect, and reconnect with capped exponential back-off, forever."""
         backoff = _FIRST_BACKOFF_S
         while True:
-            refused = False
+            refused = unreachable = False
             try:
                 await self._session(handler)
                 backoff = _FIRST_BACKOFF_S
             except grpc.aio.AioRpcError as exc:
                 unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                unreachable = unavailable
                 refused = unavailable and await _nobody_listens(self.broker)
                 if refused:
                     # No broker is counting this center's silence, and a restarted one
@@ -220,9 +221,10 @@ class Link:
                 self.connected.clear()
                 self._metrics.connected.set(0)
                 self._out = None
-            if refused and len(self._brokers) > 1:
-                # Nobody listens there: another of the region's brokers may have taken
-                # over. Each is tried once before the back-off.
+            if unreachable and len(self._brokers) > 1:
+                # Nobody answers there (refused, or a host that is down or cut off):
+                # another of the region's brokers may have taken over. Each is tried
+                # once before the back-off.
                 self._current = (self._current + 1) % len(self._brokers)
                 if self._current != 0:
                     continue

@@ -5,6 +5,9 @@ out of every write transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 
 import psycopg
@@ -108,5 +111,80 @@ def test_a_migration_is_refused_while_a_broker_holds_the_lease(pg_url: str) -> N
         await lease.release()
         done = run_icx("broker", "migrate", "--store", pg_url, "--json")
         assert done.returncode == 0, done.stderr
+
+    asyncio.run(scenario())
+
+
+class _BlackHole:
+    """A TCP relay to PostgreSQL that, once frozen, holds every byte and keeps every
+    connection open: a database host that stops answering without resetting anything."""
+
+    def __init__(self, target_port: int) -> None:
+        self.frozen = threading.Event()
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = []
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                self._sockets.append(client)
+                if self.frozen.is_set():
+                    continue  # accepted, never answered
+                server = socket.create_connection(("127.0.0.1", self._target))
+                self._sockets.append(server)
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.05)
+                b.sendall(data)
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for s in (self._listener, *self._sockets):
+            s.close()
+
+
+def test_a_database_that_stops_answering_costs_the_lease_within_its_duration(
+    pg_url: str,
+) -> None:
+    port = int(pg_url.split("@127.0.0.1:")[1].split("/")[0])
+    hole = _BlackHole(port)
+    try:
+
+        async def scenario() -> None:
+            lease = Lease(pg_url.replace(f":{port}/", f":{hole.port}/"), "east", duration_s=1.5)
+            await lease.acquire()
+            lease.start_keeping()
+            await asyncio.sleep(1.0)
+            hole.frozen.set()
+            frozen = time.monotonic()
+            with pytest.raises(LeaseLost, match="could not be renewed"):
+                await asyncio.wait_for(lease.kept(), 10)
+            assert time.monotonic() - frozen <= 1.5 + 1.0
+            lease.stop_keeping()
+
+        asyncio.run(scenario())
+    finally:
+        hole.close()
+
+
+def test_brokers_starting_together_on_a_new_database_both_start(pg_url: str) -> None:
+    async def scenario() -> None:
+        leases = [Lease(pg_url, f"b{i}", duration_s=30.0) for i in range(4)]
+        tasks = [asyncio.create_task(lease.acquire()) for lease in leases]
+        done, pending = await asyncio.wait(tasks, timeout=3.0)
+        assert [t.result() for t in done] == [1]  # one holds it; the others stand by
+        assert len(pending) == 3
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     asyncio.run(scenario())

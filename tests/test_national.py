@@ -137,6 +137,12 @@ def test_bad_requests_are_refused_and_change_nothing(fed: LocalFederation) -> No
             coord.set_policy(json.dumps({"weights": {"carbon": -1}}))
         with pytest.raises(InvalidArgument, match="policy_json is not JSON"):
             coord.set_policy("{")
+        with pytest.raises(InvalidArgument, match="policy_json: nested too deeply"):
+            coord.set_policy("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(InvalidArgument, match="policy_json: NaN is not a number"):
+            coord.set_policy('{"carbon_price_yuan_per_tonne": NaN}')
+        with pytest.raises(InvalidArgument, match="policy: a number out of range"):
+            coord.set_policy('{"carbon_price_yuan_per_tonne": 1e308, "aging_hours": 1e308}')
         with pytest.raises(InvalidArgument, match="step_ms"):
             coord.time_series(window_ms=86_400_000, step_ms=1_000)
         assert coord.policy() == before and coord.policy_history() == []
@@ -313,3 +319,13 @@ def test_a_summary_carries_its_centers_places_and_older_ones_still_read(tmp_path
     bad["centers"]["w1"]["lat"] = 91.0
     with pytest.raises(InvalidArgument, match=r"latitude must be -90\.\.90, got 91\.0"):
         parse_summary("b", 1, 0, json.dumps(bad).encode())
+
+
+def test_a_policy_file_that_is_not_text_is_one_line_before_any_call(tmp_path: Path) -> None:
+    binary = tmp_path / "policy.json"
+    binary.write_bytes(b'{"weights": \xff}')
+    done = run_icx("policy", "set", str(binary), "--insecure", "--broker", "127.0.0.1:1")
+    assert (done.returncode, done.stderr.strip()) == (
+        2,
+        f"icx: error: {binary} is not UTF-8 text (byte 12)",
+    )

@@ -66,3 +66,24 @@ def test_migrate_a_newer_schema_is_refused_and_leaves_it(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
     assert rows[-1] == (SCHEMA_VERSION + 1,)
+
+
+def test_a_bad_listen_address_or_failover_is_one_line_and_nothing_is_written(
+    pg_url: str, tmp_path: Path
+) -> None:
+    base = ("broker", "serve", "--insecure", "--store", pg_url, "--state-dir", str(tmp_path))
+    failover = "icx: error: --failover-s must be more than 0 and at most 3600, got"
+    for extra, message in (
+        (
+            ("--listen", "127.0.0.1:abc"),
+            "icx: error: --listen must be HOST:PORT, got '127.0.0.1:abc'",
+        ),
+        (("--listen", "localhost"), "icx: error: --listen must be HOST:PORT, got 'localhost'"),
+        (("--failover-s", "nan"), f"{failover} nan"),
+        (("--failover-s", "0"), f"{failover} 0.0"),
+    ):
+        done = run_icx(*base, *extra)
+        assert (done.returncode, done.stderr.strip()) == (2, message)
+    assert list(tmp_path.iterdir()) == []
+    with psycopg.connect(pg_url) as conn:  # no lease taken, no schema made
+        assert conn.execute("SELECT to_regclass('icx_broker_lease')").fetchone() == (None,)
