@@ -132,8 +132,9 @@ def running(root: Path, scale: Scale) -> Iterator[tuple[LocalFederation, Dashboa
 # ---------------------------------------------------------------- measuring
 
 
-def page_loads(url: str, scale: Scale, loads: int) -> None:
-    """Load the page `loads` times, each in a fresh context; time until it is drawn."""
+def page_loads(url: str, token: str, scale: Scale, loads: int) -> None:
+    """Load the page `loads` times, each in a fresh context that first opened the token
+    URL (the page shows nothing without a session); time until it is drawn."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -142,6 +143,7 @@ def page_loads(url: str, scale: Scale, loads: int) -> None:
             for i in range(loads + 1):  # the first warms the browser and the servers
                 context = browser.new_context(viewport={"width": 1400, "height": 1800})
                 page = context.new_page()
+                page.goto(f"{url}?token={token}", wait_until="commit")  # the session cookie
                 page.goto(url, wait_until="commit")
                 drawn = page.wait_for_function(
                     "document.body && Number(document.body.dataset.rendered || 0) >= 1"
@@ -170,14 +172,17 @@ def page_loads(url: str, scale: Scale, loads: int) -> None:
             browser.close()
 
 
-def http_calls(url: str, scale: Scale, center: str, calls: int) -> None:
+def http_calls(url: str, token: str, scale: Scale, center: str, calls: int) -> None:
     base = url.rstrip("/")
     paths = [c.format(center=center) for c in (*PAGE_CALLS, *OTHER_CALLS)]
     for i in range(calls + 1):  # the first round warms up
         for path in paths:
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(base + path, timeout=CALL_TIMEOUT_S) as reply:
+                request = urllib.request.Request(
+                    base + path, headers={"Authorization": f"token {token}"}
+                )
+                with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as reply:
                     body = reply.read()
             except urllib.error.HTTPError as err:
                 body = err.read()  # /api/money with no ledger yet: timed all the same
@@ -237,8 +242,8 @@ def measure(root: Path, scale: Scale, args: argparse.Namespace) -> None:
     print(f"-- {scale.name}: {scale.centers} centers, {scale.jobs} jobs", flush=True)
     with running(root, scale) as (fed, dashboard):
         print(f"   store filled in {scale.load_s:.1f} s; dashboard at {dashboard.url}", flush=True)
-        page_loads(dashboard.url, scale, args.loads)
-        http_calls(dashboard.url, scale, "c0000", args.calls)
+        page_loads(dashboard.url, dashboard.token, scale, args.loads)
+        http_calls(dashboard.url, dashboard.token, scale, "c0000", args.calls)
         grpc_calls(fed, scale, "c0000", args.calls)
 
 

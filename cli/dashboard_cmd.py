@@ -1,5 +1,6 @@
 """`icx dashboard`: the coordinator's live web dashboard (dashboard/), served on
-HOST:PORT against one broker, acting with the coordinator's identity."""
+HOST:PORT against one broker (or a region's active broker and its standbys, the one that
+listens picked again after a failover), acting with the coordinator's identity."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli._client import add_broker_flag, broker_address, config_folder, credentials, tenant
+from cli._client import (
+    add_broker_flag,
+    broker_address,
+    config_folder,
+    credentials,
+    reachable_broker,
+    tenant,
+)
 from cli._output import command
 from core.errors import InvalidArgument
 
@@ -42,17 +50,35 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--poll must be more than 0 seconds, got {args.poll}")
     creds = credentials(args)
     folder = None if creds is None else config_folder(args.identity)
+    brokers = broker_address(args.broker, folder)
+    for name in args.allow_host:
+        if not _host_name(name):
+            raise InvalidArgument(f"--allow-host must be a host name or address, got {name!r}")
     options = Options(
-        broker=broker_address(args.broker, folder),
+        broker=brokers,
+        pick_broker=lambda: reachable_broker(brokers),
         listen_host=host,
         listen_port=port,
         credentials=creds,
         tenant=tenant(None),
         token_file=Path(args.token_file) if args.token_file else None,
         ready_file=Path(args.ready_file) if args.ready_file else None,
+        allow_hosts=tuple(args.allow_host),
         poll_s=args.poll,
     )
     return serve(options)
+
+
+def _host_name(name: str) -> bool:
+    """A DNS name or an IP address (no port, no wildcard)."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", name) is not None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,8 +89,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Serve the national dashboard of a broker on HOST:PORT: the centers on a map, "
             "per hub and per center figures, time series, money from the signed "
             "statement, the matcher's rounds and the policy. Works offline. It acts as "
-            "the member --identity names (the coordinator); policy can be changed from "
-            "the page only by a browser that opened the printed URL with its token."
+            "the member --identity names (the coordinator), so it answers only a browser "
+            "that opened the printed URL with its token (or a script sending "
+            "`Authorization: token TOKEN`), and only requests naming the listen host, "
+            "localhost or an --allow-host in their Host header. SIGINT or SIGTERM stop it: "
+            "it removes its token file and exits 0."
         ),
     )
     add_broker_flag(p)
@@ -86,6 +115,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write {url, port, token_file} as JSON here once listening (for scripts)",
     )
     p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the page may be reached by (a Host header to accept besides the "
+        "listen host, localhost, 127.0.0.1 and ::1); repeatable",
+    )
+    p.add_argument(
         "--poll",
         type=float,
         default=1.0,
@@ -96,11 +133,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def start_beside(
-    fed: LocalFederation, coordinator: Path, *extra: str, timeout_s: float = 20.0
+    fed: LocalFederation,
+    coordinator: Path,
+    *extra: str,
+    broker: str | None = None,
+    timeout_s: float = 20.0,
 ) -> DashboardChild:
     """`icx dashboard` as a child of `fed` on a free loopback port, as the coordinator
-    (`icx demo --keep`, the dashboard tests), with `extra` flags; its address and token
-    once it listens."""
+    (`icx demo --keep`, the dashboard tests), against `broker` (default `fed`'s), with
+    `extra` flags; its address and token once it listens."""
     import json
     import time
 
@@ -112,7 +153,7 @@ def start_beside(
     child = fed.start_child(
         "dashboard",
         [
-            "dashboard", "--broker", fed.address, "--identity", str(coordinator),
+            "dashboard", "--broker", broker or fed.address, "--identity", str(coordinator),
             "--listen", "127.0.0.1:0", "--ready-file", str(ready),
             "--token-file", str(token_file), *extra,
         ],

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli._client import add_broker_flag, broker_address, config_folder, credentials, tenant
+from cli._client import (
+    add_broker_flag,
+    broker_address,
+    config_folder,
+    credentials,
+    reachable_broker,
+    tenant,
+)
 from cli._output import EXIT_OK, command, print_table
 from core.errors import InvalidArgument
 
@@ -23,7 +30,7 @@ async def _gather(args: argparse.Namespace, period_ms: int, month: str) -> dict[
 
     creds = credentials(args)
     folder = None if creds is None else config_folder(args.identity)
-    address = broker_address(args.broker, folder)
+    address = reachable_broker(broker_address(args.broker, folder))
     client = AsyncBrokerClient(address, creds, tenant=tenant(None), timeout_s=60.0)
     figures = BrokerFigures(client)
     try:

@@ -1,21 +1,27 @@
 """The dashboard's web application (Starlette): the page, its static files, ECharts, the
 JSON API the page calls, and server-sent events for live updates.
 
-    GET  /                       the page (`?token=...` opens a session, then redirects)
+    GET  /                       the page (`?token=...` opens a session, then redirects;
+                                 without a session it says to open the token URL)
     GET  /static/...             the page's script and style; /vendor/echarts.min.js
     GET  /api/overview?period=1h centers, hubs, totals and flows between hubs
     GET  /api/centers/{id}       one center's figures and its running jobs
     GET  /api/timeseries?window=1h
     GET  /api/rounds?limit=10    the matcher's latest rounds, reasons grouped
     GET  /api/policy             the policy in force, its changes, allocation before/after
-    POST /api/policy             a new policy (a session opened with the token only)
+    POST /api/policy             a new policy: JSON only, from the dashboard's own origin,
+                                 with the session's CSRF header (or the token header)
     GET  /api/money?period=YYYY-MM   net positions and transfers (the signed statement)
     GET  /api/statement?period=..&party=..  the signed statement itself, as the ledger signed it
     GET  /api/checkpoint         the ledger's latest signed checkpoint
     GET  /api/events             server-sent events: `update` with a version on each change
 
-Errors are JSON `{"error": "..."}` with 400 (bad input), 403 (no session), 404, 502
-(the broker refused or failed) or 503 (the broker is unreachable).
+Every /api/* path (the events too) needs a session opened with the token, or the token in
+an `Authorization: token ...` header; without one it answers 403 and nothing else. A Host
+header that is not the listen host, localhost, 127.0.0.1, ::1 or an `--allow-host` is
+refused with 400 (DNS rebinding). Errors are JSON `{"error": "..."}` with 400 (bad
+input), 403 (no session, another origin), 404, 415 (not JSON), 502 (the broker refused
+or failed) or 503 (the broker is unreachable).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -48,7 +56,7 @@ from core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from dashboard.auth import COOKIE, Sessions
+from dashboard.auth import COOKIE, CSRF_HEADER, Sessions
 from dashboard.figures import BrokerFigures
 from dashboard.live import Watcher
 from dashboard.periods import DEFAULT_PERIOD, duration_ms, month_of, step_for
@@ -61,6 +69,18 @@ KEEPALIVE_S = 15.0
 MAX_POLICY_BYTES = 256 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+NO_SESSION = (
+    "no session: open the URL with the token that `icx dashboard` printed "
+    "(or send `Authorization: token TOKEN`)"
+)
+
+
+def host_names(listen_host: str, allowed: Iterable[str] = ()) -> list[str]:
+    """The Host header names the dashboard answers: the listen host, the loopback names and
+    `allowed`, IPv6 literals in brackets as a Host header carries them."""
+    names = dict.fromkeys([listen_host, *LOCAL_HOSTS, *allowed])
+    return [f"[{n}]" if ":" in n and not n.startswith("[") else n.lower() for n in names]
 
 
 def _status(exc: IcxError) -> int:
@@ -99,12 +119,27 @@ def build_app(
     sessions: Sessions,
     echarts: Path,
     *,
+    hosts: Iterable[str] | None = None,
     poll_s: float = 1.0,
     on_startup: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
-    """The application over `figures` (the broker, through the typed client)."""
+    """The application over `figures` (the broker, through the typed client), answering
+    only requests whose Host header names one of `hosts` (see `host_names`; by default the
+    loopback names)."""
     watcher = Watcher(figures.pulse, poll_s=poll_s)
     index_html = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    def with_session(handler: Handler) -> Handler:
+        """403 with nothing else unless the request has a session or the token header."""
+
+        async def guarded(request: Request) -> Response:
+            if not sessions.authorised(
+                request.cookies.get(COOKIE), request.headers.get("authorization")
+            ):
+                return JSONResponse({"error": NO_SESSION}, status_code=403)
+            return await handler(request)
+
+        return guarded
 
     async def index(request: Request) -> Response:
         token = request.query_params.get("token")
@@ -116,9 +151,11 @@ def build_app(
             reply.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/")
             log.info("a browser opened a session with the token")
             return reply
-        signed_in = "true" if sessions.valid(request.cookies.get(COOKIE)) else "false"
+        session = request.cookies.get(COOKIE)
+        signed_in = "true" if sessions.valid(session) else "false"
+        page = index_html.replace("__SIGNED_IN__", signed_in)
         return Response(
-            index_html.replace("__SIGNED_IN__", signed_in),
+            page.replace("__CSRF__", sessions.csrf_of(session)),
             media_type="text/html; charset=utf-8",
             headers={"Cache-Control": "no-store"},
         )
@@ -152,12 +189,31 @@ def build_app(
 
     @_api
     async def set_policy(request: Request) -> Response:
-        if not sessions.authorised(
-            request.cookies.get(COOKIE), request.headers.get("authorization")
+        # The order matters only for the reason given: each check alone refuses.
+        origin = request.headers.get("origin")
+        if origin is not None and origin != _own_origin(request):
+            log.warning("refused a policy change from origin %s (from %s)", origin, _peer(request))
+            return JSONResponse(
+                {"error": f"policy changes are taken only from this page, not from {origin}"},
+                status_code=403,
+            )
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            return JSONResponse(
+                {"error": f"the request must be Content-Type: application/json, got {kind!r}"},
+                status_code=415,
+            )
+        if not sessions.may_change(
+            request.cookies.get(COOKIE),
+            request.headers.get("authorization"),
+            request.headers.get(CSRF_HEADER),
         ):
             log.warning("refused a policy change without a session (from %s)", _peer(request))
             return JSONResponse(
-                {"error": "changing policy needs the dashboard's token: open the URL it printed"},
+                {
+                    "error": "changing policy needs the dashboard's token: open the URL it "
+                    f"printed (a session sends its {CSRF_HEADER} header from the page)"
+                },
                 status_code=403,
             )
         body = await request.body()
@@ -228,24 +284,39 @@ def build_app(
                 await task
             await figures.close()
 
+    api: list[tuple[str, Handler, list[str]]] = [
+        ("/api/overview", overview, ["GET"]),
+        ("/api/centers/{center_id}", center, ["GET"]),
+        ("/api/timeseries", timeseries, ["GET"]),
+        ("/api/rounds", rounds, ["GET"]),
+        ("/api/policy", policy, ["GET"]),
+        ("/api/policy", set_policy, ["POST"]),
+        ("/api/money", money, ["GET"]),
+        ("/api/statement", statement, ["GET"]),
+        ("/api/checkpoint", checkpoint, ["GET"]),
+        ("/api/events", events, ["GET"]),
+    ]
     routes = [
         Route("/", index),
         Route("/vendor/echarts.min.js", echarts_js),
-        Route("/api/overview", overview),
-        Route("/api/centers/{center_id}", center),
-        Route("/api/timeseries", timeseries),
-        Route("/api/rounds", rounds),
-        Route("/api/policy", policy, methods=["GET"]),
-        Route("/api/policy", set_policy, methods=["POST"]),
-        Route("/api/money", money),
-        Route("/api/statement", statement),
-        Route("/api/checkpoint", checkpoint),
-        Route("/api/events", events),
+        *(Route(path, with_session(h), methods=methods) for path, h, methods in api),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = [
+        Middleware(
+            TrustedHostMiddleware,
+            allowed_hosts=list(hosts or host_names("127.0.0.1")),
+            www_redirect=False,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.watcher = watcher
     return app
+
+
+def _own_origin(request: Request) -> str:
+    """The origin of the page that served this request (its Host header was checked)."""
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
 def _peer(request: Request) -> str:

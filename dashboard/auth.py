@@ -1,9 +1,14 @@
-"""Who may change policy from the page. The dashboard acts with the coordinator's
-identity, so reaching the page must not be enough: as Jupyter does, it makes a secret
-token at start, prints it in a URL and writes it to a file only its user can read. A
-browser that presents it once (`/?token=...`) gets a session cookie (HttpOnly,
-SameSite=Strict), and only a request carrying such a session, or the token itself in an
-`Authorization: token ...` header (scripts), may POST /api/policy.
+"""Who may read the dashboard and change policy from it. The dashboard acts with the
+coordinator's identity, so reaching its port must not be enough: as Jupyter does, it makes
+a secret token at start, prints it in a URL and writes it to a file only its user can
+read. A browser that presents it once (`/?token=...`) gets a session cookie (HttpOnly,
+SameSite=Strict); only a request carrying such a session, or the token itself in an
+`Authorization: token ...` header (scripts), may read /api/* or the events.
+
+Changing policy with a session also needs the session's CSRF value in the `X-ICX-CSRF`
+header (the page has it; another origin cannot read it or set the header without a CORS
+preflight the dashboard never answers). SameSite does not stop a form posted from
+another port of the same host: that is the same site.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import secrets
 from pathlib import Path
 
 COOKIE = "icx_dashboard_session"
+CSRF_HEADER = "X-ICX-CSRF"
 
 
 class Sessions:
@@ -21,7 +27,7 @@ class Sessions:
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token or secrets.token_urlsafe(32)
-        self._sessions: set[str] = set()
+        self._csrf: dict[str, str] = {}  # session id -> its CSRF value
 
     def token_matches(self, presented: str) -> bool:
         return secrets.compare_digest(presented.encode(), self.token.encode())
@@ -31,16 +37,30 @@ class Sessions:
         if not self.token_matches(presented):
             return None
         session = secrets.token_urlsafe(32)
-        self._sessions.add(session)
+        self._csrf[session] = secrets.token_urlsafe(32)
         return session
 
     def valid(self, session: str | None) -> bool:
-        return session is not None and session in self._sessions
+        return session is not None and session in self._csrf
+
+    def csrf_of(self, session: str | None) -> str:
+        """The CSRF value of a valid session, else ''."""
+        return self._csrf.get(session, "") if session is not None else ""
 
     def authorised(self, session: str | None, authorization: str | None) -> bool:
         """A session opened with the token, or the token in an Authorization header."""
         if self.valid(session):
             return True
+        return self._token_header(authorization)
+
+    def may_change(self, session: str | None, authorization: str | None, csrf: str | None) -> bool:
+        """The token in an Authorization header, or a session with its CSRF value."""
+        if self._token_header(authorization):
+            return True
+        expected = self.csrf_of(session)
+        return bool(expected) and secrets.compare_digest((csrf or "").encode(), expected.encode())
+
+    def _token_header(self, authorization: str | None) -> bool:
         scheme, _, value = (authorization or "").partition(" ")
         return scheme.lower() == "token" and bool(value) and self.token_matches(value.strip())
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, Unavailable
 from dashboard.live import Pulse, pulse_of
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 WESTERN_HUBS = ("IM", "GZ", "GS", "NX")
 
 JsonDict = dict[str, Any]
+T = TypeVar("T")
+log = logging.getLogger("icx.dashboard")
 
 
 def as_json(value: Any) -> Any:
@@ -114,44 +117,79 @@ def money_of(body: Mapping[str, Any], period: str, key_id: str) -> JsonDict:
     }
 
 
-class BrokerFigures:
-    """The broker's figures as JSON, through one client (as the coordinator)."""
+Call = Callable[["AsyncBrokerClient"], Awaitable[T]]
 
-    def __init__(self, client: AsyncBrokerClient) -> None:
+
+class BrokerFigures:
+    """The broker's figures as JSON, through one client (as the coordinator).
+
+    With `reconnect` (which opens a client to the broker to call now: the active one of a
+    region's brokers), a call that finds the broker unavailable opens a new client and is
+    read once more: a dashboard runs for days, across a failover to a standby. A policy
+    change is not sent twice (it might have been applied); it fails, and the next call
+    goes to the new client."""
+
+    def __init__(
+        self,
+        client: AsyncBrokerClient,
+        *,
+        reconnect: Callable[[], Awaitable[AsyncBrokerClient]] | None = None,
+    ) -> None:
         self.client = client
+        self._reconnect = reconnect
         self._key: VerifierKey | None = None
 
     async def close(self) -> None:
         await self.client.close()
 
+    async def _read(self, call: Call[T]) -> T:
+        try:
+            return await call(self.client)
+        except Unavailable:
+            if not await self._switch():
+                raise
+        return await call(self.client)
+
+    async def _switch(self) -> bool:
+        """A new client from `reconnect`; False without one."""
+        if self._reconnect is None:
+            return False
+        fresh = await self._reconnect()
+        old, self.client = self.client, fresh
+        await old.close()
+        if fresh.address != old.address:
+            log.info("the broker is now %s (was %s)", fresh.address, old.address)
+        return True
+
     async def pulse(self) -> Pulse:
         overview = await self.overview(3_600_000)
-        rounds = await self.client.rounds(limit=1)
-        policy = await self.client.policy()
+        rounds = await self._read(lambda c: c.rounds(limit=1))
+        policy = await self._read(lambda c: c.policy())
         return pulse_of(overview, rounds[0].number if rounds else 0, policy.version)
 
     async def overview(self, period_ms: int) -> JsonDict:
-        out: JsonDict = as_json(await self.client.overview(period_ms=period_ms))
+        out: JsonDict = as_json(await self._read(lambda c: c.overview(period_ms=period_ms)))
         out["hub_positions"] = hub_positions(out["centers"])
         return out
 
     async def center(self, center_id: str, period_ms: int) -> JsonDict:
-        out: JsonDict = as_json(await self.client.center_figures(center_id, period_ms=period_ms))
+        figures = await self._read(lambda c: c.center_figures(center_id, period_ms=period_ms))
+        out: JsonDict = as_json(figures)
         return out
 
     async def timeseries(self, window_ms: int, step_ms: int) -> JsonDict:
-        series = await self.client.time_series(window_ms=window_ms, step_ms=step_ms)
+        series = await self._read(lambda c: c.time_series(window_ms=window_ms, step_ms=step_ms))
         out: JsonDict = as_json(series)
         return out
 
     async def rounds(self, limit: int) -> JsonDict:
-        return {"rounds": as_json(await self.client.rounds(limit=limit))}
+        return {"rounds": as_json(await self._read(lambda c: c.rounds(limit=limit)))}
 
     async def policy_view(self, window_ms: int) -> JsonDict:
         """The policy in force (parsed), its history, and the allocation in the `window_ms`
         before its latest change and since (or over the last window when never set)."""
-        policy = await self.client.policy()
-        changes = await self.client.policy_history(limit=20)
+        policy = await self._read(lambda c: c.policy())
+        changes = await self._read(lambda c: c.policy_history(limit=20))
         out: JsonDict = {
             **as_json(policy),
             "policy": json.loads(policy.policy_json) if policy.policy_json else {},
@@ -178,13 +216,17 @@ class BrokerFigures:
     async def set_policy(self, policy: Mapping[str, Any], comment: str) -> JsonDict:
         if len(comment) > 500:
             raise InvalidArgument(f"comment must be at most 500 characters, got {len(comment)}")
-        changed = await self.client.set_policy(json.dumps(policy), comment=comment)
+        try:
+            changed = await self.client.set_policy(json.dumps(policy), comment=comment)
+        except Unavailable:
+            await self._switch()
+            raise
         out: JsonDict = as_json(changed)
         return out
 
     async def _log_key(self) -> VerifierKey:
         if self._key is None:
-            self._key = await self.client.log_key()
+            self._key = await self._read(lambda c: c.log_key())
         return self._key
 
     async def money(self, period: str) -> JsonDict:
@@ -192,11 +234,11 @@ class BrokerFigures:
         from ledger import verify_statement
 
         key = await self._log_key()
-        body = verify_statement(await self.client.statement(period), key)
+        body = verify_statement(await self._read(lambda c: c.statement(period)), key)
         return money_of(body, period, key.key_id)
 
     async def statement(self, period: str, party: str) -> bytes:
-        return await self.client.statement(period, party=party)
+        return await self._read(lambda c: c.statement(period, party=party))
 
     async def checkpoint(self) -> str:
-        return await self.client.checkpoint()
+        return await self._read(lambda c: c.checkpoint())

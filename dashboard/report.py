@@ -151,7 +151,7 @@ def to_html(report: Report) -> str:
     echarts = require_echarts().read_text(encoding="utf-8")
     data = json.dumps(report, separators=(",", ":"))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report["generated_at_ms"] / 1000))
-    page = page.replace("__SIGNED_IN__", "false")
+    page = page.replace("__SIGNED_IN__", "false").replace("__CSRF__", "")
     page = page.replace("<title>icx: national view</title>", f"<title>icx report {when}</title>")
     page = page.replace(
         '<link rel="stylesheet" href="/static/style.css">', f"<style>\n{style}\n</style>"

@@ -279,7 +279,11 @@ def test_demo_keep_json_prints_what_a_script_needs(tmp_path: Path) -> None:
     pids = info["pids"]
     try:
         assert len(pids) == 26  # the 8 brokers, 17 agents and the coordinator's dashboard
-        with urllib.request.urlopen(info["dashboard"]["url"] + "api/overview", timeout=10) as r:
+        token = info["dashboard"]["token_url"].rpartition("token=")[2]
+        overview = urllib.request.Request(
+            info["dashboard"]["url"] + "api/overview", headers={"Authorization": f"token {token}"}
+        )
+        with urllib.request.urlopen(overview, timeout=10) as r:
             shown = {c["center_id"] for c in json.load(r)["centers"]}
         assert set(info["brokers"][HUBS[0]]["centers"]) <= shown
         assert sorted(p for p in pids if p.startswith("broker-")) == sorted(

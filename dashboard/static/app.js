@@ -332,10 +332,15 @@ function renderReport(r) {
 
 function setUp() {
   if (window.ICX_REPORT) { renderReport(window.ICX_REPORT); return; }
-  const signedIn = document.body.dataset.signedIn === "true";
-  $("session").textContent = signedIn ? "signed in: policy changes allowed"
-    : "read-only (open the URL with the token to change policy)";
-  $("policy-submit").disabled = !signedIn;
+  if (document.body.dataset.signedIn !== "true") {
+    // Every figure needs a session: nothing is fetched without one.
+    document.querySelector("main").hidden = true;
+    $("live").hidden = true;
+    showError("No session: open the URL with the token that `icx dashboard` printed " +
+      "(the token is also in its token file).");
+    return;
+  }
+  $("session").textContent = "signed in";
   $("period").addEventListener("change", (e) => { icx.state.period = e.target.value; refresh(); });
   $("window").addEventListener("change", (e) => { icx.state.window = e.target.value; refresh(); });
   $("policy-json").addEventListener("input", (e) => { e.target.dataset.edited = "1"; });
@@ -345,7 +350,7 @@ function setUp() {
     try {
       const policy = JSON.parse($("policy-json").value);
       const changed = await getJSON("/api/policy", { method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: { "Content-Type": "application/json", "X-ICX-CSRF": document.body.dataset.csrf },
         body: JSON.stringify({ policy, comment: $("policy-comment").value }) });
       delete $("policy-json").dataset.edited;
       await refresh();  // the result is shown once the page shows the new policy

@@ -2,12 +2,17 @@
 broker (mutual TLS) with three centers in three hubs, a small workload run to its end,
 `icx dashboard` as a child process on loopback acting as the coordinator, and Debian's
 Chromium driven by Playwright (installed with apt when absent; never a downloaded
-browser)."""
+browser).
+
+The dashboard is given `--broker DOWN,UP`: DOWN a port bound with nothing listening (a
+standby that has not taken over), so every test also runs through the pick of the broker
+that listens."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -56,9 +61,14 @@ def short_job(seconds: float = 0.3, devices: int = 1) -> JobSpec:
     )
 
 
+# Another name the test dashboard is started to answer to (`--allow-host`).
+ALLOWED_HOST = "dash.example"
+
+
 @dataclass(slots=True)
 class Dashboard:
     fed: LocalFederation
+    brokers: str  # DOWN,UP as `--broker` takes them
     child: Child
     url: str
     token: str
@@ -68,7 +78,11 @@ class Dashboard:
     admin: BrokerClient
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url.rstrip("/") + path, timeout=10) as reply:
+        """An API path's JSON, read with the token (as a script does)."""
+        request = urllib.request.Request(
+            self.url.rstrip("/") + path, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
             return json.load(reply)
 
 
@@ -87,7 +101,12 @@ def wait_quiet(client: BrokerClient, n_done: int, timeout_s: float = 30) -> None
 @pytest.fixture(scope="session")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     root = tmp_path_factory.mktemp("dash")
-    with LocalFederation(root=root / "fed", broker_args=FAST_BROKER, broker_region="JJJ") as fed:
+    with (
+        LocalFederation(root=root / "fed", broker_args=FAST_BROKER, broker_region="JJJ") as fed,
+        socket.socket() as down,  # bound, never listening: connections to it are refused
+    ):
+        down.bind(("127.0.0.1", 0))
+        brokers = f"127.0.0.1:{down.getsockname()[1]},{fed.address}"
         for center in CENTERS:
             fed.start_agent(center)
         with (
@@ -99,10 +118,13 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
                 user.submit(short_job(1.5, devices=2))
             wait_quiet(admin, 3)
             coordinator = fed.authority.folder / "coordinator"
-            started = start_beside(fed, coordinator, "--poll", "0.3")
+            started = start_beside(
+                fed, coordinator, "--poll", "0.3", "--allow-host", ALLOWED_HOST, broker=brokers
+            )
             try:
                 yield Dashboard(
                     fed=fed,
+                    brokers=brokers,
                     child=started.child,
                     url=started.url,
                     token=started.token,

@@ -1,6 +1,7 @@
 """The dashboard in a real browser against a running broker: the page loads clean, draws
 one marker per center, shows the API's figures, updates live, renders offline, and
-changes policy only for a browser that presented the token."""
+changes policy only for a browser that presented the token. Every page opens the token
+URL first: without a session the page shows nothing but how to get one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from identity import Credentials
 from tests.conftest import wait_for
 from tests.dashboard.conftest import ARTIFACTS, CENTERS, Dashboard, short_job
 
@@ -58,7 +60,7 @@ def rendered(page: Any, at_least: int = 1) -> None:
 def page(dash: Dashboard, browser: Any) -> Iterator[Watched]:
     context = browser.new_context(viewport={"width": 1400, "height": 1800})
     watched = Watched(context.new_page())
-    watched.page.goto(dash.url)
+    watched.page.goto(f"{dash.url}?token={dash.token}")
     rendered(watched.page)
     try:
         yield watched
@@ -141,7 +143,7 @@ def test_offline_every_other_address_blocked_the_page_renders(
     context.route("**/*", route)
     try:
         watched = Watched(context.new_page())
-        watched.page.goto(dash.url)
+        watched.page.goto(f"{dash.url}?token={dash.token}")
         rendered(watched.page)
         count = watched.page.evaluate(
             "icx.charts.map.getOption().series.find(s => s.id === 'centers').data.length"
@@ -212,7 +214,8 @@ def test_policy_from_the_page_with_the_token_changes_the_brokers_policy(
             10,
             "the new policy version",
         )
-        assert after.comment == "greener" and after.set_by
+        assert after.comment == "greener"
+        assert after.set_by == Credentials.load(dash.coordinator).member.name == "coordinator"
         assert json.loads(after.policy_json)["weights"]["carbon"] == 40
         shown = watched.page.evaluate(
             "document.querySelector('#policy-now [data-field=version]').textContent"

@@ -21,7 +21,8 @@ from tests.dashboard.conftest import CENTERS, Dashboard
 
 
 def national(dash: Dashboard, *args: str) -> Any:
-    done = run_icx("national", "--broker", dash.fed.address, *args, identity=dash.coordinator)
+    # `--broker DOWN,UP`: the report is read from the broker that listens.
+    done = run_icx("national", "--broker", dash.brokers, *args, identity=dash.coordinator)
     assert done.returncode == 0, done.stderr
     return done
 
