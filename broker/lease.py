@@ -76,10 +76,12 @@ class Lease:
         self._lost: asyncio.Future[None] | None = None
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
-        from broker.pg_store import connect_error, describe_url
+        from broker.pg_store import connect_error, connection_info, describe_url
 
         try:
-            return await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            return await psycopg.AsyncConnection.connect(
+                connection_info(self.url), autocommit=True
+            )
         except psycopg.OperationalError as exc:
             raise connect_error(describe_url(self.url), exc) from exc
 

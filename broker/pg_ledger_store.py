@@ -9,18 +9,22 @@ the leaf that completes it is appended, keyed by `level << 48 | index`; nodes fr
 on every table, so the database itself states that the log is append-only; an entry's
 index is its primary key, so two writers can never both append at one index.
 
-One owner (the broker's ledger thread); every write runs in `_write_transaction`, the one
-place a write transaction opens, where `fence` (if given) checks first that this broker
-may still write. The ledger library itself stays free of network code: this module is
-the broker's.
+One owner (the broker's ledger thread) and one connection (pg_store's `StoreConnection`):
+reopened when the server dropped it, with each read run once more on the new one; every
+write runs in its `transact`, the one place a write transaction opens, where `fence` (if
+given) checks first that this broker may still write and where a COMMIT whose reply was
+lost is found out, not run twice. Once open, a database that stays away fails each call
+with the driver's error, not one of the error tree's (which would refuse a center's usage
+for good), so the center keeps its record and sends it again. The ledger library itself
+stays free of network code: this module is the broker's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from typing import Any
 
-from broker.pg_store import Conn, Fence, connect_url, describe_url
+from broker.pg_store import CommitUnknown, Conn, Fence, StoreConnection, describe_url
 from ledger import merkle
 from ledger.errors import EntryNotFound, LedgerError, ProofError
 from ledger.records import split_interval_id
@@ -117,38 +121,40 @@ class PostgresLedgerStore:
 
     def __init__(self, url: str, *, fence: Fence | None = None) -> None:
         self.path = f"{describe_url(url)} (ledger)"
-        self._fence = fence
-        self._db = connect_url(url)
+        self._db = StoreConnection(url, self.path, fence=fence)
         try:
             self._create_tables()
-            row = self._one("SELECT coalesce(max(idx) + 1, 0), count(*) FROM ledger_entries")
-            size, count = int(row[0]), int(row[1])  # type: ignore[call-overload]
-            if size != count:
-                raise LedgerError(
-                    f"{self.path}: entries are not contiguous ({count} rows, size {size})"
-                )
-            self._frontier = merkle.Frontier.restore(size, self.node)
-            self._edge = self._frontier.edge()
-            self._upper: dict[tuple[int, int], bytes] = {}
-            for node_id, h in self._db.execute(
-                "SELECT id, hash FROM ledger_nodes WHERE id >= %s", (_node_id(_CACHED_LEVEL, 0),)
-            ):
-                level, index = (
-                    int(node_id) >> _LEVEL_SHIFT,
-                    int(node_id) & ((1 << _LEVEL_SHIFT) - 1),
-                )
-                self._upper[(level, index)] = bytes(h)
+            self._load()
         except BaseException:
             self._db.close()
             raise
 
+    def _load(self) -> None:
+        """The tree's frontier and upper nodes, read from the database."""
+        row = self._one("SELECT coalesce(max(idx) + 1, 0), count(*) FROM ledger_entries")
+        size, count = int(row[0]), int(row[1])
+        if size != count:
+            raise LedgerError(
+                f"{self.path}: entries are not contiguous ({count} rows, size {size})"
+            )
+        self._frontier = merkle.Frontier.restore(size, self.node)
+        self._edge = self._frontier.edge()
+        self._upper: dict[tuple[int, int], bytes] = {}
+        self._stale = False
+        low = _node_id(_CACHED_LEVEL, 0)
+        for node_id, h in self._rows("SELECT id, hash FROM ledger_nodes WHERE id >= %s", (low,)):
+            level, index = int(node_id) >> _LEVEL_SHIFT, int(node_id) & ((1 << _LEVEL_SHIFT) - 1)
+            self._upper[(level, index)] = bytes(h)
+
     def _create_tables(self) -> None:
-        with self._write_transaction() as db:
+        def create(db: Conn) -> None:
             found = db.execute("SELECT to_regclass('ledger_meta')").fetchone()
             if found is not None and found[0] is not None:
                 return
             for statement in [*_SCHEMA.split(";\n"), _REFUSE, *_triggers()]:
                 db.execute(statement.encode())
+
+        self._db.transact(create)
 
     def close(self) -> None:
         self._db.close()
@@ -159,32 +165,34 @@ class PostgresLedgerStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write_transaction(self) -> Iterator[Conn]:
-        """The one place a write transaction opens: BEGIN, the fence, the writes, COMMIT
-        (or ROLLBACK on an exception)."""
-        with self._db.transaction():
-            if self._fence is not None:
-                self._fence(self._db)
-            yield self._db
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read (run once more if the server had dropped the connection)."""
+        return self._db.read(lambda db: db.execute(sql.encode(), args).fetchall())
 
-    def _one(self, sql: str, args: Sequence[object] = ()) -> tuple[object, ...]:
-        row = self._db.execute(sql.encode(), args).fetchone()
-        assert row is not None, sql
-        return row
+    def _one(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...]:
+        rows = self._rows(sql, args)
+        assert rows, sql
+        return rows[0]
+
+    def _first(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
 
     # Settings.
 
     def meta(self, name: str) -> str | None:
-        row = self._db.execute("SELECT value FROM ledger_meta WHERE name = %s", (name,)).fetchone()
+        row = self._first("SELECT value FROM ledger_meta WHERE name = %s", (name,))
         return None if row is None else str(row[0])
 
     def set_meta(self, name: str, value: str) -> None:
         """Set once; a different second value is refused."""
         current = self.meta(name)
         if current is None:
-            with self._write_transaction() as db:
-                db.execute("INSERT INTO ledger_meta (name, value) VALUES (%s, %s)", (name, value))
+            self._db.transact(
+                lambda db: db.execute(
+                    "INSERT INTO ledger_meta (name, value) VALUES (%s, %s)", (name, value)
+                )
+            )
         elif current != value:
             raise LedgerError(f"{self.path}: {name} is already {current!r}, cannot set {value!r}")
 
@@ -200,6 +208,8 @@ class PostgresLedgerStore:
     def append(self, items: Sequence[tuple[str | None, str, bytes]]) -> int:
         """Append (record id, type, leaf bytes) in one transaction; return the index of
         the first. The caller has checked that record ids are new."""
+        if self._stale:
+            self._load()
         first = self._frontier.size
         saved = self._frontier.copy()
         rows = []
@@ -211,14 +221,24 @@ class PostgresLedgerStore:
                 node_rows.append((_node_id(level, index), h))
                 if level >= _CACHED_LEVEL:
                     upper.append(((level, index), h))
-        try:
-            with self._write_transaction() as db, db.cursor() as cur:
+
+        def write(db: Conn) -> None:
+            with db.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO ledger_entries (idx, record_id, type, leaf)"
                     " VALUES (%s, %s, %s, %s)",
                     rows,
                 )
                 cur.executemany("INSERT INTO ledger_nodes (id, hash) VALUES (%s, %s)", node_rows)
+
+        try:
+            self._db.transact(write)
+        except CommitUnknown:
+            # It may have committed: the database, not memory, says what the log holds,
+            # read again before the next append.
+            self._frontier = saved
+            self._stale = True
+            raise
         except BaseException:
             self._frontier = saved
             raise
@@ -227,9 +247,7 @@ class PostgresLedgerStore:
         return first
 
     def node(self, level: int, index: int) -> bytes:
-        row = self._db.execute(
-            "SELECT hash FROM ledger_nodes WHERE id = %s", (_node_id(level, index),)
-        ).fetchone()
+        row = self._first("SELECT hash FROM ledger_nodes WHERE id = %s", (_node_id(level, index),))
         if row is None:
             raise ProofError(f"{self.path}: node ({level}, {index}) is missing")
         return bytes(row[0])
@@ -249,7 +267,7 @@ class PostgresLedgerStore:
             else:
                 found[node] = h
         if ids:
-            for i, h in self._db.execute(
+            for i, h in self._rows(
                 "SELECT id, hash FROM ledger_nodes WHERE id = ANY(%s)", (list(ids),)
             ):
                 found[ids[int(i)]] = bytes(h)
@@ -280,23 +298,23 @@ class PostgresLedgerStore:
         return [merkle.hash_range(b, e, lambda lvl, idx: found[(lvl, idx)]) for b, e in plan]
 
     def entry(self, index: int) -> StoredEntry:
-        row = self._db.execute(
+        row = self._first(
             "SELECT idx, record_id, type, leaf FROM ledger_entries WHERE idx = %s", (index,)
-        ).fetchone()
+        )
         if row is None:
             raise EntryNotFound(f"no entry at index {index} (log size {self.size})")
         return _entry(row)
 
     def find(self, record_id: str) -> StoredEntry | None:
-        row = self._db.execute(
+        row = self._first(
             "SELECT idx, record_id, type, leaf FROM ledger_entries WHERE record_id = %s",
             (record_id,),
-        ).fetchone()
+        )
         return None if row is None else _entry(row)
 
     def find_many(self, record_ids: Sequence[str]) -> dict[str, StoredEntry]:
         """The stored entries of those `record_ids` that are logged, by record id."""
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT idx, record_id, type, leaf FROM ledger_entries WHERE record_id = ANY(%s)",
             (list(dict.fromkeys(record_ids)),),
         )
@@ -305,7 +323,7 @@ class PostgresLedgerStore:
     def find_run(self, base: str) -> list[StoredEntry]:
         """The entries of one run's records, `base` and `base/n`, in index order."""
         # COLLATE "C": byte order, as in SQLite, so "0" follows "/" (see LedgerStore).
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT idx, record_id, type, leaf FROM ledger_entries"
             ' WHERE record_id COLLATE "C" >= %s AND record_id COLLATE "C" < %s ORDER BY idx',
             (base, base + "0"),
@@ -322,27 +340,25 @@ class PostgresLedgerStore:
         if type is not None:
             sql += " AND type = %s"
             args.append(type)
-        rows = self._db.execute((sql + " ORDER BY idx").encode(), args).fetchall()
+        rows = self._rows(sql + " ORDER BY idx", args)
         yield from map(_entry, rows)
 
     def raw_rows(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         """Every stored (index, leaf, stored leaf hash) in index order, for the auditor."""
-        for idx, leaf, h in self._db.execute(
+        for idx, leaf, h in self._rows(
             "SELECT e.idx, e.leaf, n.hash FROM ledger_entries e"
             " LEFT JOIN ledger_nodes n ON n.id = e.idx ORDER BY e.idx"
-        ).fetchall():
+        ):
             yield int(idx), bytes(leaf), None if h is None else bytes(h)
 
     def stored_leaf_hash(self, index: int) -> bytes | None:
-        row = self._db.execute(
-            "SELECT hash FROM ledger_nodes WHERE id = %s", (_node_id(0, index),)
-        ).fetchone()
+        row = self._first("SELECT hash FROM ledger_nodes WHERE id = %s", (_node_id(0, index),))
         return None if row is None else bytes(row[0])
 
     # Checkpoints.
 
     def add_checkpoint(self, size: int, note: str) -> None:
-        with self._write_transaction() as db:
+        def write(db: Conn) -> None:
             existing = db.execute(
                 "SELECT note FROM ledger_checkpoints WHERE size = %s", (size,)
             ).fetchone()
@@ -352,71 +368,72 @@ class PostgresLedgerStore:
                 return
             db.execute("INSERT INTO ledger_checkpoints (size, note) VALUES (%s, %s)", (size, note))
 
+        self._db.transact(write)
+
     def add_cosignature(self, size: int, line: str) -> None:
-        with self._write_transaction() as db:
-            db.execute(
+        self._db.transact(
+            lambda db: db.execute(
                 "INSERT INTO ledger_cosignatures (size, line) VALUES (%s, %s)"
                 " ON CONFLICT DO NOTHING",
                 (size, line),
             )
+        )
 
     def checkpoints(self) -> list[tuple[int, str, list[str]]]:
         """(size, log-signed note, cosignature lines) for every stored checkpoint."""
         lines: dict[int, list[str]] = {}
-        for size, line in self._db.execute(
+        for size, line in self._rows(
             "SELECT size, line FROM ledger_cosignatures ORDER BY size, id"
-        ).fetchall():
+        ):
             lines.setdefault(int(size), []).append(str(line))
         return [
             (int(size), str(note), lines.get(int(size), []))
-            for size, note in self._db.execute(
-                "SELECT size, note FROM ledger_checkpoints ORDER BY size"
-            ).fetchall()
+            for size, note in self._rows("SELECT size, note FROM ledger_checkpoints ORDER BY size")
         ]
 
     def latest_checkpoint(self) -> tuple[int, str, list[str]] | None:
-        row = self._db.execute(
-            "SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
-        ).fetchone()
+        row = self._first("SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
         if row is None:
             return None
         size = int(row[0])
         lines = [
             str(r[0])
-            for r in self._db.execute(
+            for r in self._rows(
                 "SELECT line FROM ledger_cosignatures WHERE size = %s ORDER BY id", (size,)
-            ).fetchall()
+            )
         ]
         return size, str(row[1]), lines
 
     # Evidence and statements.
 
     def add_conflict(self, record_id: str, leaf: bytes, reason: str) -> None:
-        with self._write_transaction() as db:
-            db.execute(
+        self._db.transact(
+            lambda db: db.execute(
                 "INSERT INTO ledger_conflicts (record_id, leaf, reason) VALUES (%s, %s, %s)",
                 (record_id, leaf, reason),
             )
+        )
 
     def conflicts(self) -> list[tuple[str, bytes, str]]:
         return [
             (str(r), bytes(leaf), str(why))
-            for r, leaf, why in self._db.execute(
+            for r, leaf, why in self._rows(
                 "SELECT record_id, leaf, reason FROM ledger_conflicts ORDER BY id"
-            ).fetchall()
+            )
         ]
 
     def add_statement(self, party: str, period: str, body: bytes) -> None:
-        with self._write_transaction() as db:
-            db.execute(
+        self._db.transact(
+            lambda db: db.execute(
                 "INSERT INTO ledger_statements (party, period, body) VALUES (%s, %s, %s)",
                 (party, period, body),
             )
+        )
 
     def statements(self) -> list[tuple[str, str, bytes]]:
         return [
             (str(p), str(per), bytes(b))
-            for p, per, b in self._db.execute(
+            for p, per, b in self._rows(
                 "SELECT party, period, body FROM ledger_statements ORDER BY id"
-            ).fetchall()
+            )
         ]

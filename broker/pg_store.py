@@ -2,10 +2,10 @@
 write connection and commits in groups, as the SQLite store does.
 
 Each write is queued in the order the broker changed its memory; the writer runs a batch
-of them in one transaction (`_write_transaction`, the one place a write transaction
-opens), commits once, then resolves each caller's future, so nothing is acknowledged
-before PostgreSQL has it (with the server's `synchronous_commit`, on by default). A batch
-runs without savepoints; if a write in it fails, the batch is rolled back and run again
+of them in one transaction (`StoreConnection.transact`, the one place a write transaction
+opens), commits once, then resolves each caller's future, so nothing is acknowledged before
+PostgreSQL has it (with the server's `synchronous_commit`, on by default). A batch runs
+without savepoints; if a write in it fails, the batch is rolled back and run again
 with each write under its own savepoint, so one failure does not undo the others (a
 failed write is rare: a duplicate request id, an unknown job). A job's row and its event
 go in one statement (a data-modifying WITH), one round trip to the server each. Reads
@@ -18,6 +18,17 @@ database, so a second broker on the same database is refused (the lock is releas
 that connection ends, a killed broker's included). Brokers that share a database under a
 lease (broker/lease.py) open it with `exclusive=False` and a `fence`: a check that runs
 inside every write transaction before its writes; raising there fails the whole batch.
+
+The write connection is a `StoreConnection` (the ledger's too): reopened when the server
+dropped it (a restart, `pg_terminate_backend`), and sure of each transaction's outcome even
+when the reply to its COMMIT was lost, so a committed batch is neither reported as failed
+nor run twice. A batch whose connection dropped before COMMIT runs once more on a new one;
+one whose outcome cannot be found out fails with Unavailable, never run again. Reads take a
+pooled connection that is checked first, so a dropped one is replaced, not used.
+
+Every connection of both stores, the read pool's included, is made from `connection_info`:
+libpq's keepalives, `tcp_user_timeout` and a `connect_timeout`, so that a database host
+that stops answering is noticed within seconds, not after the kernel's 15 minutes.
 
 `connect_url` turns what libpq says about a URL that does not work into the error tree:
 unreachable (Unavailable), refused credentials (PermissionDenied), no such database
@@ -32,12 +43,13 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -56,6 +68,7 @@ from broker.sqlite_store import (
 from broker.store import SCHEMA_VERSION, SchemaError, Snapshot, StoredCenter, StoredJob
 from core.errors import (
     FailedPrecondition,
+    IcxError,
     InvalidConfig,
     NotFound,
     PermissionDenied,
@@ -74,11 +87,26 @@ _LOCK_KEY = 0x696378
 # How long a starting broker waits for the lock: a killed broker's session ends moments
 # after its process.
 _LOCK_WAIT_MS = 3_000
-_CONNECT_TIMEOUT_S = 10
+# How long a transaction whose COMMIT got no reply may stay "in progress" on the server (its
+# session ending) before its outcome counts as unknown.
+_OUTCOME_WAIT_S = 10.0
+
+# libpq's defaults leave a silent server host to the kernel (about 15 minutes). With these,
+# an idle connection is found dead after 5 s + 3 probes 2 s apart, one with data
+# unacknowledged after 10 s, and a connection attempt gives up after 5 s.
+LIVENESS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 Fence = Callable[[Conn], None]
 _Write = Callable[[Conn], None]
+T = TypeVar("T")
 
 
 def describe_url(url: str) -> str:
@@ -92,11 +120,20 @@ def describe_url(url: str) -> str:
     return f"postgresql://{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
 
 
+def connection_info(url: str) -> str:
+    """`url` as a libpq connection string with `LIVENESS` added where `url` does not set
+    those parameters itself (the operator's URL wins). Every connection to a broker
+    database is made from it: `psycopg.connect(connection_info(url), ...)`. Raises
+    psycopg.ProgrammingError for a malformed URL."""
+    return make_conninfo("", **{**LIVENESS, **conninfo_to_dict(url)})
+
+
 def connect_url(url: str, *, autocommit: bool = True) -> Conn:
-    """A connection to `url`, or the error tree's reason it cannot be one."""
+    """A connection to `url` (with `LIVENESS`), or the error tree's reason it cannot be
+    one."""
     where = describe_url(url)
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=_CONNECT_TIMEOUT_S)
+        return psycopg.connect(connection_info(url), autocommit=autocommit)
     except psycopg.ProgrammingError as exc:
         raise InvalidConfig(f"--store: not a PostgreSQL URL: {_first_line(exc)}") from exc
     except psycopg.OperationalError as exc:
@@ -120,6 +157,124 @@ def _first_line(exc: BaseException) -> str:
     return (failed[-1] if failed else lines[0] if lines else type(exc).__name__)[:300]
 
 
+class CommitUnknown(psycopg.OperationalError):
+    """The connection dropped after COMMIT was sent and what became of the transaction
+    could not be found out: it may have committed, so it must not be run again."""
+
+
+class StoreConnection:
+    """The one connection a store writes through (the ledger reads through it too): opened
+    with `connect_url`, reopened when the server dropped it, `on_open` run on each new
+    connection (the store's advisory lock), `fence` first in every write transaction.
+
+    `transact` knows each transaction's outcome. It reads the transaction's id before
+    COMMIT; if the connection drops before COMMIT's reply, it asks the server on a new
+    connection (`txid_status`) what became of it: committed is success, aborted is run
+    once more, and still unknown after `_OUTCOME_WAIT_S` raises CommitUnknown. A
+    transaction whose connection dropped before COMMIT did not commit (the server aborts
+    it) and runs once more too. Errors are the driver's (after the first connection):
+    callers choose how to show them. Not thread-safe: one owner."""
+
+    def __init__(
+        self,
+        url: str,
+        location: str,
+        *,
+        fence: Fence | None = None,
+        on_open: Callable[[Conn], None] | None = None,
+    ) -> None:
+        self._url = url
+        self._location = location
+        self._fence = fence
+        self._on_open = on_open
+        self._conn = connect_url(url)
+        self._opened(self._conn)
+
+    def _opened(self, conn: Conn) -> None:
+        if self._on_open is not None:
+            try:
+                self._on_open(conn)
+            except BaseException:
+                conn.close()
+                raise
+
+    def get(self) -> Conn:
+        """The connection, opened anew if the server dropped it."""
+        if self._conn.closed or self._conn.broken:
+            self._conn.close()
+            conn: Conn = psycopg.connect(connection_info(self._url), autocommit=True)
+            self._opened(conn)
+            self._conn = conn
+            log.warning("%s: connection to the database reopened", self._location)
+        return self._conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def read(self, body: Callable[[Conn], T]) -> T:
+        """`body` (reads only) on the connection; once more on a new one if the server
+        had dropped it."""
+        conn = self.get()
+        try:
+            return body(conn)
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+        return body(self.get())
+
+    def transact(self, body: Callable[[Conn], T]) -> T:
+        """`body` in one write transaction (BEGIN, the fence, `body`, COMMIT); its result
+        once committed. See the class for a connection that drops on the way."""
+        for attempt in (1, 2):
+            conn = self.get()
+            txid = 0
+            committing = False
+            try:
+                with conn.transaction():
+                    if self._fence is not None:
+                        self._fence(conn)
+                    row = conn.execute("SELECT txid_current()").fetchone()
+                    txid = int(row[0]) if row else 0
+                    result = body(conn)
+                    committing = True
+                return result
+            except psycopg.OperationalError as exc:
+                if not conn.broken:
+                    raise
+                if committing and self._outcome(txid, exc) == "committed":
+                    log.warning("%s: COMMIT's reply was lost; it did commit", self._location)
+                    return result
+                if attempt == 2:
+                    raise
+                log.warning(
+                    "%s: connection dropped before the transaction committed; running it again",
+                    self._location,
+                )
+        raise AssertionError("unreachable")
+
+    def _outcome(self, txid: int, cause: BaseException) -> str:
+        """What became of transaction `txid`: "committed" or "aborted"; CommitUnknown if
+        the server cannot say within `_OUTCOME_WAIT_S`."""
+        deadline = time.monotonic() + _OUTCOME_WAIT_S
+        try:
+            while True:
+                row = self.get().execute("SELECT txid_status(%s)", (txid,)).fetchone()
+                status = None if row is None or row[0] is None else str(row[0])
+                if status in ("committed", "aborted"):
+                    return status
+                if status != "in progress" or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)  # its session is ending on the server
+        except (psycopg.Error, IcxError) as exc:  # the server away, or the lock not free
+            raise CommitUnknown(
+                f"the connection dropped during COMMIT and its outcome cannot be asked:"
+                f" {_first_line(exc)}"
+            ) from cause
+        raise CommitUnknown(
+            f"the connection dropped during COMMIT and transaction {txid} is {status or 'unknown'}"
+        ) from cause
+
+
 class PostgresStore:
     """broker.store.Store on one PostgreSQL database. Creates the schema in an empty
     database; refuses one of another schema version (see `migrate`)."""
@@ -133,23 +288,26 @@ class PostgresStore:
         pool_size: int = 4,
     ) -> None:
         self._location = describe_url(url)
-        self._fence = fence
         self._exclusive = exclusive
-        self._url = url
-        self._writer = connect_url(url)
+        self._writer = StoreConnection(
+            url, f"store {self._location}", fence=fence, on_open=self._hold_lock
+        )
         try:
-            self._hold_lock(self._writer)
-            with self._writer.transaction():
-                found = schema.version(self._writer, self._location)
+            conn = self._writer.get()
+            with conn.transaction():
+                found = schema.version(conn, self._location)
                 if found is None:
-                    schema.upgrade(self._writer, None)
+                    schema.upgrade(conn, None)
                 elif found != SCHEMA_VERSION:
                     raise SchemaError(version_message(self._location, found))
+            # Each pooled connection is checked as it is taken: one the server dropped is
+            # replaced, not handed to a read.
             self._pool: ConnectionPool[Conn] = ConnectionPool(
-                url,
+                connection_info(url),
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+                kwargs={"autocommit": True},
+                check=ConnectionPool.check_connection,
                 open=True,
                 name="icx-store-read",
             )
@@ -377,25 +535,6 @@ class PostgresStore:
         self._queue.put((fn, fut, loop))
         return fut
 
-    @contextmanager
-    def _write_transaction(self) -> Iterator[Conn]:
-        """The one place a write transaction opens: BEGIN, the fence, the caller's
-        writes, COMMIT (or ROLLBACK on an exception)."""
-        conn = self._connection()
-        with conn.transaction():
-            if self._fence is not None:
-                self._fence(conn)
-            yield conn
-
-    def _connection(self) -> Conn:
-        """The write connection, opened anew (with its lock) if the server dropped it."""
-        if self._writer.closed or self._writer.broken:
-            self._writer.close()
-            self._writer = connect_url(self._url)
-            self._hold_lock(self._writer)
-            log.warning("store %s: write connection reopened", self._location)
-        return self._writer
-
     def _run(self) -> None:
         while True:
             first = self._queue.get()
@@ -419,28 +558,54 @@ class PostgresStore:
                 return
 
     def _commit(self, batch: list[tuple[_Write, Any, Any]]) -> list[BaseException | None]:
-        """Commit `batch`; each write's error, or None."""
-        try:
-            with self._write_transaction() as conn:
-                for fn, _, _ in batch:
+        """Commit `batch` in one transaction; each write's error, or None. If a write
+        fails, the batch runs again with each write under its own savepoint."""
+        writes = [fn for fn, _, _ in batch]
+        write_failed = False
+
+        def together(conn: Conn) -> list[BaseException | None]:
+            nonlocal write_failed
+            for fn in writes:
+                try:
                     fn(conn)
-            return [None] * len(batch)
-        except Exception:  # some write failed: again, each under its savepoint
-            pass
-        results: list[BaseException | None] = []
+                except Exception:
+                    write_failed = not conn.broken  # the write's fault, not the connection's
+                    raise
+            return [None] * len(writes)
+
+        def each_alone(conn: Conn) -> list[BaseException | None]:
+            results: list[BaseException | None] = []
+            for fn in writes:
+                try:
+                    with conn.transaction():  # a savepoint
+                        fn(conn)
+                    results.append(None)
+                except Exception as exc:  # one bad write must not undo the batch
+                    if conn.broken:
+                        raise
+                    results.append(_domain_error(self._location, exc))
+            return results
+
         try:
-            with self._write_transaction() as conn:
-                for fn, _, _ in batch:
-                    try:
-                        with conn.transaction():  # a savepoint
-                            fn(conn)
-                        results.append(None)
-                    except Exception as exc:  # one bad write must not undo the batch
-                        results.append(_domain_error(self._location, exc))
+            return self._writer.transact(together)
         except Exception as exc:
-            log.exception("store %s: commit failed", self._location)
-            return [_domain_error(self._location, exc)] * len(batch)
-        return results
+            if not write_failed:  # the fence, the connection or COMMIT: all fail alike
+                return self._not_committed(len(writes), exc)
+        try:
+            return self._writer.transact(each_alone)
+        except Exception as exc:
+            return self._not_committed(len(writes), exc)
+
+    def _not_committed(self, n: int, exc: Exception) -> list[BaseException | None]:
+        error = _domain_error(self._location, exc)
+        log.warning(
+            "store %s: %d writes not committed: %s",
+            self._location,
+            n,
+            error,
+            exc_info=not isinstance(exc, psycopg.Error | IcxError),  # a bug: its traceback
+        )
+        return [error] * n
 
     def _hold_lock(self, conn: Conn) -> None:
         """The database's broker lock, for as long as `conn` lives (unless the store is
