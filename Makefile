@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/icx demo
 
 test: $(STAMP) lint typecheck proto-check
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 check: test typecheck
 
