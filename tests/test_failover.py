@@ -92,7 +92,7 @@ def test_the_standby_takes_over_a_killed_active_broker_and_no_job_is_lost_or_run
     ids: list[str] = []
     with BrokerClient(reachable_broker(both), user) as client:
         wait_for(lambda: len(client.centers()) == len(CENTERS), 30, "four centers")
-        ids += [client.submit(record_spec(out, 1.0, devices=2)).job_id for _ in range(24)]
+        ids += [client.submit(record_spec(out, 1.0, devices=2)).job_id for _ in range(16)]
         wait_for(
             lambda: sum(j.state == JobState.RUNNING for j in jobs_by_id(client).values()) >= 4,
             30,
@@ -113,7 +113,7 @@ def test_the_standby_takes_over_a_killed_active_broker_and_no_job_is_lost_or_run
 
     with BrokerClient(reachable_broker(both), user) as client:
         assert reachable_broker(both).endswith(f":{standby_port}")
-        ids += [client.submit(record_spec(out, 1.0, devices=2)).job_id for _ in range(16)]
+        ids += [client.submit(record_spec(out, 1.0, devices=2)).job_id for _ in range(8)]
         jobs = wait_for(
             lambda: (js := jobs_by_id(client)) and all(js[i].state.terminal for i in ids) and js,
             120,
