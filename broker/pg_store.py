@@ -143,6 +143,11 @@ def connect_url(url: str, *, autocommit: bool = True) -> Conn:
 def connect_error(where: str, exc: psycopg.OperationalError) -> Exception:
     text = str(exc)
     reason = _first_line(exc).removeprefix("connection failed: ")
+    if "no password supplied" in text:
+        return PermissionDenied(
+            f"PostgreSQL at {where} asks for a password and none was given: set PGPASSWORD,"
+            " or add a ~/.pgpass line for this host, port, database and user"
+        )
     if "authentication failed" in text or "pg_hba.conf rejects" in text or "role" in text:
         return PermissionDenied(f"PostgreSQL at {where} refused the credentials: {reason}")
     if "does not exist" in text and "database" in text:

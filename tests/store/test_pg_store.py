@@ -96,6 +96,12 @@ def test_urls_that_do_not_work_say_why_without_the_password(
     assert str(refused.value).startswith(
         f"PostgreSQL at postgresql://127.0.0.1:{port}/icx refused the credentials: "
     )
+    with pytest.raises(PermissionDenied) as no_password:  # no PGPASSWORD, no ~/.pgpass line
+        PostgresStore(f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{port}/icx?passfile=/nonexistent")
+    assert str(no_password.value) == (
+        f"PostgreSQL at postgresql://127.0.0.1:{port}/icx asks for a password and none was"
+        " given: set PGPASSWORD, or add a ~/.pgpass line for this host, port, database and user"
+    )
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
