@@ -510,6 +510,7 @@ async def serve(options: ServeOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    _check_port_free(options.listen)  # before any file or database is touched
     lease = None
     if options.store:
         lease = await _take_lease(options, stop)
@@ -538,7 +539,6 @@ async def _take_lease(options: ServeOptions, stop: asyncio.Event) -> Lease | Non
     it refuses to start on a port another process holds, as an active broker does."""
     from broker.lease import Lease
 
-    _check_port_free(options.listen)
     name = options.name
     if options.identity is not None and not options.insecure:
         name = Credentials.load(options.identity).member.name
