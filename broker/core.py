@@ -278,6 +278,7 @@ class Broker:
             self.jobs.load(snapshot)
             self.centers.load(snapshot)
             self.claims.load(snapshot.claims)
+            self._restore_starts()
             self.policy.load(snapshot)
         finally:
             if collecting:
@@ -292,6 +293,15 @@ class Broker:
             self.store.location,
         )
         self._wake.set()
+
+    def _restore_starts(self) -> None:
+        """A run going at a restart: its start was seen but is written only with its end
+        (`_observe`), so it is taken again from the job, whose last change was its commit
+        as running."""
+        for job in self.jobs.page([JobState.RUNNING]):
+            record = self.claims.record(job.claim_id)
+            if record is not None and record.started_at_ms is None and record.ended_at_ms is None:
+                self.claims.note(dataclasses.replace(record, started_at_ms=job.updated_at_ms))
 
     # ------------------------------------------------------------- user side
 

@@ -79,9 +79,7 @@ class Lease:
         from broker.pg_store import connect_error, connection_info, describe_url
 
         try:
-            return await psycopg.AsyncConnection.connect(
-                connection_info(self.url), autocommit=True
-            )
+            return await psycopg.AsyncConnection.connect(connection_info(self.url), autocommit=True)
         except psycopg.OperationalError as exc:
             raise connect_error(describe_url(self.url), exc) from exc
 

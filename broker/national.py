@@ -80,7 +80,9 @@ ONE_BY_ONE = 8
 
 T = TypeVar("T")
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A number standing alone ("4", "1,234.50", the 0.30 of "-0.30"): not digits in a name like
+# "cambricon-mlu370", "ascend-910b" or "p2" (a letter, digit, "." or "-" joined to it).
+_NUMBER = re.compile(r"(?<![\w.])(?<!\w-)\d+(?:[.,]\d+)*(?![\w-])")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

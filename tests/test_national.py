@@ -20,11 +20,12 @@ import pytest
 from bench.national_load import fill, usage_records
 from broker.capacity import PoolCapacity
 from broker.core import Broker
-from broker.national import REUSE_MS
+from broker.national import REUSE_MS, reason_kind
 from broker.peers import Place, parse_summary, summary_payload
 from broker.sqlite_store import SqliteStore
 from cli.federation import LocalFederation
 from client import BrokerClient
+from core.accelerators import CATALOGUE
 from core.clock import ManualClock
 from core.errors import InvalidArgument, PermissionDenied
 from core.national import Overview
@@ -201,6 +202,33 @@ def _hub_device_seconds(o: Overview, region: str) -> int:
     return next(h.figures.device_seconds for h in o.hubs if h.region == region)
 
 
+def test_a_run_going_through_a_broker_killed_and_restarted_counts_whole(
+    fed: LocalFederation,
+) -> None:
+    """A job running when the broker is SIGKILLed, reported by its agent to the restarted
+    broker (on the same store, as a standby that takes over loads it) and ended there:
+    its device-seconds are the whole run's, as the center metered it."""
+    long = dataclasses.replace(SHORT, command=("sleep", "4"))
+    with fed.client("lab-a") as user, fed.client(role=Role.COORDINATOR) as coord:
+        earlier = _records(user, list(user.list_jobs([JobState.SUCCEEDED]).jobs))
+        before = _overview_when_metered(coord, sum(r.signed.record.energy_wh for r in earlier))
+        job = user.submit(long)
+        wait_for(lambda: user.get_job(job.job_id).state == JobState.RUNNING, 15, "the job to run")
+    assert fed.broker is not None
+    fed.broker.kill()  # SIGKILL: the start it saw was not yet written
+    fed.start_broker()
+    with fed.client("lab-a") as user, fed.client(role=Role.COORDINATOR) as coord:
+        wait_for(lambda: user.get_job(job.job_id).state == JobState.SUCCEEDED, 30, "the job to end")
+        [record] = [r.signed.record for r in _records(user, [user.get_job(job.job_id)])]
+        after = _overview_when_metered(coord, before.totals.energy_wh + record.energy_wh)
+    ran = after.totals.device_seconds - before.totals.device_seconds
+    assert record.device_s >= 2 * 3 and abs(ran - record.device_s) <= 2
+    flows = {(f.from_region, f.to_region): f.device_seconds for f in after.flows}
+    flows_before = {(f.from_region, f.to_region): f.device_seconds for f in before.flows}
+    assert abs(sum(flows.values()) - sum(flows_before.values()) - ran) <= len(flows)
+    assert after.totals.utilisation > before.totals.utilisation
+
+
 # ---------------------------------------------------------------------------------------
 # The indexes behind the figures, on a real store (no agents): a broker that loads the
 # store and one that is told of the same runs one at a time, in another order, between
@@ -328,4 +356,25 @@ def test_a_policy_file_that_is_not_text_is_one_line_before_any_call(tmp_path: Pa
     assert (done.returncode, done.stderr.strip()) == (
         2,
         f"icx: error: {binary} is not UTF-8 text (byte 12)",
+    )
+
+
+def test_wait_reasons_group_by_their_numbers_and_keep_accelerator_names() -> None:
+    for model in CATALOGUE:
+        assert reason_kind(f"no pool of {model} in any region") == (
+            f"no pool of {model} in any region"
+        )
+        kinds = {
+            reason_kind(
+                f"no pool with {n} free devices of {model} >= {gb} GB in the allowed regions "
+                f"CY, JJJ (most free: {most})"
+            )
+            for n, gb, most in ((4, 64, 2), (16, 80, 11))
+        }
+        assert kinds == {
+            f"no pool with N free devices of {model} >= N GB in the allowed regions CY, JJJ "
+            "(most free: N)"
+        }
+    assert reason_kind("MLU370-X8 in c0003/p2: 1,234.50 yuan (cost +1.20, carbon -0.30).") == (
+        "MLU370-X8 in c0003/p2: N yuan (cost +N, carbon -N)."
     )
