@@ -98,7 +98,7 @@ def wait_quiet(client: BrokerClient, n_done: int, timeout_s: float = 30) -> None
     wait_for(done, timeout_s, f"{n_done} jobs ended")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     root = tmp_path_factory.mktemp("dash")
     with (
@@ -137,7 +137,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
                 started.child.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
