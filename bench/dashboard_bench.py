@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import gzip
 import json
 import shutil
 import signal
@@ -79,6 +80,21 @@ PAGE_CALLS = (
     "/api/money",
     "/api/centers/{center}?period=1h",
 )
+# The page's marks (dashboard/static/app.js), as the table names them.
+MARKS = {
+    "icx-script": "page script runs (HTML and style loaded; ECharts loads beside the calls)",
+    "icx-fetched": "first figures fetched and ECharts run",
+    "icx-drawn": "every section drawn",
+    "show all": "then all centers listed (a click on show all), ms from the click",
+}
+# A click on the centers table's "show all" (when it has one), timed to every row laid out.
+SHOW_ALL = """() => {
+  const started = performance.now();
+  const more = document.getElementById('centers-more');
+  if (!more.hidden) document.getElementById('centers-all').click();
+  document.body.offsetHeight;
+  return performance.now() - started;
+}"""
 # Not on the first load: the longest period the page offers.
 OTHER_CALLS = ("/api/overview?period=24h", "/api/timeseries?window=24h")
 
@@ -92,8 +108,11 @@ class Scale:
     page_s: list[float] = field(default_factory=list)
     # Per call: the page's own resource timings (ms), and timed at a client (ms).
     in_page_ms: dict[str, list[float]] = field(default_factory=dict)
+    # The page's own marks (ms from the navigation's start): script, fetched, drawn.
+    marks_ms: dict[str, list[float]] = field(default_factory=dict)
     http_ms: dict[str, list[float]] = field(default_factory=dict)
     http_bytes: dict[str, int] = field(default_factory=dict)
+    http_sent: dict[str, int] = field(default_factory=dict)  # as sent (gzip when large)
     grpc_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -152,19 +171,33 @@ def page_loads(url: str, token: str, scale: Scale, loads: int) -> None:
                 )
                 drawn_ms = float(drawn.json_value())
                 shown = page.evaluate(
-                    "document.querySelectorAll('#centers tr[data-center]').length"
+                    "icx.charts.map.getOption().series.find(s => s.id === 'centers').data.length"
                 )
                 if shown != scale.centers:
-                    raise RuntimeError(f"the page lists {shown} centers, not {scale.centers}")
+                    raise RuntimeError(f"the map shows {shown} centers, not {scale.centers}")
+                # The table's "show all": every row drawn and laid out.
+                show_all_ms = float(page.evaluate(SHOW_ALL))
+                listed = page.evaluate(
+                    "document.querySelectorAll('#centers tr[data-center]').length"
+                )
+                if listed != scale.centers:
+                    raise RuntimeError(f"the table lists {listed} centers, not {scale.centers}")
                 timings = page.evaluate(
                     "performance.getEntriesByType('resource')"
                     ".filter(e => e.name.includes('/api/'))"
                     ".map(e => [new URL(e.name).pathname + new URL(e.name).search, e.duration])"
                 )
+                marks = page.evaluate(
+                    "performance.getEntriesByType('mark')"
+                    ".filter(e => e.name.startsWith('icx-')).map(e => [e.name, e.startTime])"
+                )
                 context.close()
                 if i == 0:
                     continue
                 scale.page_s.append(drawn_ms / 1000)
+                for name, ms in marks:
+                    scale.marks_ms.setdefault(name, []).append(ms)
+                scale.marks_ms.setdefault("show all", []).append(show_all_ms)
                 for name, ms in timings:
                     if not name.startswith("/api/events"):
                         scale.in_page_ms.setdefault(name, []).append(ms)
@@ -179,17 +212,26 @@ def http_calls(url: str, token: str, scale: Scale, center: str, calls: int) -> N
         for path in paths:
             started = time.perf_counter()
             try:
+                # As a browser asks: a large answer comes compressed.
                 request = urllib.request.Request(
-                    base + path, headers={"Authorization": f"token {token}"}
+                    base + path,
+                    headers={"Authorization": f"token {token}", "Accept-Encoding": "gzip"},
                 )
                 with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as reply:
                     body = reply.read()
+                    zipped = reply.headers.get("Content-Encoding") == "gzip"
             except urllib.error.HTTPError as err:
                 body = err.read()  # /api/money with no ledger yet: timed all the same
+                zipped = err.headers.get("Content-Encoding") == "gzip"
+            if zipped:
+                sent, body = len(body), gzip.decompress(body)
+            else:
+                sent = len(body)
             ms = (time.perf_counter() - started) * 1000
             if i:
                 scale.http_ms.setdefault(path, []).append(ms)
                 scale.http_bytes[path] = len(body)
+                scale.http_sent[path] = sent
 
 
 def grpc_calls(fed: LocalFederation, scale: Scale, center: str, calls: int) -> None:
@@ -278,10 +320,14 @@ def table(small: Scale, big: Scale) -> str:
         f"| page usable, s ({len(b)} loads; median, worst) | {p50(s):.2f} | {max(s):.2f} "
         f"| {p50(b):.2f} | {max(b):.2f} | {max(b) / max(s):.1f}x | < 2 s ({page_goal}) |"
     )
+    lines.append("| *in the page: navigation start to each mark, ms* | | | | | | |")
+    for mark, ms in big.marks_ms.items():
+        lines.append(_row(MARKS.get(mark, mark), small.marks_ms.get(mark, []), ms, ""))
     lines.append("| *dashboard HTTP API, ms (timed at a client)* | | | | | | |")
     for path, ms in big.http_ms.items():
         key = path.replace("c0000", "ID")
-        shown = f"GET {key} ({big.http_bytes[path] / 1024:.1f} KiB)"
+        size, sent = big.http_bytes[path] / 1024, big.http_sent[path] / 1024
+        shown = f"GET {key} ({size:.1f} KiB" + (f", {sent:.1f} sent)" if sent < size else ")")
         lines.append(_row(shown, small.http_ms.get(path, []), ms, f"< 200 ms ({_met(p95(ms))})"))
     lines.append("| *in the page (resource timing), ms* | | | | | | |")
     for path, ms in big.in_page_ms.items():
@@ -310,7 +356,9 @@ def as_json(scales: Sequence[Scale], command: str, when: str) -> dict[str, Any]:
                 "page_s": summary(s.page_s),
                 "http_ms": {k: summary(v) for k, v in s.http_ms.items()},
                 "http_bytes": s.http_bytes,
+                "http_sent": s.http_sent,
                 "in_page_ms": {k: summary(v) for k, v in s.in_page_ms.items()},
+                "marks_ms": {k: summary(v) for k, v in s.marks_ms.items()},
                 "grpc_ms": {k: summary(v) for k, v in s.grpc_ms.items()},
             }
             for s in scales

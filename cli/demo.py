@@ -657,7 +657,7 @@ As a user of tenant {TENANTS[0]} (submits, sees and cancels only {TENANTS[0]}'s 
   {icx} ledger checkpoint
   curl -s 127.0.0.1:{first.metrics_port}/metrics | grep icx_
 The coordinator's dashboard (the {hub} broker's view): {dashboard.url}
-  to change policy from it, open {dashboard.url}?token={dashboard.token}
+  open it with its token (nothing shows without it): {dashboard.url}?token={dashboard.token}
 The federation's root and its coordinator are in {first.authority.folder}.
 Stop it with:
   kill {pid_list}"""

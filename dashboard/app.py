@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -56,9 +58,10 @@ from core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from dashboard.answers import Answers
 from dashboard.auth import COOKIE, CSRF_HEADER, Sessions
-from dashboard.figures import BrokerFigures
-from dashboard.live import Watcher
+from dashboard.figures import BrokerFigures, JsonDict
+from dashboard.live import Pulse, Watcher
 from dashboard.periods import DEFAULT_PERIOD, duration_ms, month_of, step_for
 
 log = logging.getLogger("icx.dashboard")
@@ -126,7 +129,30 @@ def build_app(
     """The application over `figures` (the broker, through the typed client), answering
     only requests whose Host header names one of `hosts` (see `host_names`; by default the
     loopback names)."""
-    watcher = Watcher(figures.pulse, poll_s=poll_s)
+    answers = Answers(poll_s)
+    default_ms = duration_ms(DEFAULT_PERIOD)
+
+    async def read_pulse() -> Pulse:
+        """The watcher's poll: the default period's overview, kept as the pages' answer."""
+        overview = await figures.overview(default_ms)
+        answers.store(("overview", default_ms), overview, answers.max_age_s(default_ms))
+        return await figures.pulse(overview)
+
+    watcher = Watcher(
+        read_pulse,
+        poll_s=poll_s,
+        on_change=lambda: answers.clear(keep=("overview", default_ms)),
+    )
+
+    async def overview_of(period_ms: int) -> JsonDict:
+        answer = await answers.get(
+            ("overview", period_ms),
+            answers.max_age_s(period_ms),
+            lambda: figures.overview(period_ms),
+        )
+        value: JsonDict = answer.value
+        return value
+
     index_html = (STATIC / "index.html").read_text(encoding="utf-8")
 
     def with_session(handler: Handler) -> Handler:
@@ -166,7 +192,10 @@ def build_app(
     @_api
     async def overview(request: Request) -> Response:
         period = duration_ms(request.query_params.get("period", DEFAULT_PERIOD))
-        return JSONResponse(await figures.overview(period))
+        answer = await answers.get(
+            ("overview", period), answers.max_age_s(period), lambda: figures.overview(period)
+        )
+        return answer.response(request)
 
     @_api
     async def center(request: Request) -> Response:
@@ -176,7 +205,12 @@ def build_app(
     @_api
     async def timeseries(request: Request) -> Response:
         window = duration_ms(request.query_params.get("window", DEFAULT_PERIOD), field="window")
-        return JSONResponse(await figures.timeseries(window, step_for(window)))
+        answer = await answers.get(
+            ("timeseries", window),
+            answers.max_age_s(window),
+            lambda: figures.timeseries(window, step_for(window)),
+        )
+        return answer.response(request)
 
     @_api
     async def rounds(request: Request) -> Response:
@@ -185,7 +219,19 @@ def build_app(
     @_api
     async def policy(request: Request) -> Response:
         window = duration_ms(request.query_params.get("window", DEFAULT_PERIOD), field="window")
-        return JSONResponse(await figures.policy_view(window))
+
+        async def overview(period_ms: int) -> JsonDict:
+            # The window's overview is the page's own; the others are asked once per view.
+            if period_ms == window:
+                return await overview_of(period_ms)
+            return await figures.overview(period_ms)
+
+        answer = await answers.get(
+            ("policy", window),
+            answers.max_age_s(window),
+            lambda: figures.policy_view(window, overview=overview),
+        )
+        return answer.response(request)
 
     @_api
     async def set_policy(request: Request) -> Response:
@@ -247,7 +293,7 @@ def build_app(
         return Response(
             signed,
             media_type="application/json",
-            headers={"Content-Disposition": f'inline; filename="{name}"'},
+            headers={"Content-Disposition": content_disposition(name)},
         )
 
     @_api
@@ -312,6 +358,13 @@ def build_app(
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.watcher = watcher
     return app
+
+
+def content_disposition(name: str) -> str:
+    """`inline` with `name` as the file name (RFC 6266): a plain-ASCII `filename` with
+    every other character as `_`, and the exact name percent-encoded in `filename*`."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"inline; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
 
 
 def _own_origin(request: Request) -> str:

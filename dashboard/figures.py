@@ -161,8 +161,10 @@ class BrokerFigures:
             log.info("the broker is now %s (was %s)", fresh.address, old.address)
         return True
 
-    async def pulse(self) -> Pulse:
-        overview = await self.overview(3_600_000)
+    async def pulse(self, overview: JsonDict | None = None) -> Pulse:
+        """What the watcher compares: from `overview` (the last hour's) when given."""
+        if overview is None:
+            overview = await self.overview(3_600_000)
         rounds = await self._read(lambda c: c.rounds(limit=1))
         policy = await self._read(lambda c: c.policy())
         return pulse_of(overview, rounds[0].number if rounds else 0, policy.version)
@@ -185,9 +187,15 @@ class BrokerFigures:
     async def rounds(self, limit: int) -> JsonDict:
         return {"rounds": as_json(await self._read(lambda c: c.rounds(limit=limit)))}
 
-    async def policy_view(self, window_ms: int) -> JsonDict:
+    async def policy_view(
+        self,
+        window_ms: int,
+        overview: Callable[[int], Awaitable[JsonDict]] | None = None,
+    ) -> JsonDict:
         """The policy in force (parsed), its history, and the allocation in the `window_ms`
-        before its latest change and since (or over the last window when never set)."""
+        before its latest change and since (or over the last window when never set), from
+        `overview` (a period's overview, perhaps one already read) or the broker's."""
+        read_overview = overview or self.overview
         policy = await self._read(lambda c: c.policy())
         changes = await self._read(lambda c: c.policy_history(limit=20))
         out: JsonDict = {
@@ -202,15 +210,15 @@ class BrokerFigures:
         now_ms = int(time.time() * 1000)
         if policy.version and policy.set_at_ms:
             since_ms = max(1_000, now_ms - policy.set_at_ms)
-            after = await self.overview(since_ms)
-            longer = await self.overview(min(since_ms + window_ms, 366 * 86_400_000))
+            after = await read_overview(since_ms)
+            longer = await read_overview(min(since_ms + window_ms, 366 * 86_400_000))
             out["allocation"] = {
                 "before": allocation_between(longer, after),
                 "after": allocation(after),
                 "changed_at_ms": policy.set_at_ms,
             }
         else:
-            out["allocation"] = {"now": allocation(await self.overview(window_ms))}
+            out["allocation"] = {"now": allocation(await read_overview(window_ms))}
         return out
 
     async def set_policy(self, policy: Mapping[str, Any], comment: str) -> JsonDict:

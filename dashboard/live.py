@@ -48,6 +48,8 @@ class Watcher:
 
     read_pulse: Callable[[], Awaitable[Pulse]]
     poll_s: float = 1.0
+    # Called on each change before the subscribers hear of it (to drop stale answers).
+    on_change: Callable[[], None] | None = None
     version: int = 0
     last: Pulse | None = None
     error: str = ""
@@ -77,6 +79,8 @@ class Watcher:
                 changed.append(f"round {pulse.round_number}")
             log.info("figures changed: %s", ", ".join(changed))
         self.last = pulse
+        if self.on_change is not None:
+            self.on_change()
         async with self._changed:
             self.version += 1
             self._changed.notify_all()

@@ -157,7 +157,8 @@ def to_html(report: Report) -> str:
         '<link rel="stylesheet" href="/static/style.css">', f"<style>\n{style}\n</style>"
     )
     page = page.replace(
-        '<script src="/vendor/echarts.min.js"></script>', f"<script>{_script(echarts)}</script>"
+        '<script id="echarts-js" src="/vendor/echarts.min.js" async></script>',
+        f"<script>{_script(echarts)}</script>",
     )
     inlined = f"<script>window.ICX_REPORT = {_script(data)};</script>\n"
     inlined += f"<script>{_script(script)}</script>"

@@ -30,7 +30,7 @@ import pytest
 from cli._client import reachable_broker
 from client import AsyncBrokerClient
 from core.errors import Unavailable
-from dashboard.app import NO_SESSION
+from dashboard.app import NO_SESSION, content_disposition
 from dashboard.auth import COOKIE, CSRF_HEADER
 from dashboard.figures import BrokerFigures
 from identity import Credentials
@@ -287,3 +287,41 @@ def test_an_allow_host_that_is_not_a_name_is_refused(dash: Dashboard) -> None:
         2,
         "icx: error: --allow-host must be a host name or address, got '*'\n",
     )
+
+
+def _get_raw(dash: Dashboard, path: str) -> Any:
+    """The reply to GET `path` with the token: status, headers and body, whatever the code."""
+    connection = http.client.HTTPConnection(urlsplit(dash.url).netloc, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"token {dash.token}"})
+        reply = connection.getresponse()
+        return reply.status, reply.headers, reply.read()
+    finally:
+        connection.close()
+
+
+def test_a_statement_names_its_file_in_both_forms_of_rfc_6266(dash: Dashboard) -> None:
+    status, headers, body = _get_raw(dash, "/api/statement?party=lab-a")
+    assert status == 200, body
+    match = re.fullmatch(
+        r"inline; filename=\"statement-(\d{4}-\d{2})-lab-a\.json\"; "
+        r"filename\*=UTF-8''statement-(\d{4}-\d{2})-lab-a\.json",
+        headers["Content-Disposition"],
+    )
+    assert match is not None and match[1] == match[2], headers["Content-Disposition"]
+
+
+def test_a_file_name_never_carries_quotes_line_breaks_or_other_bytes_raw() -> None:
+    # The broker takes only plain party ids; the header is safe whatever reaches it.
+    hostile = 'statement-2026-12-a"; b\r\nX-Evil: 1/é.json'
+    assert content_disposition(hostile) == (
+        'inline; filename="statement-2026-12-a___b__X-Evil__1__.json"; '
+        "filename*=UTF-8''statement-2026-12-a%22%3B%20b%0D%0AX-Evil%3A%201%2F%C3%A9.json"
+    )
+
+
+def test_a_party_that_is_no_party_id_is_refused_with_no_file_name(dash: Dashboard) -> None:
+    status, headers, body = _get_raw(dash, "/api/statement?party=a%22%0D%0AX-Evil:%201")
+    assert status == 400
+    assert "party must be" in json.loads(body)["error"]
+    assert "Content-Disposition" not in headers and "X-Evil" not in headers
