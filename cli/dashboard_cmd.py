@@ -18,7 +18,7 @@ from cli._client import (
     tenant,
 )
 from cli._output import command
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, PermissionDenied
 
 if TYPE_CHECKING:
     from cli.federation import Child, LocalFederation
@@ -44,12 +44,19 @@ def listen_address(text: str) -> tuple[str, int]:
 @command
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.serve import Options, serve
+    from identity import Role
 
     host, port = listen_address(args.listen)
     if args.poll <= 0:
         raise InvalidArgument(f"--poll must be more than 0 seconds, got {args.poll}")
     creds = credentials(args)
     folder = None if creds is None else config_folder(args.identity)
+    if creds is not None and creds.member.role is not Role.COORDINATOR:
+        raise PermissionDenied(
+            f"the dashboard reads and changes what only the coordinator may: {folder} holds"
+            f" the certificate of {creds.member.describe()}; give --identity the"
+            " coordinator's folder"
+        )
     brokers = broker_address(args.broker, folder)
     for name in args.allow_host:
         if not _host_name(name):

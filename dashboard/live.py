@@ -75,9 +75,10 @@ class Watcher:
             return
         if self.last is not None:
             changed = pulse.changes(self.last)
-            if pulse.round_number != self.last.round_number:
-                changed.append(f"round {pulse.round_number}")
-            log.info("figures changed: %s", ", ".join(changed))
+            if changed:
+                log.info("figures changed: %s", ", ".join(changed))
+            else:  # a round that moved nothing (jobs that cannot be placed): not worth a line
+                log.debug("matching round %d", pulse.round_number)
         self.last = pulse
         if self.on_change is not None:
             self.on_change()

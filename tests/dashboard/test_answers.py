@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import http.client
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -92,3 +93,31 @@ def _value(v: int) -> Callable[[], Awaitable[int]]:
         return v
 
     return compute
+
+
+def test_the_watcher_logs_a_changed_figure_once_and_a_round_that_moved_nothing_not_at_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dashboard.live import Pulse, Watcher
+
+    totals = {"jobs_running": 1, "jobs_done": 0, "queue_length": 4}
+    pulses = [
+        Pulse(dict(totals), 1, 0),
+        Pulse(dict(totals), 2, 0),  # unplaceable jobs: a new round, nothing else
+        Pulse(dict(totals), 3, 0),
+        Pulse({**totals, "jobs_done": 1}, 4, 0),
+    ]
+
+    async def read() -> Pulse:
+        return pulses.pop(0)
+
+    async def scenario() -> int:
+        watcher = Watcher(read_pulse=read)
+        for _ in range(4):
+            await watcher.poll_once()
+        return watcher.version
+
+    with caplog.at_level(logging.INFO, logger="icx.dashboard"):
+        versions = asyncio.run(scenario())
+    assert versions == 4  # every round still reaches the page (its rounds panel)
+    assert [r.getMessage() for r in caplog.records] == ["figures changed: jobs_done 0 -> 1"]

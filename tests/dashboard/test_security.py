@@ -325,3 +325,24 @@ def test_a_party_that_is_no_party_id_is_refused_with_no_file_name(dash: Dashboar
     assert status == 400
     assert "party must be" in json.loads(body)["error"]
     assert "Content-Disposition" not in headers and "X-Evil" not in headers
+
+
+def test_a_dashboard_started_as_anyone_but_the_coordinator_is_refused_at_once(
+    dash: Dashboard, tmp_path: Path
+) -> None:
+    from identity import Role
+    from tests.conftest import run_icx
+
+    user = dash.fed.member("lab-a.user", Role.USER, tenant="lab-a")
+    token_file = tmp_path / "token"
+    done = run_icx(
+        "dashboard", "--broker", dash.fed.address, "--identity", str(user),
+        "--listen", "127.0.0.1:0", "--token-file", str(token_file),
+    )  # fmt: skip
+    assert (done.returncode, done.stderr.strip()) == (
+        1,
+        "icx: error: the dashboard reads and changes what only the coordinator may: "
+        f"{user} holds the certificate of user lab-a.user of tenant lab-a; give --identity "
+        "the coordinator's folder",
+    )
+    assert not token_file.exists()
