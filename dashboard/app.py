@@ -159,10 +159,11 @@ def build_app(
         """403 with nothing else unless the request has a session or the token header."""
 
         async def guarded(request: Request) -> Response:
-            if not sessions.authorised(
-                request.cookies.get(COOKIE), request.headers.get("authorization")
-            ):
-                return JSONResponse({"error": NO_SESSION}, status_code=403)
+            header = request.headers.get("authorization")
+            if not sessions.authorised(request.cookies.get(COOKIE), header):
+                wrong = header is not None and header.lower().startswith("token ")
+                message = "that token is not this run's" if wrong else NO_SESSION
+                return JSONResponse({"error": message}, status_code=403)
             return await handler(request)
 
         return guarded

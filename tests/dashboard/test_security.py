@@ -175,11 +175,16 @@ def test_a_host_header_it_was_not_told_about_gets_400(dash: Dashboard) -> None:
 def test_every_api_path_without_a_session_is_403_with_nothing_else(
     dash: Dashboard, session: tuple[str, str]
 ) -> None:
-    made_up = {"Cookie": f"{COOKIE}=made-up", "Authorization": "token not-the-token"}
+    made_up = {"Cookie": f"{COOKIE}=made-up"}
+    wrong_token = {"Authorization": "token not-the-token"}
     for path in API_PATHS:
-        for headers in ({}, made_up):
+        for headers, said in (
+            ({}, NO_SESSION),
+            (made_up, NO_SESSION),
+            (wrong_token, "that token is not this run's"),
+        ):
             status, _, body = call(dash, "GET", path, headers=headers)
-            assert (status, json.loads(body)) == (403, {"error": NO_SESSION}), path
+            assert (status, json.loads(body)) == (403, {"error": said}), path
     # With the session (or the token) the same paths answer.
     cookie, _ = session
     for path in API_PATHS[:-1]:  # the events stream does not end: its opening is enough
