@@ -92,6 +92,17 @@ class DockerEngine:
         for pid in _processes_under(self.root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # dockerd leaves mounts of its own under its roots (a network namespace's bind
+        # mount, overlay layers): unmount them, deepest first, so nothing stays behind.
+        for mount in sorted(mounts_under(self.root), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+
+
+def mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts if line.strip()]
+    return [p for p in points if p.startswith(prefix)]
 
 
 def start_engine(root: Path, storage_driver: str = "vfs") -> DockerEngine:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.docker_local import IMAGE, DockerEngine, start_engine
+from cli.docker_local import IMAGE, DockerEngine, mounts_under, start_engine
 
 __all__ = ["IMAGE", "DockerEngine", "docker_engine", "start_engine"]
 
@@ -19,3 +19,4 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEn
         yield engine
     finally:
         engine.stop()
+    assert mounts_under(engine.root) == []  # not even dockerd's own bind mounts

@@ -30,7 +30,7 @@ import pytest
 
 from cli.base_image import apt_mirror, base_key, base_tarball, build_images
 from cli.debian import SetupError, ensure_debian
-from cli.docker_local import DockerEngine, start_engine
+from cli.docker_local import DockerEngine, mounts_under, start_engine
 from core.money import charge_minor
 from tests.conftest import run_icx, wait_for
 
@@ -200,6 +200,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         engine.stop()
         shutil.rmtree(engine.root / "data", ignore_errors=True)
+    assert mounts_under(engine.root) == []  # not even dockerd's own bind mounts
 
 
 def test_jobs_run_in_the_containers_and_are_billed_then_down_leaves_nothing(
