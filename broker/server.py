@@ -188,6 +188,8 @@ class BrokerServer:
             trust=self.trust,
             on_revocations=self._keep_revocations,
         )
+        if self.credentials is not None:  # the hub of the jobs submitted here
+            self.broker.region = self.credentials.member.region
         gate = Gate(self.trust, self.broker.metrics.call_refused)
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[gate])
         self.health = health.aio.HealthServicer()
