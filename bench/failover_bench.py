@@ -30,10 +30,11 @@ from cli._client import reachable_broker
 from cli.federation import LocalFederation
 from cli.postgres_local import start_cluster
 from client import BrokerClient
+from core.ports import free_port
 from core.states import JobState
 from identity import Role
 from tests.conftest import FAST_BROKER, jobs_by_id, make_center, record_spec, wait_for
-from tests.test_failover import _free_port, _start_standby
+from tests.test_failover import _start_standby
 
 CENTERS = ("CA", "CB")
 
@@ -41,7 +42,7 @@ CENTERS = ("CA", "CB")
 def one_round(root: Path, url: str, failover_s: float) -> dict[str, float]:
     args = (*FAST_BROKER, "--failover-s", str(failover_s))
     with LocalFederation(root=root, broker_args=args, store=url) as fed:
-        standby_port = _free_port()
+        standby_port = free_port()
         standby, ready = _start_standby(fed, standby_port)
         both = f"127.0.0.1:{fed.broker_port},127.0.0.1:{standby_port}"
         for center_id in CENTERS:

@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from broker.pg_store import connect_error, connect_url, connection_info, describe_url
 from core.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("icx.broker.lease")
@@ -76,8 +77,6 @@ class Lease:
         self._lost: asyncio.Future[None] | None = None
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
-        from broker.pg_store import connect_error, connection_info, describe_url
-
         try:
             return await psycopg.AsyncConnection.connect(connection_info(self.url), autocommit=True)
         except psycopg.OperationalError as exc:
@@ -205,15 +204,11 @@ class Lease:
                 asked = time.monotonic()  # the database's expiry counts from no earlier
                 try:
                     if conn is None or conn.closed or conn.broken:
+                        # The stores' liveness settings, tightened to a third of the lease.
                         conn = psycopg.connect(
-                            self.url,
+                            connection_info(self.url),
                             autocommit=True,
                             connect_timeout=max(1, int(step_s)),
-                            # A host that stops answering is noticed within the lease.
-                            keepalives=1,
-                            keepalives_idle=1,
-                            keepalives_interval=1,
-                            keepalives_count=max(1, int(step_s)),
                             tcp_user_timeout=max(1000, int(step_s * 1000)),
                         )
                         conn.execute(f"SET statement_timeout = {max(1, int(step_s * 1000))}")
@@ -269,8 +264,6 @@ class Lease:
 def active_holder(url: str) -> str | None:
     """The broker that holds a live lease on the database at `url`, if any (a migration
     must not run under a serving broker)."""
-    from broker.pg_store import connect_url
-
     with connect_url(url) as conn:
         exists = conn.execute("SELECT to_regclass('icx_broker_lease')").fetchone()
         if exists is None or exists[0] is None:

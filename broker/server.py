@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from broker.sqlite_store import SqliteStore
 from broker.store import Store
 from broker.witnessing import Witnessing, announcement, log_origin, witness_key
 from core.errors import FailedPrecondition, InvalidArgument
+from core.ports import check_bindable
 from icx.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -568,17 +568,14 @@ async def _take_lease(options: ServeOptions, stop: asyncio.Event) -> Lease | Non
 
 
 def _check_port_free(listen: str) -> None:
-    host, _, port = listen.rpartition(":")
+    port = listen.rpartition(":")[2]
     if not port.isdigit() or int(port) > 65535:
         raise InvalidArgument(f"--listen must be HOST:PORT, got {listen!r}")
     if int(port) == 0:
         return
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
-        except (OSError, UnicodeError) as exc:
-            raise FailedPrecondition(
-                f"cannot listen on {listen}: the port is in use or the address is not this host's"
-            ) from exc
+    try:
+        check_bindable(listen)
+    except (OSError, UnicodeError) as exc:
+        raise FailedPrecondition(
+            f"cannot listen on {listen}: the port is in use or the address is not this host's"
+        ) from exc

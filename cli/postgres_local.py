@@ -23,7 +23,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli.debian import SetupError, ensure_debian
+from core.ports import free_port
 
 SERVER_USER = "postgres"
 SUPERUSER = "postgres"
@@ -183,7 +183,7 @@ def _start(cluster: PostgresCluster, options: Mapping[str, str]) -> int:
     bind, so a start that fails on its port is tried again on another."""
     log = cluster.root / "server.log"
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         conf = "\n".join(f"{k} = '{v}'" for k, v in {**options, "port": str(port)}.items())
         (cluster.data_dir / "postgresql.auto.conf").write_text(conf + "\n")
         done = _run(
@@ -198,12 +198,6 @@ def _start(cluster: PostgresCluster, options: Mapping[str, str]) -> int:
             lines = (tail or done.stderr or done.stdout).strip().splitlines()[-5:]
             raise SetupError(f"pg_ctl start failed ({done.returncode}): {' / '.join(lines)}")
     raise SetupError("PostgreSQL found no free port on 127.0.0.1 in 3 tries")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _give_to(root: Path, user: str) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.errors import Unavailable
+from core.ports import free_port
 from node_agent.backends._slurm import job_ended
 
 PROGRAMS = {
@@ -50,15 +51,6 @@ def _program(name: str) -> str:
         package = PROGRAMS.get(name, name)
         raise Unavailable(f"{name} is not installed (Debian package {package})")
     return found
-
-
-def _free_port() -> int:
-    # Bound and released: another process could take it before Slurm does, which only
-    # makes the start fail with a clear error (a test run has its own loopback).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(slots=True)
@@ -267,8 +259,8 @@ class LocalSlurm:
             if not dev.exists():
                 # /dev/null's numbers: a character device that is harmless to open.
                 os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-        self.ctld_port = self.ctld_port or _free_port()
-        self.slurmd_port = self.slurmd_port or _free_port()
+        self.ctld_port = self.ctld_port or free_port()
+        self.slurmd_port = self.slurmd_port or free_port()
         r = self.root
         host = socket.gethostname().split(".")[0]
         self.conf.write_text(

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from core.ports import check_bindable
 from identity.tls import server_credentials
 from node_agent.agent import Agent
 from node_agent.errors import CannotListen
@@ -56,16 +56,8 @@ async def start_health(agent: Agent, listen: str) -> HealthServer:
 
 
 def _check_bindable(listen: str) -> None:
-    """Bind `listen` once with a plain socket, so that an address in use is refused with
-    the system's reason (gRPC would log its own lines and say only that it failed)."""
-    host, _, port = listen.rpartition(":")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+        check_bindable(listen)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CannotListen(f"--health {listen}: {reason}") from exc

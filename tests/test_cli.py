@@ -16,18 +16,12 @@ import pytest
 
 from cli.federation import LocalFederation, center_toml
 from client import BrokerClient
+from core.ports import free_port
 from identity import Role
 from tests.conftest import FAST_BROKER, make_center, wait_centers, wait_for
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-AGENT_METRICS_PORT = _free_port()
-AGENT_HEALTH_PORT = _free_port()
+AGENT_METRICS_PORT = free_port()
+AGENT_HEALTH_PORT = free_port()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 from cli._client import reachable_broker
 from cli.federation import Child, LocalFederation, wait_serving
 from client import BrokerClient
+from core.ports import free_port
 from core.states import JobState
 from identity import Role
 from tests.conftest import (
@@ -32,12 +33,6 @@ from tests.conftest import (
 
 FAILOVER_S = 2.0
 CENTERS = ("CA", "CB", "CC", "CD")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -77,7 +72,7 @@ def test_the_standby_takes_over_a_killed_active_broker_and_no_job_is_lost_or_run
     region: LocalFederation, tmp_path: Path
 ) -> None:
     active_port = region.broker_port
-    standby_port = _free_port()
+    standby_port = free_port()
     standby, standby_ready = _start_standby(region, standby_port)
     both = f"127.0.0.1:{active_port},127.0.0.1:{standby_port}"
     for center_id in CENTERS:
@@ -137,7 +132,7 @@ def test_a_standby_refuses_a_taken_port_and_stops_cleanly_on_sigterm(
     assert f"cannot listen on 127.0.0.1:{region.broker_port}: the port is in use" in log
     assert "Traceback" not in log
 
-    waiting, ready = _start_standby(region, _free_port())
+    waiting, ready = _start_standby(region, free_port())
     wait_for(lambda: "standing by" in waiting.log_path.read_text(), 30, "the standby to wait")
     waiting.proc.send_signal(signal.SIGTERM)
     assert waiting.proc.wait(15) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from broker.lease import Lease, LeaseLost
 from broker.pg_store import describe_url
-from tests.conftest import run_icx
+from tests.conftest import run_icx, wait_for_async
 
 DURATION_S = 1.0
 
@@ -27,15 +28,36 @@ def _fenced(url: str, lease: Lease) -> bool:
         return conn.execute(statement, params).fetchone() is None
 
 
+def _expires_at(url: str) -> dt.datetime:
+    """When the lease ends, by the database's clock."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT expires_at FROM icx_broker_lease WHERE id = 1").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def _past(url: str, moment: dt.datetime) -> bool:
+    """Whether the database's clock is past `moment`."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT now() > %s", (moment,)).fetchone()
+    return bool(row and row[0])
+
+
 def test_one_holder_at_a_time_and_a_standby_takes_over_when_it_stops_renewing(pg_url: str) -> None:
     async def scenario() -> None:
         active = Lease(pg_url, "east", duration_s=DURATION_S)
         standby = Lease(pg_url, "east", duration_s=DURATION_S)
         assert await active.acquire() == 1
+        first_end = _expires_at(pg_url)
         active.start_keeping()
         waited: list[str] = []
         taking = asyncio.create_task(standby.acquire(waiting=waited.append))
-        await asyncio.sleep(3 * DURATION_S)  # three durations renewed: still the active's
+        # Two durations past the end of the first lease: only renewals kept it the active's.
+        await wait_for_async(
+            lambda: _past(pg_url, first_end + dt.timedelta(seconds=2 * DURATION_S)),
+            10,
+            "two lease durations to pass",
+        )
         assert not taking.done()
         assert waited == [active.holder]
         assert not _fenced(pg_url, active)
@@ -61,8 +83,9 @@ def test_a_released_lease_is_taken_at_once(pg_url: str) -> None:
         first = Lease(pg_url, "east", duration_s=30.0)
         second = Lease(pg_url, "east", duration_s=30.0)
         await first.acquire()
-        taking = asyncio.create_task(second.acquire())
-        await asyncio.sleep(0.2)
+        waited: list[str] = []
+        taking = asyncio.create_task(second.acquire(waiting=waited.append))
+        await wait_for_async(lambda: waited, 5, "the second broker to stand by")
         assert not taking.done()
         await first.release()
         assert await asyncio.wait_for(taking, 3.0) == 2  # a standby looks every second
@@ -76,8 +99,9 @@ def test_an_expired_lease_fences_its_holder_even_before_anyone_takes_it(pg_url: 
         lease = Lease(pg_url, "east", duration_s=DURATION_S)
         await lease.acquire()
         assert not _fenced(pg_url, lease)
-        await asyncio.sleep(DURATION_S + 0.2)  # not renewed
-        assert _fenced(pg_url, lease)
+        # Not renewed: fenced once the database's clock passes its end.
+        await wait_for_async(lambda: _fenced(pg_url, lease), 5, "the lease to lapse")
+        assert _past(pg_url, _expires_at(pg_url))
 
     asyncio.run(scenario())
 
@@ -121,6 +145,8 @@ class _BlackHole:
 
     def __init__(self, target_port: int) -> None:
         self.frozen = threading.Event()
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._target = target_port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._sockets: list[socket.socket] = []
@@ -142,12 +168,16 @@ class _BlackHole:
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := a.recv(65536):
-                while self.frozen.is_set():
-                    time.sleep(0.05)
+                self._thawed.wait()  # held while frozen
                 b.sendall(data)
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+        self.frozen.set()
 
     def close(self) -> None:
         self.frozen.clear()
+        self._thawed.set()
         for s in (self._listener, *self._sockets):
             s.close()
 
@@ -162,9 +192,10 @@ def test_a_database_that_stops_answering_costs_the_lease_within_its_duration(
         async def scenario() -> None:
             lease = Lease(pg_url.replace(f":{port}/", f":{hole.port}/"), "east", duration_s=1.5)
             await lease.acquire()
+            first_end = _expires_at(pg_url)
             lease.start_keeping()
-            await asyncio.sleep(1.0)
-            hole.frozen.set()
+            await wait_for_async(lambda: _expires_at(pg_url) > first_end, 5, "a renewal")
+            hole.freeze()
             frozen = time.monotonic()
             with pytest.raises(LeaseLost, match="could not be renewed"):
                 await asyncio.wait_for(lease.kept(), 10)

@@ -4,19 +4,13 @@ clear line, the CLI's exit codes, no password echoed, nothing changed."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import psycopg
 
 from broker.store import SCHEMA_VERSION
+from core.ports import free_port
 from tests.conftest import run_icx
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_store_and_db_together_are_a_usage_error(tmp_path: Path) -> None:
@@ -36,7 +30,7 @@ def test_a_store_that_is_not_a_postgresql_url_is_refused(tmp_path: Path) -> None
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = free_port()
     url = f"postgresql://icx:hunter2@127.0.0.1:{port}/icx"
     for args in (
         ("broker", "serve", "--insecure", "--listen", "127.0.0.1:0", "--store", url,

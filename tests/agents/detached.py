@@ -137,11 +137,10 @@ class DetachedRun:
             await self._follow
         # The wrapper writes the exit code a moment before it exits: the run is over only
         # once the wrapper is gone too.
-        while self._alive():
-            if self._proc is not None:
-                await self._proc.wait()
-            else:
-                await asyncio.sleep(POLL_S)
+        if self._proc is not None:
+            await self._proc.wait()
+        else:
+            await _exited(self._pgid)
 
     def _ended(self) -> bool:
         return (self._folder / "exit").exists()
@@ -176,6 +175,27 @@ class DetachedRun:
             if done:
                 return
             await asyncio.sleep(POLL_S)
+
+
+async def _exited(pid: int) -> None:
+    """Once process `pid` (not this one's child) has exited: its pidfd becomes readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def main() -> int:

@@ -61,17 +61,24 @@ def test_a_failed_answer_reaches_its_caller_and_is_not_held() -> None:
 def test_requests_at_the_same_moment_share_one_computation_until_it_is_cleared() -> None:
     answers = Answers(poll_s=1.0)
     calls: list[int] = []
+    in_flight = asyncio.Event()
+    answered = asyncio.Event()
 
     async def compute() -> dict[str, int]:
         calls.append(1)
-        await asyncio.sleep(0.05)  # a broker call in flight while others ask
+        in_flight.set()
+        await answered.wait()  # a broker call in flight while others ask
         return {"n": len(calls)}
 
     async def main() -> None:
-        got = await asyncio.gather(*(answers.get("k", 60.0, compute) for _ in range(5)))
+        asking = [asyncio.create_task(answers.get("k", 60.0, compute)) for _ in range(5)]
+        await in_flight.wait()
+        await asyncio.sleep(0)  # every other request reaches the shared computation
+        answered.set()
+        got = await asyncio.gather(*asking)
         assert [a.value for a in got] == [{"n": 1}] * 5 and len(calls) == 1
         assert (await answers.get("k", 60.0, compute)).value == {"n": 1}
-        answers.clear(keep="other")
+        answers.clear(keep="other")  # the recomputation below is answered at once (set)
         assert (await answers.get("k", 60.0, compute)).value == {"n": 2}
 
     asyncio.run(main())
