@@ -14,10 +14,12 @@ committed data. Free text is kept as on SQLite: NUL, which a PostgreSQL text col
 cannot hold, becomes U+FFFD (`free_text`).
 
 While a store is open, its write connection holds a session advisory lock on the
-database, so a second broker on the same database is refused (the lock is released when
-that connection ends, a killed broker's included). Brokers that share a database under a
-lease (broker/lease.py) open it with `exclusive=False` and a `fence`: a check that runs
-inside every write transaction before its writes; raising there fails the whole batch.
+store (its database and schema), so a second broker on the same store is refused (the lock
+is released when that connection ends, a killed broker's included; a store that closes
+releases it first, so that the next one to open does not wait for the session to end).
+Brokers that share a database under a lease (broker/lease.py) open it with
+`exclusive=False` and a `fence`: a check that runs inside every write transaction before
+its writes; raising there fails the whole batch.
 
 The write connection is a `StoreConnection` (the ledger's too): reopened when the server
 dropped it (a restart, `pg_terminate_backend`), and sure of each transaction's outcome even
@@ -45,7 +47,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
@@ -82,10 +84,12 @@ log = logging.getLogger("icx.broker.store")
 
 _STOP = object()
 _MAX_BATCH = 512
-# The advisory lock a broker holds on its database (any fixed 64-bit number: "icx").
+# The advisory lock a broker holds on its store: the two-key form, this fixed number ("icx")
+# and the schema's name hashed, so that stores in two schemas of one database are apart.
+_LOCK = "%s, hashtext(current_schema())"
 _LOCK_KEY = 0x696378
-# How long a starting broker waits for the lock: a killed broker's session ends moments
-# after its process.
+# How long a starting broker (or a migration) waits for the lock: a killed broker's session
+# ends moments after its process.
 _LOCK_WAIT_MS = 3_000
 # How long a transaction whose COMMIT got no reply may stay "in progress" on the server (its
 # session ending) before its outcome counts as unknown.
@@ -213,7 +217,13 @@ class StoreConnection:
             log.warning("%s: connection to the database reopened", self._location)
         return self._conn
 
-    def close(self) -> None:
+    def close(self, *, release: bool = False) -> None:
+        """Close the connection; with `release`, its session's advisory locks are let go
+        first, so that whoever waits for them need not wait for the session to end."""
+        if release and not (self._conn.closed or self._conn.broken):
+            # On an error the session's end releases them all the same.
+            with suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock_all()")
         self._conn.close()
 
     def read(self, body: Callable[[Conn], T]) -> T:
@@ -530,7 +540,7 @@ class PostgresStore:
         self._queue.put(_STOP)
         self._thread.join()
         self._pool.close()
-        self._writer.close()
+        self._writer.close(release=self._exclusive)
 
     # ------------------------------------------------------------ the writer
 
@@ -620,7 +630,7 @@ class PostgresStore:
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}".encode())
-                conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+                conn.execute(f"SELECT pg_advisory_lock({_LOCK})".encode(), (_LOCK_KEY,))
         except psycopg.errors.LockNotAvailable:
             raise FailedPrecondition(
                 f"broker database {self._location} is in use by another broker"
@@ -647,11 +657,13 @@ def migrate(url: str) -> tuple[int, int]:
     conn = connect_url(url)
     try:
         with conn.transaction():
-            row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY,)).fetchone()
-            if not (row and row[0]):
+            conn.execute(f"SET LOCAL lock_timeout = {_LOCK_WAIT_MS}".encode())
+            try:
+                conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK})".encode(), (_LOCK_KEY,))
+            except psycopg.errors.LockNotAvailable:
                 raise FailedPrecondition(
                     f"broker database {location} is in use by a broker: stop it first"
-                )
+                ) from None
             before = schema.version(conn, location)
             if before is not None and before > SCHEMA_VERSION:
                 raise SchemaError(version_message(location, before))

@@ -14,6 +14,7 @@ from broker.pg_store import PostgresStore, describe_url, migrate
 from broker.store import SCHEMA_VERSION, SchemaError, Store
 from cli.postgres_local import PASSWORD_ROLE, PostgresCluster
 from core.errors import FailedPrecondition, InvalidConfig, NotFound, PermissionDenied, Unavailable
+from tests.pg_cluster import DATABASE
 from tests.store.contract import StoreContract, event, job
 
 
@@ -69,6 +70,31 @@ def test_a_second_broker_on_the_database_is_refused_until_the_first_closes(pg_ur
             second.close()
 
     asyncio.run(main())
+
+
+def test_a_closed_store_lets_go_of_its_lock_before_close_returns(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    # No wait: a store opened next (or a migration) must not find the old session's lock.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        taken = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (0x696378,)
+        ).fetchone()
+    assert taken == (True,)
+
+
+def test_stores_in_two_schemas_of_one_database_do_not_exclude_each_other(
+    pg_cluster: PostgresCluster, pg_url: str
+) -> None:
+    other_url = pg_cluster.create_schema("other_store", DATABASE)
+    first = PostgresStore(pg_url)
+    try:
+        second = PostgresStore(other_url)  # another store: not refused
+        second.close()
+        with pytest.raises(FailedPrecondition, match="is in use by another broker"):
+            PostgresStore(pg_url)  # the same one: refused
+    finally:
+        first.close()
+        pg_cluster.sql("DROP SCHEMA other_store CASCADE", DATABASE)
 
 
 def test_migrate_makes_an_empty_database_current_and_then_has_nothing_to_do(
