@@ -729,19 +729,25 @@ class SlurmBackend:
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), _COMMAND_TIMEOUT_S)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await _stop(proc)
             raise SlurmError(errno.ETIMEDOUT, f"{argv[0]} did not answer") from None
         except asyncio.CancelledError:
             # The caller gave up (a bounded kill, a capacity refresh): leave no command.
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await _stop(proc)
             raise
         if proc.returncode != 0:
             raise SlurmError(errno.EIO, f"{argv[0]}: {_tail(err.decode(errors='replace'))}")
         return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill a command given up on and wait for its end. Its output is read to the end,
+    not left: a pipe whose reader stopped (more unread output than asyncio buffers, as
+    squeue --json on a busy cluster writes) never closes, and asyncio waits for the pipes
+    to close before it reports the exit, so `wait` alone would wait forever."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.communicate()
 
 
 def _script(env: Mapping[str, str], argv: Sequence[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,3 +240,39 @@ def test_a_launch_returns_once_slurm_runs_the_job_and_gives_up_on_one_it_holds(
     asyncio.run(scenario())
     names = [j["name"] for j in cluster.jobs() if not job_ended(j)]
     assert f"{JOB_PREFIX}j-held" not in names  # nothing of the held job left in Slurm
+
+
+def test_a_command_given_up_with_its_output_unread_ends_at_once(
+    cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """A Slurm command the caller gives up on (a bounded kill, a refresh, the agent
+    stopping) is killed and ends at once, however much it had written that nobody read
+    (squeue --json on a busy cluster writes megabytes). Waiting for its exit alone hung
+    now and then: asyncio reports an exit only once the pipes close, and a pipe whose
+    reader paused on a full buffer never does. Given up at many points of its output."""
+    made = backend(cluster, tmp_path, "CW")
+
+    async def give_up_after(turns: int) -> str:
+        task = asyncio.create_task(made._command("head", "-c", "20000000", "/dev/zero"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 10)
+        except asyncio.CancelledError:
+            return "ended"
+        except TimeoutError:
+            return "hung"
+        return "finished before it was given up"
+
+    async def main() -> list[str]:
+        return [await give_up_after(turns) for turns in range(1, 241)]
+
+    # On a thread of its own: a hang may be one no timeout of its event loop ends.
+    outcomes: list[str] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(asyncio.run(main())), daemon=True)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "giving up on a command hung"
+    assert "hung" not in outcomes
+    assert outcomes.count("ended") > 200
