@@ -29,8 +29,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/icx demo
 
+# A test file per worker, TEST_WORKERS at a time: the tests mostly wait on the processes
+# and daemons they start, so two workers on two cores halve the time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint typecheck proto-check
-	$(BIN)/pytest -q --durations=25 tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 check: test typecheck
 
