@@ -149,6 +149,7 @@ class Agent:
         """Stop the jobs (the agent is shutting down; with the process backend they
         would die with it anyway)."""
         await self.runs.stop()
+        await self.runs.backend.aclose()
         if self.devices is not None:
             self.devices.close()
 

@@ -84,6 +84,9 @@ class GatedBackend:
     async def reattach(self, run_id: str, output: OutputSink) -> Run:
         return await self.inner.reattach(run_id, output)
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
 
 def held(agent: Agent, claim_id: str) -> tuple[JobState, str] | None:
     task = agent.runs.tasks.get(claim_id)

@@ -310,6 +310,8 @@ def test_a_run_that_cannot_be_taken_up_after_a_restart_is_stopped_in_slurm(
         assert restarted.runs.tasks == {}
         [job] = [j for j in cluster.jobs() if str(j["job_id"]) == run.run_id]
         assert job_ended(job), job["job_state"]
+        await agent.runs.backend.aclose()
+        await restarted.runs.backend.aclose()
 
     asyncio.run(scenario())
 

@@ -265,6 +265,9 @@ class DockerBackend:
             raise CannotReattach(f"run {run_id}: the container is not this agent's")
         return self._follow(found["Id"], output, self._position(found["Id"]))
 
+    async def aclose(self) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop following every run's output, and close the engine client."""
         for run in self._runs:

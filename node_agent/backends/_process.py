@@ -167,6 +167,10 @@ class ProcessBackend:
             del self._live[run_id]
         return sorted(self._live)
 
+    async def aclose(self) -> None:
+        """Nothing to stop: the runs' processes are the agent's children, and their
+        ends are followed by the runs' own waits."""
+
     async def reattach(self, run_id: str, output: OutputSink) -> Run:
         raise CannotReattach(
             f"run {run_id}: the process backend's runs die with the agent that started them"

@@ -84,6 +84,12 @@ class Backend(Protocol):
         backend cannot, e.g. because the run died with the previous agent."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop following runs: the agent is stopping. The runs are left as they are (the
+        next agent takes them up, or they died with this one); what the backend had under
+        way for them ends before this returns, not in the event loop's final cancel."""
+        ...
+
 
 @runtime_checkable
 class CapacitySource(Protocol):

@@ -378,6 +378,8 @@ class SlurmBackend:
         self._totals: dict[str, int] = {}
         self._jobs: dict[int, dict[str, Any]] = {}
         self._jobs_at = float("-inf")
+        # Each run's following task, while it follows (`aclose` ends them).
+        self._following: set[asyncio.Task[dict[str, Any]]] = set()
         self._jobs_lock = asyncio.Lock()
         self._slurm_down = False
         self._uid = os.getuid()
@@ -626,6 +628,16 @@ class SlurmBackend:
         # the job, so it is followed again (its output all delivered) to the same end.
         return SlurmRun(self, slurm_id, files, output)
 
+    async def aclose(self) -> None:
+        """Stop following the runs (their Slurm jobs go on, for the next agent). Each
+        following task is cancelled and waited for here: left to the event loop's final
+        cancel, a task starting squeue at that moment has asyncio's own task that connects
+        the command's pipes cancelled with it, and the command's end is never reported."""
+        following = list(self._following)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+
     def _ours(self, job: Mapping[str, Any]) -> bool:
         """Submitted by this agent: by its user (anyone may name a job `icx-...` and
         write an icx comment), with its prefix and its center's comment."""
@@ -788,6 +800,8 @@ class SlurmRun:
         self._known_since = time.monotonic()
         self._last: dict[str, Any] | None = None
         self._follow = asyncio.create_task(self._follow_output())  # owned: awaited in wait
+        backend._following.add(self._follow)
+        self._follow.add_done_callback(backend._following.discard)
 
     @property
     def run_id(self) -> str:

@@ -90,6 +90,9 @@ class DetachedTestBackend:
             if (p / "pid").exists() and not (p / "collected").exists()
         )
 
+    async def aclose(self) -> None:
+        """Nothing to stop: each run is followed by its own wait."""
+
     async def reattach(self, run_id: str, output: OutputSink) -> Run:
         folder = self.root / run_id
         if not (folder / "pid").exists() or (folder / "collected").exists():

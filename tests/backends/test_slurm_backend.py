@@ -140,6 +140,7 @@ def test_what_slurm_counts_outside_icx_never_overlaps_what_the_book_holds(
         book.release("c-1")
         book.set_outside("p", use["p"], source="slurm", counted=True)
         assert book.free("p") == 2
+        await slurm.aclose()
 
     asyncio.run(scenario())
 
@@ -168,6 +169,7 @@ def test_a_cancel_slurm_does_not_answer_gives_up_with_a_clear_error(
         slurm.kill_timeout_s = 30.0
         await run.kill()
         assert job_ended(next(j for j in cluster.jobs() if str(j["job_id"]) == run.run_id))
+        await slurm.aclose()
 
     asyncio.run(scenario())
 
@@ -276,3 +278,23 @@ def test_a_command_given_up_with_its_output_unread_ends_at_once(
     assert not runner.is_alive(), "giving up on a command hung"
     assert "hung" not in outcomes
     assert outcomes.count("ended") > 200
+
+
+def test_an_agent_stopping_stops_following_and_leaves_the_job_to_slurm(
+    cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """`aclose` (the agent stops) ends every run's following before it returns, so
+    nothing of the backend is left for the event loop's final cancel; the Slurm job
+    itself runs on, for the next agent to take up."""
+    slurm = backend(cluster, tmp_path / "agent", "CS")
+
+    async def scenario() -> int:
+        run = await slurm.launch(request(tmp_path, "j-1", "sleep 60", (0,)), Output())
+        await slurm.aclose()
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert others == set(), others
+        return int(run.run_id)
+
+    slurm_id = asyncio.run(scenario())
+    assert running(cluster, slurm_id)
+    cluster.run("scancel", str(slurm_id))
