@@ -129,6 +129,22 @@ def output_of(client: BrokerClient, job_id: str) -> str:
     return "".join(i.data.decode() for i in items if isinstance(i, LogChunk))
 
 
+def noted_and_started(client: BrokerClient, job_id: str, timeout_s: float) -> None:
+    """Until the job's agent reports it running and its first output is in. An agent
+    writes a run to its table before it reports it running, so a kill after this finds the
+    run again; output alone can come first (a Slurm job writes before squeue lists it
+    running, and the launch returns only then), and a kill then leaves a run that no
+    claim holds, which the restarted agent stops."""
+    wait_for(
+        lambda: (
+            client.get_job(job_id).state == JobState.RUNNING
+            and "started" in output_of(client, job_id)
+        ),
+        timeout_s,
+        "the job noted running by its agent, and its first output",
+    )
+
+
 def usage_records(client: BrokerClient, job_id: str) -> list[SignedRecord]:
     size = int(client.checkpoint().splitlines()[1])
     found = []

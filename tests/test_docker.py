@@ -571,7 +571,14 @@ def test_an_agent_killed_while_its_container_runs_finds_it_again_and_meters_it_o
     wait_centers(stub, 1)
     script = "echo started; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo finished"
     job_id = client.submit(container_spec(script, engine.image, devices=2)).job_id
-    wait_for(lambda: "started" in output_of(client, job_id), 30, "the container's output")
+    wait_for(
+        lambda: (
+            client.get_job(job_id).state == JobState.RUNNING
+            and "started" in output_of(client, job_id)
+        ),
+        30,
+        "the container noted running by its agent, and its output",
+    )
     [container] = containers_of(engine, job_id)
 
     agent.kill()  # SIGKILL: the agent dies, its container does not

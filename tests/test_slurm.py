@@ -32,7 +32,7 @@ from node_agent.backends._slurm import JOB_PREFIX, job_ended
 from node_agent.config import parse_backend
 from tests.conftest import RESTART_BROKER, make_center, run_icx, wait_centers, wait_for
 from tests.slurm_cluster import settle, slurm_cluster  # noqa: F401 (a fixture)
-from tests.test_agent_restart import output_of, usage_records
+from tests.test_agent_restart import noted_and_started, output_of, usage_records
 
 TENANT = "lab-s"
 POOL = "p"
@@ -150,7 +150,7 @@ def test_an_agent_killed_while_its_slurm_job_runs_finds_it_again_and_meters_it_o
     wait_centers(stub, 1)
     gate = tmp_path / "go"
     job_id = client.submit(gated(gate, devices=2)).job_id
-    wait_for(lambda: "started" in output_of(client, job_id), 30, "the job's first output")
+    noted_and_started(client, job_id, 30)
     [slurm_job] = icx_jobs(cluster)
 
     federation.agents["CK"].kill()  # SIGKILL: the agent dies, its Slurm job does not
@@ -334,7 +334,7 @@ def test_a_slurm_job_that_ends_while_its_agent_is_away_is_billed_to_slurms_end(
     wait_centers(stub, 1)
     gate = tmp_path / "go"
     job_id = client.submit(gated(gate, devices=1)).job_id
-    wait_for(lambda: "started" in output_of(client, job_id), 30, "the job's first output")
+    noted_and_started(client, job_id, 30)
     [slurm_job] = icx_jobs(cluster)
     federation.agents["CE"].kill()
     gate.touch()
