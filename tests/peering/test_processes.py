@@ -105,7 +105,7 @@ def test_processes_converge_and_a_restarted_host_is_redialled(tmp_path: Path) ->
         for child, name in zip(children, folders, strict=True):
             assert child.ask(publish=f"{name} v1")["version"] > 0
         first = {n: f"{n} v1" for n in folders}
-        wait_for(lambda: all(c.views() == first for c in children), 20, "three views to agree")
+        wait_for(lambda: all(c.views() == first for c in children), 60, "three views to agree")
 
         # East goes away for more than three dials of each of its peers.
         east.kill()
@@ -122,12 +122,12 @@ def test_processes_converge_and_a_restarted_host_is_redialled(tmp_path: Path) ->
         children.append(east)
         assert east.ask(publish="east v2")["version"] > 0
         second = {"east": "east v2", "central": "central v2", "west": "west v1"}
-        wait_for(lambda: all(c.views() == second for c in children), 20, "convergence after")
+        wait_for(lambda: all(c.views() == second for c in children), 60, "convergence after")
 
         def all_peered() -> bool:
             return all(c.ask(status=True)["counts"]["peers"] == 2 for c in children)
 
-        wait_for(all_peered, 20, "each host to hold the other two as proven peers")
+        wait_for(all_peered, 60, "each host to hold the other two as proven peers")
     finally:
         for child in children:
             child.stop()
@@ -148,13 +148,13 @@ def test_a_peer_that_stops_answering_is_cut_off_and_found_again(tmp_path: Path) 
         def peers(child: Child) -> int:
             return int(child.ask(status=True)["counts"]["peers"])
 
-        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 20, "the two to peer")
+        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 60, "the two to peer")
         west.proc.send_signal(signal.SIGSTOP)
         try:
             wait_for(lambda: peers(east) == 0, 10, "east to cut the silent peer off")
         finally:
             west.proc.send_signal(signal.SIGCONT)
-        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 20, "the two to peer again")
+        wait_for(lambda: peers(east) == 1 and peers(west) == 1, 60, "the two to peer again")
         assert "did not answer 2 pings" in (tmp_path / "east.log").read_text()
     finally:
         west.stop()

@@ -140,7 +140,11 @@ class CuttingRelay:
             t.start()
 
     def _relay(self, client: socket.socket) -> None:
-        server = socket.create_connection(("127.0.0.1", self._target), timeout=10)
+        try:
+            server = socket.create_connection(("127.0.0.1", self._target), timeout=10)
+        except OSError:
+            client.close()  # the store sees its connection refused, as from the server
+            return
         other = {client: server, server: client}
         with client, server, selectors.DefaultSelector() as sel:
             sel.register(client, selectors.EVENT_READ)
