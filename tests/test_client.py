@@ -4,7 +4,6 @@ values, and each failure arrives as the error tree, the gRPC error kept as its c
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import grpc
@@ -21,6 +20,7 @@ from core.errors import (
     Unavailable,
     VerificationFailed,
 )
+from core.ports import free_port
 from core.states import JobState
 from core.status import STATUS, error_for, status_for
 from core.types import Job, JobEvent, JobSpec, LogChunk
@@ -60,10 +60,8 @@ def _spec(*command: str, devices: int = 1, seconds: int = 60) -> JobSpec:
 
 
 def _dead_address() -> str:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    """A loopback port nothing listens on."""
+    return f"127.0.0.1:{free_port()}"
 
 
 def _done(client: BrokerClient, job_id: str) -> Job | None:

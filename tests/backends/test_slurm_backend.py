@@ -256,8 +256,8 @@ def test_a_command_given_up_with_its_output_unread_ends_at_once(
 
     async def give_up_after(turns: int) -> str:
         task = asyncio.create_task(made._command("head", "-c", "20000000", "/dev/zero"))
-        for _ in range(turns):
-            await asyncio.sleep(0)
+        for _ in range(turns):  # the point of giving up: after `turns` steps of the loop
+            await asyncio.sleep(0)  # (no time waited: each turn lets the reading go on)
         task.cancel()
         try:
             await asyncio.wait_for(task, 10)

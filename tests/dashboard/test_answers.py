@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -70,10 +71,21 @@ def test_requests_at_the_same_moment_share_one_computation_until_it_is_cleared()
         await answered.wait()  # a broker call in flight while others ask
         return {"n": len(calls)}
 
+    asked: list[int] = []
+    all_asked = asyncio.Event()
+
+    async def ask() -> Any:
+        # `get` reaches the shared computation without yielding: once every request has
+        # asked, each one is waiting on it (or is computing it).
+        asked.append(1)
+        if len(asked) == 5:
+            all_asked.set()
+        return await answers.get("k", 60.0, compute)
+
     async def main() -> None:
-        asking = [asyncio.create_task(answers.get("k", 60.0, compute)) for _ in range(5)]
+        asking = [asyncio.create_task(ask()) for _ in range(5)]
         await in_flight.wait()
-        await asyncio.sleep(0)  # every other request reaches the shared computation
+        await all_asked.wait()
         answered.set()
         got = await asyncio.gather(*asking)
         assert [a.value for a in got] == [{"n": 1}] * 5 and len(calls) == 1

@@ -5,7 +5,6 @@ that does not work says."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import psycopg
 import pytest
@@ -14,6 +13,7 @@ from broker.pg_store import PostgresStore, describe_url, migrate
 from broker.store import SCHEMA_VERSION, SchemaError, Store
 from cli.postgres_local import PASSWORD_ROLE, PostgresCluster
 from core.errors import FailedPrecondition, InvalidConfig, NotFound, PermissionDenied, Unavailable
+from core.ports import free_port
 from tests.pg_cluster import DATABASE
 from tests.store.contract import StoreContract, event, job
 
@@ -128,9 +128,7 @@ def test_urls_that_do_not_work_say_why_without_the_password(
         f"PostgreSQL at postgresql://127.0.0.1:{port}/icx asks for a password and none was"
         " given: set PGPASSWORD, or add a ~/.pgpass line for this host, port, database and user"
     )
-    with socket.socket() as s:  # a port where nothing listens
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # a port where nothing listens
     with pytest.raises(Unavailable) as unreachable:
         PostgresStore(f"postgresql://u:wrong-secret@127.0.0.1:{closed}/icx")
     assert str(unreachable.value).startswith(
