@@ -7,7 +7,8 @@ Invariants (each broken one is a `Broken` with the name below):
 - `status`: no call or stream ends with UNKNOWN or INTERNAL (INTERNAL is a bug).
 - `unchanged`: a refused request leaves the store (`broker.db`) and the ledger
   (`broker.db.ledger`) as they were, read through SQL (`fingerprint`).
-- `health`: grpc.health.v1 answers within 1 s, polled throughout by a thread.
+- `health`: grpc.health.v1 answers within 1 s (the call's deadline), polled throughout by
+  a thread.
 - `devices`: no device is held by a job that is not live (centers' offers against the
   jobs the broker says are claimed or running), and a cancelled job ends.
 - `quiet`: no process logs an ERROR line or a traceback (what the broker answers with
@@ -284,10 +285,11 @@ class HealthWatch:
                 took = time.monotonic() - t0
                 if self._paused.is_set():
                     continue
+                # The deadline is the limit: a reply is in time when gRPC delivers it.
+                # `took` also counts this thread waiting for the interpreter beside the
+                # harness (1.22 s once on a busy machine, for a reply in time).
                 self.checks += 1
                 self.worst_s = max(self.worst_s, took)
-                if problem is None and took > HEALTH_LIMIT_S:
-                    problem = f"health answered in {took:.2f} s"
                 if problem is not None:
                     with self._lock:
                         self._problems.append(problem)

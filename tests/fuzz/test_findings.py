@@ -3,6 +3,9 @@ that runs without hypothesis."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -12,7 +15,7 @@ from cli.federation import LocalFederation
 from icx.v1 import agent_pb2, broker_pb2, broker_pb2_grpc
 from identity import Role
 from tests.conftest import FAST_BROKER, wait_for
-from tests.fuzz.harness import MAX_DETAILS_CHARS
+from tests.fuzz.harness import HEALTH_LIMIT_S, MAX_DETAILS_CHARS, HealthWatch
 from tests.fuzz.properties import AgentStream
 from tests.fuzz.strategies import fuzz_center
 
@@ -90,3 +93,30 @@ def test_an_agent_stream_cancelled_by_the_agent_leaves_no_task_pending(
         for _ in range(300):
             stub.ListCenters(broker_pb2.ListCentersRequest(), timeout=5)
     assert "Task was destroyed but it is pending" not in log.read_text()
+
+
+def test_the_health_watch_reports_a_broker_that_does_not_answer_in_time(
+    federation: LocalFederation,
+) -> None:
+    # The `health` invariant is the call's deadline: a broker that stops answering for
+    # longer than it must show up as DEADLINE_EXCEEDED, and one that answers, not at all.
+    assert federation.broker is not None
+    watch = HealthWatch(federation.address, federation.credentials(Role.COORDINATOR))
+    watch.start()
+    try:
+        wait_for(lambda: watch.checks >= 3, 10, "three health checks")
+        assert watch.take() == []
+        os.kill(federation.broker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2 * HEALTH_LIMIT_S + 0.5)
+        finally:
+            os.kill(federation.broker.pid, signal.SIGCONT)
+        problems = watch.take()
+        assert "health check failed: DEADLINE_EXCEEDED" in problems
+        settled = watch.checks
+        wait_for(lambda: watch.checks >= settled + 3, 10, "three more health checks")
+        watch.take()  # a check may have begun before the broker resumed
+        wait_for(lambda: watch.checks >= settled + 6, 10, "three more health checks")
+        assert watch.take() == []
+    finally:
+        watch.stop()
