@@ -76,6 +76,12 @@ def _state(fed: LocalFederation) -> tuple[int, int, int]:
     return jobs, events, entries
 
 
+def _running_on_disk(fed: LocalFederation, job_id: str) -> bool:
+    with sqlite3.connect(fed.db) as db:
+        query = "SELECT count(*) FROM events WHERE job_id = ? AND state = 'running'"
+        return bool(db.execute(query, (job_id,)).fetchone()[0])
+
+
 def _stranger(tmp_path: Path, name: str = "mallory") -> Credentials:
     """A well-formed member of another federation."""
     other = Authority.create(tmp_path / "other-federation", "other")
@@ -264,7 +270,8 @@ def test_a_center_certificate_on_the_user_api_is_refused(fed: LocalFederation) -
 def test_a_user_acts_only_on_its_own_tenants_jobs(fed: LocalFederation) -> None:
     with fed.client("lab-a") as a, fed.client("lab-b") as b:
         job = a.submit(SLEEP_JOB)
-        wait_for(lambda: a.get_job(job.job_id).state.name == "RUNNING", 20, "running")
+        # The broker answers from memory before the event is committed: wait for the disk.
+        wait_for(lambda: _running_on_disk(fed, job.job_id), 20, "running, on disk")
         before = _state(fed)
         for call in (
             lambda: b.get_job(job.job_id),
