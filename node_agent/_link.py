@@ -25,6 +25,7 @@ import grpc
 from core import wire
 from core.clock import Clock
 from core.handshake import proof_message
+from core.states import TERMINAL, JobState
 from core.types import CenterDescriptor, LogChunk, Offer
 from icx.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from identity import Credentials
@@ -41,6 +42,7 @@ from node_agent._messages import (
     UsageAck,
     Welcome,
 )
+from node_agent._output import CHUNK_BYTES
 from node_agent.metrics import AgentMetrics
 
 log = logging.getLogger("icx.agent")
@@ -54,7 +56,8 @@ CHANNEL_OPTIONS = [
 ]
 
 HELD_OUTPUT_BYTES = 4 << 20
-"""The most output held for the broker while the stream is down."""
+"""The most output held for the broker while the stream is down (job updates held with
+it are never dropped: they are few, and each matters)."""
 
 _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
@@ -111,9 +114,10 @@ class Link:
         self._clock = clock
         self._metrics = metrics
         self._out: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
-        # Output produced while disconnected (a run re-attached before the stream is up,
-        # a job writing through a reconnect), sent once the broker has taken the Hello.
-        self._held_output: collections.deque[types_pb2.LogChunk] = collections.deque()
+        # Output and job updates produced while disconnected (a run re-attached before
+        # the stream is up, a job writing or ending through a reconnect), in order, sent
+        # once the broker has taken the Hello.
+        self._held: collections.deque[agent_pb2.ConnectRequest] = collections.deque()
         self._held_bytes = 0
         # When the broker was last heard from (any message, heartbeat answers included).
         self._last_heard_ms = clock.now_ms()
@@ -157,7 +161,10 @@ class Link:
         )
         if update.exit_code is not None:
             msg.exit_code = update.exit_code
-        self._send(job_update=msg)
+        if self._out is not None:
+            self._out.put_nowait(agent_pb2.ConnectRequest(job_update=msg))
+        else:  # after the output it follows, once connected (see `_hello`)
+            self._held.append(agent_pb2.ConnectRequest(job_update=msg))
 
     def send_output(self, chunk: LogChunk) -> None:
         """Output goes now, or once connected: up to HELD_OUTPUT_BYTES of it is held
@@ -167,15 +174,40 @@ class Link:
         if self._out is not None:
             self._out.put_nowait(agent_pb2.ConnectRequest(log=msg))
             return
-        self._held_output.append(msg)
+        self._held.append(agent_pb2.ConnectRequest(log=msg))
         self._held_bytes += len(msg.data)
         while self._held_bytes > HELD_OUTPUT_BYTES:
-            self._held_bytes -= len(self._held_output.popleft().data)
+            i = next(i for i, m in enumerate(self._held) if m.HasField("log"))
+            self._held_bytes -= len(self._held[i].log.data)
+            del self._held[i]
 
-    def _send_held_output(self, out: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
-        while self._held_output:
-            out.put_nowait(agent_pb2.ConnectRequest(log=self._held_output.popleft()))
+    def _send_held(self, out: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
+        """Send what was held, each job's messages in order. A job's successive pieces of
+        one stream are joined up to CHUNK_BYTES (under the sequence number of the last):
+        the broker takes a center's chunks at a bounded rate, and what the jobs wrote
+        through an outage would otherwise arrive all at once, in as many pieces."""
+        sending: list[agent_pb2.ConnectRequest] = []
+        joining: dict[str, types_pb2.LogChunk] = {}  # job -> its last message, if output
+        for m in self._held:
+            if not m.HasField("log"):
+                joining.pop(m.job_update.job_id, None)
+                sending.append(m)
+                continue
+            piece, last = m.log, joining.get(m.log.job_id)
+            if (
+                last is not None
+                and last.stream == piece.stream
+                and len(last.data) + len(piece.data) <= CHUNK_BYTES
+            ):
+                last.data += piece.data
+                last.seq = piece.seq
+                continue
+            joining[piece.job_id] = piece
+            sending.append(m)
+        self._held.clear()
         self._held_bytes = 0
+        for m in sending:
+            out.put_nowait(m)
 
     def send_usage(self, entry: bytes) -> None:
         """`entry`: the ledger's signed entry bytes, carried as they are."""
@@ -186,7 +218,8 @@ class Link:
 
     def _send(self, **msg: Any) -> None:
         # Dropped while disconnected: the Hello, the offer at connect and the outbox's
-        # resend carry what matters across a reconnect.
+        # resend carry what matters across a reconnect (job updates and output are held:
+        # `send_update`, `send_output`).
         if self._out is not None:
             self._out.put_nowait(agent_pb2.ConnectRequest(**msg))
 
@@ -329,14 +362,36 @@ class Link:
             )
 
     def _hello(self, held: list[HeldClaim]) -> agent_pb2.Hello:
+        """The Hello for `held`. The broker keeps a job's output only while the job is
+        live (its output precedes its end), and it takes what the Hello says before the
+        held messages: a job that ended while the stream was down with output still held
+        is said to be running here, and its held end follows its output. The held updates
+        of the jobs whose end the Hello says are dropped (it said more)."""
+        held_output = {m.log.job_id for m in self._held if m.HasField("log")}
+        held_ends = {
+            m.job_update.claim_id
+            for m in self._held
+            if m.HasField("job_update") and wire.state_from_proto(m.job_update.state) in TERMINAL
+        }
         claims = []
+        told_ended = set()
         for h in held:
+            state = h.state
+            if state in TERMINAL and (h.job_id not in held_output or h.claim_id not in held_ends):
+                told_ended.add(h.claim_id)
+            elif state in TERMINAL:
+                state = JobState.RUNNING
             claim = agent_pb2.HeldClaim(
-                claim_id=h.claim_id, job_id=h.job_id, state=wire.state_to_proto(h.state)
+                claim_id=h.claim_id, job_id=h.job_id, state=wire.state_to_proto(state)
             )
-            if h.exit_code is not None:
+            if h.exit_code is not None and state in TERMINAL:
                 claim.exit_code = h.exit_code
             claims.append(claim)
+        self._held = collections.deque(
+            m
+            for m in self._held
+            if not (m.HasField("job_update") and m.job_update.claim_id in told_ended)
+        )
         return agent_pb2.Hello(
             center=wire.center_to_proto(self.center),
             agent_version=VERSION,
@@ -374,7 +429,7 @@ class Link:
                 self.fence_after_ms,
             )
         self._out = out
-        self._send_held_output(out)
+        self._send_held(out)
         self.connected.set()
         self._metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)

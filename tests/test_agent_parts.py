@@ -326,4 +326,134 @@ def test_output_made_while_the_stream_is_down_goes_once_the_broker_has_the_hello
             sent.append(out.get_nowait().log.seq)
         return sent
 
-    assert asyncio.run(scenario()) == [2, 3, 4, 5]
+    assert asyncio.run(scenario()) == [2, 4, 5]  # 3 and 4 joined, under the later number
+
+
+def test_held_output_goes_in_few_pieces_each_jobs_messages_in_order() -> None:
+    """What jobs wrote in small pieces through an outage is sent joined (a job's
+    successive pieces of one stream, up to CHUNK_BYTES, under the last piece's number):
+    the broker takes a center's chunks at a bounded rate. A job's other stream or its
+    update ends a join; another job's pieces do not."""
+    from core import wire
+    from core.clock import SYSTEM
+    from core.states import JobState
+    from core.types import JobId, LogChunk
+    from icx.v1 import agent_pb2
+    from node_agent._link import Link
+    from node_agent._messages import JobUpdate
+    from node_agent._output import CHUNK_BYTES
+    from node_agent.metrics import AgentMetrics
+
+    async def scenario() -> list[tuple[str, int, str, int]]:
+        link = Link(
+            make_center("CL"), "127.0.0.1:1", usage_key=None, clock=SYSTEM,
+            metrics=AgentMetrics(),
+        )  # fmt: skip
+        line = b"x" * 99 + b"\n"
+        seq = {"j-1": 0, "j-2": 0}
+
+        def write(job: str, stream: str, n: int, data: bytes = line) -> None:
+            for _ in range(n):
+                seq[job] += 1
+                chunk = LogChunk(job_id=JobId(job), seq=seq[job], stream=stream, data=data)
+                link.send_output(chunk)
+
+        for _ in range(1000):  # two jobs writing lines at once: 1,000 pieces of 100 bytes each
+            write("j-1", "stdout", 1)
+            write("j-2", "stdout", 1)
+        write("j-1", "stderr", 1)
+        write("j-1", "stdout", 1)
+        link.send_update(
+            JobUpdate(claim_id="c-1", job_id="j-1", state=JobState.SUCCEEDED, at_ms=1, exit_code=0)
+        )
+        write("j-2", "stdout", 1, b"big" * CHUNK_BYTES)
+        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+        link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
+        sent = []
+        while not out.empty():
+            m = out.get_nowait()
+            if m.HasField("log"):
+                stream = wire.log_stream_from_proto(m.log.stream)
+                sent.append((m.log.job_id, m.log.seq, stream, len(m.log.data)))
+            else:
+                sent.append((m.job_update.job_id, 0, "end", 0))
+        return sent
+
+    sent = asyncio.run(scenario())
+    per_chunk = CHUNK_BYTES // 100  # whole lines of 100 bytes in one piece
+    j1 = [s for s in sent if s[0] == "j-1"]
+    assert j1 == [
+        ("j-1", per_chunk, "stdout", per_chunk * 100),
+        ("j-1", 1000, "stdout", (1000 - per_chunk) * 100),
+        ("j-1", 1001, "stderr", 100),
+        ("j-1", 1002, "stdout", 100),
+        ("j-1", 0, "end", 0),
+    ]
+    j2 = [s for s in sent if s[0] == "j-2"]
+    assert j2 == [
+        ("j-2", per_chunk, "stdout", per_chunk * 100),
+        ("j-2", 1000, "stdout", (1000 - per_chunk) * 100),
+        ("j-2", 1001, "stdout", 3 * CHUNK_BYTES),
+    ]
+
+
+def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_output_is_in() -> (
+    None
+):
+    """The broker keeps a job's output only while the job is live and takes the Hello
+    before what was held: a job that ended with output still held is said to be running in
+    the Hello, and its held end follows its output. A job that ended with no output held
+    is said to have ended in the Hello, and its held update is not sent again."""
+    from core import wire
+    from core.clock import SYSTEM
+    from core.states import JobState
+    from core.types import JobId, LogChunk
+    from icx.v1 import agent_pb2
+    from node_agent._link import Link
+    from node_agent._messages import HeldClaim, JobUpdate
+    from node_agent.metrics import AgentMetrics
+
+    async def scenario() -> tuple[agent_pb2.Hello, list[str]]:
+        link = Link(
+            make_center("CL"), "127.0.0.1:1", usage_key=None, clock=SYSTEM,
+            metrics=AgentMetrics(),
+        )  # fmt: skip
+        link.send_output(LogChunk(job_id=JobId("j-1"), seq=1, stream="stdout", data=b"end\n"))
+        for claim, job, state, code in (
+            ("c-1", "j-1", JobState.SUCCEEDED, 0),
+            ("c-2", "j-2", JobState.FAILED, 3),
+        ):
+            link.send_update(
+                JobUpdate(claim_id=claim, job_id=job, state=state, at_ms=1, exit_code=code)
+            )
+        hello = link._hello([
+            HeldClaim(claim_id="c-1", job_id="j-1", state=JobState.SUCCEEDED, exit_code=0),
+            HeldClaim(claim_id="c-2", job_id="j-2", state=JobState.FAILED, exit_code=3),
+            HeldClaim(claim_id="c-3", job_id="j-3", state=JobState.RUNNING),
+        ])  # fmt: skip
+        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+        link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
+        sent = []
+        while not out.empty():
+            m = out.get_nowait()
+            if m.HasField("log"):
+                sent.append(f"log {m.log.job_id} {m.log.data.decode().strip()}")
+            else:
+                u = m.job_update
+                sent.append(f"{u.claim_id} {wire.state_from_proto(u.state).value} {u.exit_code}")
+        return hello, sent
+
+    hello, sent = asyncio.run(scenario())
+    said = {
+        c.claim_id: (
+            wire.state_from_proto(c.state).value,
+            c.exit_code if c.HasField("exit_code") else None,
+        )
+        for c in hello.held
+    }
+    assert said == {
+        "c-1": ("running", None),
+        "c-2": ("failed", 3),
+        "c-3": ("running", None),
+    }
+    assert sent == ["log j-1 end", "c-1 succeeded 0"]

@@ -26,6 +26,7 @@ from tests.conftest import (
     wait_centers,
     wait_for,
 )
+from tests.test_agent_restart import gated_spec, noted_and_started, output_of
 
 SUCCEEDED = JobState.SUCCEEDED
 
@@ -161,6 +162,29 @@ def _killed_and_restarted(
     records = read_records(out)
     assert sorted(r["job"] for r in records if "end" in r) == sorted(ids)
     assert_no_overlaps(records, {(c, "main"): 8 for c in ("CA", "CB")})
+
+
+def test_a_job_that_ends_while_its_broker_is_down_keeps_all_its_output(
+    federation: LocalFederation, client: BrokerClient, tmp_path: Path
+) -> None:
+    """The job writes and ends while the broker is down: its agent holds the output and
+    the end, and the restarted broker has all of the output as well as the end (it keeps
+    a job's output only while the job is live, and the agent's Hello said it ended
+    before the held output came: the last line was lost)."""
+    federation.start_agent(make_center("CA"))
+    wait_centers(client, 1)
+    job_id = client.submit(gated_spec(tmp_path)).job_id
+    noted_and_started(client, job_id, 20)
+
+    federation.broker.kill()  # SIGKILL; the agent's jobs go on (nobody listens there)
+    (tmp_path / "go").touch()
+    agent_log = federation.agents["CA"].log_path
+    wait_for(lambda: "succeeded (exit 0)" in agent_log.read_text(), 20, "the job to end")
+    federation.start_broker()
+
+    job = wait_for(lambda: (j := client.get_job(job_id)).state.terminal and j, 30, "the end")
+    assert (job.state, job.exit_code, job.attempts) == (SUCCEEDED, 0, 1)
+    assert output_of(client, job_id) == f"started {job_id}\nfinished {job_id}\n"
 
 
 def test_broker_frozen_past_expiry_jobs_stop_before_they_are_requeued(
