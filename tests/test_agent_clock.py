@@ -70,6 +70,13 @@ def started(out: Path) -> list[int]:
     return [int(p.name.split(".")[1]) for p in out.glob("*.started")]
 
 
+def launched(agent: Agent, out: Path) -> bool:
+    """The job started and its launch returned (its run in the table): the job writes its
+    file before the launch returns, and until then a fence finds no run to stop."""
+    rows = [t.row for t in agent.runs.tasks.values() if t.state == JobState.RUNNING]
+    return bool(started(out)) and len(rows) == 1 and rows[0] is not None
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -93,7 +100,7 @@ def test_a_cut_off_agent_stops_its_jobs_once_its_clock_passes_half_the_expiry(
             AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             await client.submit(gated(out))
-            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: launched(agent, out), 20, "the job launched")
             [pid] = started(out)
             # Half the 3 s center expiry the broker announced.
             assert agent.link.fence_after_ms == 1_500
@@ -131,7 +138,7 @@ def test_no_broker_listening_is_not_silence_and_stops_no_job(
             AsyncBrokerClient(federation.address, federation.credentials()) as client,
         ):
             await client.submit(gated(out))
-            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: launched(agent, out), 20, "the job launched")
             [pid] = started(out)
             broker.kill()  # the port is closed: connections are refused
             await wait_for_async(lambda: not agent.connected.is_set(), 10, "the stream to break")
@@ -163,7 +170,7 @@ def test_record_times_retention_and_offers_follow_the_agents_clock(
                 clock.now_ms() + OFFER_TTL_MS,
             )
             job = await client.submit(gated(out))
-            await wait_for_async(lambda: started(out) and agent.runs.running() == 1, 20, "the job")
+            await wait_for_async(lambda: launched(agent, out), 20, "the job launched")
             started_at_ms = clock.now_ms()
             clock.advance(5_000)
             (out / "go").touch()

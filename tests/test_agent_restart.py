@@ -228,7 +228,7 @@ def test_a_restarted_agent_on_the_process_backend_reports_its_run_lost(
     out = tmp_path / "out"
     out.mkdir()
     job_id = client.submit(gated_spec(out)).job_id
-    wait_for(lambda: started_pids(out, job_id), 20, "the job running")
+    noted_and_started(client, job_id, 20)  # in the run table, not only started
     [first] = started_pids(out, job_id)
     [row] = run_table(federation, center)
     assert row["backend"] == "process"

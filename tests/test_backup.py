@@ -50,9 +50,9 @@ def test_a_dump_restored_into_a_new_database_serves_the_same_jobs_and_log(
             before = jobs_by_id(client)
         with fed.client(role=Role.COORDINATOR) as coordinator:
             wait_for(
-                lambda: _size(coordinator.checkpoint()) >= 4,
+                lambda: _size(coordinator.checkpoint()) >= 5,
                 30,
-                "a checkpoint over the admission and three usage records",
+                "a checkpoint over the log key, the admission and three usage records",
             )
             subprocess.run(
                 [str(pg_cluster.bin_dir / "pg_dump"), "--format=custom", f"--file={dump}", source],

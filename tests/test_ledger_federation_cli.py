@@ -256,10 +256,9 @@ def test_ledgers_are_read_while_their_brokers_hold_the_write_lock(pair: Pair) ->
         writer.execute("INSERT INTO meta (name, value) VALUES ('in-flight', 'yes')")
         writers.append(writer)
     try:
-        started = time.monotonic()
+        # A command that waited for a writer's lock would fail: they hold it throughout.
         view = _json("ledger", "federation", "--region", str(pair.east), "--region",
                      str(pair.west), "--period", PERIOD)  # fmt: skip
-        assert time.monotonic() - started < 4.5  # well short of SQLite's 5 s lock wait
         assert view["region_positions"]["broker-west"] == pair.west_run.charge_minor
         assert {path: _snapshot(path) for path in before} == before
     finally:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,6 +74,24 @@ def _state(fed: LocalFederation) -> tuple[int, int, int]:
     with sqlite3.connect(f"{fed.db}.ledger") as db:
         entries = db.execute("SELECT count(*) FROM entries").fetchone()[0]
     return jobs, events, entries
+
+
+def _quiet_state(fed: LocalFederation) -> tuple[int, int, int]:
+    """`_state` once nothing is under way: no job live, the center's usage all delivered,
+    and nothing changing for half a second (a job that ended is still being metered)."""
+    outbox = fed.root / "work" / "c1" / "usage-outbox"
+    seen: list[tuple[int, int, int]] = []
+
+    def quiet() -> bool:
+        with sqlite3.connect(fed.db) as db:
+            live = db.execute(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'claimed', 'running')"
+            ).fetchone()[0]
+        seen.append(_state(fed))
+        return not live and not list(outbox.glob("*.entry")) and seen[-6:] == [seen[-1]] * 6
+
+    wait_for(quiet, 30, "the federation quiet")
+    return seen[-1]
 
 
 def _running_on_disk(fed: LocalFederation, job_id: str) -> bool:
@@ -171,7 +189,7 @@ def test_a_certificate_stating_two_identities_is_refused(tmp_path: Path) -> None
 
 
 def test_no_client_certificate_is_refused_in_the_handshake(fed: LocalFederation) -> None:
-    before = _state(fed)
+    before = _quiet_state(fed)
     root = (fed.authority.folder / "root.pem").read_bytes()
     err = _raw_list(fed.address, (root, None, None))
     # grpcio requests a client certificate only by requiring it: TLS ends the connection.
@@ -182,7 +200,7 @@ def test_no_client_certificate_is_refused_in_the_handshake(fed: LocalFederation)
 
 
 def test_a_certificate_from_another_root_is_refused(fed: LocalFederation, tmp_path: Path) -> None:
-    before = _state(fed)
+    before = _quiet_state(fed)
     stranger = _stranger(tmp_path)
     with BrokerClient(fed.address, stranger) as client, pytest.raises(Unauthenticated) as err:
         client.submit(SLEEP_JOB)
@@ -194,7 +212,7 @@ def test_an_expired_certificate_is_refused(fed: LocalFederation, tmp_path: Path)
     folder = _expired(fed, tmp_path, seconds_left=-60)
     with pytest.raises(Unauthenticated, match="expired"):
         Credentials.load(folder)  # the client says so before dialling
-    before = _state(fed)
+    before = _quiet_state(fed)
     key, cert = (folder / "key.pem").read_bytes(), (folder / "cert.pem").read_bytes()
     err = _raw_list(fed.address, ((folder / "root.pem").read_bytes(), key, cert))
     assert err.code() == grpc.StatusCode.UNAVAILABLE  # refused by TLS at connection time
@@ -210,7 +228,7 @@ def test_a_certificate_that_expires_on_an_open_connection_is_refused_from_then_o
         assert client.whoami().tenant == "lab-a"
         wait_for(lambda: _refused(client.whoami), 10, "the certificate's end")
         assert dt.datetime.now(dt.UTC) > creds.member.not_after
-        before = _state(fed)
+        before = _quiet_state(fed)
         with pytest.raises(Unauthenticated, match="expired"):
             client.submit(SLEEP_JOB)
     assert _state(fed) == before
@@ -229,7 +247,7 @@ def _refused(call: Callable[[], object]) -> bool:
 
 
 def test_a_user_certificate_on_the_agent_stream_is_refused(fed: LocalFederation) -> None:
-    before = _state(fed)
+    before = _quiet_state(fed)
     hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(center=types_pb2.CenterDescriptor()))
     with pytest.raises(grpc.RpcError) as err:
         converse(fed.address, hello, credentials=fed.credentials(Role.USER, tenant="lab-a"))
@@ -241,7 +259,7 @@ def test_a_user_certificate_on_the_agent_stream_is_refused(fed: LocalFederation)
 def test_a_center_is_refused_in_a_region_it_was_not_admitted_in(fed: LocalFederation) -> None:
     """The region a coordinator admitted a center in is the one it joins: a config that
     says another is refused, and the center does not join."""
-    before = _state(fed)
+    before = _quiet_state(fed)
     fed.center_identity("c-region", region="TF")  # admitted in TF
     elsewhere = make_center("c-region", region="GS")
     hello = agent_pb2.ConnectRequest(hello=agent_pb2.Hello(center=wire.center_to_proto(elsewhere)))
@@ -253,7 +271,7 @@ def test_a_center_is_refused_in_a_region_it_was_not_admitted_in(fed: LocalFedera
 
 
 def test_a_center_certificate_on_the_user_api_is_refused(fed: LocalFederation) -> None:
-    before = _state(fed)
+    before = _quiet_state(fed)
     center = fed.credentials(Role.CENTER, "c1")
     with BrokerClient(fed.address, center) as client:
         with pytest.raises(PermissionDenied, match="center may not call SubmitJob"):
@@ -303,7 +321,7 @@ def test_the_tenant_comes_from_the_certificate_not_from_a_header(fed: LocalFeder
 
 def test_only_a_coordinator_dumps_rounds_and_sees_every_job(fed: LocalFederation) -> None:
     with fed.client("lab-a") as a, fed.client(role=Role.COORDINATOR) as coordinator:
-        a.submit(SLEEP_JOB)
+        job = a.submit(SLEEP_JOB)
         with pytest.raises(PermissionDenied, match="user may not call DumpRound"):
             a.dump_round(current=True)
         dump = coordinator.dump_round(current=True)
@@ -312,6 +330,7 @@ def test_only_a_coordinator_dumps_rounds_and_sees_every_job(fed: LocalFederation
         assert "lab-a" in tenants
         with pytest.raises(PermissionDenied):
             coordinator.submit(SLEEP_JOB)  # a coordinator is no tenant
+        a.cancel(job.job_id)  # not left to end during another test's window
 
 
 def test_statements_are_read_only_by_the_parties_they_name(fed: LocalFederation) -> None:
@@ -364,7 +383,7 @@ def test_a_user_revoked_while_the_broker_runs_is_refused_at_once(
         assert client.whoami().name == "revoked.user"
         taken = fed.authority.revoke([creds.member.serial])
         assert co.update_revocations(taken.pem) == taken.number
-        before = _state(fed)
+        before = _quiet_state(fed)
         with pytest.raises(Unauthenticated, match="revoked"):
             client.submit(SLEEP_JOB)
         assert _state(fed) == before
@@ -387,11 +406,13 @@ def test_a_revoked_center_is_cut_off_and_its_key_revoked_in_the_ledger(tmp_path:
             member = fed.credentials(Role.CENTER, "c9")
             assert member is not None
             taken = fed.authority.revoke([member.member.serial])
-            revoked_at = time.monotonic()
             co.update_revocations(taken.pem)
             wait_for(lambda: not any(c.connected for c in co.centers()), 5, "the center cut off")
-            cut_after_s = time.monotonic() - revoked_at
-            assert cut_after_s < 2.0
+            # By the revocation, not by silence (the center's expiry): the broker said so.
+            assert fed.broker is not None
+            assert re.search(
+                r"center c9: .*revoked.*: ending its stream", fed.broker.log_path.read_text()
+            )
             # The agent is told, tries again, and is refused again: it cannot come back.
             wait_for(
                 lambda: agent.log_path.read_text().count("UNAUTHENTICATED") >= 2,
@@ -473,7 +494,7 @@ def test_a_tenant_administrator_admits_only_users_of_its_own_tenant(
     forged = _sign_outside_the_rule(forged_dir, admin_key, admin_cert, tenant="lab-a")
     (forged_dir / "cert.pem").write_bytes(certificate_pem(forged, admin_cert))
     (forged_dir / "root.pem").write_bytes(root.read_bytes())
-    before = _state(fed)
+    before = _quiet_state(fed)
     creds = Credentials(
         key_pem=(forged_dir / "key.pem").read_bytes(),
         chain_pem=(forged_dir / "cert.pem").read_bytes(),

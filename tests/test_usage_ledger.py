@@ -47,8 +47,14 @@ def _coordinator_folder(federation: LocalFederation) -> Path:
     return federation.authority.folder / "coordinator"
 
 
-def _submit_as(federation: LocalFederation, tenant: str, seconds: float) -> str:
-    spec = JobSpec(accelerator="any", devices=2, estimated_s=60, command=("sleep", str(seconds)))
+def _submit_as(
+    federation: LocalFederation, tenant: str, seconds: float, gate: Path | None = None
+) -> str:
+    """A job of `seconds`, or (with `gate`) one that runs until that file exists."""
+    command = ("sleep", str(seconds))
+    if gate is not None:
+        command = ("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    spec = JobSpec(accelerator="any", devices=2, estimated_s=60, command=command)
     with federation.client(tenant) as user:
         return user.submit(spec).job_id
 
@@ -239,16 +245,18 @@ def test_in_development_mode_a_center_cannot_bill_for_another_or_change_its_key(
 
 
 def test_usage_signed_while_the_broker_was_down_survives_an_agent_crash(
-    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub
+    federation: LocalFederation, stub: broker_pb2_grpc.BrokerServiceStub, tmp_path: Path
 ) -> None:
     center = make_center("CA", pools={"p": ("ascend-910", 8, 20_000)})
     federation.start_agent(center)
     wait_centers(stub, 1)
-    job_id = _submit_as(federation, TENANT, 2.0)
+    gate = tmp_path / "go"
+    job_id = _submit_as(federation, TENANT, 0, gate)
     with federation.client(TENANT) as user:
         wait_for(lambda: user.get_job(job_id).state == JobState.RUNNING, 20, "the job to run")
     assert federation.broker is not None
-    federation.broker.kill()  # the job ends while nobody can acknowledge its usage
+    federation.broker.kill()
+    gate.touch()  # the job ends while nobody can acknowledge its usage
     outbox = federation.root / "work" / "CA" / "usage-outbox"
     kept = wait_for(lambda: sorted(outbox.glob("*.entry")), 20, "the record kept on disk")
     federation.agents["CA"].kill()  # ... and the agent dies before delivering it

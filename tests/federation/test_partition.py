@@ -156,7 +156,7 @@ def test_a_job_running_across_the_partition_ends_and_home_learns_it_after(
     out.mkdir()
     with east.client("lab-a") as c, west.client(role="coordinator") as w:
         wait_for(lambda: _believes_west_free(c, 3000), 20, "east to see west-1 free")
-        job = c.submit(_spec(out, seconds=3.0))  # still running when the cut comes
+        job = c.submit(_spec(out, seconds=6.0))  # still running when the cut comes
         running = wait_for(lambda: _job(c, job.job_id, JobState.RUNNING), 20, "running")
         assert (running.broker, running.center_id) == ("broker-west", "west-1")
 

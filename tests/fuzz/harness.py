@@ -89,6 +89,12 @@ UNBILLED = (
     "SELECT claim_id, job_id FROM claims WHERE started_at_ms IS NOT NULL"
     " AND billed_record_id = '' AND center_id IN ('FA', 'FB')"
 )
+# The last claims of ended jobs that ran, whose end is not on disk yet.
+UNENDED = (
+    "SELECT c.claim_id FROM claims c JOIN jobs j ON j.claim_id = c.claim_id"
+    " WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND c.ended_at_ms IS NULL"
+    " AND EXISTS (SELECT 1 FROM events e WHERE e.job_id = c.job_id AND e.state = 'running')"
+)
 # Tables whose rows belong to a job (by its job_id column).
 JOB_TABLES = frozenset({"jobs", "events", "logs", "claims"})
 
@@ -536,6 +542,11 @@ class Harness:
         self._seq += 1
         return self._seq
 
+    def moving_states(self) -> list[str]:
+        """Jobs queued, claimed or running on disk; but the victim."""
+        rows = self.sql("SELECT job_id FROM jobs WHERE state IN ('queued', 'claimed', 'running')")
+        return [r[0] for r in rows if r[0] not in self.kept_jobs()]
+
     def moving_jobs(self) -> frozenset[str]:
         """Jobs that may still change by themselves: queued, claimed or running, or whose
         run ended and is not billed yet; but the victim (which runs until cancelled)."""
@@ -697,10 +708,15 @@ class Harness:
         def ended() -> bool:
             nonlocal stuck
             stuck = [f"{j.job_id} ({j.state})" for j in self.live_jobs() if j.job_id not in keep]
+            # The broker answers from memory before it commits: the disk must say so too.
+            stuck += [f"{j} (on disk)" for j in self.moving_states() if j not in keep]
             return not stuck
 
         if not poll(ended, SETTLE_TIMEOUT_S):
             raise Broken("devices", f"cancelled jobs did not end: {', '.join(stuck)}")
+        # A run's start is written with its end, after the job's end is committed: wait
+        # (a bounded time) until the claims of the jobs that ran have their ends on disk.
+        poll(lambda: not self.sql(UNENDED), 5)
 
         # A run's usage record comes after its end; a run never billed is not our concern
         # here, so this waits a bounded time for the runs that ended since the last time

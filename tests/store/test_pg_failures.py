@@ -239,8 +239,10 @@ def test_a_ledger_commit_whose_reply_was_lost_is_neither_failed_nor_run_twice(
 
 def test_writes_are_refused_and_nothing_stored_once_the_lease_lapsed(pg_url: str) -> None:
     async def main() -> None:
-        lease = Lease(pg_url, "broker-a", duration_s=1.0)
-        await lease.acquire()  # never kept: it lapses after its duration
+        # Long enough for the stores' set-up and the writes it must let through on a busy
+        # machine; the test then ends it in the database (the lease's end is its row's).
+        lease = Lease(pg_url, "broker-a", duration_s=30.0)
+        await lease.acquire()  # never kept
         store = PostgresStore(pg_url, fence=lease.check, exclusive=False)
         ledger = PostgresLedgerStore(pg_url, fence=lease.check)
         try:
@@ -254,6 +256,7 @@ def test_writes_are_refused_and_nothing_stored_once_the_lease_lapsed(pg_url: str
                 return bool(row and row[0])
 
             with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("UPDATE icx_broker_lease SET expires_at = now() + interval '0.5 s'")
                 await wait_for_async(lambda: lapsed(conn), 5, "the lease to lapse")
             refused = f"this broker's lease \\(epoch {lease.epoch}\\) is no longer held"
             with pytest.raises(LeaseLost, match=refused):
