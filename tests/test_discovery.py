@@ -329,7 +329,7 @@ def test_own_runs_are_the_agents_process_trees_and_sessions(
 ) -> None:
     job, child, orphan = own_job
     # The orphan's parent has exited: it hangs under init (or a subreaper) now.
-    wait_for(lambda: _parent(orphan) != _parent(child), 5, "the orphan to be reparented")
+    wait_for(lambda: _reparented(orphan, job), 5, "the orphan to be reparented")
     own = OwnRuns(pids=frozenset({job}))
     assert own.owns(job) and own.owns(child)
     assert own.owns(orphan), "its process group and session are still the job's"
@@ -341,6 +341,16 @@ def test_own_runs_are_the_agents_process_trees_and_sessions(
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _reparented(orphan: int, job: int) -> bool:
+    """Whether the orphan's parent (a shell under `job`) has exited: its parent is now
+    neither `job` nor a child of it. (It starts out as that shell, not `job`.)"""
+    try:
+        parent = _parent(orphan)
+        return job not in (parent, _parent(parent) if parent > 1 else 0)
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # the shell exiting while it was read
 
 
 @pytest.fixture
@@ -627,7 +637,7 @@ def test_a_slurm_job_number_is_never_taken_for_a_pid(
     from node_agent._runs import _Task
 
     job, _child, orphan = own_job
-    wait_for(lambda: _parent(orphan) != job, 5, "the orphan to be reparented")
+    wait_for(lambda: _reparented(orphan, job), 5, "the orphan to be reparented")
     agent = Agent(config("nvidia-h800"), "127.0.0.1:1", workdir=tmp_path / "work")
     row = RunRow(
         claim_id="c-1", job_id="j-1", pool_id="gpu", device_indices=(0,), backend="slurm",
