@@ -72,6 +72,7 @@ class Lease:
         self.duration_s = duration_s
         self.epoch = 0
         self._renewed = 0.0  # monotonic time of the last acquire or renewal asked
+        self._failing = False  # the last renewal failed (the database refused or dropped)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -188,6 +189,13 @@ class Lease:
                         " (the database does not answer)"
                     ) from None
 
+    def answering(self) -> bool:
+        """Whether the database answers this broker: the last renewal did not fail, and
+        no more than two renewals' time (two thirds of the lease) passed since one
+        succeeded (a renewal waiting on a database that stopped answering fails only
+        when the lease ends)."""
+        return not self._failing and time.monotonic() - self._renewed < 2 * self.duration_s / 3
+
     def stop_keeping(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -218,6 +226,7 @@ class Lease:
                     if conn is not None:
                         conn.close()
                     conn, ours = None, None
+                self._failing = ours is None
                 if ours is False:
                     return LeaseLost(f"another broker took the lease (epoch {self.epoch} ended)")
                 if ours:

@@ -466,12 +466,40 @@ class BrokerServer:
             return
         from broker.lease import LeaseLost
 
+        watching = asyncio.create_task(self._watch_database(self.lease, stop))
         try:
             await self.lease.kept()
         except LeaseLost as exc:
             log.error("%s: this broker stops; the one that holds the lease serves", exc)
             self.lease_lost = exc
             stop.set()
+        finally:
+            watching.cancel()
+
+    async def _watch_database(self, lease: Lease, stop: asyncio.Event) -> None:
+        """Health says NOT_SERVING while the database does not answer (its writes would
+        fail: a balancer or supervisor should look elsewhere), SERVING once it does
+        again; a lease that runs out stops the broker (`_keep_lease`)."""
+        serving = True
+        while True:
+            await asyncio.sleep(min(lease.duration_s / 6, 1.0))
+            answering = lease.answering()
+            if answering == serving or stop.is_set():  # stopping says NOT_SERVING itself
+                continue
+            serving = answering
+            if answering:
+                log.info("the database answers again: serving")
+            else:
+                log.warning(
+                    "the database does not answer: NOT_SERVING until it does (the broker"
+                    " stops if it has not within the lease, %g s)",
+                    lease.duration_s,
+                )
+            status = health_pb2.HealthCheckResponse.SERVING
+            if not answering:
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICES):
+                await self.health.set(name, status)
 
 
 def _membership(options: ServeOptions) -> tuple[Credentials | None, Trust | None]:

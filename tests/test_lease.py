@@ -10,13 +10,17 @@ import datetime as dt
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.lease import Lease, LeaseLost
 from broker.pg_store import describe_url
-from tests.conftest import run_icx, wait_for_async
+from cli.federation import LocalFederation
+from identity import Role
+from tests.conftest import FAST_BROKER, run_icx, wait_for, wait_for_async
 
 DURATION_S = 1.0
 
@@ -141,9 +145,12 @@ def test_a_migration_is_refused_while_a_broker_holds_the_lease(pg_url: str) -> N
 
 class _BlackHole:
     """A TCP relay to PostgreSQL that, once frozen, holds every byte and keeps every
-    connection open: a database host that stops answering without resetting anything."""
+    connection open: a database host that stops answering without resetting anything.
+    Once `reset`, it closes every connection and each new one at once (a database that
+    restarts), until `restored`."""
 
     def __init__(self, target_port: int) -> None:
+        self.resetting = threading.Event()
         self.frozen = threading.Event()
         self._thawed = threading.Event()
         self._thawed.set()
@@ -157,6 +164,9 @@ class _BlackHole:
         with contextlib.suppress(OSError):
             while True:
                 client, _ = self._listener.accept()
+                if self.resetting.is_set():
+                    client.close()
+                    continue
                 self._sockets.append(client)
                 if self.frozen.is_set():
                     continue  # accepted, never answered
@@ -174,6 +184,17 @@ class _BlackHole:
     def freeze(self) -> None:
         self._thawed.clear()
         self.frozen.set()
+
+    def reset(self) -> None:
+        self.resetting.set()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._sockets = []
+
+    def restore(self) -> None:
+        self.resetting.clear()
 
     def close(self) -> None:
         self.frozen.clear()
@@ -219,3 +240,45 @@ def test_brokers_starting_together_on_a_new_database_both_start(pg_url: str) -> 
         await asyncio.gather(*pending, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_a_broker_says_not_serving_while_its_database_is_away_and_serving_once_back(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The database restarts (every connection reset, new ones refused) for less than
+    the lease: the broker's health says NOT_SERVING meanwhile and SERVING after, and it
+    keeps the lease (it does not stop)."""
+    port = int(pg_url.split("@127.0.0.1:")[1].split("/")[0])
+    hole = _BlackHole(port)
+    url = pg_url.replace(f":{port}/", f":{hole.port}/")
+    args = (*FAST_BROKER, "--failover-s", "12")
+    try:
+        with (
+            LocalFederation(root=tmp_path / "fed", broker_args=args, store=url) as fed,
+            fed.channel(Role.COORDINATOR) as channel,
+        ):
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            hole.reset()
+            wait_for(
+                lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                10,
+                "NOT_SERVING while the database is away",
+            )
+            hole.restore()
+            wait_for(
+                lambda: status() == health_pb2.HealthCheckResponse.SERVING,
+                10,
+                "SERVING once the database answers",
+            )
+            assert fed.broker is not None and fed.broker.alive()
+            log = fed.broker.log_path.read_text()
+            assert "the database does not answer: NOT_SERVING" in log
+            assert "the database answers again: serving" in log
+            assert "this broker stops" not in log
+    finally:
+        hole.close()
