@@ -49,6 +49,13 @@ def _west_free(c: BrokerClient) -> bool:
     return any(q.center_id == "west-1" and q.has_capacity for q in c.quote(_spec()))  # type: ignore[arg-type]
 
 
+def _west_fresh(c: BrokerClient) -> bool:
+    """West-1 free by a summary of west under a second old (it lives 3 s: long enough
+    for what the test does before east matches on it)."""
+    view = next((p for p in c.peers().peers if p.broker == "broker-west"), None)
+    return view is not None and view.live and view.devices_free >= 1 and view.age_ms < 1000
+
+
 def _runs(out: Path) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
@@ -133,7 +140,7 @@ def test_a_forward_that_never_left_is_matched_again_once_the_owner_is_gone(
     out = tmp_path / "runs"
     out.mkdir()
     with east.client("lab-a") as c:
-        wait_for(lambda: _west_free(c), 20, "west-1's device free in east's view")
+        wait_for(lambda: _west_free(c) and _west_fresh(c), 20, "west-1 free in a fresh summary")
         assert west.broker is not None
         west.broker.kill()
         job = c.submit(_spec(out, seconds=0.5))  # type: ignore[arg-type]

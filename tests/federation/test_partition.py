@@ -119,7 +119,9 @@ def _offers(c: BrokerClient, center_id: str) -> bool:
 
 
 def _believes_west_free(c: BrokerClient, younger_than_ms: int = 500) -> bool:
-    """East holds a summary of west, just signed, with its device free."""
+    """East holds a summary of west, just signed, with its device free. (West republishes
+    every second and east drops a summary 3 s old: one older than 1.5 s may be gone by the
+    time east matches a job.)"""
     view = next((p for p in c.peers().peers if p.broker == "broker-west"), None)
     if view is None or not view.live:
         return False
@@ -155,7 +157,7 @@ def test_a_job_running_across_the_partition_ends_and_home_learns_it_after(
     out = tmp_path / "runs"
     out.mkdir()
     with east.client("lab-a") as c, west.client(role="coordinator") as w:
-        wait_for(lambda: _believes_west_free(c, 3000), 20, "east to see west-1 free")
+        wait_for(lambda: _believes_west_free(c, 1500), 20, "east to see west-1 free")
         job = c.submit(_spec(out, seconds=6.0))  # still running when the cut comes
         running = wait_for(lambda: _job(c, job.job_id, JobState.RUNNING), 20, "running")
         assert (running.broker, running.center_id) == ("broker-west", "west-1")
@@ -220,7 +222,7 @@ def test_during_a_partition_the_device_is_booked_once_and_views_converge_after(
         log.info("a1 ended %.1f s after the heal", time.time() - healed_at)
 
         # A job forwarded after the heal runs at west.
-        wait_for(lambda: _believes_west_free(c, 3000), HEAL_S, "east to see west-1 free")
+        wait_for(lambda: _believes_west_free(c, 1500), HEAL_S, "east to see west-1 free")
         a3 = c.submit(_spec(out, seconds=0.5))
         done = wait_for(lambda: _ended(c, a3.job_id), 20, "a3 to end")
         assert (done.state, done.broker, done.center_id) == (
@@ -257,7 +259,7 @@ def test_a_forward_whose_reply_is_lost_runs_once(
     ):
         # A forward now, so that east holds a connection to west when the cut comes (a
         # new one needs answers to open).
-        wait_for(lambda: _believes_west_free(c, 3000), HEAL_S, "east to see west-1 free")
+        wait_for(lambda: _believes_west_free(c, 1500), HEAL_S, "east to see west-1 free")
         a0 = c.submit(_spec(out, seconds=0.2))
         assert wait_for(lambda: _ended(c, a0.job_id), 20, "a0 to end").broker == "broker-west"
 
