@@ -62,6 +62,10 @@ it are never dropped: they are few, and each matters)."""
 _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
 _PROBE_S = 1.0
+_ANSWER_S = 5.0
+"""How long a broker has to answer the Hello: a host that takes the connection and says
+nothing (a hung or cut-off machine) is passed over for the region's next broker, well
+before gRPC's own 20 s connection deadline."""
 _MAX_HEARTBEAT_S = 60.0
 
 
@@ -233,6 +237,9 @@ class Link:
             try:
                 await self._session(handler)
                 backoff = _FIRST_BACKOFF_S
+            except _NoAnswer:
+                unreachable = True
+                log.info("broker %s: no answer to the Hello in %g s", self.broker, _ANSWER_S)
             except grpc.aio.AioRpcError as exc:
                 unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
                 unreachable = unavailable
@@ -289,7 +296,12 @@ class Link:
     async def _read(
         self, call: Any, out: asyncio.Queue[agent_pb2.ConnectRequest], handler: LinkHandler
     ) -> None:
-        async for msg in call:
+        try:
+            msg = await asyncio.wait_for(call.read(), _ANSWER_S)
+        except TimeoutError:
+            call.cancel()
+            raise _NoAnswer from None
+        while msg is not grpc.aio.EOF:
             self._last_heard_ms = self._clock.now_ms()
             if msg.WhichOneof("msg") == "challenge":
                 out.put_nowait(agent_pb2.ConnectRequest(proof=self._prove(msg.challenge.nonce)))
@@ -298,6 +310,7 @@ class Link:
                 self.receive(msg, handler)  # what the agent does once welcomed
             else:
                 self.receive(msg, handler)
+            msg = await call.read()
 
     def receive(self, msg: agent_pb2.ConnectResponse, handler: LinkHandler) -> None:
         """Hand one message from the broker to `handler` as the stream does, after the
@@ -433,6 +446,10 @@ class Link:
         self.connected.set()
         self._metrics.connected.set(1)
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
+
+
+class _NoAnswer(Exception):
+    """The broker took the connection and did not answer the Hello in time."""
 
 
 async def _nobody_listens(address: str) -> bool:

@@ -6,9 +6,11 @@ device is used twice at a time, checked from what the jobs themselves recorded."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,3 +141,33 @@ def test_a_standby_refuses_a_taken_port_and_stops_cleanly_on_sigterm(
     waiting.stop()
     assert not ready.exists()
     assert "standby stopped" in waiting.log_path.read_text()
+
+
+def test_an_agent_passes_over_a_broker_address_that_takes_connections_and_never_answers(
+    federation: LocalFederation,
+) -> None:
+    """The region's first address is a hung host (it accepts TCP and says nothing): the
+    agent gives it 5 s to answer the Hello and connects to the next address, instead of
+    waiting out gRPC's own 20 s connection deadline."""
+    hung = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(hung.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    first = f"127.0.0.1:{hung.getsockname()[1]}"
+    try:
+        agent = federation.start_agent(
+            make_center("CA"), "--broker", f"{first},{federation.address}"
+        )
+        with federation.client() as client:
+            wait_for(lambda: [c.connected for c in client.centers()] == [True], 15, "CA connected")
+        assert held, "the agent tried the hung address first"
+        assert f"broker {first}: no answer to the Hello in 5 s" in agent.log_path.read_text()
+    finally:
+        hung.close()
+        for s in held:
+            s.close()
