@@ -461,7 +461,11 @@ class Broker:
             burst=2 * self.config.log_chunks_per_s,
             now_ms=self.clock.now_ms(),
         )
-        stale = await self._reconcile(session, list(held))
+        try:
+            stale = await self._reconcile(session, list(held))
+        except BaseException:  # the agent gone mid-Hello: no session left without a stream
+            self.centers.disconnect(session)
+            raise
         welcome = Welcome(
             heartbeat_interval_ms=self.config.heartbeat_interval_ms,
             center_expiry_ms=self.config.center_expiry_ms,

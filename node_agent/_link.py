@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -63,9 +64,9 @@ _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
 _PROBE_S = 1.0
 _ANSWER_S = 5.0
-"""How long a broker has to answer the Hello: a host that takes the connection and says
-nothing (a hung or cut-off machine) is passed over for the region's next broker, well
-before gRPC's own 20 s connection deadline."""
+"""How long a broker's host has to complete the connection (TLS, HTTP/2): one that takes
+it and says nothing (a hung or cut-off machine) is passed over for the region's next
+broker, well before gRPC's own 20 s connection deadline."""
 _MAX_HEARTBEAT_S = 60.0
 
 
@@ -190,27 +191,33 @@ class Link:
         one stream are joined up to CHUNK_BYTES (under the sequence number of the last):
         the broker takes a center's chunks at a bounded rate, and what the jobs wrote
         through an outage would otherwise arrive all at once, in as many pieces."""
-        sending: list[agent_pb2.ConnectRequest] = []
-        joining: dict[str, types_pb2.LogChunk] = {}  # job -> its last message, if output
+        # Each message to send, with the pieces of output joined into it (joined once, at
+        # the end: a bytes field grown piece by piece is copied whole each time).
+        sending: list[tuple[agent_pb2.ConnectRequest, _Joined | None]] = []
+        joining: dict[str, _Joined] = {}  # job -> its last message, while that is output
         for m in self._held:
             if not m.HasField("log"):
                 joining.pop(m.job_update.job_id, None)
-                sending.append(m)
+                sending.append((m, None))
                 continue
-            piece, last = m.log, joining.get(m.log.job_id)
+            piece = m.log
+            last = joining.get(piece.job_id)
             if (
                 last is not None
-                and last.stream == piece.stream
-                and len(last.data) + len(piece.data) <= CHUNK_BYTES
+                and last.chunk.stream == piece.stream
+                and last.size + len(piece.data) <= CHUNK_BYTES
             ):
-                last.data += piece.data
-                last.seq = piece.seq
+                last.parts.append(piece.data)
+                last.size += len(piece.data)
+                last.chunk.seq = piece.seq
                 continue
-            joining[piece.job_id] = piece
-            sending.append(m)
+            joined = joining[piece.job_id] = _Joined(piece, [piece.data], len(piece.data))
+            sending.append((m, joined))
         self._held.clear()
         self._held_bytes = 0
-        for m in sending:
+        for m, into in sending:
+            if into is not None and len(into.parts) > 1:
+                m.log.data = b"".join(into.parts)
             out.put_nowait(m)
 
     def send_usage(self, entry: bytes) -> None:
@@ -232,6 +239,7 @@ class Link:
     async def run(self, handler: LinkHandler) -> None:
         """Connect, and reconnect with capped exponential back-off, forever."""
         backoff = _FIRST_BACKOFF_S
+        refusals = 0  # addresses that refused in a row
         while True:
             refused = unreachable = False
             try:
@@ -239,16 +247,11 @@ class Link:
                 backoff = _FIRST_BACKOFF_S
             except _NoAnswer:
                 unreachable = True
-                log.info("broker %s: no answer to the Hello in %g s", self.broker, _ANSWER_S)
+                log.info("broker %s: no answer in %g s", self.broker, _ANSWER_S)
             except grpc.aio.AioRpcError as exc:
                 unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
                 unreachable = unavailable
                 refused = unavailable and await _nobody_listens(self.broker)
-                if refused:
-                    # No broker is counting this center's silence, and a restarted one
-                    # grants a full expiry from its start. Only silence from a live
-                    # broker (or one cut off from here) means fencing.
-                    self._last_heard_ms = self._clock.now_ms()
                 level = logging.INFO if unavailable else logging.ERROR
                 log.log(level, "broker %s: %s %s", self.broker, exc.code().name, exc.details())
             except Exception:
@@ -261,6 +264,13 @@ class Link:
                 self.connected.clear()
                 self._metrics.connected.set(0)
                 self._out = None
+            refusals = refusals + 1 if refused else 0
+            if refusals >= len(self._brokers):
+                # No broker of the region listens: none is counting this center's
+                # silence, and a restarted one grants a full expiry from its start. Only
+                # silence from a live broker (or one cut off from here, or hung) means
+                # fencing, even while another address refuses.
+                self._last_heard_ms = self._clock.now_ms()
             if unreachable and len(self._brokers) > 1:
                 # Nobody answers there (refused, or a host that is down or cut off):
                 # another of the region's brokers may have taken over. Each is tried
@@ -281,6 +291,7 @@ class Link:
                 await call.write(await out.get())
 
         async with aio_channel(self.broker, self._credentials, CHANNEL_OPTIONS) as channel:
+            await _connected(channel)
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             writer = asyncio.create_task(write(call))  # owned here: cancelled when we leave
             try:
@@ -296,11 +307,7 @@ class Link:
     async def _read(
         self, call: Any, out: asyncio.Queue[agent_pb2.ConnectRequest], handler: LinkHandler
     ) -> None:
-        try:
-            msg = await asyncio.wait_for(call.read(), _ANSWER_S)
-        except TimeoutError:
-            call.cancel()
-            raise _NoAnswer from None
+        msg = await call.read()
         while msg is not grpc.aio.EOF:
             self._last_heard_ms = self._clock.now_ms()
             if msg.WhichOneof("msg") == "challenge":
@@ -390,7 +397,10 @@ class Link:
         told_ended = set()
         for h in held:
             state = h.state
-            if state in TERMINAL and (h.job_id not in held_output or h.claim_id not in held_ends):
+            # A cancelled job may never have started (its launch did not return): it is
+            # not said to run; its held output goes, and the broker drops it.
+            waits = h.job_id in held_output and h.claim_id in held_ends
+            if state in TERMINAL and (state == JobState.CANCELLED or not waits):
                 told_ended.add(h.claim_id)
             elif state in TERMINAL:
                 state = JobState.RUNNING
@@ -448,8 +458,37 @@ class Link:
         log.info("connected to broker %s as center %s", self.broker, self.center.center_id)
 
 
+@dataclass(slots=True)
+class _Joined:
+    """A held piece of output and those joined to it (`_send_held`)."""
+
+    chunk: types_pb2.LogChunk
+    parts: list[bytes]
+    size: int
+
+
 class _NoAnswer(Exception):
-    """The broker took the connection and did not answer the Hello in time."""
+    """The broker's host took the connection and did not complete the handshake in time."""
+
+
+async def _connected(channel: grpc.aio.Channel) -> None:
+    """Until the channel is connected (TLS and HTTP/2 set up) or has failed (the call
+    then fails at once, saying why: refused, say); _NoAnswer after _ANSWER_S, a host that
+    took the connection and says nothing. Only the transport is timed: the broker's
+    answer to the Hello may wait on its database."""
+    ready = grpc.ChannelConnectivity.READY
+    failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+    async def settled() -> None:
+        state = channel.get_state(try_to_connect=True)
+        while state not in (ready, failed):
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+
+    try:
+        await asyncio.wait_for(settled(), _ANSWER_S)
+    except TimeoutError:
+        raise _NoAnswer from None
 
 
 async def _nobody_listens(address: str) -> bool:

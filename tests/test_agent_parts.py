@@ -5,6 +5,7 @@ and the claim refusal in the error tree. The backends have their own contract su
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -402,8 +403,9 @@ def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_ou
 ):
     """The broker keeps a job's output only while the job is live and takes the Hello
     before what was held: a job that ended with output still held is said to be running in
-    the Hello, and its held end follows its output. A job that ended with no output held
-    is said to have ended in the Hello, and its held update is not sent again."""
+    the Hello, and its held end follows its output. A job that ended with no output held,
+    or was cancelled (it may never have run), is said to have ended in the Hello, and its
+    held update is not sent again."""
     from core import wire
     from core.clock import SYSTEM
     from core.states import JobState
@@ -419,9 +421,11 @@ def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_ou
             metrics=AgentMetrics(),
         )  # fmt: skip
         link.send_output(LogChunk(job_id=JobId("j-1"), seq=1, stream="stdout", data=b"end\n"))
+        link.send_output(LogChunk(job_id=JobId("j-4"), seq=1, stream="stdout", data=b"x\n"))
         for claim, job, state, code in (
             ("c-1", "j-1", JobState.SUCCEEDED, 0),
             ("c-2", "j-2", JobState.FAILED, 3),
+            ("c-4", "j-4", JobState.CANCELLED, 1),
         ):
             link.send_update(
                 JobUpdate(claim_id=claim, job_id=job, state=state, at_ms=1, exit_code=code)
@@ -430,6 +434,7 @@ def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_ou
             HeldClaim(claim_id="c-1", job_id="j-1", state=JobState.SUCCEEDED, exit_code=0),
             HeldClaim(claim_id="c-2", job_id="j-2", state=JobState.FAILED, exit_code=3),
             HeldClaim(claim_id="c-3", job_id="j-3", state=JobState.RUNNING),
+            HeldClaim(claim_id="c-4", job_id="j-4", state=JobState.CANCELLED, exit_code=1),
         ])  # fmt: skip
         out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
         link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
@@ -455,5 +460,58 @@ def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_ou
         "c-1": ("running", None),
         "c-2": ("failed", 3),
         "c-3": ("running", None),
+        "c-4": ("cancelled", 1),  # it may never have started: not said to run
     }
-    assert sent == ["log j-1 end", "c-1 succeeded 0"]
+    assert sent == ["log j-1 end", "log j-4 x", "c-1 succeeded 0"]
+
+
+def test_a_hung_broker_address_counts_as_silence_even_while_the_other_refuses(
+    tmp_path: Path,
+) -> None:
+    """A region of two addresses: one hung (takes connections, never answers), one that
+    refuses (a standby not listening). A refusal means no broker counts the center's
+    silence only when every address refuses: here the hung one may be a live broker cut
+    off from this center, so the silence grows and the agent will fence its jobs."""
+    import socket
+    import threading
+
+    import node_agent._link as link_module
+    from node_agent import Agent
+    from node_agent.agent import _Handler
+
+    hung = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(hung.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    refusing = socket.create_server(("127.0.0.1", 0))
+    refused_at = f"127.0.0.1:{refusing.getsockname()[1]}"
+    refusing.close()  # nothing listens there now
+    brokers = f"127.0.0.1:{hung.getsockname()[1]},{refused_at}"
+
+    async def scenario() -> tuple[int, int]:
+        agent = Agent(make_center("CH"), brokers, workdir=tmp_path / "work")
+        task = asyncio.create_task(agent.link.run(_Handler(agent)))
+        try:
+            await asyncio.sleep(3.0)
+            return agent.link.silent_ms(), len(held)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    answer_s = link_module._ANSWER_S
+    link_module._ANSWER_S = 0.5  # the hung address tried several times in the 3 s
+    try:
+        silent_ms, tries = asyncio.run(scenario())
+    finally:
+        link_module._ANSWER_S = answer_s
+        hung.close()
+        for s in held:
+            s.close()
+    assert tries >= 2, "each address tried more than once"
+    assert silent_ms >= 2_900
