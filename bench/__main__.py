@@ -24,6 +24,7 @@ BENCHES = (
     "backend_bench",
     "peering_bench",
     "federation_bench",
+    "reconnect_bench",
 )
 
 
