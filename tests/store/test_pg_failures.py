@@ -37,6 +37,15 @@ def _leaves(names: str) -> list[tuple[str | None, str, bytes]]:
     return [(f"c/{n}", "usage", f"leaf {n}".encode()) for n in names]
 
 
+def _sessions(cluster: PostgresCluster) -> int:
+    """How many sessions this module's stores have open."""
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APP,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _end_sessions(cluster: PostgresCluster) -> int:
     """End every session of this module's stores from a superuser session, as an
     operator's pg_terminate_backend or a server restart does; how many there were."""
@@ -60,7 +69,11 @@ def test_both_stores_keep_working_after_the_server_ended_their_sessions(
             j1, j2, j3 = job("j-1"), job("j-2"), job("j-3")
             await store.insert_job(j1, event(j1, 1))
             ledger.append(_leaves("a"))
-            # the writer, a pooled reader and the ledger's
+            # the writer, a pooled reader and the ledger's (the pool opens its reader in
+            # the background)
+            await wait_for_async(
+                lambda: _sessions(pg_cluster) >= 3, 10, "the stores' three sessions"
+            )
             assert _end_sessions(pg_cluster) >= 3
             # reads first
             assert [s.job.job_id for s in store.load().jobs] == ["j-1"]
@@ -69,6 +82,9 @@ def test_both_stores_keep_working_after_the_server_ended_their_sessions(
             await store.insert_job(j2, event(j2, 1))
             assert ledger.append(_leaves("b")) == 1
             ledger.add_checkpoint(2, "note at 2")
+            await wait_for_async(
+                lambda: _sessions(pg_cluster) >= 3, 10, "the stores' three sessions"
+            )
             assert _end_sessions(pg_cluster) >= 3
             # writes first
             await store.insert_job(j3, event(j3, 1))
