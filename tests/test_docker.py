@@ -96,10 +96,12 @@ def containers_of(engine: DockerEngine, job_id: str) -> list[dict[str, Any]]:
 
 
 def open_gate(engine: DockerEngine, container_id: str) -> None:
-    """Let a job waiting for /tmp/go in its container go on."""
+    """Let a job waiting for /tmp/go in its container go on. The job may see the file,
+    end, and take its container down before the engine reports the `touch` itself ended:
+    the engine then reports it killed (137). The caller checks that the job finished."""
     with contextlib.closing(engine.client()) as client:
         done = client.containers.get(container_id).exec_run(["touch", "/tmp/go"])
-    assert done.exit_code == 0, done.output
+    assert done.exit_code in (0, 137), done.output
 
 
 @pytest.fixture
