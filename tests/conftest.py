@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,3 +209,24 @@ def assert_no_overlaps(records: list[dict[str, Any]], totals: dict[tuple[str, st
         spans = sorted(spans)
         for a, b in itertools.pairwise(spans):
             assert a[1] <= b[0], f"{key}: runs overlap: {a} and {b}"
+
+
+@contextlib.contextmanager
+def hung_host() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An address that takes TCP connections and never answers (a hung or cut-off host),
+    and the connections it took."""
+    server = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(server.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}", taken
+    finally:
+        server.close()
+        for s in taken:
+            s.close()

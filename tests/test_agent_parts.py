@@ -330,6 +330,16 @@ def test_output_made_while_the_stream_is_down_goes_once_the_broker_has_the_hello
     assert asyncio.run(scenario()) == [2, 4, 5]  # 3 and 4 joined, under the later number
 
 
+def _welcomed(link: object) -> list[object]:
+    """What `link` sends once the broker welcomes it, in order."""
+    from icx.v1 import agent_pb2
+
+    out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+    welcome = agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000)
+    link._welcome(welcome, out)  # type: ignore[attr-defined]
+    return [out.get_nowait() for _ in range(out.qsize())]
+
+
 def test_held_output_goes_in_few_pieces_each_jobs_messages_in_order() -> None:
     """What jobs wrote in small pieces through an outage is sent joined (a job's
     successive pieces of one stream, up to CHUNK_BYTES, under the last piece's number):
@@ -339,7 +349,6 @@ def test_held_output_goes_in_few_pieces_each_jobs_messages_in_order() -> None:
     from core.clock import SYSTEM
     from core.states import JobState
     from core.types import JobId, LogChunk
-    from icx.v1 import agent_pb2
     from node_agent._link import Link
     from node_agent._messages import JobUpdate
     from node_agent._output import CHUNK_BYTES
@@ -368,11 +377,8 @@ def test_held_output_goes_in_few_pieces_each_jobs_messages_in_order() -> None:
             JobUpdate(claim_id="c-1", job_id="j-1", state=JobState.SUCCEEDED, at_ms=1, exit_code=0)
         )
         write("j-2", "stdout", 1, b"big" * CHUNK_BYTES)
-        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
-        link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
         sent = []
-        while not out.empty():
-            m = out.get_nowait()
+        for m in _welcomed(link):
             if m.HasField("log"):
                 stream = wire.log_stream_from_proto(m.log.stream)
                 sent.append((m.log.job_id, m.log.seq, stream, len(m.log.data)))
@@ -436,11 +442,8 @@ def test_a_job_that_ended_while_the_stream_was_down_is_said_running_until_its_ou
             HeldClaim(claim_id="c-3", job_id="j-3", state=JobState.RUNNING),
             HeldClaim(claim_id="c-4", job_id="j-4", state=JobState.CANCELLED, exit_code=1),
         ])  # fmt: skip
-        out: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
-        link._welcome(agent_pb2.Welcome(heartbeat_interval_ms=1000, center_expiry_ms=10_000), out)
         sent = []
-        while not out.empty():
-            m = out.get_nowait()
+        for m in _welcomed(link):
             if m.HasField("log"):
                 sent.append(f"log {m.log.job_id} {m.log.data.decode().strip()}")
             else:
@@ -473,45 +476,36 @@ def test_a_hung_broker_address_counts_as_silence_even_while_the_other_refuses(
     silence only when every address refuses: here the hung one may be a live broker cut
     off from this center, so the silence grows and the agent will fence its jobs."""
     import socket
-    import threading
 
     import node_agent._link as link_module
     from node_agent import Agent
     from node_agent.agent import _Handler
+    from tests.conftest import hung_host, wait_for_async
 
-    hung = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def take() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(hung.accept()[0])
-
-    threading.Thread(target=take, daemon=True).start()
     refusing = socket.create_server(("127.0.0.1", 0))
     refused_at = f"127.0.0.1:{refusing.getsockname()[1]}"
     refusing.close()  # nothing listens there now
-    brokers = f"127.0.0.1:{hung.getsockname()[1]},{refused_at}"
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario(brokers: str, taken: list[socket.socket]) -> None:
         agent = Agent(make_center("CH"), brokers, workdir=tmp_path / "work")
         task = asyncio.create_task(agent.link.run(_Handler(agent)))
         try:
-            await asyncio.sleep(3.0)
-            return agent.link.silent_ms(), len(held)
+            # Each address tried more than once, and the silence never reset meanwhile
+            # (a refusal reset it each time: it stayed under a second).
+            await wait_for_async(
+                lambda: len(taken) >= 3 and agent.link.silent_ms() >= 2_900,
+                10,
+                "silence growing through three tries of the hung address",
+            )
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     answer_s = link_module._ANSWER_S
-    link_module._ANSWER_S = 0.5  # the hung address tried several times in the 3 s
+    link_module._ANSWER_S = 0.5  # the hung address tried several times a few seconds
     try:
-        silent_ms, tries = asyncio.run(scenario())
+        with hung_host() as (hung, taken):
+            asyncio.run(scenario(f"{hung},{refused_at}", taken))
     finally:
         link_module._ANSWER_S = answer_s
-        hung.close()
-        for s in held:
-            s.close()
-    assert tries >= 2, "each address tried more than once"
-    assert silent_ms >= 2_900

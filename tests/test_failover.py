@@ -6,11 +6,9 @@ device is used twice at a time, checked from what the jobs themselves recorded."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from identity import Role
 from tests.conftest import (
     FAST_BROKER,
     assert_no_overlaps,
+    hung_host,
     jobs_by_id,
     make_center,
     read_records,
@@ -149,25 +148,11 @@ def test_an_agent_passes_over_a_broker_address_that_takes_connections_and_never_
     """The region's first address is a hung host (it accepts TCP and says nothing): the
     agent gives it 5 s to answer the Hello and connects to the next address, instead of
     waiting out gRPC's own 20 s connection deadline."""
-    hung = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def take() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(hung.accept()[0])
-
-    threading.Thread(target=take, daemon=True).start()
-    first = f"127.0.0.1:{hung.getsockname()[1]}"
-    try:
+    with hung_host() as (first, taken):
         agent = federation.start_agent(
             make_center("CA"), "--broker", f"{first},{federation.address}"
         )
         with federation.client() as client:
             wait_for(lambda: [c.connected for c in client.centers()] == [True], 15, "CA connected")
-        assert held, "the agent tried the hung address first"
+        assert taken, "the agent tried the hung address first"
         assert f"broker {first}: no answer in 5 s" in agent.log_path.read_text()
-    finally:
-        hung.close()
-        for s in held:
-            s.close()
